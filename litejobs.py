@@ -1,0 +1,1864 @@
+"""litejobs: durable background jobs in one SQLite file, for scripts, tests and pools.
+
+A job is a call to a module-level function, stored in a SQLite database (WAL
+mode) the moment ``put`` returns.  Any process on the same host that opens the
+same file can run it.
+
+Quickstart::
+
+    import datetime, litejobs
+
+    q = litejobs.Queue("app.db")                  # created 0600, WAL mode
+    job = q.put(litejobs.Job(pow, 2, 10))         # durable once put() returns
+    later = q.put("time:time", begin_after=datetime.timedelta(minutes=5))
+    q.run_pending()                               # run what is due, in this process
+    print(job.wait(timeout=5))                    # 1024
+    print(later.status)                           # pending, for five more minutes
+
+Run ``python -m litejobs --help`` for the command line and
+``python -m litejobs demo`` for a tour.
+"""
+
+from __future__ import annotations
+
+import sys
+
+if __name__ in ("__main__", "__mp_main__"):
+    # ``python -m litejobs`` runs this file as __main__.  Register it as
+    # ``litejobs`` and define everything under that name, so that
+    # ``import litejobs`` elsewhere returns this very module, and functions and
+    # exceptions pickle as ``litejobs.X`` rather than ``__main__.X``.
+    sys.modules.setdefault("litejobs", sys.modules[__name__])
+    _RUN_AS_SCRIPT = __name__ == "__main__"
+    globals()["__name__"] = "litejobs"
+else:
+    _RUN_AS_SCRIPT = False
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ACTIVE",
+    "CANCELLED",
+    "COMPLETED",
+    "DatabaseError",
+    "DeadlineExceeded",
+    "FAILED",
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobNotFound",
+    "LeaseLost",
+    "LitejobsError",
+    "PENDING",
+    "Queue",
+    "Retry",
+    "STATUSES",
+    "SchemaVersionError",
+    "WaitTimeout",
+    "current_job",
+    "main",
+    "wait_for_result",
+    "wait_for_start",
+]
+
+import argparse
+import contextlib
+import contextvars
+import dataclasses
+import datetime
+import functools
+import importlib
+import inspect
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import shutil
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import threading
+import time
+import traceback
+import types
+import urllib.parse
+import uuid
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+###############################################################################
+# Constants and exceptions
+###############################################################################
+
+PENDING = "pending"
+ACTIVE = "active"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+STATUSES = (PENDING, ACTIVE, COMPLETED, FAILED, CANCELLED)
+_FINISHED = frozenset((COMPLETED, FAILED, CANCELLED))
+
+DEFAULT_QUEUE = "default"
+DEFAULT_LEASE = 30.0  # seconds a claim holds a job before others may take it
+DEFAULT_BUSY_TIMEOUT = 30.0  # seconds SQLite waits for the write lock
+DEFAULT_MAX_INTERRUPTIONS = 3
+
+_MIN_SQLITE = (3, 35, 0)  # RETURNING
+_PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_BUSY_RETRIES = 5  # rounds of busy_timeout before a lock error reaches a user
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []
+
+_log = logging.getLogger("litejobs")
+
+
+class LitejobsError(Exception):
+    """Base class of every error litejobs raises on its own account."""
+
+
+class DatabaseError(LitejobsError):
+    """The database file cannot be used: missing, read-only, corrupt, not SQLite, or full."""
+
+
+class SchemaVersionError(DatabaseError):
+    """The database was written by a newer litejobs than this one."""
+
+
+class JobNotFound(LitejobsError, KeyError):
+    """No job has the given id."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class WaitTimeout(LitejobsError, TimeoutError):
+    """A wait for a job ended before the job did."""
+
+
+class LeaseLost(LitejobsError):
+    """A write about a job was rejected because another attempt now owns it."""
+
+
+class DeadlineExceeded(LitejobsError):
+    """A job had not started by its ``begin_by`` deadline, so it never ran."""
+
+
+class JobFailed(LitejobsError):
+    """A job ended in failure; ``traceback`` holds the full text of the error.
+
+    Attributes: ``job`` (the `Job`), ``exc_type`` (the qualified name of the
+    exception, such as ``"builtins.ValueError"``) and ``traceback``.
+    """
+
+    def __init__(self, job: Job, exc_type: str | None, traceback_text: str | None):
+        self.job = job
+        self.exc_type = exc_type
+        self.traceback = traceback_text
+        super().__init__(job, exc_type, traceback_text)
+
+    def __str__(self) -> str:
+        head = f"job {self.job.id} ({self.job.name}) {self.job.status}"
+        if self.exc_type:
+            head += f" with {self.exc_type}"
+        return f"{head}\n\n{self.traceback}" if self.traceback else head
+
+
+class JobCancelled(JobFailed):
+    """A job was cancelled, so it has no result."""
+
+
+###############################################################################
+# SQL and schema
+###############################################################################
+
+# Each migration is a tuple of single statements, run one by one inside one
+# BEGIN IMMEDIATE transaction.  executescript() is never used: it commits any
+# open transaction first.  Append only; never edit a released migration.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """
+        CREATE TABLE litejobs_jobs (
+            id                INTEGER PRIMARY KEY,
+            queue             TEXT    NOT NULL,
+            priority          INTEGER NOT NULL DEFAULT 0,
+            status            TEXT    NOT NULL,
+            name              TEXT    NOT NULL,
+            payload           BLOB,
+            signature         BLOB,
+            key               TEXT,
+            attempts          INTEGER NOT NULL DEFAULT 0,
+            max_attempts      INTEGER NOT NULL DEFAULT 1,
+            retry_policy      TEXT,
+            interruptions     INTEGER NOT NULL DEFAULT 0,
+            max_interruptions INTEGER NOT NULL DEFAULT 3,
+            timeout           REAL,
+            created_at        REAL    NOT NULL,
+            begin_after       REAL    NOT NULL,
+            begin_by          REAL,
+            started_at        REAL,
+            finished_at       REAL,
+            lease_owner       TEXT,
+            lease_token       TEXT,
+            lease_expires     REAL,
+            cancel_requested  INTEGER NOT NULL DEFAULT 0,
+            parent_id         INTEGER REFERENCES litejobs_jobs (id) ON DELETE CASCADE,
+            role              TEXT,
+            position          INTEGER,
+            waiting_on        INTEGER NOT NULL DEFAULT 0,
+            result            BLOB,
+            error             TEXT,
+            error_type        TEXT,
+            progress          REAL,
+            progress_message  TEXT,
+            meta              TEXT
+        )
+        """,
+        # Only pending rows are in this index, so finished rows, however many,
+        # never slow the claim.  The literal 'pending' lets the planner use it.
+        """
+        CREATE INDEX litejobs_jobs_ready
+            ON litejobs_jobs (queue, priority DESC, begin_after, id)
+            WHERE status = 'pending'
+        """,
+        """
+        CREATE INDEX litejobs_jobs_deadline
+            ON litejobs_jobs (begin_by)
+            WHERE status = 'pending' AND begin_by IS NOT NULL
+        """,
+        """
+        CREATE INDEX litejobs_jobs_lease
+            ON litejobs_jobs (lease_expires)
+            WHERE status = 'active'
+        """,
+        """
+        CREATE UNIQUE INDEX litejobs_jobs_live_key
+            ON litejobs_jobs (key)
+            WHERE key IS NOT NULL AND status IN ('pending', 'active')
+        """,
+        """
+        CREATE INDEX litejobs_jobs_parent
+            ON litejobs_jobs (parent_id)
+            WHERE parent_id IS NOT NULL
+        """,
+        """
+        CREATE TABLE litejobs_workers (
+            id           TEXT PRIMARY KEY,
+            host         TEXT    NOT NULL,
+            pid          INTEGER NOT NULL,
+            processes    INTEGER NOT NULL,
+            queues       TEXT,
+            started_at   REAL    NOT NULL,
+            heartbeat_at REAL    NOT NULL,
+            stopped_at   REAL
+        )
+        """,
+    ),
+)
+
+_SCHEMA_VERSION = len(_MIGRATIONS)
+
+_CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS litejobs_schema (
+    version    INTEGER PRIMARY KEY,
+    applied_at REAL NOT NULL
+)
+"""
+_VERSION_TABLE_EXISTS = (
+    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'litejobs_schema'"
+)
+_READ_VERSION = "SELECT coalesce(max(version), 0) FROM litejobs_schema"
+_RECORD_VERSION = "INSERT INTO litejobs_schema (version, applied_at) VALUES (?, ?)"
+
+# Every column but payload and result, which are read only when asked for.
+_JOB_COLUMNS = (
+    "id, queue, priority, status, name, key, attempts, max_attempts, retry_policy,"
+    " interruptions, max_interruptions, timeout, created_at, begin_after, begin_by,"
+    " started_at, finished_at, lease_owner, lease_expires, cancel_requested,"
+    " parent_id, role, position, error, error_type, progress, progress_message, meta"
+)
+
+_INSERT_JOB = """
+INSERT INTO litejobs_jobs (
+    queue, priority, status, name, payload, key, max_attempts, retry_policy,
+    max_interruptions, timeout, created_at, begin_after, begin_by)
+VALUES (
+    :queue, :priority, 'pending', :name, :payload, :key, :max_attempts, :retry_policy,
+    :max_interruptions, :timeout, :now, :begin_after, :begin_by)
+RETURNING id
+"""
+
+_FIND_LIVE_KEY = """
+SELECT id FROM litejobs_jobs
+WHERE key = ? AND status IN ('pending', 'active')
+"""
+
+_SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
+_SELECT_PAYLOAD = "SELECT payload FROM litejobs_jobs WHERE id = ?"
+_SELECT_RESULT = "SELECT result FROM litejobs_jobs WHERE id = ?"
+
+_SELECT_JOBS = f"""
+SELECT {_JOB_COLUMNS} FROM litejobs_jobs
+WHERE (:status IS NULL OR status = :status) AND (:queue IS NULL OR queue = :queue)
+ORDER BY id DESC
+LIMIT :limit
+"""
+
+_COUNT_JOBS = """
+SELECT status, count(*) FROM litejobs_jobs
+WHERE (:queue IS NULL OR queue = :queue)
+GROUP BY status
+"""
+
+# {queues} is empty or " AND queue IN (?, ...)", built from a fixed template.
+_CLAIM_JOBS = """
+UPDATE litejobs_jobs
+SET status = 'active', attempts = attempts + 1, started_at = :now,
+    lease_owner = :owner, lease_token = :token, lease_expires = :expires
+WHERE id IN (
+    SELECT id FROM litejobs_jobs
+    WHERE status = 'pending' AND begin_after <= :now{queues}
+    ORDER BY priority DESC, begin_after, id
+    LIMIT :limit)
+RETURNING id, priority, begin_after, payload, signature
+"""
+
+_PAST_DEADLINE = """
+SELECT id, name, begin_by FROM litejobs_jobs
+WHERE status = 'pending' AND begin_by IS NOT NULL AND begin_by < :now
+    AND attempts = 0{queues}
+LIMIT 100
+"""
+
+_FAIL_PENDING = """
+UPDATE litejobs_jobs
+SET status = 'failed', error = :error, error_type = :error_type, finished_at = :now
+WHERE id = :id AND status = 'pending'
+"""
+
+_EXPIRED_LEASES = """
+SELECT id, lease_token, lease_owner, lease_expires FROM litejobs_jobs
+WHERE status = 'active' AND lease_expires < :now
+LIMIT 100
+"""
+
+# The fence: a worker's write lands only while the job is still active under
+# the token of its own claim.  A cancel requested meanwhile wins over the result.
+_FINISH_JOB = """
+UPDATE litejobs_jobs
+SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE :status END,
+    result = CASE WHEN cancel_requested THEN NULL ELSE :result END,
+    error = :error, error_type = :error_type,
+    begin_after = coalesce(:begin_after, begin_after),
+    finished_at = CASE WHEN cancel_requested OR :status != 'pending' THEN :now END,
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND status = 'active' AND lease_token = :token
+RETURNING status
+"""
+
+_INTERRUPT_JOB = """
+UPDATE litejobs_jobs
+SET interruptions = interruptions + 1,
+    status = CASE WHEN cancel_requested THEN 'cancelled'
+                  WHEN interruptions + 1 > max_interruptions THEN 'failed'
+                  ELSE 'pending' END,
+    error = CASE WHEN interruptions + 1 > max_interruptions THEN :error ELSE error END,
+    error_type = CASE WHEN interruptions + 1 > max_interruptions
+                      THEN :error_type ELSE error_type END,
+    finished_at = CASE WHEN cancel_requested OR interruptions + 1 > max_interruptions
+                       THEN :now END,
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND status = 'active' AND lease_token = :token
+RETURNING status
+"""
+
+_RENEW_LEASE = """
+UPDATE litejobs_jobs SET lease_expires = :expires
+WHERE id = :id AND status = 'active' AND lease_token = :token
+"""
+
+_CANCEL_JOB = """
+UPDATE litejobs_jobs
+SET status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
+    finished_at = CASE WHEN status = 'pending' THEN :now ELSE finished_at END,
+    cancel_requested = 1
+WHERE id = :id AND status IN ('pending', 'active')
+RETURNING status
+"""
+
+
+###############################################################################
+# Connections and transactions
+###############################################################################
+
+
+def _check_sqlite_version() -> None:
+    if sqlite3.sqlite_version_info < _MIN_SQLITE:
+        need = ".".join(map(str, _MIN_SQLITE))
+        raise DatabaseError(
+            f"litejobs needs SQLite {need} or newer (for RETURNING), but Python is "
+            f"linked against SQLite {sqlite3.sqlite_version}; upgrade Python or "
+            f"the system's libsqlite3"
+        )
+
+
+def _check_file_header(path: str) -> None:
+    """Refuse a file that is not SQLite, or that is shorter than its header says.
+
+    Reads only; never writes.  The layout is in https://sqlite.org/fileformat2.html:
+    a 16-byte magic string, the page size at offset 16, and the page count at
+    offset 28, valid when the counter at 92 equals the change counter at 24.
+    """
+    with open(path, "rb") as handle:
+        header = handle.read(100)
+        size = os.fstat(handle.fileno()).st_size
+    if not header:
+        return  # an empty file is an empty database
+    if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+        raise DatabaseError(
+            f"{path} is not an SQLite database (or its header is corrupt); "
+            f"litejobs leaves it untouched: check the path"
+        )
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    count_is_valid = header[24:28] == header[92:96]
+    wal = path + "-wal"
+    wal_has_pages = os.path.exists(wal) and os.path.getsize(wal) > 0
+    if count_is_valid and not wal_has_pages and size < pages * page_size:
+        raise DatabaseError(
+            f"{path} is truncated: its header promises {pages * page_size} bytes but "
+            f"the file has {size}; litejobs leaves it untouched: restore it from a backup"
+        )
+
+
+def _translate_sqlite_error(exc: sqlite3.Error, path: str) -> DatabaseError:
+    text = str(exc)
+    lowered = text.lower()
+    if "locked" in lowered or "busy" in lowered:
+        return DatabaseError(
+            f"{path} stayed locked by another connection past the busy timeout ({text}); "
+            f"keep write transactions short, or raise busy_timeout"
+        )
+    if "readonly" in lowered or "read-only" in lowered:
+        return DatabaseError(
+            f"{path} is read-only ({text}); litejobs needs write access to the file "
+            f"and to its directory, where SQLite keeps the -wal and -shm files"
+        )
+    if "not a database" in lowered or "malformed" in lowered or "corrupt" in lowered:
+        return DatabaseError(
+            f"{path} is corrupt or not an SQLite database ({text}); litejobs leaves it "
+            f"untouched: restore it from a backup"
+        )
+    if "full" in lowered:
+        return DatabaseError(f"{path}: {text}; free some disk space and retry")
+    if "unable to open" in lowered:
+        return DatabaseError(
+            f"cannot open {path} ({text}); check that the file and its directory "
+            f"exist and are readable and writable"
+        )
+    return DatabaseError(f"{path}: {text}")
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+class _SQLiteStorage:
+    """Every SQL statement and all connection handling of litejobs.
+
+    ``Job``, ``Queue`` and the workers talk to storage only through these
+    methods, with plain values: times are Unix seconds, rows are dicts.  A
+    storage for another database (PostgreSQL, for several hosts) implements
+    the same methods.
+
+    Connections are opened lazily, one per thread and per process.  A
+    connection inherited across ``fork()`` is never used or closed in the
+    child: closing it there could release locks the parent still relies on
+    (https://sqlite.org/howtocorrupt.html, section 2.6).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
+                 create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+        self.path = os.path.abspath(os.fspath(path))
+        self.durable = durable
+        self.create = create
+        self.busy_timeout = busy_timeout
+        self._pid = os.getpid()
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._claim_sql: dict[tuple[str, ...] | None, tuple[str, str]] = {}
+        _check_sqlite_version()
+        self._prepare_file()
+        self._migrate(self._connection())
+
+    # -- connections ---------------------------------------------------------
+
+    def _prepare_file(self) -> None:
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            raise DatabaseError(
+                f"cannot open {self.path}: directory {directory} does not exist"
+            )
+        if not os.path.exists(self.path):
+            if not self.create:
+                raise DatabaseError(f"no database at {self.path}: check the path")
+            try:
+                # Created here, not by SQLite, so that it is 0600 whatever the
+                # umask; SQLite gives the -wal and -shm files the same mode.
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass  # another process created it first: fine
+            except OSError as exc:
+                raise DatabaseError(f"cannot create {self.path}: {exc.strerror}") from exc
+        elif os.path.isdir(self.path):
+            raise DatabaseError(f"{self.path} is a directory, not a database file")
+        try:
+            _check_file_header(self.path)
+        except PermissionError as exc:
+            raise DatabaseError(f"cannot read {self.path}: permission denied") from exc
+        for target in (self.path, directory):
+            if not os.access(target, os.W_OK):
+                raise DatabaseError(
+                    f"{target} is read-only; litejobs needs write access to the "
+                    f"database file and to its directory, where SQLite keeps the "
+                    f"-wal and -shm files"
+                )
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            self._forget_inherited_connections()
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._open()
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _forget_inherited_connections(self) -> None:
+        # Keep references so the garbage collector never closes them here.
+        _ABANDONED_CONNECTIONS.extend(self._connections)
+        self._connections = []
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _open(self) -> sqlite3.Connection:
+        uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
+                                   isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _translate_sqlite_error(exc, self.path) from exc
+        try:
+            self._enable_wal(conn)
+            conn.execute("PRAGMA foreign_keys = ON")
+            # FULL: a commit is on disk before put() returns.  NORMAL in WAL mode
+            # may lose the last commits on power loss, never corrupt the file.
+            # https://sqlite.org/pragma.html#pragma_synchronous
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _translate_sqlite_error(exc, self.path) from exc
+        return conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching the journal mode needs a moment alone with the file; while
+        # another process is creating the same database it may be refused.
+        for _ in range(200):
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+            else:
+                if str(mode).lower() == "wal":
+                    return
+            time.sleep(random.uniform(0.001, 0.02))
+        raise DatabaseError(f"cannot switch {self.path} to WAL journal mode")
+
+    def close(self) -> None:
+        """Close this process's connections; the next use reopens lazily."""
+        if self._pid != os.getpid():
+            self._forget_inherited_connections()
+            return
+        with self._lock:
+            connections, self._connections = self._connections, []
+        self._local = threading.local()
+        for conn in connections:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    # -- transactions --------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _translate_sqlite_error(exc, self.path) from exc
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One short ``BEGIN IMMEDIATE`` transaction; joins one already open here.
+
+        IMMEDIATE takes the write lock up front.  A deferred transaction that
+        reads and then writes fails with SQLITE_BUSY without waiting on the busy
+        timeout (https://sqlite.org/lang_transaction.html).
+        """
+        conn = self._connection()
+        if conn.in_transaction:
+            yield conn
+            return
+        with self._errors():
+            self._begin(conn)
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        for attempt in range(_BUSY_RETRIES):
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or attempt == _BUSY_RETRIES - 1:
+                    raise
+                time.sleep(random.uniform(0.001, 0.05))
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A connection for autocommit reads: each statement is its own short
+        read transaction, so no reader holds back WAL checkpoints."""
+        conn = self._connection()
+        with self._errors():
+            yield conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        with self.read():
+            current = self._schema_version(conn)
+        if current > _SCHEMA_VERSION:
+            raise self._too_new(current)
+        # Always take the write lock once, even when the schema is current: it
+        # proves at open, not at the first put, that the file can be written.
+        with self.write():
+            current = self._schema_version(conn)  # another process may have migrated
+            if current > _SCHEMA_VERSION:
+                raise self._too_new(current)
+            if current < _SCHEMA_VERSION:
+                conn.execute(_CREATE_VERSION_TABLE)
+                for version in range(current + 1, _SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[version - 1]:
+                        conn.execute(statement)
+                    conn.execute(_RECORD_VERSION, (version, time.time()))
+
+    @staticmethod
+    def _schema_version(conn: sqlite3.Connection) -> int:
+        if conn.execute(_VERSION_TABLE_EXISTS).fetchone() is None:
+            return 0
+        return int(conn.execute(_READ_VERSION).fetchone()[0])
+
+    def _too_new(self, version: int) -> SchemaVersionError:
+        return SchemaVersionError(
+            f"{self.path} has litejobs schema version {version}, but this litejobs "
+            f"({__version__}) knows only up to {_SCHEMA_VERSION}; upgrade litejobs"
+        )
+
+    # -- jobs ----------------------------------------------------------------
+
+    def insert(self, rows: Sequence[Mapping[str, Any]], now: float) -> list[tuple[int, bool]]:
+        """Insert jobs in one transaction; return ``(id, already_there)`` for each.
+
+        A row with a key that a pending or active job already holds is not
+        inserted; that job's id comes back instead.
+        """
+        out: list[tuple[int, bool]] = []
+        with self.write() as conn:
+            for row in rows:
+                if row["key"] is not None:
+                    found = conn.execute(_FIND_LIVE_KEY, (row["key"],)).fetchone()
+                    if found is not None:
+                        out.append((found[0], True))
+                        continue
+                new_id = conn.execute(_INSERT_JOB, {**row, "now": now}).fetchone()[0]
+                out.append((new_id, False))
+        return out
+
+    def fetch(self, job_id: int) -> dict[str, Any] | None:
+        with self.read() as conn:
+            cursor = conn.execute(_SELECT_JOB, (job_id,))
+            row = cursor.fetchone()
+            names = [d[0] for d in cursor.description]
+        return None if row is None else dict(zip(names, row))
+
+    def fetch_blob(self, job_id: int, column: str) -> bytes | None:
+        statement = {"payload": _SELECT_PAYLOAD, "result": _SELECT_RESULT}[column]
+        with self.read() as conn:
+            row = conn.execute(statement, (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job {job_id} in {self.path}")
+        return row[0]
+
+    def fetch_many(self, *, status: str | None, queue: str | None,
+                   limit: int) -> list[dict[str, Any]]:
+        with self.read() as conn:
+            cursor = conn.execute(_SELECT_JOBS, {"status": status, "queue": queue,
+                                                 "limit": limit})
+            rows = cursor.fetchall()
+            names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in rows]
+
+    def counts(self, queue: str | None) -> dict[str, int]:
+        with self.read() as conn:
+            rows = conn.execute(_COUNT_JOBS, {"queue": queue}).fetchall()
+        return dict(rows)
+
+    def _queue_filtered(self, queues: Sequence[str] | None) -> tuple[str, str]:
+        """The claim and deadline statements for this set of queues, cached."""
+        key = tuple(queues) if queues is not None else None
+        cached = self._claim_sql.get(key)
+        if cached is None:
+            if key is None:
+                fragment = ""
+            elif not key:
+                fragment = " AND 0"
+            else:
+                names = ", ".join(f":queue{i}" for i in range(len(key)))
+                fragment = f" AND queue IN ({names})"
+            cached = (_CLAIM_JOBS.format(queues=fragment),
+                      _PAST_DEADLINE.format(queues=fragment))
+            self._claim_sql[key] = cached
+        return cached
+
+    def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
+              lease: float, limit: int) -> tuple[str, list[dict[str, Any]]]:
+        """Claim up to ``limit`` due jobs for ``owner``; return the lease token
+        and the claimed rows in claim order.
+
+        In the same transaction, jobs still pending past their ``begin_by``
+        deadline fail instead of being claimed, and active jobs whose lease
+        ran out go back to pending as interrupted.
+        """
+        claim_sql, deadline_sql = self._queue_filtered(queues)
+        token = uuid.uuid4().hex
+        params: dict[str, Any] = {"now": now, "owner": owner, "token": token,
+                                  "expires": now + lease, "limit": limit}
+        for index, name in enumerate(queues or ()):
+            params[f"queue{index}"] = name
+        with self.write() as conn:
+            self._recover_expired_leases(conn, now)
+            for job_id, name, begin_by in conn.execute(deadline_sql, params).fetchall():
+                error = _format_exception_only(DeadlineExceeded(
+                    f"job {job_id} ({name}) was to start by {_format_time(begin_by)} "
+                    f"but was still pending at {_format_time(now)}"))
+                conn.execute(_FAIL_PENDING, {"id": job_id, "now": now, "error": error,
+                                             "error_type": _DEADLINE_TYPE})
+            cursor = conn.execute(claim_sql, params)
+            rows = cursor.fetchall()
+            names = [d[0] for d in cursor.description]
+        claimed = [dict(zip(names, row)) for row in rows]
+        # RETURNING gives no order: https://sqlite.org/lang_returning.html
+        claimed.sort(key=lambda r: (-r["priority"], r["begin_after"], r["id"]))
+        return token, claimed
+
+    def _recover_expired_leases(self, conn: sqlite3.Connection, now: float) -> None:
+        for job_id, token, owner, expires in conn.execute(
+                _EXPIRED_LEASES, {"now": now}).fetchall():
+            reason = (f"job {job_id} was interrupted: the lease of {owner} ran out at "
+                      f"{_format_time(expires)}")
+            status = self._interrupt(conn, job_id, token, now, reason)
+            _log.warning("%s; job is now %s", reason, status)
+
+    def finish(self, job_id: int, token: str, *, status: str, now: float,
+               result: bytes | None = None, error: str | None = None,
+               error_type: str | None = None,
+               begin_after: float | None = None) -> str:
+        """Record the end of an attempt: ``COMPLETED``, ``FAILED``, or
+        ``PENDING`` again (a retry at ``begin_after``).  Fenced by ``token``:
+        raises `LeaseLost` when the attempt no longer owns the job.  Returns the
+        status written, which is ``CANCELLED`` when a cancel came meanwhile."""
+        params = {"id": job_id, "token": token, "status": status, "now": now,
+                  "result": result, "error": error, "error_type": error_type,
+                  "begin_after": begin_after}
+        with self.write() as conn:
+            row = conn.execute(_FINISH_JOB, params).fetchone()
+        if row is None:
+            raise LeaseLost(f"job {job_id}: lease {token[:8]} no longer owns the job; "
+                            f"its result was discarded")
+        return str(row[0])
+
+    def interrupt(self, job_id: int, token: str, now: float, reason: str) -> str:
+        """Record that an attempt died without an outcome.  Fenced like `finish`."""
+        with self.write() as conn:
+            return self._interrupt(conn, job_id, token, now, reason)
+
+    def _interrupt(self, conn: sqlite3.Connection, job_id: int, token: str,
+                   now: float, reason: str) -> str:
+        error = _format_exception_only(_Interrupted(reason))
+        row = conn.execute(_INTERRUPT_JOB, {
+            "id": job_id, "token": token, "now": now, "error": error,
+            "error_type": _INTERRUPTED_TYPE}).fetchone()
+        if row is None:
+            raise LeaseLost(f"job {job_id}: lease {token[:8]} no longer owns the job")
+        return str(row[0])
+
+    def renew(self, leases: Iterable[tuple[int, str]], expires: float) -> list[int]:
+        """Extend the given ``(job_id, token)`` leases; return the ids whose
+        lease was lost."""
+        lost = []
+        with self.write() as conn:
+            for job_id, token in leases:
+                cursor = conn.execute(_RENEW_LEASE, {"id": job_id, "token": token,
+                                                     "expires": expires})
+                if cursor.rowcount == 0:
+                    lost.append(job_id)
+        return lost
+
+    def cancel(self, job_id: int, now: float) -> str | None:
+        """Cancel a pending job, or flag an active one for cancelling.  Returns
+        the status after, or None if the job had already ended."""
+        with self.write() as conn:
+            row = conn.execute(_CANCEL_JOB, {"id": job_id, "now": now}).fetchone()
+        return None if row is None else str(row[0])
+
+
+###############################################################################
+# Job and Queue
+###############################################################################
+
+_CURRENT_JOB: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
+    "litejobs_current_job", default=None)
+
+
+def _qualified_type_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _format_exception_only(exc: BaseException) -> str:
+    return "".join(traceback.format_exception_only(type(exc), exc))
+
+
+def _format_time(stamp: float | None) -> str:
+    if stamp is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _to_datetime(stamp: float | None) -> datetime.datetime | None:
+    if stamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
+
+
+class _Interrupted(LitejobsError):
+    """The process running a job died, or its lease ran out, before an outcome."""
+
+
+_DEADLINE_TYPE = _qualified_type_name(DeadlineExceeded)
+_INTERRUPTED_TYPE = "litejobs.Interrupted"
+
+
+def current_job() -> Job | None:
+    """The `Job` running in this thread, or None outside a job.
+
+    Inside a job, ``current_job().id`` and ``current_job().attempt`` say which
+    job and which run this is.
+    """
+    return _CURRENT_JOB.get()
+
+
+# -- callables ---------------------------------------------------------------
+
+
+def _resolve(name: str) -> Any:
+    """Import ``"package.module:qualname"`` and return the object it names."""
+    module_name, sep, qualname = name.partition(":")
+    if not sep or not module_name or not qualname:
+        raise ValueError(f"{name!r} is not of the form 'package.module:function'")
+    target: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _name_of(fn: Any) -> str:
+    """A readable ``module:qualname`` for any callable, for people and the CLI."""
+    if isinstance(fn, functools.partial):
+        return f"functools.partial({_name_of(fn.func)})"
+    if inspect.ismethod(fn):
+        owner = fn.__self__ if isinstance(fn.__self__, type) else type(fn.__self__)
+        return f"{owner.__module__}:{owner.__qualname__}.{fn.__func__.__name__}"
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if module is None and hasattr(fn, "__objclass__"):
+        module = fn.__objclass__.__module__
+    if module is None and isinstance(getattr(fn, "__self__", None), type):
+        module = fn.__self__.__module__
+    if isinstance(module, str) and isinstance(qualname, str):
+        return f"{module}:{qualname}"
+    cls = type(fn)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _describe(obj: Any) -> str:
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _by_name(fn: Any) -> str | None:
+    """The name that finds ``fn`` again by import, if there is one.
+
+    Functions, builtins and classes are stored as that name alone: no pickle,
+    and a job whose function was renamed fails with a clear import error.
+    """
+    if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return None
+    if isinstance(fn, types.BuiltinFunctionType) and not isinstance(
+            getattr(fn, "__self__", None), (types.ModuleType, type(None))):
+        return None  # a bound builtin method, such as [].append: pickle it
+    qualname = fn.__qualname__
+    if "<lambda>" in qualname:
+        raise TypeError(
+            f"cannot store {_describe(fn)}: a lambda has no importable name, and "
+            f"jobs must be module-level functions; define it with def in a module"
+        )
+    if "<locals>" in qualname:
+        raise TypeError(
+            f"cannot store {_describe(fn)}: it is defined inside another function "
+            f"(a nested function or closure) and cannot be imported by a worker; "
+            f"move it to module level and pass what it closed over as arguments"
+        )
+    name = f"{fn.__module__}:{qualname}"
+    try:
+        found = _resolve(name)
+    except Exception:
+        found = None
+    if found is not fn:
+        raise TypeError(
+            f"cannot store {_describe(fn)}: {name} does not import back to it; "
+            f"jobs must be module-level functions that a worker can import"
+        )
+    return name
+
+
+def _prepare_call(fn: Any, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> tuple[str, bytes | None]:
+    """Return the readable name and the payload to store for a call.
+
+    Raises TypeError or ValueError, naming the culprit, before anything is
+    written.
+    """
+    if isinstance(fn, str):
+        try:
+            target = _resolve(fn)
+        except Exception as exc:
+            raise ValueError(
+                f"cannot resolve {fn!r}: {type(exc).__name__}: {exc}; give an "
+                f"importable 'package.module:function'"
+            ) from None
+        if not callable(target):
+            raise ValueError(f"{fn!r} names {_describe(target)}, which is not callable")
+        name, stored = fn, None
+    elif not callable(fn):
+        raise TypeError(f"a job needs a callable, not {_describe(fn)}")
+    else:
+        if isinstance(fn, functools.partial):
+            _by_name(fn.func)  # rejects a partial of a lambda with the clear message
+        by_name = _by_name(fn)
+        name = by_name or _name_of(fn)
+        stored = None if by_name else fn
+    if stored is None and not args and not kwargs:
+        return name, None
+    try:
+        return name, pickle.dumps((stored, args, kwargs), protocol=_PICKLE_PROTOCOL)
+    except Exception as exc:
+        culprit, what = _unpicklable_part(stored, args, kwargs)
+        raise TypeError(
+            f"cannot pickle {what} {_describe(culprit)} of job {name}: "
+            f"{type(exc).__name__}: {exc}; job callables and arguments must be "
+            f"picklable: pass plain data (numbers, strings, paths, ids) and let the "
+            f"job open files or connections itself"
+        ) from None
+
+
+def _unpicklable_part(stored: Any, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> tuple[Any, str]:
+    parts: list[tuple[Any, str]] = [(stored, "the callable")]
+    parts += [(arg, f"argument {i}") for i, arg in enumerate(args)]
+    parts += [(value, f"keyword argument {key!r}") for key, value in kwargs.items()]
+    for obj, what in parts:
+        try:
+            pickle.dumps(obj, protocol=_PICKLE_PROTOCOL)
+        except Exception:
+            return obj, what
+    return (stored, args, kwargs), "the call"
+
+
+def _load_call(name: str, payload: bytes | None) -> tuple[Callable[..., Any],
+                                                          tuple[Any, ...], dict[str, Any]]:
+    if payload is None:
+        return _resolve(name), (), {}
+    stored, args, kwargs = pickle.loads(payload)
+    return (stored if stored is not None else _resolve(name)), args, kwargs
+
+
+# -- options -------------------------------------------------------------------
+
+
+def _seconds(value: Any, what: str) -> float:
+    if isinstance(value, datetime.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise TypeError(f"{what} must be a timedelta or a number of seconds, "
+                        f"not {_describe(value)}")
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise ValueError(f"{what} must be a finite duration, not {value!r}")
+    if seconds < 0:
+        raise ValueError(f"{what} must not be negative, got {value!r}")
+    return seconds
+
+
+def _timestamp(when: datetime.datetime, what: str) -> float:
+    if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
+        raise ValueError(
+            f"{what} {when!r} is a naive datetime, which is ambiguous; give an aware "
+            f"one, such as datetime.now(timezone.utc) + timedelta(minutes=5)"
+        )
+    return when.timestamp()
+
+
+def _begin_after(value: Any, now: float) -> float:
+    if value is None:
+        return now
+    if isinstance(value, datetime.datetime):
+        return _timestamp(value, "begin_after")
+    return now + _seconds(value, "begin_after")
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """How often to run a job that raises, and how long to wait between runs.
+
+    ``attempts`` is the total number of runs allowed for exceptions the job
+    raises (so ``attempts=1`` never retries).  Run *n* waits
+    ``delay * backoff ** (n - 1)`` seconds, varied by up to ``jitter`` (a
+    fraction) either way, and capped at ``max_delay``.  Only exceptions that
+    are instances of a type in ``on`` are retried; others fail the job at once.
+
+    >>> Retry(attempts=5, delay=2.0, on=(ConnectionError, TimeoutError))
+    ... # doctest: +SKIP
+    """
+
+    attempts: int = 3
+    delay: float = 1.0
+    backoff: float = 2.0
+    max_delay: float = 3600.0
+    jitter: float = 0.1
+    on: tuple[type[BaseException], ...] = (Exception,)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
+            raise TypeError(f"Retry attempts must be an int, not {self.attempts!r}")
+        if self.attempts < 1:
+            raise ValueError(f"Retry attempts must be at least 1, got {self.attempts}")
+        object.__setattr__(self, "delay", _seconds(self.delay, "Retry delay"))
+        object.__setattr__(self, "max_delay", _seconds(self.max_delay, "Retry max_delay"))
+        if not isinstance(self.backoff, (int, float)) or not self.backoff >= 1:
+            raise ValueError(f"Retry backoff must be a number >= 1, got {self.backoff!r}")
+        if not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter <= 1:
+            raise ValueError(f"Retry jitter must be between 0 and 1, got {self.jitter!r}")
+        on = self.on if isinstance(self.on, tuple) else (self.on,)
+        for cls in on:
+            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+                raise TypeError(f"Retry on= takes exception classes, not {cls!r}")
+        object.__setattr__(self, "on", on)
+
+    def delay_before(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait before run ``attempt + 1``, after run ``attempt`` failed."""
+        base = self.delay * self.backoff ** max(attempt - 1, 0)
+        spread = base * self.jitter
+        varied = base + (rng or random).uniform(-spread, spread)
+        return max(0.0, min(varied, self.max_delay))
+
+    def _to_json(self) -> str:
+        return json.dumps({"delay": self.delay, "backoff": self.backoff,
+                           "max_delay": self.max_delay, "jitter": self.jitter,
+                           "on": [_qualified_type_name(cls) for cls in self.on]})
+
+
+def _retry_delay(policy_json: str | None, attempt: int, exc_mro: Sequence[str]) -> float | None:
+    """Seconds until the retry, or None if this exception is not retried."""
+    if policy_json is None:
+        return None
+    policy = json.loads(policy_json)
+    if not set(policy["on"]) & set(exc_mro):
+        return None
+    # Compare by qualified name: the exception types need not import here.
+    spec = Retry(attempts=1, delay=policy["delay"], backoff=policy["backoff"],
+                 max_delay=policy["max_delay"], jitter=policy["jitter"])
+    return spec.delay_before(attempt)
+
+
+class Job:
+    """A call to run later: ``Job(function, *args, **kwargs)``.
+
+    Before `Queue.put` it is only a description.  ``put`` stores it and binds
+    it to its row; from then on ``id``, ``status``, ``result``, ``error`` and
+    the rest reflect the database as of the last `refresh` (``wait`` and
+    ``cancel`` refresh too).
+
+    >>> job = q.put(Job(render_pdf, 7, dpi=300))        # doctest: +SKIP
+    >>> job.wait(timeout=30)                            # doctest: +SKIP
+    """
+
+    def __init__(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any):
+        self._call: tuple[Any, tuple[Any, ...], dict[str, Any]] | None = (fn, args, kwargs)
+        self._queue: Queue | None = None
+        self._row: dict[str, Any] = {}
+        self._result_cache: tuple[Any] | None = None
+
+    @classmethod
+    def _bound(cls, queue: Queue, row: dict[str, Any]) -> Job:
+        job = cls.__new__(cls)
+        job._call = None
+        job._queue = queue
+        job._row = row
+        job._result_cache = None
+        return job
+
+    def _require_queue(self) -> Queue:
+        if self._queue is None:
+            raise LitejobsError(f"{self!r} has not been put in a queue yet")
+        return self._queue
+
+    # -- what was asked ------------------------------------------------------
+
+    @property
+    def id(self) -> int | None:
+        """The job's id in its queue, or None before it is put."""
+        return self._row.get("id")
+
+    @property
+    def name(self) -> str:
+        """The readable name of the callable, such as ``package.module:function``."""
+        if "name" in self._row:
+            return str(self._row["name"])
+        assert self._call is not None
+        fn = self._call[0]
+        return fn if isinstance(fn, str) else _name_of(fn)
+
+    def _loaded_call(self) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        if self._call is None:
+            queue = self._require_queue()
+            payload = queue._storage.fetch_blob(self._require_id(), "payload")
+            self._call = _load_call(self.name, payload)
+        return self._call
+
+    @property
+    def callable(self) -> Any:
+        """The function to call (unpickled from the database on first use)."""
+        fn = self._loaded_call()[0]
+        return _resolve(fn) if isinstance(fn, str) else fn
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        """Positional arguments of the call."""
+        return self._loaded_call()[1]
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the call."""
+        return self._loaded_call()[2]
+
+    # -- where it stands -----------------------------------------------------
+
+    @property
+    def status(self) -> str | None:
+        """One of `PENDING`, `ACTIVE`, `COMPLETED`, `FAILED`, `CANCELLED`; None before put."""
+        return self._row.get("status")
+
+    @property
+    def queue(self) -> str | None:
+        """The name of the queue the job is in."""
+        return self._row.get("queue")
+
+    @property
+    def priority(self) -> int | None:
+        """Larger runs first among due jobs."""
+        return self._row.get("priority")
+
+    @property
+    def key(self) -> str | None:
+        """The unique key given to `Queue.put`, if any."""
+        return self._row.get("key")
+
+    @property
+    def attempts(self) -> int:
+        """How many runs have started, the current one included."""
+        return int(self._row.get("attempts", 0))
+
+    attempt = attempts
+
+    @property
+    def interruptions(self) -> int:
+        """How many runs ended without an outcome (process killed, lease lost)."""
+        return int(self._row.get("interruptions", 0))
+
+    @property
+    def timeout(self) -> float | None:
+        """The hard time limit of a run in seconds, enforced by worker pools."""
+        return self._row.get("timeout")
+
+    @property
+    def created_at(self) -> datetime.datetime | None:
+        """When the job was put (aware, UTC)."""
+        return _to_datetime(self._row.get("created_at"))
+
+    @property
+    def begin_after(self) -> datetime.datetime | None:
+        """The job does not start before this moment (aware, UTC)."""
+        return _to_datetime(self._row.get("begin_after"))
+
+    @property
+    def begin_by(self) -> datetime.datetime | None:
+        """The job fails instead of starting after this moment (aware, UTC)."""
+        return _to_datetime(self._row.get("begin_by"))
+
+    @property
+    def started_at(self) -> datetime.datetime | None:
+        """When the latest run started (aware, UTC)."""
+        return _to_datetime(self._row.get("started_at"))
+
+    @property
+    def finished_at(self) -> datetime.datetime | None:
+        """When the job ended (aware, UTC)."""
+        return _to_datetime(self._row.get("finished_at"))
+
+    @property
+    def error(self) -> str | None:
+        """The full traceback text of the last failure."""
+        return self._row.get("error")
+
+    @property
+    def error_type(self) -> str | None:
+        """The qualified name of the last failure's exception type."""
+        return self._row.get("error_type")
+
+    @property
+    def result(self) -> Any:
+        """The return value of a completed job; None otherwise."""
+        if self.status != COMPLETED:
+            return None
+        if self._result_cache is None:
+            data = self._require_queue()._storage.fetch_blob(self._require_id(), "result")
+            self._result_cache = (None if data is None else pickle.loads(data),)
+        return self._result_cache[0]
+
+    def _require_id(self) -> int:
+        job_id = self.id
+        if job_id is None:
+            raise LitejobsError(f"{self!r} has not been put in a queue yet")
+        return job_id
+
+    # -- actions -------------------------------------------------------------
+
+    def refresh(self) -> Job:
+        """Reload the job's state from the database; return the job."""
+        queue = self._require_queue()
+        row = queue._storage.fetch(self._require_id())
+        if row is None:
+            raise JobNotFound(f"job {self.id} is gone from {queue.path} (purged?)")
+        if row.get("status") != self._row.get("status"):
+            self._result_cache = None
+        self._row = row
+        return self
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Wait until the job ends; return its result.
+
+        Raises `JobFailed` (with the traceback) if it failed, `JobCancelled`
+        if it was cancelled, and `WaitTimeout` if ``timeout`` seconds pass
+        first.  Nothing runs the job but a worker or `Queue.run_pending`.
+        """
+        self._wait_until(lambda: self.status in _FINISHED, timeout, "end")
+        if self.status == COMPLETED:
+            return self.result
+        if self.status == CANCELLED:
+            raise JobCancelled(self, self.error_type, self.error)
+        raise JobFailed(self, self.error_type, self.error)
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float | None, what: str) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.001
+        while not done():
+            if deadline is not None and time.monotonic() >= deadline:
+                raise WaitTimeout(
+                    f"job {self.id} ({self.name}) did not {what} within {timeout}s; it "
+                    f"is {self.status}.  Is a worker serving queue {self.queue!r}?  "
+                    f"(In tests, Queue.run_pending() runs due jobs in-process.)"
+                )
+            remaining = math.inf if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(pause, remaining)))
+            pause = min(pause * 2, 0.05)
+            self.refresh()
+
+    def cancel(self) -> bool:
+        """Cancel the job.  A pending job is cancelled at once and never runs.
+
+        An active job is flagged: its run's result is discarded and it ends
+        `CANCELLED` (a worker pool also stops the run).  Returns False if the
+        job had already ended.
+        """
+        queue = self._require_queue()
+        status = queue._storage.cancel(self._require_id(), time.time())
+        self.refresh()
+        return status is not None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Job) or self.id is None or other.id is None:
+            return self is other
+        return (self.id, self._require_queue().path) == (other.id, other._require_queue().path)
+
+    def __hash__(self) -> int:
+        return id(self) if self.id is None else hash(self.id)
+
+    def __repr__(self) -> str:
+        if self.id is None:
+            return f"<litejobs.Job {self.name} (not put)>"
+        return f"<litejobs.Job {self.id} {self.name} {self.status}>"
+
+
+def wait_for_result(job: Job, timeout: float = 5.0) -> Any:
+    """Wait for ``job`` to end and return its result (raises as `Job.wait`)."""
+    return job.wait(timeout=timeout)
+
+
+def wait_for_start(job: Job, timeout: float = 5.0) -> Job:
+    """Wait until ``job`` has started (or ended); return it."""
+    job._wait_until(lambda: job.status != PENDING, timeout, "start")
+    return job
+
+
+@dataclasses.dataclass
+class _Outcome:
+    """What one run of a job produced, in a form any process can record."""
+
+    ok: bool
+    result: bytes | None = None
+    error: str | None = None
+    error_type: str | None = None
+    exc_mro: tuple[str, ...] = ()
+
+    @classmethod
+    def failure(cls, exc: BaseException) -> _Outcome:
+        return cls(ok=False, error="".join(traceback.format_exception(exc)),
+                   error_type=_qualified_type_name(type(exc)),
+                   exc_mro=tuple(_qualified_type_name(c) for c in type(exc).__mro__))
+
+
+def _execute(job: Job, payload: bytes | None) -> _Outcome:
+    """Run one claimed job in this process and capture its outcome.
+
+    The same path serves `Queue.run_pending` and the worker pool.  Only
+    KeyboardInterrupt escapes; everything else the job raises, including a
+    function that no longer imports, becomes a failure with its traceback.
+    """
+    reset = _CURRENT_JOB.set(job)
+    try:
+        fn, args, kwargs = _load_call(job.name, payload)
+        value = fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        return _Outcome.failure(exc)
+    finally:
+        _CURRENT_JOB.reset(reset)
+    if value is None:
+        return _Outcome(ok=True)
+    try:
+        return _Outcome(ok=True, result=pickle.dumps(value, protocol=_PICKLE_PROTOCOL))
+    except Exception as exc:
+        problem = TypeError(
+            f"the result of job {job.id} ({job.name}), {_describe(value)}, cannot be "
+            f"pickled: {type(exc).__name__}: {exc}; return plain data instead")
+        return _Outcome.failure(problem)
+
+
+def _record(storage: _SQLiteStorage, row: Mapping[str, Any], token: str,
+            outcome: _Outcome, now: float) -> str:
+    """Write an outcome, applying the job's retry policy; fenced by ``token``.
+
+    ``row`` is the job as claimed (attempts counts the run that just ended).
+    """
+    if outcome.ok:
+        return storage.finish(row["id"], token, status=COMPLETED, now=now,
+                              result=outcome.result)
+    exception_runs = row["attempts"] - row["interruptions"]
+    delay = None
+    if exception_runs < row["max_attempts"]:
+        delay = _retry_delay(row["retry_policy"], exception_runs, outcome.exc_mro)
+    if delay is None:
+        return storage.finish(row["id"], token, status=FAILED, now=now,
+                              error=outcome.error, error_type=outcome.error_type)
+    return storage.finish(row["id"], token, status=PENDING, now=now,
+                          error=outcome.error, error_type=outcome.error_type,
+                          begin_after=now + delay)
+
+
+class _LeaseKeeper:
+    """Renews the leases of jobs running in this process, from a thread of its
+    own, so a job stuck in C code or ``time.sleep`` keeps its claim."""
+
+    def __init__(self, storage: _SQLiteStorage, lease: float):
+        self._storage = storage
+        self._lease = lease
+        self._held: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, job_id: int, token: str) -> None:
+        with self._lock:
+            self._held[job_id] = token
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="litejobs-lease-keeper")
+                self._thread.start()
+
+    def release(self, job_id: int) -> None:
+        with self._lock:
+            self._held.pop(job_id, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._lease / 3):
+            with self._lock:
+                held = list(self._held.items())
+            if not held:
+                continue
+            try:
+                lost = self._storage.renew(held, time.time() + self._lease)
+            except LitejobsError as exc:
+                _log.error("could not renew leases: %s", exc)
+                continue
+            for job_id in lost:
+                _log.warning("job %s: lease lost while running here", job_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def _owner_id(kind: str) -> str:
+    return f"{kind}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class Queue:
+    """A job queue kept in the SQLite database at ``path``.
+
+    The file is created if missing (mode 0600, WAL journal), and may be shared
+    with the application's own tables: litejobs' tables are all prefixed
+    ``litejobs_``, and it never touches ``PRAGMA user_version``.  Every process
+    using it must be on this host (WAL needs shared memory, so no network file
+    systems).
+
+    ``durable=True`` (the default) commits each put with ``synchronous=FULL``:
+    once ``put`` returns, the job survives power loss.  ``durable=False`` uses
+    ``NORMAL``, much faster; the last puts may be lost on power loss, never on
+    a process crash.  ``create=False`` refuses to create a missing file.
+
+    A Queue may be shared by threads, and pickles as its path and options, so
+    it can be passed to other processes; each process and thread opens its
+    own connection.
+
+    >>> q = Queue("app.db")                             # doctest: +SKIP
+    >>> job = q.put(Job(render_pdf, 7), queue="pdf")    # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
+                 create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+        self._storage = _SQLiteStorage(path, durable=durable, create=create,
+                                       busy_timeout=busy_timeout)
+        self.path = self._storage.path
+        self.durable = durable
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen_queue, (self.path, self.durable, self._storage.busy_timeout))
+
+    def __repr__(self) -> str:
+        return f"<litejobs.Queue {self.path}>"
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close this process's connections.  Using the queue again reopens them."""
+        self._storage.close()
+
+    # -- putting -------------------------------------------------------------
+
+    def put(self, item: Job | Callable[..., Any] | str, *,
+            begin_after: datetime.datetime | datetime.timedelta | float | None = None,
+            begin_by: datetime.timedelta | float | None = None,
+            retry: Retry | None = None, priority: int = 0, queue: str = DEFAULT_QUEUE,
+            key: str | None = None, timeout: float | None = None,
+            max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS) -> Job:
+        """Store a job and return it, bound to its row.  Once this returns, the
+        job is in the database (on disk, with ``durable=True``).
+
+        ``item`` is a `Job`, a callable taking no arguments, or an importable
+        ``"package.module:function"`` string.
+
+        - ``begin_after``: an aware datetime, or a timedelta or seconds from now;
+          the job does not start before it.
+        - ``begin_by``: a timedelta or seconds after ``begin_after``; a job not
+          started by then fails with `DeadlineExceeded` instead of running late.
+        - ``retry``: a `Retry` policy for exceptions; without one an exception
+          fails the job at once.
+        - ``priority``: larger runs first; ``queue``: the named queue.
+        - ``key``: if a pending or active job has this key, that job is
+          returned and nothing is added.
+        - ``timeout``: a hard limit on a run in seconds, enforced by worker pools.
+        - ``max_interruptions``: runs that may die without an outcome (killed
+          process, lost lease) before the job fails as interrupted.
+
+        Raises TypeError or ValueError, writing nothing, for a callable or an
+        argument that cannot be stored.
+
+        >>> q.put(Job(render_pdf, 7), begin_after=timedelta(minutes=5),
+        ...       retry=Retry(attempts=3))              # doctest: +SKIP
+        """
+        return self.put_many([item], begin_after=begin_after, begin_by=begin_by,
+                             retry=retry, priority=priority, queue=queue, key=key,
+                             timeout=timeout, max_interruptions=max_interruptions)[0]
+
+    def put_many(self, items: Iterable[Job | Callable[..., Any] | str], *,
+                 begin_after: datetime.datetime | datetime.timedelta | float | None = None,
+                 begin_by: datetime.timedelta | float | None = None,
+                 retry: Retry | None = None, priority: int = 0,
+                 queue: str = DEFAULT_QUEUE, key: str | None = None,
+                 timeout: float | None = None,
+                 max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS) -> list[Job]:
+        """Store many jobs in one transaction, with the options of `put`; all
+        of them are stored, or none.  A ``key`` applies to the first item only
+        if given; use `put` per item for per-job keys."""
+        now = time.time()
+        options = self._row_options(now, begin_after=begin_after, begin_by=begin_by,
+                                    retry=retry, priority=priority, queue=queue, key=key,
+                                    timeout=timeout, max_interruptions=max_interruptions)
+        jobs: list[Job] = []
+        rows: list[dict[str, Any]] = []
+        for item in items:
+            job = item if isinstance(item, Job) else Job(item)
+            if job._queue is not None or job._call is None:
+                raise ValueError(f"{job!r} was put already; create a new Job to run it again")
+            fn, args, kwargs = job._call
+            name, payload = _prepare_call(fn, args, kwargs)
+            jobs.append(job)
+            rows.append({**options, "name": name, "payload": payload,
+                         "key": options["key"] if not rows else None})
+        if not rows:
+            return []
+        placed = self._storage.insert(rows, now)
+        out = []
+        for job, (job_id, existed) in zip(jobs, placed):
+            if existed:
+                out.append(self.get(job_id))
+                continue
+            job._queue = self
+            job._row = {"id": job_id}
+            job.refresh()
+            out.append(job)
+        return out
+
+    @staticmethod
+    def _row_options(now: float, *, begin_after: Any, begin_by: Any, retry: Retry | None,
+                     priority: int, queue: str, key: str | None, timeout: float | None,
+                     max_interruptions: int) -> dict[str, Any]:
+        start = _begin_after(begin_after, now)
+        deadline = None
+        if begin_by is not None:
+            window = _seconds(begin_by, "begin_by")
+            if window == 0:
+                raise ValueError("begin_by must be positive: it is how long after "
+                                 "begin_after the job may still start")
+            deadline = start + window
+        if retry is not None and not isinstance(retry, Retry):
+            raise TypeError(f"retry must be a litejobs.Retry, not {_describe(retry)}")
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, not {priority!r}")
+        if not isinstance(queue, str) or not queue:
+            raise ValueError(f"queue must be a non-empty string, not {queue!r}")
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key must be a string or None, not {key!r}")
+        if timeout is not None:
+            timeout = _seconds(timeout, "timeout")
+            if timeout == 0:
+                raise ValueError("timeout must be positive")
+        if (isinstance(max_interruptions, bool) or not isinstance(max_interruptions, int)
+                or max_interruptions < 0):
+            raise ValueError(f"max_interruptions must be an int >= 0, "
+                             f"not {max_interruptions!r}")
+        return {"queue": queue, "priority": priority, "key": key,
+                "max_attempts": retry.attempts if retry else 1,
+                "retry_policy": retry._to_json() if retry else None,
+                "max_interruptions": max_interruptions, "timeout": timeout,
+                "begin_after": start, "begin_by": deadline}
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        """The job with this id; raises `JobNotFound` if there is none."""
+        row = self._storage.fetch(job_id)
+        if row is None:
+            raise JobNotFound(f"no job {job_id} in {self.path}")
+        return Job._bound(self, row)
+
+    def jobs(self, status: str | None = None, queue: str | None = None,
+             limit: int = 100) -> list[Job]:
+        """Jobs, newest first, optionally only those in ``status`` and ``queue``."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        rows = self._storage.fetch_many(status=status, queue=queue, limit=limit)
+        return [Job._bound(self, row) for row in rows]
+
+    def counts(self, queue: str | None = None) -> dict[str, int]:
+        """How many jobs are in each status (every status is present)."""
+        found = self._storage.counts(queue)
+        return {status: found.get(status, 0) for status in STATUSES}
+
+    # -- running here --------------------------------------------------------
+
+    def run_pending(self, now: datetime.datetime | None = None, *,
+                    queues: Sequence[str] | None = None, limit: int | None = None,
+                    lease: float = DEFAULT_LEASE) -> int:
+        """Run every due job in this process, one at a time; return how many ran.
+
+        Jobs run exactly as in a worker: claimed under a lease, recorded with
+        the same fenced writes and the same retry policy.  Jobs that become due
+        meanwhile (a retry with no delay, a job put by a job) run too, until
+        none is due or ``limit`` have run.
+
+        ``now``, an aware datetime, stands in for the clock: jobs due by then
+        run, and every time computed (retry delays, deadlines, timestamps)
+        counts from it.  This runs delayed jobs in tests without sleeping::
+
+            q.run_pending(now=datetime.now(timezone.utc) + timedelta(hours=1))
+
+        ``timeout`` is not enforced here; it needs a worker pool.
+        """
+        if now is not None:
+            fixed = _timestamp(now, "now")
+            clock: Callable[[], float] = lambda: fixed  # noqa: E731
+        else:
+            clock = time.time
+        if queues is not None:
+            queues = [queues] if isinstance(queues, str) else list(queues)
+        owner = _owner_id("inline")
+        keeper = _LeaseKeeper(self._storage, lease) if now is None else None
+        ran = 0
+        try:
+            while limit is None or ran < limit:
+                token, claimed = self._storage.claim(owner=owner, queues=queues,
+                                                     now=clock(), lease=lease, limit=1)
+                if not claimed:
+                    break
+                for row in claimed:
+                    self._run_claimed(row, token, clock, keeper)
+                    ran += 1
+        finally:
+            if keeper is not None:
+                keeper.stop()
+        return ran
+
+    def _run_claimed(self, claimed: dict[str, Any], token: str,
+                     clock: Callable[[], float], keeper: _LeaseKeeper | None) -> None:
+        job = self.get(claimed["id"])
+        if keeper is not None:
+            keeper.hold(job._require_id(), token)
+        try:
+            outcome = _execute(job, claimed["payload"])
+        except KeyboardInterrupt:
+            self._storage.interrupt(job._require_id(), token, clock(),
+                                    "interrupted by KeyboardInterrupt")
+            raise
+        finally:
+            if keeper is not None:
+                keeper.release(job._require_id())
+        try:
+            status = _record(self._storage, job._row, token, outcome, clock())
+        except LeaseLost as exc:
+            _log.warning("%s", exc)
+            return
+        if status == FAILED:
+            _log.error("job %s (%s) failed:\n%s", job.id, job.name, outcome.error)
+
+
+def _reopen_queue(path: str, durable: bool, busy_timeout: float) -> Queue:
+    return Queue(path, durable=durable, busy_timeout=busy_timeout)
+
+
+###############################################################################
+# CLI
+###############################################################################
+
+
+def _demo_rsa_key(bits: int = 1024) -> dict[str, Any]:
+    """Generate an RSA key pair in pure Python (the demo's job with arguments)."""
+    rng = random.SystemRandom()
+
+    def probable_prime(size: int) -> int:
+        while True:
+            candidate = rng.getrandbits(size) | (1 << (size - 1)) | 1
+            if all(pow(rng.randrange(2, candidate - 2), candidate - 1, candidate) == 1
+                   for _ in range(24)):
+                return candidate
+
+    exponent = 65537
+    while True:
+        p, q = probable_prime(bits // 2), probable_prime(bits // 2)
+        phi = (p - 1) * (q - 1)
+        if p != q and math.gcd(exponent, phi) == 1:
+            break
+    modulus = p * q
+    private = pow(exponent, -1, phi)
+    assert pow(pow(42, exponent, modulus), private, modulus) == 42
+    return {"bits": modulus.bit_length(), "e": exponent,
+            "n_head": hex(modulus)[:18] + "..."}
+
+
+def _demo_divide(numerator: float, denominator: float) -> float:
+    """The demo's failing job, when given a zero."""
+    return numerator / denominator
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="litejobs-demo-") as tmp:
+        path = os.path.join(tmp, "demo.db")
+        with Queue(path) as q:
+            say(f"litejobs {__version__} demo, database {path}")
+            say("Jobs run in this process through q.run_pending(); a worker pool "
+                "runs them the same way.\n")
+
+            say("1. A simple job: q.put(time.time)")
+            job = q.put(time.time)
+            say(f"   put {job!r}")
+            say(f"   run_pending() ran {q.run_pending()}")
+            say(f"   {job.refresh()!r} -> result {job.result!r}\n")
+
+            say("2. A job with arguments: an RSA key")
+            key_path = os.path.join(tmp, "key.pem")
+            openssl = shutil.which("openssl")
+            if openssl:
+                job = q.put(Job(subprocess.call, [openssl, "genrsa", "-out", key_path,
+                                                  "2048"], stderr=subprocess.DEVNULL))
+            else:
+                say("   (openssl not found: generating the key in pure Python)")
+                job = q.put(Job(_demo_rsa_key, 1024))
+            say(f"   put {job!r}")
+            q.run_pending()
+            say(f"   {job.refresh()!r} -> result {job.result!r}")
+            if openssl and job.result == 0:
+                with open(key_path) as handle:
+                    say(f"   {key_path}: {handle.readline().strip()} ...")
+            say("")
+
+            say("3. A delayed job: begin_after=timedelta(minutes=5)")
+            job = q.put(time.time, begin_after=datetime.timedelta(minutes=5))
+            say(f"   put {job!r}, due at {_format_time(job.begin_after.timestamp())}")
+            say(f"   run_pending() ran {q.run_pending()}: not due yet")
+            later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=6)
+            say(f"   run_pending(now=+6 minutes) ran {q.run_pending(now=later)}")
+            say(f"   {job.refresh()!r}\n")
+
+            say("4. A failing job: _demo_divide(1, 0)")
+            job = q.put(Job(_demo_divide, 1, 0))
+            logging.getLogger("litejobs").disabled = True  # the demo prints it itself
+            q.run_pending()
+            try:
+                job.wait(timeout=5)
+            except JobFailed as failure:
+                say(f"   {job!r} -> {failure.exc_type}; its traceback:")
+                for line in (failure.traceback or "").splitlines():
+                    say(f"   | {line}")
+            say("")
+            say(f"counts: {q.counts()}")
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="litejobs",
+        description="Durable background jobs in one SQLite file.",
+    )
+    parser.add_argument("--version", action="version", version=f"litejobs {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo = commands.add_parser(
+        "demo", help="run a short tour on a temporary database",
+        description="Put a few jobs in a temporary database and run them: a simple "
+                    "job, one with arguments, a delayed one, and a failing one.")
+    demo.set_defaults(handler=_command_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``litejobs`` command line; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args))
+    except LitejobsError as exc:
+        print(f"litejobs: error: {exc}", file=sys.stderr)
+        return 1
+
+
+###############################################################################
+# pytest plugin (registered through the pytest11 entry point)
+###############################################################################
+
+
+def pytest_configure(config: Any) -> None:
+    """Register the litejobs fixtures.  Defined lazily, so that importing
+    litejobs outside pytest never imports pytest."""
+    import pytest
+
+    class _LitejobsFixtures:
+        @pytest.fixture
+        def litejobs_queue(self, tmp_path: Any) -> Iterator[Queue]:
+            """A fresh `Queue` on a file under ``tmp_path``, closed afterwards.
+
+            Run its jobs deterministically with ``litejobs_queue.run_pending()``,
+            passing ``now=`` to run delayed ones without sleeping.
+            """
+            queue = Queue(tmp_path / "litejobs.db")
+            try:
+                yield queue
+            finally:
+                queue.close()
+
+    if not config.pluginmanager.has_plugin("litejobs-fixtures"):
+        config.pluginmanager.register(_LitejobsFixtures(), "litejobs-fixtures")
+
+
+if _RUN_AS_SCRIPT:
+    sys.exit(main())
