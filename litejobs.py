@@ -112,6 +112,7 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []
 
 _log = logging.getLogger("litejobs")
+_log.addHandler(logging.NullHandler())  # the application decides where logs go
 
 
 class LitejobsError(Exception):
@@ -1381,6 +1382,8 @@ def _execute(job: Job, payload: bytes | None) -> _Outcome:
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
+        if exc.__traceback__ is not None:  # start the traceback at the job, not here
+            exc.__traceback__ = exc.__traceback__.tb_next
         return _Outcome.failure(exc)
     finally:
         _CURRENT_JOB.reset(reset)
@@ -1790,7 +1793,6 @@ def _command_demo(args: argparse.Namespace) -> int:
 
             say("4. A failing job: _demo_divide(1, 0)")
             job = q.put(Job(_demo_divide, 1, 0))
-            logging.getLogger("litejobs").disabled = True  # the demo prints it itself
             q.run_pending()
             try:
                 job.wait(timeout=5)

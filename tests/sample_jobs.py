@@ -1,0 +1,84 @@
+"""Module-level job functions shared by the tests (jobs are stored by name)."""
+
+import os
+
+import litejobs
+
+
+def add(a, b):
+    return a + b
+
+
+def echo(*args, **kwargs):
+    return args, kwargs
+
+
+def fail(message="boom"):
+    raise ValueError(message)
+
+
+def flaky(fail_times, exc_name="ConnectionError"):
+    """Raise until this is run ``fail_times + 1`` times; return the attempt."""
+    job = litejobs.current_job()
+    if job.attempt <= fail_times:
+        raise {"ConnectionError": ConnectionError, "KeyError": KeyError}[exc_name](
+            f"attempt {job.attempt}")
+    return job.attempt
+
+
+def whoami():
+    job = litejobs.current_job()
+    return job.id, job.attempt
+
+
+def return_lambda():
+    return lambda: None
+
+
+def append_line(path, text):
+    with open(path, "a") as handle:
+        handle.write(f"{text}\n")
+    return text
+
+
+def put_followup(path):
+    """A job that puts another job into its own queue."""
+    job = litejobs.current_job()
+    queue = litejobs.Queue(path)
+    follow = queue.put(litejobs.Job(add, job.id, 1000))
+    return follow.id
+
+
+def cancel_myself():
+    job = litejobs.current_job()
+    job.cancel()
+    return "finished anyway"
+
+
+def interrupt():
+    raise KeyboardInterrupt
+
+
+def exit_job():
+    raise SystemExit(3)
+
+
+def pid():
+    return os.getpid()
+
+
+class Greeter:
+    def __init__(self, greeting):
+        self.greeting = greeting
+
+    def greet(self, name):
+        return f"{self.greeting}, {name}"
+
+    @classmethod
+    def create(cls, greeting):
+        return cls(greeting).greeting
+
+
+def own_status():
+    """The job's status as the database sees it while the job runs."""
+    return litejobs.current_job().refresh().status

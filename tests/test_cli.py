@@ -1,0 +1,103 @@
+"""The command line: in-process through main(), and as ``python -m litejobs``."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import litejobs
+
+ROOT = os.path.dirname(os.path.abspath(litejobs.__file__))
+
+
+def run_module(*args, cwd, timeout=60):
+    # -S: no site-packages, so nothing installed can help; -m finds litejobs in cwd.
+    return subprocess.run([sys.executable, "-S", "-m", "litejobs", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def fresh_clone(tmp_path):
+    """A folder holding only litejobs.py, as a clone without installing."""
+    shutil.copy(os.path.join(ROOT, "litejobs.py"), tmp_path)
+    return tmp_path
+
+
+def test_help_works_without_installing(fresh_clone):
+    done = run_module("--help", cwd=fresh_clone)
+    assert done.returncode == 0, done.stderr
+    assert "usage: litejobs" in done.stdout and "demo" in done.stdout
+    assert done.stderr == ""
+
+
+def test_every_command_has_help(capsys):
+    parser = litejobs._build_parser()
+    commands = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert commands
+    for name, command in commands.items():
+        assert command.description, f"{name} has no description"
+        with pytest.raises(SystemExit) as exit_:
+            litejobs.main([name, "--help"])
+        assert exit_.value.code == 0
+        assert f"usage: litejobs {name}" in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_fails(capsys):
+    assert litejobs.main([]) == 2
+    assert "usage: litejobs" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        litejobs.main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"litejobs {litejobs.__version__}"
+
+
+def test_demo_in_process(capsys):
+    assert litejobs.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    for step in ("1. A simple job", "2. A job with arguments", "3. A delayed job",
+                 "4. A failing job"):
+        assert step in out
+    assert "ZeroDivisionError: division by zero" in out
+    assert "Traceback (most recent call last):" in out
+    assert "'completed': 3, 'failed': 1" in out
+
+
+def test_demo_as_a_module_without_installing(fresh_clone):
+    done = run_module("demo", cwd=fresh_clone, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # Jobs defined in the module are named litejobs:..., not __main__:...
+    assert "litejobs:_demo_divide failed" in done.stdout
+    assert "__main__" not in done.stdout
+
+
+def test_running_as_main_and_importing_share_one_module(fresh_clone):
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['litejobs', '--version']\n"
+        "try:\n"
+        "    runpy.run_module('litejobs', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "import litejobs\n"
+        "print(litejobs._RUN_AS_SCRIPT, litejobs.Queue.__module__,"
+        " litejobs.JobFailed.__module__)\n"
+    )
+    done = subprocess.run([sys.executable, "-S", "-c", code], cwd=fresh_clone,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-3:] == ["True", "litejobs", "litejobs"]
+
+
+def test_an_error_is_one_line_and_a_non_zero_exit(monkeypatch, capsys):
+    def broken(args):
+        raise litejobs.DatabaseError("no database at /nowhere/app.db: check the path")
+
+    monkeypatch.setattr(litejobs, "_command_demo", broken)
+    assert litejobs.main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert err == "litejobs: error: no database at /nowhere/app.db: check the path\n"

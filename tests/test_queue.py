@@ -1,0 +1,359 @@
+"""The public Queue and Job API, and every status transition, run in-process."""
+
+import datetime
+import functools
+import pickle
+import threading
+import time
+
+import pytest
+
+import litejobs
+import sample_jobs
+from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, Job
+
+
+def test_put_returns_a_pending_job_bound_to_its_row(q):
+    job = q.put(Job(sample_jobs.add, 2, 3))
+    assert isinstance(job.id, int)
+    assert job.status == PENDING
+    assert job.name == "sample_jobs:add"
+    assert job.attempts == 0 and job.interruptions == 0
+    assert job.queue == "default" and job.priority == 0
+    assert job.created_at.tzinfo is not None
+    assert job.result is None and job.error is None
+    assert q.get(job.id) == job
+
+
+def test_pending_active_completed(q):
+    job = q.put(sample_jobs.own_status)
+    assert q.run_pending() == 1
+    assert job.wait(timeout=5) == ACTIVE  # what the database said while it ran
+    assert job.status == COMPLETED
+    assert job.attempts == 1
+    assert job.started_at <= job.finished_at
+
+
+def test_result_and_arguments_round_trip(q):
+    job = q.put(Job(sample_jobs.echo, 1, [2, 3], key={"a": b"x"}))
+    q.run_pending()
+    assert job.wait(timeout=5) == ((1, [2, 3]), {"key": {"a": b"x"}})
+    again = q.get(job.id)
+    assert again.args == (1, [2, 3]) and again.kwargs == {"key": {"a": b"x"}}
+    assert again.callable is sample_jobs.echo
+
+
+def test_a_job_returning_none_completes_with_none(q):
+    job = q.put(Job(sample_jobs.append_line, "/dev/null", "x"))
+    q.run_pending()
+    assert job.wait(timeout=5) == "x"
+    nothing = q.put(Job(time.sleep, 0))
+    q.run_pending()
+    assert nothing.wait(timeout=5) is None and nothing.status == COMPLETED
+
+
+def test_active_to_failed_keeps_the_full_traceback(q):
+    job = q.put(Job(sample_jobs.fail, "no luck"))
+    q.run_pending()
+    with pytest.raises(litejobs.JobFailed) as caught:
+        job.wait(timeout=5)
+    assert job.status == FAILED
+    assert caught.value.job == job
+    assert caught.value.exc_type == "builtins.ValueError"
+    text = caught.value.traceback
+    assert text.startswith("Traceback (most recent call last):")
+    assert 'sample_jobs.py", line' in text and "in fail" in text
+    assert text.rstrip().endswith("ValueError: no luck")
+    assert job.error == text and job.error_type == "builtins.ValueError"
+    assert "no luck" in str(caught.value)
+
+
+def test_pending_to_cancelled_never_runs(q, tmp_path):
+    marker = tmp_path / "ran.txt"
+    job = q.put(Job(sample_jobs.append_line, str(marker), "ran"))
+    assert job.cancel() is True
+    assert job.status == CANCELLED and job.finished_at is not None
+    assert q.run_pending() == 0
+    assert not marker.exists()
+    with pytest.raises(litejobs.JobCancelled):
+        job.wait(timeout=1)
+    assert job.cancel() is False  # already ended
+
+
+def test_active_to_cancelled_discards_the_result(q):
+    job = q.put(sample_jobs.cancel_myself)
+    assert q.run_pending() == 1
+    job.refresh()
+    assert job.status == CANCELLED and job.result is None
+    with pytest.raises(litejobs.JobFailed):  # JobCancelled is a JobFailed
+        job.wait(timeout=1)
+
+
+def test_cancel_of_a_finished_job_changes_nothing(q):
+    job = q.put(Job(sample_jobs.add, 1, 1))
+    q.run_pending()
+    assert job.cancel() is False
+    assert job.status == COMPLETED and job.result == 2
+
+
+def test_active_to_pending_on_retry_then_completed(q, now):
+    job = q.put(Job(sample_jobs.flaky, 1), retry=litejobs.Retry(attempts=2, delay=0))
+    assert q.run_pending(now=now) == 2  # the retry is due at once, so it runs too
+    assert job.wait(timeout=1) == 2
+    assert job.attempts == 2
+
+
+def test_keyboard_interrupt_releases_the_job_as_an_interruption(q):
+    job = q.put(sample_jobs.interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        q.run_pending()
+    job.refresh()
+    assert job.status == PENDING
+    assert job.interruptions == 1 and job.attempts == 1
+
+
+def test_interruptions_beyond_the_limit_fail_the_job(q):
+    job = q.put(sample_jobs.interrupt, max_interruptions=1)
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            q.run_pending()
+    job.refresh()
+    assert job.status == FAILED
+    assert job.interruptions == 2
+    assert job.error_type == "litejobs.Interrupted"
+    assert "interrupted" in job.error
+
+
+def test_system_exit_in_a_job_fails_the_job_not_the_runner(q):
+    bad = q.put(sample_jobs.exit_job)
+    good = q.put(Job(sample_jobs.add, 1, 2))
+    assert q.run_pending() == 2
+    bad.refresh()
+    assert bad.status == FAILED and bad.error_type == "builtins.SystemExit"
+    assert good.wait(timeout=1) == 3
+
+
+def test_an_expired_lease_is_recovered_and_the_job_rerun(q, now):
+    job = q.put(Job(sample_jobs.add, 20, 22))
+    storage = q._storage
+    token, claimed = storage.claim(owner="crashed", queues=None, now=now.timestamp(),
+                                   lease=10, limit=10)
+    assert [row["id"] for row in claimed] == [job.id]
+    assert job.refresh().status == ACTIVE
+    assert q.run_pending(now=now) == 0  # the lease still holds
+    later = now + datetime.timedelta(seconds=11)
+    assert q.run_pending(now=later) == 1
+    assert job.wait(timeout=1) == 42
+    assert job.attempts == 2 and job.interruptions == 1
+
+
+def test_a_stale_attempt_cannot_overwrite_the_newer_one(q, now):
+    job = q.put(Job(sample_jobs.add, 1, 1))
+    storage = q._storage
+    stale, _ = storage.claim(owner="slow", queues=None, now=now.timestamp(), lease=5,
+                             limit=1)
+    later = now.timestamp() + 6
+    fresh, claimed = storage.claim(owner="fast", queues=None, now=later, lease=5, limit=1)
+    assert [row["id"] for row in claimed] == [job.id]
+    assert fresh != stale
+    with pytest.raises(litejobs.LeaseLost):
+        storage.finish(job.id, stale, status=COMPLETED, now=later,
+                       result=pickle.dumps("stale"))
+    with pytest.raises(litejobs.LeaseLost):
+        storage.finish(job.id, stale, status=FAILED, now=later, error="stale failure")
+    assert storage.renew([(job.id, stale)], later + 100) == [job.id]
+    assert storage.renew([(job.id, fresh)], later + 100) == []
+    assert storage.finish(job.id, fresh, status=COMPLETED, now=later,
+                          result=pickle.dumps("fresh")) == COMPLETED
+    assert job.refresh().result == "fresh"
+    with pytest.raises(litejobs.LeaseLost):
+        storage.interrupt(job.id, fresh, later, "too late")
+
+
+def test_wait_times_out_on_a_job_nobody_runs(q):
+    job = q.put(Job(sample_jobs.add, 1, 1))
+    with pytest.raises(litejobs.WaitTimeout, match="run_pending") as caught:
+        job.wait(timeout=0.05)
+    assert isinstance(caught.value, TimeoutError)
+    assert job.status == PENDING
+
+
+def test_wait_helpers(q):
+    job = q.put(Job(sample_jobs.add, 2, 2))
+    with pytest.raises(litejobs.WaitTimeout):
+        litejobs.wait_for_start(job, timeout=0.02)
+    q.run_pending()
+    assert litejobs.wait_for_start(job, timeout=1) is job
+    assert litejobs.wait_for_result(job, timeout=1) == 4
+
+
+def test_get_of_an_unknown_id(q):
+    with pytest.raises(litejobs.JobNotFound, match="no job 999") as caught:
+        q.get(999)
+    assert isinstance(caught.value, KeyError)
+
+
+def test_jobs_lists_newest_first_with_filters(q):
+    first = q.put(Job(sample_jobs.add, 1, 1))
+    second = q.put(Job(sample_jobs.fail), queue="other")
+    third = q.put(Job(sample_jobs.add, 2, 2))
+    assert q.jobs() == [third, second, first]
+    assert q.jobs(limit=1) == [third]
+    assert q.jobs(queue="other") == [second]
+    q.run_pending()
+    assert q.jobs(status=FAILED) == [second]
+    assert q.jobs(status=COMPLETED, queue="default") == [third, first]
+    with pytest.raises(ValueError, match="unknown status"):
+        q.jobs(status="done")
+
+
+def test_counts_has_every_status(q):
+    assert q.counts() == dict.fromkeys(litejobs.STATUSES, 0)
+    q.put(Job(sample_jobs.add, 1, 1))
+    q.put(Job(sample_jobs.fail), queue="other")
+    q.put(Job(sample_jobs.add, 1, 1)).cancel()
+    q.run_pending()
+    assert q.counts() == {PENDING: 0, ACTIVE: 0, COMPLETED: 1, FAILED: 1, CANCELLED: 1}
+    assert q.counts(queue="other")[FAILED] == 1
+    assert q.counts(queue="other")[COMPLETED] == 0
+
+
+def test_unique_key_returns_the_live_job(q):
+    first = q.put(Job(sample_jobs.add, 1, 1), key="report-7")
+    again = q.put(Job(sample_jobs.add, 5, 5), key="report-7")
+    assert again == first and again.args == (1, 1)
+    other = q.put(Job(sample_jobs.add, 1, 1), key="report-8")
+    assert other != first
+    assert sum(q.counts().values()) == 2
+    q.run_pending()
+    after = q.put(Job(sample_jobs.add, 3, 3), key="report-7")  # the first has ended
+    assert after != first and after.key == "report-7"
+    assert sum(q.counts().values()) == 3
+
+
+def test_a_key_held_by_an_active_job_also_dedupes(q, now):
+    first = q.put(Job(sample_jobs.add, 1, 1), key="k")
+    q._storage.claim(owner="x", queues=None, now=now.timestamp(), lease=30, limit=1)
+    assert first.refresh().status == ACTIVE
+    assert q.put(Job(sample_jobs.add, 1, 1), key="k") == first
+
+
+def test_priority_then_begin_after_then_id(q, now, tmp_path):
+    log = tmp_path / "order.txt"
+    early = now - datetime.timedelta(minutes=1)
+    q.put(Job(sample_jobs.append_line, str(log), "low"), priority=-1)
+    q.put(Job(sample_jobs.append_line, str(log), "normal-2"))
+    q.put(Job(sample_jobs.append_line, str(log), "normal-1"), begin_after=early)
+    q.put(Job(sample_jobs.append_line, str(log), "normal-3"))
+    q.put(Job(sample_jobs.append_line, str(log), "high"), priority=10)
+    assert q.run_pending(now=now + datetime.timedelta(seconds=1)) == 5
+    assert log.read_text().split() == ["high", "normal-1", "normal-2", "normal-3", "low"]
+
+
+def test_run_pending_serves_only_the_named_queues_and_honours_limit(q):
+    pdf = q.put(Job(sample_jobs.add, 1, 1), queue="pdf")
+    mail = q.put(Job(sample_jobs.add, 2, 2), queue="mail")
+    assert q.run_pending(queues=["pdf"]) == 1
+    assert pdf.refresh().status == COMPLETED and mail.refresh().status == PENDING
+    assert q.run_pending(queues="nothing") == 0
+    q.put(Job(sample_jobs.add, 3, 3), queue="mail")
+    assert q.run_pending(limit=1) == 1
+    assert q.counts()[PENDING] == 1
+
+
+def test_jobs_put_by_a_running_job_run_in_the_same_call(q):
+    parent = q.put(Job(sample_jobs.put_followup, q.path))
+    assert q.run_pending() == 2
+    follow = q.get(parent.wait(timeout=1))
+    assert follow.wait(timeout=1) == parent.id + 1000
+
+
+@pytest.mark.parametrize("item, name, expected", [
+    (pow, "builtins:pow", None),
+    ("sample_jobs:add", "sample_jobs:add", None),
+    (functools.partial(sample_jobs.add, 40), "functools.partial(sample_jobs:add)", None),
+    (sample_jobs.Greeter("hello").greet, "sample_jobs:Greeter.greet", None),
+    (sample_jobs.Greeter.create, "sample_jobs:Greeter.create", None),
+    (sample_jobs.Greeter, "sample_jobs:Greeter", None),
+])
+def test_every_kind_of_callable_runs(q, item, name, expected):
+    args = {
+        "builtins:pow": (2, 5),
+        "sample_jobs:add": (1, 2),
+        "functools.partial(sample_jobs:add)": (2,),
+        "sample_jobs:Greeter.greet": ("world",),
+        "sample_jobs:Greeter.create": ("hi",),
+        "sample_jobs:Greeter": ("hey",),
+    }[name]
+    job = q.put(Job(item, *args))
+    assert job.name == name
+    q.run_pending()
+    result = job.wait(timeout=5)
+    if name == "sample_jobs:Greeter":
+        assert isinstance(result, sample_jobs.Greeter) and result.greeting == "hey"
+    else:
+        assert result == {"builtins:pow": 32, "sample_jobs:add": 3,
+                          "functools.partial(sample_jobs:add)": 42,
+                          "sample_jobs:Greeter.greet": "hello, world",
+                          "sample_jobs:Greeter.create": "hi"}[name]
+
+
+def test_a_plain_callable_without_arguments(q):
+    job = q.put(time.time)
+    q.run_pending()
+    assert abs(job.wait(timeout=5) - time.time()) < 60
+
+
+def test_current_job_inside_and_outside(q):
+    assert litejobs.current_job() is None
+    job = q.put(sample_jobs.whoami)
+    q.run_pending()
+    assert job.wait(timeout=1) == (job.id, 1)
+    assert litejobs.current_job() is None
+
+
+def test_a_job_object_can_be_put_once(q):
+    job = Job(sample_jobs.add, 1, 2)
+    assert job.id is None and job.status is None
+    assert "not put" in repr(job)
+    assert q.put(job) is job
+    with pytest.raises(ValueError, match="put already"):
+        q.put(job)
+    with pytest.raises(litejobs.LitejobsError, match="not been put"):
+        Job(sample_jobs.add, 1, 2).refresh()
+
+
+def test_put_many_is_one_transaction(q):
+    jobs = q.put_many([Job(sample_jobs.add, i, i) for i in range(50)], queue="bulk")
+    assert [job.status for job in jobs] == [PENDING] * 50
+    assert q.counts(queue="bulk")[PENDING] == 50
+    with pytest.raises(TypeError):
+        q.put_many([Job(sample_jobs.add, 1, 1), Job(sample_jobs.add, threading.Lock(), 1)])
+    with pytest.raises(TypeError):
+        q.put_many([Job(sample_jobs.add, 1, 1), lambda: None])
+    assert sum(q.counts().values()) == 50
+    assert q.put_many([]) == []
+
+
+def test_queue_pickles_as_its_path(q):
+    job = q.put(Job(sample_jobs.add, 1, 1))
+    copy = pickle.loads(pickle.dumps(q))
+    assert copy is not q and copy.path == q.path and copy.durable == q.durable
+    assert copy.get(job.id) == job
+    copy.close()
+
+
+def test_queue_as_context_manager_reopens_after_close(tmp_path):
+    with litejobs.Queue(tmp_path / "a.db") as queue:
+        job = queue.put(Job(sample_jobs.add, 1, 1))
+    assert queue._storage._connections == []
+    assert queue.get(job.id).status == PENDING  # reopened lazily
+    queue.close()
+
+
+def test_timestamps_come_from_the_injected_clock(q, now):
+    later = now + datetime.timedelta(days=3)
+    job = q.put(Job(sample_jobs.add, 1, 1))
+    q.run_pending(now=later)
+    job.refresh()
+    assert job.started_at == later and job.finished_at == later

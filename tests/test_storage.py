@@ -1,0 +1,550 @@
+"""Tests of litejobs' storage layer: the database file, its schema, and its connections.
+
+Every test works on a real SQLite file.  Where litejobs' own view could hide
+something, the file is inspected through a plain ``sqlite3`` connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import re
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import litejobs
+
+# Generous bounds for waits on other processes; a healthy run takes a fraction.
+PROCESS_TIMEOUT = 60.0
+
+APP_TABLE_ROWS = [(1, "ada"), (2, "grace"), (3, "barbara")]
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def file_mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def plain_connection(path: Path) -> Iterator[sqlite3.Connection]:
+    """A sqlite3 connection that bypasses litejobs, in autocommit mode."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def schema_rows(path: Path) -> list[tuple[int, float]]:
+    with plain_connection(path) as conn:
+        return conn.execute(
+            "SELECT version, applied_at FROM litejobs_schema ORDER BY version"
+        ).fetchall()
+
+
+def schema_objects(path: Path) -> dict[str, str]:
+    """Name -> type of every table and index in the file, SQLite's own excluded."""
+    with plain_connection(path) as conn:
+        rows = conn.execute(
+            "SELECT name, type FROM sqlite_master"
+            " WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+    return dict(rows)
+
+
+def make_litejobs_db(path: Path, jobs: int = 0) -> Path:
+    """A closed litejobs database holding ``jobs`` pending jobs, with its WAL
+    checkpointed into the main file, so the main file is the whole database."""
+    queue = litejobs.Queue(path, durable=False)
+    try:
+        if jobs:
+            queue.put_many([litejobs.Job(pow, 2, n) for n in range(jobs)])
+    finally:
+        queue.close()
+    with plain_connection(path) as conn:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0
+    wal = Path(f"{path}-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    return path
+
+
+def side_files(path: Path) -> list[Path]:
+    return [p for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+
+
+def claim_select(queue: litejobs.Queue, queues: list[str] | None) -> str:
+    """The SELECT inside the claim statement that picks the next ready jobs."""
+    claim_sql, _ = queue._storage._queue_filtered(queues)
+    match = re.search(r"\(\s*(SELECT .*?LIMIT :limit)\s*\)", claim_sql, re.DOTALL)
+    assert match, claim_sql
+    return match.group(1)
+
+
+def query_plan(conn: sqlite3.Connection, sql: str) -> str:
+    params = {"now": 1e12, "limit": 1, "queue0": litejobs.DEFAULT_QUEUE}
+    rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
+    return "\n".join(row[-1] for row in rows)
+
+
+# -- fixtures ------------------------------------------------------------------
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "jobs.db"
+
+
+# -- 1. file modes ---------------------------------------------------------------
+
+
+def test_new_database_and_its_wal_and_shm_files_are_private(db_path, umask_022):
+    queue = litejobs.Queue(db_path)
+    try:
+        assert file_mode(db_path) == 0o600
+        queue.put("time:time")
+        wal, shm = Path(f"{db_path}-wal"), Path(f"{db_path}-shm")
+        assert wal.exists() and shm.exists()
+        assert file_mode(wal) == 0o600
+        assert file_mode(shm) == 0o600
+    finally:
+        queue.close()
+
+
+# -- 2. pragmas ------------------------------------------------------------------
+
+
+def test_database_is_in_wal_journal_mode(db_path):
+    litejobs.Queue(db_path).close()
+    with plain_connection(db_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_litejobs_connection_enforces_foreign_keys(litejobs_queue):
+    conn = litejobs_queue._storage._connection()
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize(("durable", "synchronous"), [(True, 2), (False, 1)],
+                         ids=["durable-FULL", "not-durable-NORMAL"])
+def test_synchronous_follows_durable(db_path, durable, synchronous):
+    queue = litejobs.Queue(db_path, durable=durable)
+    try:
+        conn = queue._storage._connection()
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == synchronous
+    finally:
+        queue.close()
+
+
+def test_default_queue_is_durable(litejobs_queue):
+    conn = litejobs_queue._storage._connection()
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+# -- 3. migrations ---------------------------------------------------------------
+
+
+def assert_fully_migrated(path: Path) -> None:
+    rows = schema_rows(path)
+    assert [version for version, _ in rows] == list(range(1, len(litejobs._MIGRATIONS) + 1))
+    assert max(version for version, _ in rows) == litejobs._SCHEMA_VERSION
+
+
+def test_empty_file_is_migrated(db_path):
+    db_path.touch()
+    assert db_path.stat().st_size == 0
+
+    with litejobs.Queue(db_path) as queue:
+        job = queue.put(litejobs.Job(pow, 2, 10))
+        assert queue.run_pending() == 1
+        assert job.refresh().result == 1024
+
+    assert_fully_migrated(db_path)
+    assert {"litejobs_jobs", "litejobs_workers", "litejobs_schema"} <= set(
+        schema_objects(db_path))
+
+
+def create_app_database(path: Path) -> None:
+    with plain_connection(path) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+        conn.execute("CREATE INDEX users_name ON users (name)")
+        conn.executemany("INSERT INTO users VALUES (?, ?)", APP_TABLE_ROWS)
+        conn.execute("PRAGMA user_version = 42")
+
+
+def test_migration_leaves_application_tables_and_user_version_alone(db_path):
+    create_app_database(db_path)
+    app_objects = schema_objects(db_path)
+
+    with litejobs.Queue(db_path) as queue:
+        queue.put("time:time")
+
+    with plain_connection(db_path) as conn:
+        assert conn.execute("SELECT id, name FROM users ORDER BY id").fetchall() \
+            == APP_TABLE_ROWS
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 42
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    objects = schema_objects(db_path)
+    assert {name: objects[name] for name in app_objects} == app_objects
+    added = set(objects) - set(app_objects)
+    assert added, "litejobs created no tables"
+    assert all(name.startswith("litejobs_") for name in added), sorted(added)
+    assert_fully_migrated(db_path)
+
+
+def test_opening_again_does_not_rerun_migrations(db_path):
+    litejobs.Queue(db_path).close()
+    first = schema_rows(db_path)
+
+    litejobs.Queue(db_path).close()
+    with litejobs.Queue(db_path) as queue:
+        queue.put("time:time")
+
+    assert schema_rows(db_path) == first  # same rows, same applied_at
+    assert_fully_migrated(db_path)
+
+
+# -- 4. a file from a newer litejobs -----------------------------------------------
+
+
+def test_file_from_newer_litejobs_is_refused_untouched(db_path):
+    make_litejobs_db(db_path, jobs=3)
+    newer = litejobs._SCHEMA_VERSION + 1
+    with plain_connection(db_path) as conn:
+        conn.execute("INSERT INTO litejobs_schema (version, applied_at) VALUES (?, 0)",
+                     (newer,))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    before = sha256(db_path)
+
+    with pytest.raises(litejobs.SchemaVersionError) as excinfo:
+        litejobs.Queue(db_path)
+
+    assert issubclass(litejobs.SchemaVersionError, litejobs.DatabaseError)
+    message = str(excinfo.value)
+    assert "upgrade litejobs" in message
+    assert str(newer) in message
+    del excinfo
+    assert sha256(db_path) == before
+
+
+# -- 5. files that are not usable databases -----------------------------------------
+
+
+def write_text_file(path: Path) -> None:
+    path.write_text("name,email\nada,ada@example.com\n")
+
+
+def overwrite_header_with_random_bytes(path: Path) -> None:
+    make_litejobs_db(path, jobs=10)
+    noise = random.Random(1234).randbytes(100)
+    with open(path, "r+b") as handle:
+        handle.write(noise)
+
+
+def truncate_big_database_to_half(path: Path) -> None:
+    make_litejobs_db(path, jobs=2000)
+    size = path.stat().st_size
+    assert size > 100 * 1024, "too few pages for a meaningful truncation"
+    os.truncate(path, size // 2)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (write_text_file, "is not an SQLite database"),
+    (overwrite_header_with_random_bytes, "is not an SQLite database"),
+    (truncate_big_database_to_half, "is truncated"),
+], ids=["text-file", "random-header", "truncated"])
+def test_unusable_file_is_refused_untouched(db_path, damage, message):
+    damage(db_path)
+    before = sha256(db_path)
+
+    with pytest.raises(litejobs.DatabaseError, match=message) as excinfo:
+        litejobs.Queue(db_path)
+
+    assert "untouched" in str(excinfo.value)
+    assert sha256(db_path) == before
+    assert side_files(db_path) == []
+
+
+def test_directory_is_refused(tmp_path):
+    directory = tmp_path / "jobs.db"
+    directory.mkdir()
+    with pytest.raises(litejobs.DatabaseError, match="is a directory"):
+        litejobs.Queue(directory)
+    assert list(directory.iterdir()) == []
+
+
+def test_path_in_missing_directory_is_refused_and_nothing_is_created(tmp_path):
+    with pytest.raises(litejobs.DatabaseError, match="does not exist"):
+        litejobs.Queue(tmp_path / "missing" / "jobs.db")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_create_false_refuses_missing_file_and_creates_nothing(tmp_path):
+    with pytest.raises(litejobs.DatabaseError, match="no database at"):
+        litejobs.Queue(tmp_path / "jobs.db", create=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_create_false_opens_existing_database(db_path):
+    litejobs.Queue(db_path).close()
+    with litejobs.Queue(db_path, create=False) as queue:
+        queue.put("time:time")
+        assert queue.counts()["pending"] == 1
+
+
+# -- 6. read-only files and directories --------------------------------------------
+
+# Runs in a fresh interpreter.  As root, it drops to ``nobody`` (for whom file
+# modes apply) only after importing litejobs: the interpreter itself may live
+# where nobody cannot read, as under /root.
+_OPEN_UNPRIVILEGED = r"""
+import json, os, pwd, sys
+module_dir, db_path = sys.argv[1], sys.argv[2]
+sys.path.insert(0, module_dir)
+import litejobs
+if os.geteuid() == 0:
+    nobody = pwd.getpwnam("nobody")
+    os.setgroups([])
+    os.setgid(nobody.pw_gid)
+    os.setuid(nobody.pw_uid)
+try:
+    litejobs.Queue(db_path).close()
+except litejobs.DatabaseError as exc:
+    outcome = {"raised": type(exc).__name__, "message": str(exc)}
+else:
+    outcome = {"raised": None, "message": ""}
+print(json.dumps(outcome))
+"""
+
+
+def open_unprivileged(path: Path) -> dict[str, str | None]:
+    """Open ``path`` with litejobs as a user the file modes apply to."""
+    module_dir = os.path.dirname(os.path.abspath(litejobs.__file__))
+    completed = subprocess.run(
+        [sys.executable, "-c", _OPEN_UNPRIVILEGED, module_dir, str(path)],
+        cwd=path.parent, capture_output=True, text=True, timeout=PROCESS_TIMEOUT,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert completed.returncode == 0, completed.stderr
+    return json.loads(completed.stdout)
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory the unprivileged user can reach (tmp_path is 0700 under root)."""
+    directory = Path(tempfile.mkdtemp(prefix="litejobs-test-"))
+    directory.chmod(0o755)
+    try:
+        yield directory
+    finally:
+        directory.chmod(0o755)
+        shutil.rmtree(directory)
+
+
+def test_read_only_file_is_refused_untouched(shared_dir):
+    path = make_litejobs_db(shared_dir / "jobs.db", jobs=3)
+    path.chmod(0o444)
+    before = sha256(path)
+
+    outcome = open_unprivileged(path)
+
+    assert outcome["raised"] == "DatabaseError"
+    assert "read-only" in outcome["message"]
+    assert sha256(path) == before
+    assert side_files(path) == []
+
+
+def test_read_only_directory_without_database_is_refused(shared_dir):
+    path = shared_dir / "jobs.db"
+    shared_dir.chmod(0o555)
+
+    outcome = open_unprivileged(path)
+
+    assert outcome["raised"] == "DatabaseError"
+    assert str(path) in outcome["message"]
+    assert list(shared_dir.iterdir()) == []
+
+
+def test_writable_file_in_read_only_directory_is_refused(shared_dir):
+    # SQLite must create the -wal and -shm files next to the database.
+    path = make_litejobs_db(shared_dir / "jobs.db")
+    path.chmod(0o666)
+    shared_dir.chmod(0o555)
+    before = sha256(path)
+
+    outcome = open_unprivileged(path)
+
+    assert outcome["raised"] == "DatabaseError"
+    assert "read-only" in outcome["message"]
+    assert sha256(path) == before
+    assert sorted(p.name for p in shared_dir.iterdir()) == ["jobs.db"]
+
+
+# -- 7. SQLite version -------------------------------------------------------------
+
+
+def test_old_sqlite_is_refused_before_touching_the_file(db_path, monkeypatch):
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
+
+    with pytest.raises(litejobs.DatabaseError, match=r"3\.35") as excinfo:
+        litejobs.Queue(db_path)
+
+    assert "3.34.1" in str(excinfo.value)
+    assert not db_path.exists()
+
+
+# -- 8. the partial index of ready jobs ------------------------------------------------
+
+
+@pytest.mark.parametrize("queues", [[litejobs.DEFAULT_QUEUE], None],
+                         ids=["one-queue", "all-queues"])
+def test_claim_finds_ready_jobs_through_partial_index(litejobs_queue, queues):
+    conn = litejobs_queue._storage._connection()
+    plan = query_plan(conn, claim_select(litejobs_queue, queues))
+    assert "litejobs_jobs_ready" in plan, plan
+
+
+def insert_completed_jobs(path: Path, count: int) -> None:
+    with plain_connection(path) as conn:
+        conn.execute("BEGIN")
+        conn.execute(
+            """
+            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+            INSERT INTO litejobs_jobs
+                (queue, status, name, attempts, created_at, begin_after,
+                 started_at, finished_at)
+            SELECT 'default', 'completed', 'builtins:pow', 1, i, i, i, i FROM n
+            """,
+            (count,),
+        )
+        conn.execute("COMMIT")
+        conn.execute("ANALYZE")  # let the planner see how lopsided the table is
+
+
+def test_many_finished_jobs_do_not_hide_a_ready_one(db_path):
+    litejobs.Queue(db_path).close()
+    insert_completed_jobs(db_path, 20_000)
+
+    with litejobs.Queue(db_path) as queue:
+        assert queue.counts()["completed"] == 20_000
+        conn = queue._storage._connection()
+        for queues in ([litejobs.DEFAULT_QUEUE], None):
+            plan = query_plan(conn, claim_select(queue, queues))
+            assert "litejobs_jobs_ready" in plan, plan
+
+        job = queue.put(litejobs.Job(pow, 3, 4))
+        assert queue.run_pending() == 1
+        assert job.refresh().status == litejobs.COMPLETED
+        assert job.result == 81
+        assert queue.counts()["completed"] == 20_001
+
+
+# -- 9. processes racing to create the file -------------------------------------------
+
+
+def open_and_put_one_job(path: str, barrier) -> None:
+    """Worker for a spawned process: start with the others, open, put one job."""
+    barrier.wait(timeout=PROCESS_TIMEOUT)
+    queue = litejobs.Queue(path)
+    try:
+        queue.put(litejobs.Job(pow, 2, os.getpid() % 16))
+    finally:
+        queue.close()
+
+
+def test_processes_creating_the_same_new_file_migrate_it_once(db_path):
+    ctx = multiprocessing.get_context("spawn")
+    workers = 4
+    barrier = ctx.Barrier(workers)
+    processes = [ctx.Process(target=open_and_put_one_job, args=(str(db_path), barrier))
+                 for _ in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        for process in processes:
+            process.join(timeout=PROCESS_TIMEOUT)
+        assert [p.exitcode for p in processes] == [0] * workers
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=PROCESS_TIMEOUT)
+
+    assert_fully_migrated(db_path)
+    with litejobs.Queue(db_path, create=False) as queue:
+        assert queue.counts()["pending"] == workers
+        assert len(queue.jobs()) == workers
+
+
+# -- 10. a Queue inherited across fork() ------------------------------------------------
+
+
+def use_inherited_queue(queue: litejobs.Queue, parent_conn: sqlite3.Connection,
+                        report) -> None:
+    """Worker for a forked process: report whether the parent's connection
+    would be reused, and put one job through the inherited Queue."""
+    reused = queue._storage._connection() is parent_conn
+    job = queue.put(litejobs.Job(pow, 5, 2))
+    report.send({"reused_parent_connection": reused, "job_id": job.id})
+    report.close()
+
+
+def test_forked_child_opens_its_own_connection(litejobs_queue):
+    queue = litejobs_queue
+    parent_conn = queue._storage._connection()
+    first = queue.put(litejobs.Job(pow, 2, 3))
+
+    ctx = multiprocessing.get_context("fork")
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=use_inherited_queue, args=(queue, parent_conn, sender))
+    child.start()
+    sender.close()
+    try:
+        assert receiver.poll(PROCESS_TIMEOUT), "the child reported nothing"
+        report = receiver.recv()
+        child.join(timeout=PROCESS_TIMEOUT)
+        assert child.exitcode == 0
+    finally:
+        if child.is_alive():
+            child.kill()
+            child.join(timeout=PROCESS_TIMEOUT)
+        receiver.close()
+
+    assert report["reused_parent_connection"] is False
+    # The parent goes on with the very connection it had, unharmed.
+    assert queue._storage._connection() is parent_conn
+    assert parent_conn.execute("SELECT count(*) FROM litejobs_jobs").fetchone()[0] == 2
+    from_child = queue.get(report["job_id"])
+    assert from_child.status == litejobs.PENDING
+    last = queue.put(litejobs.Job(pow, 7, 2))
+    assert queue.run_pending() == 3
+    assert [first.wait(timeout=5), from_child.wait(timeout=5), last.wait(timeout=5)] \
+        == [8, 25, 49]
