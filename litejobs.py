@@ -287,11 +287,11 @@ INSERT INTO litejobs_jobs (
 VALUES (
     :queue, :priority, 'pending', :name, :payload, :key, :max_attempts, :retry_policy,
     :max_interruptions, :timeout, :now, :begin_after, :begin_by)
-RETURNING id
-"""
+RETURNING {columns}
+""".format(columns=_JOB_COLUMNS)
 
-_FIND_LIVE_KEY = """
-SELECT id FROM litejobs_jobs
+_FIND_LIVE_KEY = f"""
+SELECT {_JOB_COLUMNS} FROM litejobs_jobs
 WHERE key = ? AND status IN ('pending', 'active')
 """
 
@@ -322,7 +322,7 @@ WHERE id IN (
     WHERE status = 'pending' AND begin_after <= :now{queues}
     ORDER BY priority DESC, begin_after, id
     LIMIT :limit)
-RETURNING id, priority, begin_after, payload, signature
+RETURNING {columns}, payload, signature
 """
 
 _PAST_DEADLINE = """
@@ -462,6 +462,10 @@ def _translate_sqlite_error(exc: sqlite3.Error, path: str) -> DatabaseError:
     return DatabaseError(f"{path}: {text}")
 
 
+def _as_dict(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
+    return {d[0]: value for d, value in zip(cursor.description, row)}
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
@@ -475,10 +479,12 @@ class _SQLiteStorage:
     storage for another database (PostgreSQL, for several hosts) implements
     the same methods.
 
-    Connections are opened lazily, one per thread and per process.  A
-    connection inherited across ``fork()`` is never used or closed in the
-    child: closing it there could release locks the parent still relies on
-    (https://sqlite.org/howtocorrupt.html, section 2.6).
+    Connections are opened lazily, one per thread and per process, and held
+    in a registry keyed by thread id rather than in a ``threading.local``: a
+    forked child clears other threads' locals, which would close inherited
+    connections in the child.  A connection inherited across ``fork()`` is
+    never used or closed there (https://sqlite.org/howtocorrupt.html, 2.6).
+    Connections of threads that have ended are closed as new ones open.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
@@ -488,8 +494,7 @@ class _SQLiteStorage:
         self.create = create
         self.busy_timeout = busy_timeout
         self._pid = os.getpid()
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: dict[int, sqlite3.Connection] = {}
         self._lock = threading.Lock()
         self._claim_sql: dict[tuple[str, ...] | None, tuple[str, str]] = {}
         _check_sqlite_version()
@@ -532,19 +537,25 @@ class _SQLiteStorage:
     def _connection(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
             self._forget_inherited_connections()
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        conn = self._connections.get(threading.get_ident())
         if conn is None:
+            threading.current_thread()  # registers a foreign thread, so pruning sees it
             conn = self._open()
-            self._local.conn = conn
             with self._lock:
-                self._connections.append(conn)
+                self._close_connections_of_ended_threads()
+                self._connections[threading.get_ident()] = conn
         return conn
+
+    def _close_connections_of_ended_threads(self) -> None:
+        alive = {thread.ident for thread in threading.enumerate()}
+        for ident in [ident for ident in self._connections if ident not in alive]:
+            with contextlib.suppress(sqlite3.Error):
+                self._connections.pop(ident).close()
 
     def _forget_inherited_connections(self) -> None:
         # Keep references so the garbage collector never closes them here.
-        _ABANDONED_CONNECTIONS.extend(self._connections)
-        self._connections = []
-        self._local = threading.local()
+        _ABANDONED_CONNECTIONS.extend(self._connections.values())
+        self._connections = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -588,9 +599,18 @@ class _SQLiteStorage:
             self._forget_inherited_connections()
             return
         with self._lock:
-            connections, self._connections = self._connections, []
-        self._local = threading.local()
-        for conn in connections:
+            connections, self._connections = self._connections, {}
+        for conn in connections.values():
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection, if it has one."""
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            conn = self._connections.pop(threading.get_ident(), None)
+        if conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
@@ -675,30 +695,31 @@ class _SQLiteStorage:
 
     # -- jobs ----------------------------------------------------------------
 
-    def insert(self, rows: Sequence[Mapping[str, Any]], now: float) -> list[tuple[int, bool]]:
-        """Insert jobs in one transaction; return ``(id, already_there)`` for each.
+    def insert(self, rows: Sequence[Mapping[str, Any]],
+               now: float) -> list[tuple[dict[str, Any], bool]]:
+        """Insert jobs in one transaction; return ``(row, already_there)`` for each.
 
         A row with a key that a pending or active job already holds is not
-        inserted; that job's id comes back instead.
+        inserted; that job's row comes back instead.
         """
-        out: list[tuple[int, bool]] = []
+        out: list[tuple[dict[str, Any], bool]] = []
         with self.write() as conn:
             for row in rows:
                 if row["key"] is not None:
-                    found = conn.execute(_FIND_LIVE_KEY, (row["key"],)).fetchone()
+                    cursor = conn.execute(_FIND_LIVE_KEY, (row["key"],))
+                    found = cursor.fetchone()
                     if found is not None:
-                        out.append((found[0], True))
+                        out.append((_as_dict(cursor, found), True))
                         continue
-                new_id = conn.execute(_INSERT_JOB, {**row, "now": now}).fetchone()[0]
-                out.append((new_id, False))
+                cursor = conn.execute(_INSERT_JOB, {**row, "now": now})
+                out.append((_as_dict(cursor, cursor.fetchone()), False))
         return out
 
     def fetch(self, job_id: int) -> dict[str, Any] | None:
         with self.read() as conn:
             cursor = conn.execute(_SELECT_JOB, (job_id,))
             row = cursor.fetchone()
-            names = [d[0] for d in cursor.description]
-        return None if row is None else dict(zip(names, row))
+            return None if row is None else _as_dict(cursor, row)
 
     def fetch_blob(self, job_id: int, column: str) -> bytes | None:
         statement = {"payload": _SELECT_PAYLOAD, "result": _SELECT_RESULT}[column]
@@ -713,9 +734,7 @@ class _SQLiteStorage:
         with self.read() as conn:
             cursor = conn.execute(_SELECT_JOBS, {"status": status, "queue": queue,
                                                  "limit": limit})
-            rows = cursor.fetchall()
-            names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in rows]
+            return [_as_dict(cursor, row) for row in cursor.fetchall()]
 
     def counts(self, queue: str | None) -> dict[str, int]:
         with self.read() as conn:
@@ -734,7 +753,7 @@ class _SQLiteStorage:
             else:
                 names = ", ".join(f":queue{i}" for i in range(len(key)))
                 fragment = f" AND queue IN ({names})"
-            cached = (_CLAIM_JOBS.format(queues=fragment),
+            cached = (_CLAIM_JOBS.format(queues=fragment, columns=_JOB_COLUMNS),
                       _PAST_DEADLINE.format(queues=fragment))
             self._claim_sql[key] = cached
         return cached
@@ -763,9 +782,7 @@ class _SQLiteStorage:
                 conn.execute(_FAIL_PENDING, {"id": job_id, "now": now, "error": error,
                                              "error_type": _DEADLINE_TYPE})
             cursor = conn.execute(claim_sql, params)
-            rows = cursor.fetchall()
-            names = [d[0] for d in cursor.description]
-        claimed = [dict(zip(names, row)) for row in rows]
+            claimed = [_as_dict(cursor, row) for row in cursor.fetchall()]
         # RETURNING gives no order: https://sqlite.org/lang_returning.html
         claimed.sort(key=lambda r: (-r["priority"], r["begin_after"], r["id"]))
         return token, claimed
@@ -923,6 +940,12 @@ def _by_name(fn: Any) -> str | None:
     """
     if not isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type)):
         return None
+    return _importable_name(fn)
+
+
+@functools.lru_cache(maxsize=4096)
+def _importable_name(fn: Any) -> str | None:
+    """`_by_name` for hashable callables, cached: put resolves each function once."""
     if isinstance(fn, types.BuiltinFunctionType) and not isinstance(
             getattr(fn, "__self__", None), (types.ModuleType, type(None))):
         return None  # a bound builtin method, such as [].append: pickle it
@@ -1280,7 +1303,8 @@ class Job:
         row = queue._storage.fetch(self._require_id())
         if row is None:
             raise JobNotFound(f"job {self.id} is gone from {queue.path} (purged?)")
-        if row.get("status") != self._row.get("status"):
+        if (row["status"], row["finished_at"]) != (self._row.get("status"),
+                                                   self._row.get("finished_at")):
             self._result_cache = None
         self._row = row
         return self
@@ -1456,6 +1480,7 @@ class _LeaseKeeper:
                 continue
             for job_id in lost:
                 _log.warning("job %s: lease lost while running here", job_id)
+        self._storage.close_thread_connection()
 
     def stop(self) -> None:
         self._stop.set()
@@ -1545,46 +1570,44 @@ class Queue:
         >>> q.put(Job(render_pdf, 7), begin_after=timedelta(minutes=5),
         ...       retry=Retry(attempts=3))              # doctest: +SKIP
         """
-        return self.put_many([item], begin_after=begin_after, begin_by=begin_by,
-                             retry=retry, priority=priority, queue=queue, key=key,
-                             timeout=timeout, max_interruptions=max_interruptions)[0]
+        return self._put([item], key=key, begin_after=begin_after, begin_by=begin_by,
+                         retry=retry, priority=priority, queue=queue, timeout=timeout,
+                         max_interruptions=max_interruptions)[0]
 
     def put_many(self, items: Iterable[Job | Callable[..., Any] | str], *,
                  begin_after: datetime.datetime | datetime.timedelta | float | None = None,
                  begin_by: datetime.timedelta | float | None = None,
                  retry: Retry | None = None, priority: int = 0,
-                 queue: str = DEFAULT_QUEUE, key: str | None = None,
-                 timeout: float | None = None,
+                 queue: str = DEFAULT_QUEUE, timeout: float | None = None,
                  max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS) -> list[Job]:
-        """Store many jobs in one transaction, with the options of `put`; all
-        of them are stored, or none.  A ``key`` applies to the first item only
-        if given; use `put` per item for per-job keys."""
+        """Store many jobs in one transaction, with the options of `put`
+        applied to each; all of them are stored, or none.
+
+        >>> q.put_many(Job(render_pdf, n) for n in range(1000))   # doctest: +SKIP
+        """
+        return self._put(items, key=None, begin_after=begin_after, begin_by=begin_by,
+                         retry=retry, priority=priority, queue=queue, timeout=timeout,
+                         max_interruptions=max_interruptions)
+
+    def _put(self, items: Iterable[Job | Callable[..., Any] | str], *, key: str | None,
+             **options: Any) -> list[Job]:
         now = time.time()
-        options = self._row_options(now, begin_after=begin_after, begin_by=begin_by,
-                                    retry=retry, priority=priority, queue=queue, key=key,
-                                    timeout=timeout, max_interruptions=max_interruptions)
+        common = self._row_options(now, key=key, **options)
         jobs: list[Job] = []
         rows: list[dict[str, Any]] = []
         for item in items:
             job = item if isinstance(item, Job) else Job(item)
             if job._queue is not None or job._call is None:
                 raise ValueError(f"{job!r} was put already; create a new Job to run it again")
-            fn, args, kwargs = job._call
-            name, payload = _prepare_call(fn, args, kwargs)
+            name, payload = _prepare_call(*job._call)
             jobs.append(job)
-            rows.append({**options, "name": name, "payload": payload,
-                         "key": options["key"] if not rows else None})
-        if not rows:
-            return []
-        placed = self._storage.insert(rows, now)
+            rows.append({**common, "name": name, "payload": payload})
         out = []
-        for job, (job_id, existed) in zip(jobs, placed):
+        for job, (row, existed) in zip(jobs, self._storage.insert(rows, now) if rows else []):
             if existed:
-                out.append(self.get(job_id))
-                continue
-            job._queue = self
-            job._row = {"id": job_id}
-            job.refresh()
+                job = Job._bound(self, row)
+            else:
+                job._queue, job._row = self, row
             out.append(job)
         return out
 
@@ -1690,14 +1713,17 @@ class Queue:
 
     def _run_claimed(self, claimed: dict[str, Any], token: str,
                      clock: Callable[[], float], keeper: _LeaseKeeper | None) -> None:
-        job = self.get(claimed["id"])
+        payload = claimed.pop("payload")
+        claimed.pop("signature")
+        job = Job._bound(self, claimed)
         if keeper is not None:
             keeper.hold(job._require_id(), token)
         try:
-            outcome = _execute(job, claimed["payload"])
+            outcome = _execute(job, payload)
         except KeyboardInterrupt:
-            self._storage.interrupt(job._require_id(), token, clock(),
-                                    "interrupted by KeyboardInterrupt")
+            with contextlib.suppress(LeaseLost):
+                self._storage.interrupt(job._require_id(), token, clock(),
+                                        "interrupted by KeyboardInterrupt")
             raise
         finally:
             if keeper is not None:
@@ -1785,7 +1811,7 @@ def _command_demo(args: argparse.Namespace) -> int:
 
             say("3. A delayed job: begin_after=timedelta(minutes=5)")
             job = q.put(time.time, begin_after=datetime.timedelta(minutes=5))
-            say(f"   put {job!r}, due at {_format_time(job.begin_after.timestamp())}")
+            say(f"   put {job!r}, due at {_format_time(job._row['begin_after'])}")
             say(f"   run_pending() ran {q.run_pending()}: not due yet")
             later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=6)
             say(f"   run_pending(now=+6 minutes) ran {q.run_pending(now=later)}")

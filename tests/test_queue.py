@@ -346,7 +346,7 @@ def test_queue_pickles_as_its_path(q):
 def test_queue_as_context_manager_reopens_after_close(tmp_path):
     with litejobs.Queue(tmp_path / "a.db") as queue:
         job = queue.put(Job(sample_jobs.add, 1, 1))
-    assert queue._storage._connections == []
+    assert not queue._storage._connections
     assert queue.get(job.id).status == PENDING  # reopened lazily
     queue.close()
 

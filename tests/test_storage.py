@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -85,6 +86,19 @@ def make_litejobs_db(path: Path, jobs: int = 0) -> Path:
     wal = Path(f"{path}-wal")
     assert not wal.exists() or wal.stat().st_size == 0
     return path
+
+
+def join_all(processes, timeout: float = PROCESS_TIMEOUT) -> None:
+    """Join every process, all within one overall ``timeout``; kill stragglers."""
+    deadline = time.monotonic() + timeout
+    try:
+        for process in processes:
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=timeout)
 
 
 def side_files(path: Path) -> list[Path]:
@@ -250,7 +264,6 @@ def test_file_from_newer_litejobs_is_refused_untouched(db_path):
     message = str(excinfo.value)
     assert "upgrade litejobs" in message
     assert str(newer) in message
-    del excinfo
     assert sha256(db_path) == before
 
 
@@ -475,7 +488,7 @@ def open_and_put_one_job(path: str, barrier) -> None:
     barrier.wait(timeout=PROCESS_TIMEOUT)
     queue = litejobs.Queue(path)
     try:
-        queue.put(litejobs.Job(pow, 2, os.getpid() % 16))
+        queue.put(litejobs.Job(pow, 2, 10))
     finally:
         queue.close()
 
@@ -488,15 +501,8 @@ def test_processes_creating_the_same_new_file_migrate_it_once(db_path):
                  for _ in range(workers)]
     for process in processes:
         process.start()
-    try:
-        for process in processes:
-            process.join(timeout=PROCESS_TIMEOUT)
-        assert [p.exitcode for p in processes] == [0] * workers
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-                process.join(timeout=PROCESS_TIMEOUT)
+    join_all(processes)
+    assert [p.exitcode for p in processes] == [0] * workers
 
     assert_fully_migrated(db_path)
     with litejobs.Queue(db_path, create=False) as queue:
@@ -530,13 +536,10 @@ def test_forked_child_opens_its_own_connection(litejobs_queue):
     try:
         assert receiver.poll(PROCESS_TIMEOUT), "the child reported nothing"
         report = receiver.recv()
-        child.join(timeout=PROCESS_TIMEOUT)
-        assert child.exitcode == 0
     finally:
-        if child.is_alive():
-            child.kill()
-            child.join(timeout=PROCESS_TIMEOUT)
         receiver.close()
+        join_all([child])
+    assert child.exitcode == 0
 
     assert report["reused_parent_connection"] is False
     # The parent goes on with the very connection it had, unharmed.

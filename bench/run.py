@@ -1,0 +1,199 @@
+"""Benchmarks: litejobs next to raw SQLite doing the same SQL work, in one run.
+
+    python bench/run.py            # full sizes
+    python bench/run.py --quick    # small sizes, well under a minute
+
+Every row prints litejobs' rate, the baseline's rate measured moments before on
+the same disk, and their ratio.  Machines are noisy: read the ratios, and rerun
+before trusting a small difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import litejobs  # noqa: E402
+
+
+def noop() -> None:
+    """The job every drain runs."""
+
+
+def raw_database(path: str, synchronous: str) -> sqlite3.Connection:
+    """A plain connection on the same table and indexes litejobs uses."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("BEGIN IMMEDIATE")
+    for migration in litejobs._MIGRATIONS:
+        for statement in migration:
+            conn.execute(statement)
+    conn.execute("COMMIT")
+    return conn
+
+
+RAW_INSERT = """
+INSERT INTO litejobs_jobs (queue, priority, status, name, created_at, begin_after)
+VALUES ('default', 0, 'pending', 'bench.run:noop', ?, ?)
+"""
+
+
+def raw_single_commits(folder: str, count: int, synchronous: str) -> float:
+    conn = raw_database(os.path.join(folder, f"raw-{synchronous}.db"), synchronous)
+    started = time.perf_counter()
+    for _ in range(count):
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(RAW_INSERT, (now, now))
+        conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return count / elapsed
+
+
+def raw_batch_insert(folder: str, count: int) -> float:
+    conn = raw_database(os.path.join(folder, "raw-batch.db"), "FULL")
+    now = time.time()
+    started = time.perf_counter()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(RAW_INSERT, ((now, now) for _ in range(count)))
+    conn.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return count / elapsed
+
+
+def litejobs_puts(folder: str, count: int, durable: bool) -> float:
+    queue = litejobs.Queue(os.path.join(folder, f"put-{durable}.db"), durable=durable)
+    started = time.perf_counter()
+    for _ in range(count):
+        queue.put(noop)
+    elapsed = time.perf_counter() - started
+    queue.close()
+    return count / elapsed
+
+
+def litejobs_put_many(folder: str, count: int) -> float:
+    queue = litejobs.Queue(os.path.join(folder, "put-many.db"))
+    started = time.perf_counter()
+    queue.put_many([noop] * count)
+    elapsed = time.perf_counter() - started
+    queue.close()
+    return count / elapsed
+
+
+def add_finished_backlog(path: str, rows: int) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(
+        """
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+        INSERT INTO litejobs_jobs (queue, priority, status, name, created_at,
+                                   begin_after, finished_at, attempts)
+        SELECT 'default', 0, 'completed', 'bench.run:noop', 0, 0, 0, 1 FROM n
+        """, (rows,))
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def litejobs_inline_drain(folder: str, name: str, count: int, backlog: int) -> float:
+    """Jobs per second through run_pending: one claim and one fenced completion each."""
+    path = os.path.join(folder, name)
+    queue = litejobs.Queue(path, durable=False)
+    if backlog:
+        add_finished_backlog(path, backlog)
+    queue.put_many([noop] * count)
+    started = time.perf_counter()
+    ran = queue.run_pending()
+    elapsed = time.perf_counter() - started
+    assert ran == count, (ran, count)
+    queue.close()
+    return count / elapsed
+
+
+def claim_query_time(folder: str, name: str, backlog: int, repeat: int) -> float:
+    """Mean seconds of the claim's SELECT over a table with ``backlog`` finished rows."""
+    path = os.path.join(folder, name)
+    queue = litejobs.Queue(path, durable=False)
+    if backlog:
+        add_finished_backlog(path, backlog)
+    queue.put_many([noop] * 10)
+    conn = sqlite3.connect(path, isolation_level=None)
+    select = (
+        "SELECT id FROM litejobs_jobs WHERE status = 'pending' AND begin_after <= ?"
+        " AND queue IN ('default') ORDER BY priority DESC, begin_after, id LIMIT 1")
+    now = time.time()
+    started = time.perf_counter()
+    for _ in range(repeat):
+        conn.execute(select, (now,)).fetchall()
+    elapsed = time.perf_counter() - started
+    conn.close()
+    queue.close()
+    return elapsed / repeat
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--dir", help="where to put the databases (default: a temporary "
+                                      "folder on the current disk)")
+    options = parser.parse_args()
+    quick = options.quick
+    singles_full = 100 if quick else 500
+    singles_normal = 1000 if quick else 5000
+    batch = 10_000
+    drain = 500 if quick else 5000
+    backlog = 50_000 if quick else 1_000_000
+
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(measure: str, ours: float, baseline_name: str, theirs: float,
+            unit: str = "/s") -> None:
+        ratio = ours / theirs if unit == "/s" else theirs / ours
+        rows.append((measure, f"{ours:,.0f}{unit}", f"{baseline_name} {theirs:,.0f}{unit}",
+                     f"{ratio:.0%}"))
+        print(f"  {measure}: done", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="litejobs-bench-", dir=options.dir or ".") as folder:
+        raw = raw_single_commits(folder, singles_full, "FULL")
+        row(f"put, durable ({singles_full})", litejobs_puts(folder, singles_full, True),
+            "raw FULL commit", raw)
+        raw = raw_single_commits(folder, singles_normal, "NORMAL")
+        row(f"put, durable=False ({singles_normal})",
+            litejobs_puts(folder, singles_normal, False), "raw NORMAL commit", raw)
+        raw = raw_batch_insert(folder, batch)
+        row(f"put_many ({batch:,})", litejobs_put_many(folder, batch),
+            "raw batched insert", raw)
+        empty = litejobs_inline_drain(folder, "drain-empty.db", drain, 0)
+        full = litejobs_inline_drain(folder, "drain-backlog.db", drain, backlog)
+        row(f"run_pending drain, {backlog:,} finished rows ({drain})", full,
+            "same on an empty table", empty)
+        empty_query = claim_query_time(folder, "query-empty.db", 0, 2000)
+        full_query = claim_query_time(folder, "query-backlog.db", backlog, 2000)
+        rows.append((f"claim SELECT, {backlog:,} finished rows",
+                     f"{full_query * 1e6:.1f} us", f"empty table {empty_query * 1e6:.1f} us",
+                     f"{empty_query / full_query:.0%}"))
+
+    stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    print(f"\nlitejobs {litejobs.__version__}, Python {sys.version.split()[0]}, "
+          f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, {stamp}"
+          f"{' (quick)' if quick else ''}\n")
+    header = ("measure", "litejobs", "baseline (same run)", "ratio")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for line in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
