@@ -40,6 +40,10 @@ __all__ = [
     "ACTIVE",
     "CANCELLED",
     "COMPLETED",
+    "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_LEASE",
+    "DEFAULT_MAX_INTERRUPTIONS",
+    "DEFAULT_QUEUE",
     "DatabaseError",
     "DeadlineExceeded",
     "FAILED",
@@ -86,7 +90,7 @@ import traceback
 import types
 import urllib.parse
 import uuid
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Protocol, Sequence
 
 ###############################################################################
 # Constants and exceptions
@@ -312,19 +316,41 @@ WHERE (:queue IS NULL OR queue = :queue)
 GROUP BY status
 """
 
-# {queues} is empty or " AND queue IN (?, ...)", built from a fixed template.
+# One ordered arm per queue, each a range of the ready index, merged under the
+# LIMIT.  A single "queue IN (...)" would make SQLite sort every pending row of
+# those queues on each claim.
+_CLAIM_ARM = """
+SELECT * FROM (
+    SELECT id, priority, begin_after FROM litejobs_jobs
+    WHERE status = 'pending' AND queue = :queue{index} AND begin_after <= :now
+    ORDER BY priority DESC, begin_after, id
+    LIMIT :limit)
+"""
+
 _CLAIM_JOBS = """
 UPDATE litejobs_jobs
 SET status = 'active', attempts = attempts + 1, started_at = :now,
     lease_owner = :owner, lease_token = :token, lease_expires = :expires
 WHERE id IN (
-    SELECT id FROM litejobs_jobs
-    WHERE status = 'pending' AND begin_after <= :now{queues}
+    SELECT id FROM ({arms})
     ORDER BY priority DESC, begin_after, id
     LIMIT :limit)
 RETURNING {columns}, payload, signature
 """
 
+# The distinct queues that have pending jobs, by hopping along the ready index:
+# one seek per queue, however many jobs each holds.
+_PENDING_QUEUES = """
+WITH RECURSIVE pending (name) AS (
+    SELECT min(queue) FROM litejobs_jobs WHERE status = 'pending'
+    UNION ALL
+    SELECT (SELECT min(queue) FROM litejobs_jobs
+            WHERE status = 'pending' AND queue > pending.name)
+    FROM pending WHERE pending.name IS NOT NULL)
+SELECT name FROM pending WHERE name IS NOT NULL
+"""
+
+# {queues} is "" (every queue) or " AND queue IN (:queue0, ...)".
 _PAST_DEADLINE = """
 SELECT id, name, begin_by FROM litejobs_jobs
 WHERE status = 'pending' AND begin_by IS NOT NULL AND begin_by < :now
@@ -462,6 +488,20 @@ def _translate_sqlite_error(exc: sqlite3.Error, path: str) -> DatabaseError:
     return DatabaseError(f"{path}: {text}")
 
 
+@functools.lru_cache(maxsize=64)
+def _claim_statement(queue_count: int) -> str:
+    arms = " UNION ALL ".join(_CLAIM_ARM.format(index=i) for i in range(queue_count))
+    return _CLAIM_JOBS.format(arms=arms, columns=_JOB_COLUMNS)
+
+
+@functools.lru_cache(maxsize=64)
+def _deadline_statement(queue_count: int | None) -> str:
+    if queue_count is None:
+        return _PAST_DEADLINE.format(queues="")
+    names = ", ".join(f":queue{i}" for i in range(queue_count))
+    return _PAST_DEADLINE.format(queues=f" AND queue IN ({names})")
+
+
 def _as_dict(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
     return {d[0]: value for d, value in zip(cursor.description, row)}
 
@@ -471,13 +511,42 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class _SQLiteStorage:
-    """Every SQL statement and all connection handling of litejobs.
+class _Storage(Protocol):
+    """What ``Job``, ``Queue`` and the workers need from a database.
 
-    ``Job``, ``Queue`` and the workers talk to storage only through these
-    methods, with plain values: times are Unix seconds, rows are dicts.  A
-    storage for another database (PostgreSQL, for several hosts) implements
-    the same methods.
+    The contract is in plain values: times are Unix seconds, rows are dicts
+    keyed by the column names in ``_JOB_COLUMNS``, statuses are the module's
+    constants.  Every method that writes is one transaction, and every write
+    on behalf of a run is fenced by that run's lease ``token``.
+    `_SQLiteStorage` is the implementation; a PostgreSQL one, for several
+    hosts, would implement the same methods (claiming with
+    ``FOR UPDATE SKIP LOCKED``) and nothing above this layer would change.
+    """
+
+    path: str
+
+    def write(self) -> ContextManager[Any]: ...
+    def insert(self, rows: Sequence[Mapping[str, Any]],
+               now: float) -> list[tuple[dict[str, Any], bool]]: ...
+    def fetch(self, job_id: int) -> dict[str, Any] | None: ...
+    def fetch_blob(self, job_id: int, column: str) -> bytes | None: ...
+    def fetch_many(self, *, status: str | None, queue: str | None,
+                   limit: int) -> list[dict[str, Any]]: ...
+    def counts(self, queue: str | None) -> dict[str, int]: ...
+    def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
+              lease: float, limit: int) -> tuple[str, list[dict[str, Any]]]: ...
+    def finish(self, job_id: int, token: str, *, status: str, now: float,
+               result: bytes | None = None, error: str | None = None,
+               error_type: str | None = None, begin_after: float | None = None) -> str: ...
+    def interrupt(self, job_id: int, token: str, now: float, reason: str) -> str: ...
+    def renew(self, leases: Iterable[tuple[int, str]], expires: float) -> list[int]: ...
+    def cancel(self, job_id: int, now: float) -> str | None: ...
+    def close(self) -> None: ...
+    def close_thread_connection(self) -> None: ...
+
+
+class _SQLiteStorage:
+    """The SQLite `_Storage`: every SQL statement and all connection handling.
 
     Connections are opened lazily, one per thread and per process, and held
     in a registry keyed by thread id rather than in a ``threading.local``: a
@@ -496,7 +565,6 @@ class _SQLiteStorage:
         self._pid = os.getpid()
         self._connections: dict[int, sqlite3.Connection] = {}
         self._lock = threading.Lock()
-        self._claim_sql: dict[tuple[str, ...] | None, tuple[str, str]] = {}
         _check_sqlite_version()
         self._prepare_file()
         self._migrate(self._connection())
@@ -668,8 +736,8 @@ class _SQLiteStorage:
             current = self._schema_version(conn)
         if current > _SCHEMA_VERSION:
             raise self._too_new(current)
-        # Always take the write lock once, even when the schema is current: it
-        # proves at open, not at the first put, that the file can be written.
+        if current == _SCHEMA_VERSION:
+            return
         with self.write():
             current = self._schema_version(conn)  # another process may have migrated
             if current > _SCHEMA_VERSION:
@@ -741,23 +809,6 @@ class _SQLiteStorage:
             rows = conn.execute(_COUNT_JOBS, {"queue": queue}).fetchall()
         return dict(rows)
 
-    def _queue_filtered(self, queues: Sequence[str] | None) -> tuple[str, str]:
-        """The claim and deadline statements for this set of queues, cached."""
-        key = tuple(queues) if queues is not None else None
-        cached = self._claim_sql.get(key)
-        if cached is None:
-            if key is None:
-                fragment = ""
-            elif not key:
-                fragment = " AND 0"
-            else:
-                names = ", ".join(f":queue{i}" for i in range(len(key)))
-                fragment = f" AND queue IN ({names})"
-            cached = (_CLAIM_JOBS.format(queues=fragment, columns=_JOB_COLUMNS),
-                      _PAST_DEADLINE.format(queues=fragment))
-            self._claim_sql[key] = cached
-        return cached
-
     def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
               lease: float, limit: int) -> tuple[str, list[dict[str, Any]]]:
         """Claim up to ``limit`` due jobs for ``owner``; return the lease token
@@ -767,12 +818,12 @@ class _SQLiteStorage:
         deadline fail instead of being claimed, and active jobs whose lease
         ran out go back to pending as interrupted.
         """
-        claim_sql, deadline_sql = self._queue_filtered(queues)
         token = uuid.uuid4().hex
         params: dict[str, Any] = {"now": now, "owner": owner, "token": token,
                                   "expires": now + lease, "limit": limit}
         for index, name in enumerate(queues or ()):
             params[f"queue{index}"] = name
+        deadline_sql = _deadline_statement(None if queues is None else len(queues))
         with self.write() as conn:
             self._recover_expired_leases(conn, now)
             for job_id, name, begin_by in conn.execute(deadline_sql, params).fetchall():
@@ -781,7 +832,13 @@ class _SQLiteStorage:
                     f"but was still pending at {_format_time(now)}"))
                 conn.execute(_FAIL_PENDING, {"id": job_id, "now": now, "error": error,
                                              "error_type": _DEADLINE_TYPE})
-            cursor = conn.execute(claim_sql, params)
+            names = queues
+            if names is None:
+                names = [row[0] for row in conn.execute(_PENDING_QUEUES).fetchall()]
+                params.update((f"queue{i}", name) for i, name in enumerate(names))
+            if not names:
+                return token, []
+            cursor = conn.execute(_claim_statement(len(names)), params)
             claimed = [_as_dict(cursor, row) for row in cursor.fetchall()]
         # RETURNING gives no order: https://sqlite.org/lang_returning.html
         claimed.sort(key=lambda r: (-r["priority"], r["begin_after"], r["id"]))
@@ -1042,7 +1099,10 @@ def _seconds(value: Any, what: str) -> float:
     if isinstance(value, datetime.timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            raise ValueError(f"{what} is too large: {value!r}") from None
     else:
         raise TypeError(f"{what} must be a timedelta or a number of seconds, "
                         f"not {_describe(value)}")
@@ -1422,7 +1482,7 @@ def _execute(job: Job, payload: bytes | None) -> _Outcome:
         return _Outcome.failure(problem)
 
 
-def _record(storage: _SQLiteStorage, row: Mapping[str, Any], token: str,
+def _record(storage: _Storage, row: Mapping[str, Any], token: str,
             outcome: _Outcome, now: float) -> str:
     """Write an outcome, applying the job's retry policy; fenced by ``token``.
 
@@ -1447,7 +1507,7 @@ class _LeaseKeeper:
     """Renews the leases of jobs running in this process, from a thread of its
     own, so a job stuck in C code or ``time.sleep`` keeps its claim."""
 
-    def __init__(self, storage: _SQLiteStorage, lease: float):
+    def __init__(self, storage: _Storage, lease: float):
         self._storage = storage
         self._lease = lease
         self._held: dict[int, str] = {}
@@ -1516,13 +1576,14 @@ class Queue:
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
                  create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
-        self._storage = _SQLiteStorage(path, durable=durable, create=create,
-                                       busy_timeout=busy_timeout)
+        self._storage: _Storage = _SQLiteStorage(path, durable=durable, create=create,
+                                                 busy_timeout=busy_timeout)
+        self.busy_timeout = busy_timeout
         self.path = self._storage.path
         self.durable = durable
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen_queue, (self.path, self.durable, self._storage.busy_timeout))
+        return (_reopen_queue, (self.path, self.durable, self.busy_timeout))
 
     def __repr__(self) -> str:
         return f"<litejobs.Queue {self.path}>"

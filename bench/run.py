@@ -46,17 +46,44 @@ VALUES ('default', 0, 'pending', 'bench.run:noop', ?, ?)
 """
 
 
-def raw_single_commits(folder: str, count: int, synchronous: str) -> float:
-    conn = raw_database(os.path.join(folder, f"raw-{synchronous}.db"), synchronous)
+def raw_single_commits(conn: sqlite3.Connection, count: int) -> float:
+    """Seconds for ``count`` one-row commits on a plain connection."""
     started = time.perf_counter()
     for _ in range(count):
         now = time.time()
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(RAW_INSERT, (now, now))
         conn.execute("COMMIT")
-    elapsed = time.perf_counter() - started
-    conn.close()
-    return count / elapsed
+    return time.perf_counter() - started
+
+
+def litejobs_puts(queue: litejobs.Queue, count: int) -> float:
+    """Seconds for ``count`` puts of a no-argument job."""
+    started = time.perf_counter()
+    for _ in range(count):
+        queue.put(noop)
+    return time.perf_counter() - started
+
+
+def interleaved_commits(folder: str, count: int, durable: bool,
+                        rounds: int = 10) -> tuple[float, float]:
+    """Rates of litejobs puts and raw commits, measured in alternating rounds.
+
+    fsync speed drifts from one second to the next; alternating exposes both
+    sides to the same drift.
+    """
+    synchronous = "FULL" if durable else "NORMAL"
+    raw = raw_database(os.path.join(folder, f"raw-{synchronous}.db"), synchronous)
+    queue = litejobs.Queue(os.path.join(folder, f"put-{synchronous}.db"), durable=durable)
+    per_round = max(1, count // rounds)
+    raw_seconds = ours_seconds = 0.0
+    for _ in range(rounds):
+        raw_seconds += raw_single_commits(raw, per_round)
+        ours_seconds += litejobs_puts(queue, per_round)
+    raw.close()
+    queue.close()
+    total = per_round * rounds
+    return total / ours_seconds, total / raw_seconds
 
 
 def raw_batch_insert(folder: str, count: int) -> float:
@@ -68,16 +95,6 @@ def raw_batch_insert(folder: str, count: int) -> float:
     conn.execute("COMMIT")
     elapsed = time.perf_counter() - started
     conn.close()
-    return count / elapsed
-
-
-def litejobs_puts(folder: str, count: int, durable: bool) -> float:
-    queue = litejobs.Queue(os.path.join(folder, f"put-{durable}.db"), durable=durable)
-    started = time.perf_counter()
-    for _ in range(count):
-        queue.put(noop)
-    elapsed = time.perf_counter() - started
-    queue.close()
     return count / elapsed
 
 
@@ -149,8 +166,8 @@ def main() -> int:
                                       "folder on the current disk)")
     options = parser.parse_args()
     quick = options.quick
-    singles_full = 100 if quick else 500
-    singles_normal = 1000 if quick else 5000
+    singles_full = 200 if quick else 2000
+    singles_normal = 2000 if quick else 20000
     batch = 10_000
     drain = 500 if quick else 5000
     backlog = 50_000 if quick else 1_000_000
@@ -165,12 +182,10 @@ def main() -> int:
         print(f"  {measure}: done", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="litejobs-bench-", dir=options.dir or ".") as folder:
-        raw = raw_single_commits(folder, singles_full, "FULL")
-        row(f"put, durable ({singles_full})", litejobs_puts(folder, singles_full, True),
-            "raw FULL commit", raw)
-        raw = raw_single_commits(folder, singles_normal, "NORMAL")
-        row(f"put, durable=False ({singles_normal})",
-            litejobs_puts(folder, singles_normal, False), "raw NORMAL commit", raw)
+        ours, raw = interleaved_commits(folder, singles_full, durable=True)
+        row(f"put, durable ({singles_full})", ours, "raw FULL commit", raw)
+        ours, raw = interleaved_commits(folder, singles_normal, durable=False)
+        row(f"put, durable=False ({singles_normal})", ours, "raw NORMAL commit", raw)
         raw = raw_batch_insert(folder, batch)
         row(f"put_many ({batch:,})", litejobs_put_many(folder, batch),
             "raw batched insert", raw)

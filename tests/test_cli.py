@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -101,3 +102,21 @@ def test_an_error_is_one_line_and_a_non_zero_exit(monkeypatch, capsys):
     assert litejobs.main(["demo"]) == 1
     err = capsys.readouterr().err
     assert err == "litejobs: error: no database at /nowhere/app.db: check the path\n"
+
+
+def test_the_module_docstring_quickstart_runs(tmp_path, monkeypatch, capsys):
+    block = litejobs.__doc__.split("Quickstart::\n", 1)[1].split("\nRun ", 1)[0]
+    code = textwrap.dedent(block)
+    assert "import datetime, litejobs" in code
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "litejobs quickstart", "exec"), {})
+    assert capsys.readouterr().out.split() == ["1024", "pending"]
+    assert (tmp_path / "app.db").exists()
+
+
+def test_all_is_sorted_and_public_names_have_docstrings():
+    assert litejobs.__all__ == sorted(litejobs.__all__)
+    for name in litejobs.__all__:
+        obj = getattr(litejobs, name)
+        if callable(obj):
+            assert obj.__doc__, f"{name} has no docstring"

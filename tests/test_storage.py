@@ -105,18 +105,24 @@ def side_files(path: Path) -> list[Path]:
     return [p for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
 
 
-def claim_select(queue: litejobs.Queue, queues: list[str] | None) -> str:
-    """The SELECT inside the claim statement that picks the next ready jobs."""
-    claim_sql, _ = queue._storage._queue_filtered(queues)
-    match = re.search(r"\(\s*(SELECT .*?LIMIT :limit)\s*\)", claim_sql, re.DOTALL)
-    assert match, claim_sql
-    return match.group(1)
-
-
-def query_plan(conn: sqlite3.Connection, sql: str) -> str:
-    params = {"now": 1e12, "limit": 1, "queue0": litejobs.DEFAULT_QUEUE}
+def claim_plan(conn: sqlite3.Connection, queue_count: int) -> str:
+    """The query plan of the whole claim statement for that many queues."""
+    params = {"now": 1e12, "limit": 1, "owner": "o", "token": "t", "expires": 1e12}
+    params.update((f"queue{i}", f"q{i}") for i in range(queue_count))
+    sql = litejobs._claim_statement(queue_count)
     rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
     return "\n".join(row[-1] for row in rows)
+
+
+def assert_indexed_claim(plan: str, queue_count: int) -> None:
+    # Each queue is a range of the ready index, read in order: no scan of the
+    # table and no sort of every pending row (the merge sorts at most
+    # queue_count * LIMIT rows).
+    assert plan.count("USING INDEX litejobs_jobs_ready") == queue_count, plan
+    assert "SCAN litejobs_jobs\n" not in plan + "\n", plan
+    ordered_arms = [line for line in plan.splitlines() if "litejobs_jobs_ready" in line]
+    assert all(line.startswith("SEARCH") for line in ordered_arms), plan
+    assert plan.count("USE TEMP B-TREE") <= 1, plan  # only the merge of the arms
 
 
 # -- fixtures ------------------------------------------------------------------
@@ -437,12 +443,19 @@ def test_old_sqlite_is_refused_before_touching_the_file(db_path, monkeypatch):
 # -- 8. the partial index of ready jobs ------------------------------------------------
 
 
-@pytest.mark.parametrize("queues", [[litejobs.DEFAULT_QUEUE], None],
-                         ids=["one-queue", "all-queues"])
-def test_claim_finds_ready_jobs_through_partial_index(litejobs_queue, queues):
+@pytest.mark.parametrize("queue_count", [1, 2, 5])
+def test_claim_finds_ready_jobs_through_partial_index(litejobs_queue, queue_count):
     conn = litejobs_queue._storage._connection()
-    plan = query_plan(conn, claim_select(litejobs_queue, queues))
-    assert "litejobs_jobs_ready" in plan, plan
+    assert_indexed_claim(claim_plan(conn, queue_count), queue_count)
+
+
+def test_listing_pending_queues_seeks_the_index(litejobs_queue):
+    conn = litejobs_queue._storage._connection()
+    plan = conn.execute("EXPLAIN QUERY PLAN " + litejobs._PENDING_QUEUES).fetchall()
+    assert any("litejobs_jobs_ready" in row[-1] for row in plan), plan
+    for name in ("b", "a", "c", "a"):
+        litejobs_queue.put(litejobs.Job(pow, 2, 2), queue=name)
+    assert [row[0] for row in conn.execute(litejobs._PENDING_QUEUES)] == ["a", "b", "c"]
 
 
 def insert_completed_jobs(path: Path, count: int) -> None:
@@ -469,9 +482,8 @@ def test_many_finished_jobs_do_not_hide_a_ready_one(db_path):
     with litejobs.Queue(db_path) as queue:
         assert queue.counts()["completed"] == 20_000
         conn = queue._storage._connection()
-        for queues in ([litejobs.DEFAULT_QUEUE], None):
-            plan = query_plan(conn, claim_select(queue, queues))
-            assert "litejobs_jobs_ready" in plan, plan
+        for queue_count in (1, 3):
+            assert_indexed_claim(claim_plan(conn, queue_count), queue_count)
 
         job = queue.put(litejobs.Job(pow, 3, 4))
         assert queue.run_pending() == 1
