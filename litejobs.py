@@ -47,6 +47,7 @@ __all__ = [
     "DatabaseError",
     "DeadlineExceeded",
     "FAILED",
+    "Interrupted",
     "Job",
     "JobCancelled",
     "JobFailed",
@@ -148,6 +149,14 @@ class LeaseLost(LitejobsError):
 
 class DeadlineExceeded(LitejobsError):
     """A job had not started by its ``begin_by`` deadline, so it never ran."""
+
+
+class Interrupted(LitejobsError):
+    """A run ended without an outcome: its process died, or its lease ran out.
+
+    It is the recorded error of a job that was interrupted more often than its
+    ``max_interruptions`` allowed.
+    """
 
 
 class JobFailed(LitejobsError):
@@ -323,6 +332,7 @@ _CLAIM_ARM = """
 SELECT * FROM (
     SELECT id, priority, begin_after FROM litejobs_jobs
     WHERE status = 'pending' AND queue = :queue{index} AND begin_after <= :now
+        AND (begin_by IS NULL OR begin_by >= :now OR attempts > 0)
     ORDER BY priority DESC, begin_after, id
     LIMIT :limit)
 """
@@ -331,7 +341,7 @@ _CLAIM_JOBS = """
 UPDATE litejobs_jobs
 SET status = 'active', attempts = attempts + 1, started_at = :now,
     lease_owner = :owner, lease_token = :token, lease_expires = :expires
-WHERE id IN (
+WHERE status = 'pending' AND id IN (
     SELECT id FROM ({arms})
     ORDER BY priority DESC, begin_after, id
     LIMIT :limit)
@@ -350,18 +360,18 @@ WITH RECURSIVE pending (name) AS (
 SELECT name FROM pending WHERE name IS NOT NULL
 """
 
+# Fails, in one statement, every job still pending past its begin_by deadline.
+# The error reads like a formatted DeadlineExceeded; strftime's %f gives SS.SSS.
 # {queues} is "" (every queue) or " AND queue IN (:queue0, ...)".
-_PAST_DEADLINE = """
-SELECT id, name, begin_by FROM litejobs_jobs
+_EXPIRE_DEADLINES = """
+UPDATE litejobs_jobs
+SET status = 'failed', finished_at = :now, error_type = :error_type,
+    error = printf('%s: job %d (%s) was to start by %s but was still pending at %s' || char(10),
+                   :error_type, id, name,
+                   strftime('%Y-%m-%dT%H:%M:%fZ', begin_by, 'unixepoch'),
+                   strftime('%Y-%m-%dT%H:%M:%fZ', :now, 'unixepoch'))
 WHERE status = 'pending' AND begin_by IS NOT NULL AND begin_by < :now
     AND attempts = 0{queues}
-LIMIT 100
-"""
-
-_FAIL_PENDING = """
-UPDATE litejobs_jobs
-SET status = 'failed', error = :error, error_type = :error_type, finished_at = :now
-WHERE id = :id AND status = 'pending'
 """
 
 _EXPIRED_LEASES = """
@@ -497,9 +507,9 @@ def _claim_statement(queue_count: int) -> str:
 @functools.lru_cache(maxsize=64)
 def _deadline_statement(queue_count: int | None) -> str:
     if queue_count is None:
-        return _PAST_DEADLINE.format(queues="")
+        return _EXPIRE_DEADLINES.format(queues="")
     names = ", ".join(f":queue{i}" for i in range(queue_count))
-    return _PAST_DEADLINE.format(queues=f" AND queue IN ({names})")
+    return _EXPIRE_DEADLINES.format(queues=f" AND queue IN ({names})")
 
 
 def _as_dict(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
@@ -534,7 +544,7 @@ class _Storage(Protocol):
                    limit: int) -> list[dict[str, Any]]: ...
     def counts(self, queue: str | None) -> dict[str, int]: ...
     def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
-              lease: float, limit: int) -> tuple[str, list[dict[str, Any]]]: ...
+              expires: float, limit: int) -> tuple[str, list[dict[str, Any]]]: ...
     def finish(self, job_id: int, token: str, *, status: str, now: float,
                result: bytes | None = None, error: str | None = None,
                error_type: str | None = None, begin_after: float | None = None) -> str: ...
@@ -567,6 +577,7 @@ class _SQLiteStorage:
         self._lock = threading.Lock()
         _check_sqlite_version()
         self._prepare_file()
+        self._check_before_changing()
         self._migrate(self._connection())
 
     # -- connections ---------------------------------------------------------
@@ -601,6 +612,32 @@ class _SQLiteStorage:
                     f"database file and to its directory, where SQLite keeps the "
                     f"-wal and -shm files"
                 )
+
+    def _check_before_changing(self) -> None:
+        """Refuse a newer or damaged file before anything writes to it.
+
+        Opening switches the file to WAL and migrating adds tables, so a file
+        that needs either is checked first with ``PRAGMA quick_check``
+        (https://sqlite.org/pragma.html#pragma_quick_check), once: a current
+        litejobs file is not scanned again.
+        """
+        if os.path.getsize(self.path) == 0:
+            return
+        uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
+                                                    isolation_level=None)) as conn:
+                version = self._schema_version(conn)
+                if version > _SCHEMA_VERSION:
+                    raise self._too_new(version)
+                if version < _SCHEMA_VERSION:
+                    problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+                    if problems != ["ok"]:
+                        raise DatabaseError(
+                            f"{self.path} is corrupt ({'; '.join(problems)}); litejobs "
+                            f"leaves it untouched: restore it from a backup")
+        except sqlite3.Error as exc:
+            raise _translate_sqlite_error(exc, self.path) from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
@@ -700,17 +737,20 @@ class _SQLiteStorage:
         timeout (https://sqlite.org/lang_transaction.html).
         """
         conn = self._connection()
-        if conn.in_transaction:
-            yield conn
-            return
         with self._errors():
-            self._begin(conn)
+            if conn.in_transaction:
+                # Only an interrupted write can leave one open, and it was never
+                # acknowledged; joining it would leave this write uncommitted.
+                _log.warning("rolling back a transaction left open on %s", self.path)
+                conn.execute("ROLLBACK")
             try:
+                self._begin(conn)
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
 
     def _begin(self, conn: sqlite3.Connection) -> None:
@@ -810,9 +850,9 @@ class _SQLiteStorage:
         return dict(rows)
 
     def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
-              lease: float, limit: int) -> tuple[str, list[dict[str, Any]]]:
-        """Claim up to ``limit`` due jobs for ``owner``; return the lease token
-        and the claimed rows in claim order.
+              expires: float, limit: int) -> tuple[str, list[dict[str, Any]]]:
+        """Claim up to ``limit`` jobs due at ``now`` for ``owner``, leased until
+        ``expires``; return the lease token and the claimed rows in claim order.
 
         In the same transaction, jobs still pending past their ``begin_by``
         deadline fail instead of being claimed, and active jobs whose lease
@@ -820,18 +860,14 @@ class _SQLiteStorage:
         """
         token = uuid.uuid4().hex
         params: dict[str, Any] = {"now": now, "owner": owner, "token": token,
-                                  "expires": now + lease, "limit": limit}
+                                  "expires": expires, "limit": limit,
+                                  "error_type": _DEADLINE_TYPE}
         for index, name in enumerate(queues or ()):
             params[f"queue{index}"] = name
         deadline_sql = _deadline_statement(None if queues is None else len(queues))
         with self.write() as conn:
             self._recover_expired_leases(conn, now)
-            for job_id, name, begin_by in conn.execute(deadline_sql, params).fetchall():
-                error = _format_exception_only(DeadlineExceeded(
-                    f"job {job_id} ({name}) was to start by {_format_time(begin_by)} "
-                    f"but was still pending at {_format_time(now)}"))
-                conn.execute(_FAIL_PENDING, {"id": job_id, "now": now, "error": error,
-                                             "error_type": _DEADLINE_TYPE})
+            conn.execute(deadline_sql, params)
             names = queues
             if names is None:
                 names = [row[0] for row in conn.execute(_PENDING_QUEUES).fetchall()]
@@ -877,7 +913,7 @@ class _SQLiteStorage:
 
     def _interrupt(self, conn: sqlite3.Connection, job_id: int, token: str,
                    now: float, reason: str) -> str:
-        error = _format_exception_only(_Interrupted(reason))
+        error = _format_exception_only(Interrupted(reason))
         row = conn.execute(_INTERRUPT_JOB, {
             "id": job_id, "token": token, "now": now, "error": error,
             "error_type": _INTERRUPTED_TYPE}).fetchone()
@@ -911,6 +947,9 @@ class _SQLiteStorage:
 
 _CURRENT_JOB: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
     "litejobs_current_job", default=None)
+# Set by run_pending(now=...), so that jobs it runs put and cancel on its clock.
+_CLOCK: contextvars.ContextVar[Callable[[], float]] = contextvars.ContextVar(
+    "litejobs_clock", default=time.time)
 
 
 def _qualified_type_name(cls: type) -> str:
@@ -924,7 +963,10 @@ def _format_exception_only(exc: BaseException) -> str:
 def _format_time(stamp: float | None) -> str:
     if stamp is None:
         return "-"
-    moment = datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
+    try:
+        moment = datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return f"{stamp!r} (Unix seconds)"
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -934,12 +976,8 @@ def _to_datetime(stamp: float | None) -> datetime.datetime | None:
     return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
 
 
-class _Interrupted(LitejobsError):
-    """The process running a job died, or its lease ran out, before an outcome."""
-
-
 _DEADLINE_TYPE = _qualified_type_name(DeadlineExceeded)
-_INTERRUPTED_TYPE = "litejobs.Interrupted"
+_INTERRUPTED_TYPE = _qualified_type_name(Interrupted)
 
 
 def current_job() -> Job | None:
@@ -970,14 +1008,17 @@ def _name_of(fn: Any) -> str:
     if isinstance(fn, functools.partial):
         return f"functools.partial({_name_of(fn.func)})"
     if inspect.ismethod(fn):
-        owner = fn.__self__ if isinstance(fn.__self__, type) else type(fn.__self__)
-        return f"{owner.__module__}:{owner.__qualname__}.{fn.__func__.__name__}"
+        cls = fn.__self__ if isinstance(fn.__self__, type) else type(fn.__self__)
+        return f"{cls.__module__}:{cls.__qualname__}.{fn.__func__.__name__}"
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
+    bound_to = getattr(fn, "__self__", None)
     if module is None and hasattr(fn, "__objclass__"):
         module = fn.__objclass__.__module__
-    if module is None and isinstance(getattr(fn, "__self__", None), type):
-        module = fn.__self__.__module__
+    elif module is None and isinstance(bound_to, type):
+        module = bound_to.__module__  # a builtin classmethod, such as dict.fromkeys
+    elif module is None and bound_to is not None and not isinstance(bound_to, types.ModuleType):
+        module = type(bound_to).__module__  # a bound builtin method, such as "abc".upper
     if isinstance(module, str) and isinstance(qualname, str):
         return f"{module}:{qualname}"
     cls = type(fn)
@@ -1113,6 +1154,31 @@ def _seconds(value: Any, what: str) -> float:
     return seconds
 
 
+_INT64 = 2 ** 63  # SQLite's INTEGER range is [-2**63, 2**63)
+
+
+def _int_in_range(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _positive_int(value: Any, what: str) -> int:
+    return _int_in_range(value, what, 1, _INT64 - 1)
+
+
+def _representable(stamp: float, what: str) -> float:
+    """Refuse a moment a datetime cannot hold (before year 1, after 9999)."""
+    try:
+        datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"{what} is out of range: it must fall between the years "
+                         f"1 and 9999") from None
+    return stamp
+
+
 def _timestamp(when: datetime.datetime, what: str) -> float:
     if when.tzinfo is None or when.tzinfo.utcoffset(when) is None:
         raise ValueError(
@@ -1152,14 +1218,13 @@ class Retry:
     on: tuple[type[BaseException], ...] = (Exception,)
 
     def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int):
-            raise TypeError(f"Retry attempts must be an int, not {self.attempts!r}")
-        if self.attempts < 1:
-            raise ValueError(f"Retry attempts must be at least 1, got {self.attempts}")
+        _int_in_range(self.attempts, "Retry attempts", 1, 2 ** 31 - 1)
         object.__setattr__(self, "delay", _seconds(self.delay, "Retry delay"))
         object.__setattr__(self, "max_delay", _seconds(self.max_delay, "Retry max_delay"))
-        if not isinstance(self.backoff, (int, float)) or not self.backoff >= 1:
-            raise ValueError(f"Retry backoff must be a number >= 1, got {self.backoff!r}")
+        if (not isinstance(self.backoff, (int, float)) or isinstance(self.backoff, bool)
+                or not 1 <= self.backoff < math.inf):
+            raise ValueError(f"Retry backoff must be a finite number >= 1, "
+                             f"got {self.backoff!r}")
         if not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter <= 1:
             raise ValueError(f"Retry jitter must be between 0 and 1, got {self.jitter!r}")
         on = self.on if isinstance(self.on, tuple) else (self.on,)
@@ -1170,7 +1235,11 @@ class Retry:
 
     def delay_before(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before run ``attempt + 1``, after run ``attempt`` failed."""
-        base = self.delay * self.backoff ** max(attempt - 1, 0)
+        try:
+            base = self.delay * self.backoff ** max(attempt - 1, 0)
+        except OverflowError:
+            base = math.inf
+        base = min(base, self.max_delay)  # cap first, so jitter still spreads capped retries
         spread = base * self.jitter
         varied = base + (rng or random).uniform(-spread, spread)
         return max(0.0, min(varied, self.max_delay))
@@ -1406,7 +1475,7 @@ class Job:
         job had already ended.
         """
         queue = self._require_queue()
-        status = queue._storage.cancel(self._require_id(), time.time())
+        status = queue._storage.cancel(self._require_id(), _CLOCK.get()())
         self.refresh()
         return status is not None
 
@@ -1507,9 +1576,10 @@ class _LeaseKeeper:
     """Renews the leases of jobs running in this process, from a thread of its
     own, so a job stuck in C code or ``time.sleep`` keeps its claim."""
 
-    def __init__(self, storage: _Storage, lease: float):
+    def __init__(self, storage: _Storage, lease: float, expiry: Callable[[], float]):
         self._storage = storage
         self._lease = lease
+        self._expiry = expiry
         self._held: dict[int, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -1534,7 +1604,7 @@ class _LeaseKeeper:
             if not held:
                 continue
             try:
-                lost = self._storage.renew(held, time.time() + self._lease)
+                lost = self._storage.renew(held, self._expiry())
             except LitejobsError as exc:
                 _log.error("could not renew leases: %s", exc)
                 continue
@@ -1579,11 +1649,12 @@ class Queue:
         self._storage: _Storage = _SQLiteStorage(path, durable=durable, create=create,
                                                  busy_timeout=busy_timeout)
         self.busy_timeout = busy_timeout
+        self.create = create
         self.path = self._storage.path
         self.durable = durable
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen_queue, (self.path, self.durable, self.busy_timeout))
+        return (_reopen_queue, (self.path, self.durable, self.create, self.busy_timeout))
 
     def __repr__(self) -> str:
         return f"<litejobs.Queue {self.path}>"
@@ -1652,7 +1723,7 @@ class Queue:
 
     def _put(self, items: Iterable[Job | Callable[..., Any] | str], *, key: str | None,
              **options: Any) -> list[Job]:
-        now = time.time()
+        now = _CLOCK.get()()
         common = self._row_options(now, key=key, **options)
         jobs: list[Job] = []
         rows: list[dict[str, Any]] = []
@@ -1684,10 +1755,12 @@ class Queue:
                 raise ValueError("begin_by must be positive: it is how long after "
                                  "begin_after the job may still start")
             deadline = start + window
+        _representable(start, "begin_after")
+        if deadline is not None:
+            _representable(deadline, "begin_after + begin_by")
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"retry must be a litejobs.Retry, not {_describe(retry)}")
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise TypeError(f"priority must be an int, not {priority!r}")
+        _int_in_range(priority, "priority", -_INT64, _INT64 - 1)
         if not isinstance(queue, str) or not queue:
             raise ValueError(f"queue must be a non-empty string, not {queue!r}")
         if key is not None and not isinstance(key, str):
@@ -1696,10 +1769,7 @@ class Queue:
             timeout = _seconds(timeout, "timeout")
             if timeout == 0:
                 raise ValueError("timeout must be positive")
-        if (isinstance(max_interruptions, bool) or not isinstance(max_interruptions, int)
-                or max_interruptions < 0):
-            raise ValueError(f"max_interruptions must be an int >= 0, "
-                             f"not {max_interruptions!r}")
+        _int_in_range(max_interruptions, "max_interruptions", 0, 2 ** 31 - 1)
         return {"queue": queue, "priority": priority, "key": key,
                 "max_attempts": retry.attempts if retry else 1,
                 "retry_policy": retry._to_json() if retry else None,
@@ -1717,10 +1787,14 @@ class Queue:
 
     def jobs(self, status: str | None = None, queue: str | None = None,
              limit: int = 100) -> list[Job]:
-        """Jobs, newest first, optionally only those in ``status`` and ``queue``."""
+        """Jobs, newest first, optionally only those in ``status`` and
+        ``queue``; at most ``limit`` of them (None: all)."""
+        if limit is not None:
+            limit = _positive_int(limit, "limit")
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
-        rows = self._storage.fetch_many(status=status, queue=queue, limit=limit)
+        rows = self._storage.fetch_many(status=status, queue=queue,
+                                        limit=-1 if limit is None else limit)
         return [Job._bound(self, row) for row in rows]
 
     def counts(self, queue: str | None = None) -> dict[str, int]:
@@ -1746,6 +1820,11 @@ class Queue:
 
             q.run_pending(now=datetime.now(timezone.utc) + timedelta(hours=1))
 
+        Leases always run on the real clock, so that other runners on the
+        same file never take a job this call is running.  A ``now`` in the
+        future does treat their leases as expired: use it on files no live
+        pool serves, as tests do.
+
         ``timeout`` is not enforced here; it needs a worker pool.
         """
         if now is not None:
@@ -1755,30 +1834,39 @@ class Queue:
             clock = time.time
         if queues is not None:
             queues = [queues] if isinstance(queues, str) else list(queues)
+        if limit is not None:
+            limit = _positive_int(limit, "limit")
+        lease = _seconds(lease, "lease")
+        if lease == 0:
+            raise ValueError("lease must be positive")
+
+        def expiry() -> float:
+            return max(clock(), time.time()) + lease
+
         owner = _owner_id("inline")
-        keeper = _LeaseKeeper(self._storage, lease) if now is None else None
+        keeper = _LeaseKeeper(self._storage, lease, expiry)
         ran = 0
+        reset = _CLOCK.set(clock)
         try:
             while limit is None or ran < limit:
                 token, claimed = self._storage.claim(owner=owner, queues=queues,
-                                                     now=clock(), lease=lease, limit=1)
+                                                     now=clock(), expires=expiry(), limit=1)
                 if not claimed:
                     break
                 for row in claimed:
                     self._run_claimed(row, token, clock, keeper)
                     ran += 1
         finally:
-            if keeper is not None:
-                keeper.stop()
+            _CLOCK.reset(reset)
+            keeper.stop()
         return ran
 
     def _run_claimed(self, claimed: dict[str, Any], token: str,
-                     clock: Callable[[], float], keeper: _LeaseKeeper | None) -> None:
+                     clock: Callable[[], float], keeper: _LeaseKeeper) -> None:
         payload = claimed.pop("payload")
         claimed.pop("signature")
         job = Job._bound(self, claimed)
-        if keeper is not None:
-            keeper.hold(job._require_id(), token)
+        keeper.hold(job._require_id(), token)
         try:
             outcome = _execute(job, payload)
         except KeyboardInterrupt:
@@ -1787,19 +1875,24 @@ class Queue:
                                         "interrupted by KeyboardInterrupt")
             raise
         finally:
-            if keeper is not None:
-                keeper.release(job._require_id())
+            keeper.release(job._require_id())
         try:
             status = _record(self._storage, job._row, token, outcome, clock())
         except LeaseLost as exc:
             _log.warning("%s", exc)
             return
+        except DatabaseError as exc:
+            # At-least-once: with its outcome unwritten, the job stays claimed
+            # until the lease runs out, then runs again.
+            _log.error("job %s (%s): could not record its outcome, so it will run "
+                       "again once its lease expires: %s", job.id, job.name, exc)
+            raise
         if status == FAILED:
             _log.error("job %s (%s) failed:\n%s", job.id, job.name, outcome.error)
 
 
-def _reopen_queue(path: str, durable: bool, busy_timeout: float) -> Queue:
-    return Queue(path, durable=durable, busy_timeout=busy_timeout)
+def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float) -> Queue:
+    return Queue(path, durable=durable, create=create, busy_timeout=busy_timeout)
 
 
 ###############################################################################

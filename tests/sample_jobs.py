@@ -82,3 +82,32 @@ class Greeter:
 def own_status():
     """The job's status as the database sees it while the job runs."""
     return litejobs.current_job().refresh().status
+
+
+def reschedule(path, minutes):
+    """The recurring pattern: each run puts the next one, ``minutes`` later."""
+    import datetime
+
+    litejobs.Queue(path).put(litejobs.Job(reschedule, path, minutes),
+                             begin_after=datetime.timedelta(minutes=minutes))
+    return litejobs.current_job().id
+
+
+def big_result(size):
+    return b"x" * size
+
+
+def lease_left():
+    """Seconds of lease this run holds, on the real clock."""
+    import time
+
+    return litejobs.current_job().refresh()._row["lease_expires"] - time.time()
+
+
+GATE = None  # a threading.Event a test installs; wait_for_gate blocks on it
+
+
+def wait_for_gate():
+    if not GATE.wait(timeout=60):
+        raise TimeoutError("the test never opened the gate")
+    return "through"

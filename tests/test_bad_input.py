@@ -59,7 +59,8 @@ def test_a_partial_of_a_lambda_is_refused(q):
 ])
 def test_unpicklable_arguments_are_refused_by_name(q, args, kwargs, culprit):
     if culprit is None:
-        q.put(Job(sample_jobs.echo, *args, **kwargs))
+        job = q.put(Job(sample_jobs.echo, *args, **kwargs))
+        assert q.get(job.id).args == args
         return
     with pytest.raises(TypeError, match="cannot pickle") as caught:
         q.put(Job(sample_jobs.echo, *args, **kwargs))
@@ -113,6 +114,16 @@ def test_a_naive_datetime_is_refused(q):
     ({"key": 12}, TypeError),
     ({"retry": 3}, TypeError),
     ({"max_interruptions": -1}, ValueError),
+    ({"max_interruptions": 2 ** 64}, ValueError),
+    ({"priority": 2 ** 64}, ValueError),
+    ({"priority": True}, TypeError),
+    ({"begin_after": 1e300}, ValueError),
+    ({"begin_after": datetime.timedelta.max}, ValueError),
+    ({"begin_after": 10 ** 400}, ValueError),
+    ({"begin_after": datetime.datetime(1, 1, 1, tzinfo=datetime.timezone(
+        datetime.timedelta(hours=5)))}, ValueError),
+    ({"begin_after": datetime.datetime(9999, 12, 31, 23, tzinfo=datetime.timezone.utc),
+      "begin_by": datetime.timedelta(days=2)}, ValueError),
 ])
 def test_bad_options_are_refused(q, options, error):
     with pytest.raises(error):
@@ -128,6 +139,9 @@ def test_bad_options_are_refused(q, options, error):
     ({"backoff": 0.5}, ValueError),
     ({"jitter": 2}, ValueError),
     ({"on": (ValueError, "KeyError")}, TypeError),
+    ({"backoff": float("inf")}, ValueError),
+    ({"backoff": float("nan")}, ValueError),
+    ({"attempts": 2 ** 64}, ValueError),
 ])
 def test_bad_retry_policies_are_refused(options, error):
     with pytest.raises(error):
@@ -183,3 +197,29 @@ def test_an_unpicklable_result_fails_the_job_clearly(q):
     assert "cannot be pickled" in caught.value.traceback
     assert "return plain data" in caught.value.traceback
     assert following.wait(timeout=1) == 4
+
+
+def test_a_bad_moment_never_wedges_the_queue(q, now):
+    with pytest.raises(ValueError, match="out of range"):
+        q.put(Job(sample_jobs.add, 1, 1), begin_after=datetime.datetime(
+            1, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=5))), begin_by=60)
+    good = q.put(Job(sample_jobs.add, 1, 1))
+    assert q.run_pending(now=now) == 1
+    assert good.wait(timeout=1) == 2
+
+
+@pytest.mark.parametrize("limit, error", [(0, ValueError), (-1, ValueError),
+                                          ("10", TypeError), (1.5, TypeError)])
+def test_bad_limits_are_refused(q, limit, error):
+    with pytest.raises(error):
+        q.jobs(limit=limit)
+    with pytest.raises(error):
+        q.run_pending(limit=limit)
+
+
+@pytest.mark.parametrize("lease", [0, -1, float("inf")])
+def test_a_bad_lease_is_refused(q, lease):
+    q.put(Job(sample_jobs.add, 1, 1))
+    with pytest.raises(ValueError):
+        q.run_pending(lease=lease)
+    assert q.counts()["pending"] == 1

@@ -137,7 +137,7 @@ def test_an_expired_lease_is_recovered_and_the_job_rerun(q, now):
     job = q.put(Job(sample_jobs.add, 20, 22))
     storage = q._storage
     token, claimed = storage.claim(owner="crashed", queues=None, now=now.timestamp(),
-                                   lease=10, limit=10)
+                                   expires=now.timestamp() + 10, limit=10)
     assert [row["id"] for row in claimed] == [job.id]
     assert job.refresh().status == ACTIVE
     assert q.run_pending(now=now) == 0  # the lease still holds
@@ -150,10 +150,11 @@ def test_an_expired_lease_is_recovered_and_the_job_rerun(q, now):
 def test_a_stale_attempt_cannot_overwrite_the_newer_one(q, now):
     job = q.put(Job(sample_jobs.add, 1, 1))
     storage = q._storage
-    stale, _ = storage.claim(owner="slow", queues=None, now=now.timestamp(), lease=5,
-                             limit=1)
+    stale, _ = storage.claim(owner="slow", queues=None, now=now.timestamp(),
+                             expires=now.timestamp() + 5, limit=1)
     later = now.timestamp() + 6
-    fresh, claimed = storage.claim(owner="fast", queues=None, now=later, lease=5, limit=1)
+    fresh, claimed = storage.claim(owner="fast", queues=None, now=later,
+                                   expires=later + 5, limit=1)
     assert [row["id"] for row in claimed] == [job.id]
     assert fresh != stale
     with pytest.raises(litejobs.LeaseLost):
@@ -233,7 +234,8 @@ def test_unique_key_returns_the_live_job(q):
 
 def test_a_key_held_by_an_active_job_also_dedupes(q, now):
     first = q.put(Job(sample_jobs.add, 1, 1), key="k")
-    q._storage.claim(owner="x", queues=None, now=now.timestamp(), lease=30, limit=1)
+    q._storage.claim(owner="x", queues=None, now=now.timestamp(),
+                     expires=now.timestamp() + 30, limit=1)
     assert first.refresh().status == ACTIVE
     assert q.put(Job(sample_jobs.add, 1, 1), key="k") == first
 
@@ -357,3 +359,62 @@ def test_timestamps_come_from_the_injected_clock(q, now):
     q.run_pending(now=later)
     job.refresh()
     assert job.started_at == later and job.finished_at == later
+
+
+def test_a_cancel_requested_before_an_interruption_wins(q, now):
+    job = q.put(Job(sample_jobs.add, 1, 1))
+    token, _ = q._storage.claim(owner="x", queues=None, now=now.timestamp(),
+                                expires=now.timestamp() + 30, limit=1)
+    assert job.cancel() is True
+    assert job.status == ACTIVE  # flagged; the run still owns it
+    assert q._storage.interrupt(job.id, token, now.timestamp(), "killed") == CANCELLED
+    assert job.refresh().status == CANCELLED and job.interruptions == 1
+
+
+def test_jobs_without_a_limit_lists_them_all(q):
+    q.put_many([Job(sample_jobs.add, i, i) for i in range(150)])
+    assert len(q.jobs()) == 100
+    assert len(q.jobs(limit=None)) == 150
+
+
+def test_a_bound_builtin_method_has_a_readable_name(q):
+    job = q.put("abc".upper)
+    assert job.name == "builtins:str.upper"
+    q.run_pending()
+    assert job.wait(timeout=1) == "ABC"
+
+
+def test_pickling_keeps_every_option(tmp_path):
+    litejobs.Queue(tmp_path / "a.db").close()
+    queue = litejobs.Queue(tmp_path / "a.db", durable=False, create=False, busy_timeout=7)
+    copy = pickle.loads(pickle.dumps(queue))
+    assert (copy.durable, copy.create, copy.busy_timeout) == (False, False, 7)
+    (tmp_path / "a.db").rename(tmp_path / "moved.db")
+    with pytest.raises(litejobs.DatabaseError, match="no database"):
+        pickle.loads(pickle.dumps(queue))
+    assert not (tmp_path / "a.db").exists()
+
+
+def test_a_long_job_keeps_its_lease(q):
+    sample_jobs.GATE = threading.Event()
+    job = q.put(sample_jobs.wait_for_gate)
+    runner = threading.Thread(target=q.run_pending, kwargs={"lease": 0.3})
+    runner.start()
+    try:
+        first = litejobs.wait_for_start(job, timeout=30)._row["lease_expires"]
+        renewed = []
+
+        def lease_moved_twice():
+            expires = job.refresh()._row["lease_expires"]
+            if expires is not None and expires > first and expires not in renewed:
+                renewed.append(expires)
+            return len(renewed) >= 2
+
+        job._wait_until(lease_moved_twice, 30, "renew its lease")
+        assert job.status == ACTIVE and job.interruptions == 0
+    finally:
+        sample_jobs.GATE.set()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert job.wait(timeout=5) == "through"
+    assert job.attempts == 1 and job.interruptions == 0

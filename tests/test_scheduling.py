@@ -145,8 +145,63 @@ def test_without_retry_an_exception_fails_at_once(q, now):
 
 def test_interruptions_do_not_use_up_exception_retries(q, now):
     job = q.put(Job(sample_jobs.flaky, 2), retry=Retry(attempts=2, delay=0))
-    q._storage.claim(owner="died", queues=None, now=now.timestamp(), lease=1, limit=1)
+    q._storage.claim(owner="died", queues=None, now=now.timestamp(),
+                     expires=now.timestamp() + 1, limit=1)
     later = now + MINUTE  # the dead owner's lease has run out
     assert q.run_pending(now=later) == 2  # attempt 2 raises, attempt 3 succeeds
     assert job.wait(timeout=1) == 3
     assert job.interruptions == 1 and job.attempts == 3
+
+
+def test_every_job_past_its_deadline_fails_however_many(q, now):
+    jobs = q.put_many([Job(sample_jobs.add, i, 0) for i in range(150)], begin_by=60)
+    assert q.run_pending(now=now + datetime.timedelta(hours=1)) == 0
+    assert q.counts()[FAILED] == 150
+    assert {job.refresh().error_type for job in jobs} == {"litejobs.DeadlineExceeded"}
+
+
+def test_jobs_put_by_a_job_count_from_the_injected_clock(q, now):
+    first = q.put(Job(sample_jobs.reschedule, q.path, 5))
+    tomorrow = now + datetime.timedelta(days=1)
+    assert q.run_pending(now=tomorrow) == 1  # the next run is due 5 minutes after "now"
+    following = [job for job in q.jobs(status=PENDING)]
+    assert len(following) == 1
+    assert following[0].begin_after == tomorrow + 5 * MINUTE
+    assert following[0].created_at == tomorrow
+    assert first.wait(timeout=1) == first.id
+    assert q.run_pending(now=tomorrow + 6 * MINUTE) == 1
+
+
+def test_a_cancel_inside_a_job_is_stamped_with_the_injected_clock(q, now):
+    job = q.put(sample_jobs.cancel_myself)
+    later = now + datetime.timedelta(days=2)
+    q.run_pending(now=later)
+    assert job.refresh().status == litejobs.CANCELLED
+    assert job.finished_at == later
+
+
+def test_a_retry_after_very_many_attempts_waits_the_capped_delay(q, now):
+    job = q.put(Job(sample_jobs.fail), retry=Retry(attempts=5000, delay=1, backoff=10,
+                                                   max_delay=600, jitter=0))
+    with q._storage.write() as conn:  # as if it had already failed 2,000 times
+        conn.execute("UPDATE litejobs_jobs SET attempts = 2000 WHERE id = ?", (job.id,))
+    assert q.run_pending(now=now) == 1
+    job.refresh()
+    assert job.status == PENDING and job.attempts == 2001
+    assert job.begin_after == now + 600 * SECOND
+
+
+@given(attempt=st.integers(1, 100_000), delay=st.floats(0, 1e6),
+       backoff=st.floats(1, 1e6), max_delay=st.floats(0, 1e7), jitter=st.floats(0, 1))
+def test_huge_attempt_numbers_stay_capped(attempt, delay, backoff, max_delay, jitter):
+    policy = Retry(attempts=2, delay=delay, backoff=backoff, max_delay=max_delay,
+                   jitter=jitter)
+    assert 0 <= policy.delay_before(attempt) <= max_delay
+
+
+def test_leases_run_on_the_real_clock_even_when_now_is_in_the_past(q):
+    job = q.put(sample_jobs.lease_left)
+    long_ago = datetime.datetime(2001, 1, 1, tzinfo=datetime.timezone.utc)
+    job = q.put(sample_jobs.lease_left, begin_after=long_ago)
+    q.run_pending(now=long_ago, lease=30)
+    assert 20 < job.wait(timeout=1) <= 30

@@ -563,3 +563,77 @@ def test_forked_child_opens_its_own_connection(litejobs_queue):
     assert queue.run_pending() == 3
     assert [first.wait(timeout=5), from_child.wait(timeout=5), last.wait(timeout=5)] \
         == [8, 25, 49]
+
+
+# -- a full disk, damage past the header, a transaction left open ------------------------
+
+
+def test_a_full_database_refuses_put_and_keeps_no_partial_row(litejobs_queue):
+    import sample_jobs
+
+    queue = litejobs_queue
+    queue.put(litejobs.Job(pow, 2, 2))
+    conn = queue._storage._connection()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    batch = [litejobs.Job(sample_jobs.echo, os.urandom(3000)) for _ in range(20)]
+    with pytest.raises(litejobs.DatabaseError, match="full"):
+        queue.put_many(batch)
+    assert sum(queue.counts().values()) == 1
+    assert queue.put(litejobs.Job(pow, 2, 3)).status == litejobs.PENDING  # small still fits
+
+
+def test_an_outcome_that_cannot_be_written_runs_again_once_space_is_back(litejobs_queue):
+    import datetime
+
+    import sample_jobs
+
+    queue = litejobs_queue
+    job = queue.put(litejobs.Job(sample_jobs.big_result, 200_000))
+    conn = queue._storage._connection()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    with pytest.raises(litejobs.DatabaseError, match="full"):
+        queue.run_pending()
+    assert job.refresh().status == litejobs.ACTIVE  # claimed, outcome unwritten
+    conn.execute("PRAGMA max_page_count = 1073741823")  # space is back
+    after_lease = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
+        seconds=litejobs.DEFAULT_LEASE + 5)
+    assert queue.run_pending(now=after_lease) == 1
+    assert job.wait(timeout=5) == b"x" * 200_000
+    assert job.attempts == 2 and job.interruptions == 1
+
+
+def test_damage_past_the_header_is_refused_before_any_change(tmp_path):
+    path = tmp_path / "app.db"
+    with plain_connection(path) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO notes VALUES (?)", (("n" * 100,) for _ in range(2000)))
+        conn.execute("COMMIT")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    with open(path, "r+b") as handle:  # scribble over page 3
+        handle.seek(2 * page_size)
+        handle.write(random.Random(7).randbytes(page_size))
+    before = sha256(path)
+    with pytest.raises(litejobs.DatabaseError, match="corrupt"):
+        litejobs.Queue(path)
+    assert sha256(path) == before
+    assert side_files(path) == []
+
+
+def test_a_transaction_left_open_is_rolled_back_not_joined(litejobs_queue):
+    queue = litejobs_queue
+    conn = queue._storage._connection()
+    conn.execute("BEGIN IMMEDIATE")  # as a write interrupted after BEGIN would leave it
+    conn.execute("INSERT INTO litejobs_jobs (queue, status, name, created_at, begin_after)"
+                 " VALUES ('default', 'pending', 'stale:write', 0, 0)")
+    job = queue.put(litejobs.Job(pow, 2, 3))
+    assert not conn.in_transaction  # the put committed and released the lock
+    with plain_connection(Path(queue.path)) as other:
+        other.execute("PRAGMA busy_timeout = 100")
+        other.execute("BEGIN IMMEDIATE")
+        names = [row[0] for row in other.execute("SELECT name FROM litejobs_jobs")]
+        other.execute("ROLLBACK")
+    assert names == ["builtins:pow"]
+    assert queue.get(job.id).status == litejobs.PENDING
