@@ -1455,6 +1455,7 @@ class Job:
     def _wait_until(self, done: Callable[[], bool], timeout: float | None, what: str) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = 0.001
+        self.refresh()
         while not done():
             if deadline is not None and time.monotonic() >= deadline:
                 raise WaitTimeout(
@@ -1635,6 +1636,8 @@ class Queue:
     once ``put`` returns, the job survives power loss.  ``durable=False`` uses
     ``NORMAL``, much faster; the last puts may be lost on power loss, never on
     a process crash.  ``create=False`` refuses to create a missing file.
+    ``busy_timeout`` is how many seconds a write waits for another
+    connection's write lock before `DatabaseError`.
 
     A Queue may be shared by threads, and pickles as its path and options, so
     it can be passed to other processes; each process and thread opens its
@@ -1646,6 +1649,7 @@ class Queue:
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
                  create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+        busy_timeout = _seconds(busy_timeout, "busy_timeout")
         self._storage: _Storage = _SQLiteStorage(path, durable=durable, create=create,
                                                  busy_timeout=busy_timeout)
         self.busy_timeout = busy_timeout
