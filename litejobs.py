@@ -588,9 +588,13 @@ class _SQLiteStorage:
             raise DatabaseError(
                 f"cannot open {self.path}: directory {directory} does not exist"
             )
+        if os.path.isdir(self.path):
+            raise DatabaseError(f"{self.path} is a directory, not a database file")
+        if not os.path.exists(self.path) and not self.create:
+            raise DatabaseError(f"no database at {self.path}: check the path")
+        if not os.access(directory, os.W_OK):
+            raise self._read_only(directory)
         if not os.path.exists(self.path):
-            if not self.create:
-                raise DatabaseError(f"no database at {self.path}: check the path")
             try:
                 # Created here, not by SQLite, so that it is 0600 whatever the
                 # umask; SQLite gives the -wal and -shm files the same mode.
@@ -599,19 +603,19 @@ class _SQLiteStorage:
                 pass  # another process created it first: fine
             except OSError as exc:
                 raise DatabaseError(f"cannot create {self.path}: {exc.strerror}") from exc
-        elif os.path.isdir(self.path):
-            raise DatabaseError(f"{self.path} is a directory, not a database file")
         try:
             _check_file_header(self.path)
         except PermissionError as exc:
             raise DatabaseError(f"cannot read {self.path}: permission denied") from exc
-        for target in (self.path, directory):
-            if not os.access(target, os.W_OK):
-                raise DatabaseError(
-                    f"{target} is read-only; litejobs needs write access to the "
-                    f"database file and to its directory, where SQLite keeps the "
-                    f"-wal and -shm files"
-                )
+        if not os.access(self.path, os.W_OK):
+            raise self._read_only(self.path)
+
+    @staticmethod
+    def _read_only(target: str) -> DatabaseError:
+        return DatabaseError(
+            f"{target} is read-only; litejobs needs write access to the database "
+            f"file and to its directory, where SQLite keeps the -wal and -shm files"
+        )
 
     def _check_before_changing(self) -> None:
         """Refuse a newer or damaged file before anything writes to it.
