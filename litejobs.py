@@ -114,6 +114,7 @@ _MIN_SQLITE = (3, 35, 0)  # RETURNING
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _BUSY_RETRIES = 5  # rounds of busy_timeout before a lock error reaches a user
 _SQLITE_MAGIC = b"SQLite format 3\x00"
+_QUICK_CHECK_LIMIT = 256 * 2 ** 20  # bytes; larger files get only the header checks
 _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []
 
 _log = logging.getLogger("litejobs")
@@ -229,10 +230,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             meta              TEXT
         )
         """,
-        # Only pending rows are in this index, so finished rows, however many,
-        # never slow the claim.  The literal 'pending' lets the planner use it.
+        # Only pending rows are in the two ready indexes, so finished rows,
+        # however many, never slow a claim.  The literal 'pending' lets the
+        # planner use them.  One serves claims from every queue, the other
+        # claims from named queues, one ordered range per queue.
         """
         CREATE INDEX litejobs_jobs_ready
+            ON litejobs_jobs (priority DESC, begin_after, id)
+            WHERE status = 'pending'
+        """,
+        """
+        CREATE INDEX litejobs_jobs_ready_by_queue
             ON litejobs_jobs (queue, priority DESC, begin_after, id)
             WHERE status = 'pending'
         """,
@@ -325,40 +333,42 @@ WHERE (:queue IS NULL OR queue = :queue)
 GROUP BY status
 """
 
-# One ordered arm per queue, each a range of the ready index, merged under the
-# LIMIT.  A single "queue IN (...)" would make SQLite sort every pending row of
-# those queues on each claim.
-_CLAIM_ARM = """
-SELECT * FROM (
-    SELECT id, priority, begin_after FROM litejobs_jobs
-    WHERE status = 'pending' AND queue = :queue{index} AND begin_after <= :now
-        AND (begin_by IS NULL OR begin_by >= :now OR attempts > 0)
-    ORDER BY priority DESC, begin_after, id
-    LIMIT :limit)
-"""
-
+# Claims read due jobs in (priority DESC, begin_after, id) order.  {source} is
+# either one ordered range of litejobs_jobs_ready, optionally filtered by queue,
+# or, for a few named queues, one range of litejobs_jobs_ready_by_queue per
+# queue merged under the LIMIT: a plain "queue IN (...)" on that index would
+# make SQLite sort every pending row of those queues on each claim.
 _CLAIM_JOBS = """
 UPDATE litejobs_jobs
 SET status = 'active', attempts = attempts + 1, started_at = :now,
     lease_owner = :owner, lease_token = :token, lease_expires = :expires
 WHERE status = 'pending' AND id IN (
-    SELECT id FROM ({arms})
+    SELECT id FROM ({source})
     ORDER BY priority DESC, begin_after, id
     LIMIT :limit)
 RETURNING {columns}, payload, signature
 """
 
-# The distinct queues that have pending jobs, by hopping along the ready index:
-# one seek per queue, however many jobs each holds.
-_PENDING_QUEUES = """
-WITH RECURSIVE pending (name) AS (
-    SELECT min(queue) FROM litejobs_jobs WHERE status = 'pending'
-    UNION ALL
-    SELECT (SELECT min(queue) FROM litejobs_jobs
-            WHERE status = 'pending' AND queue > pending.name)
-    FROM pending WHERE pending.name IS NOT NULL)
-SELECT name FROM pending WHERE name IS NOT NULL
+_DUE = "begin_after <= :now AND (begin_by IS NULL OR begin_by >= :now OR attempts > 0)"
+
+_CLAIM_ANY_QUEUE = f"""
+SELECT id, priority, begin_after FROM litejobs_jobs INDEXED BY litejobs_jobs_ready
+WHERE status = 'pending' AND {_DUE}{{queues}}
+ORDER BY priority DESC, begin_after, id
+LIMIT :limit
 """
+
+_CLAIM_ONE_QUEUE = f"""
+SELECT * FROM (
+    SELECT id, priority, begin_after FROM litejobs_jobs INDEXED BY litejobs_jobs_ready_by_queue
+    WHERE status = 'pending' AND queue = :queue{{index}} AND {_DUE}
+    ORDER BY priority DESC, begin_after, id
+    LIMIT :limit)
+"""
+
+# Above this many named queues, one filtered scan beats a seek per queue (and
+# SQLite allows at most 500 terms in a compound SELECT).
+_MAX_QUEUE_RANGES = 16
 
 # Fails, in one statement, every job still pending past its begin_by deadline.
 # The error reads like a formatted DeadlineExceeded; strftime's %f gives SS.SSS.
@@ -498,18 +508,27 @@ def _translate_sqlite_error(exc: sqlite3.Error, path: str) -> DatabaseError:
     return DatabaseError(f"{path}: {text}")
 
 
+def _queue_names_filter(queue_count: int | None) -> str:
+    if queue_count is None:
+        return ""
+    names = ", ".join(f":queue{i}" for i in range(queue_count))
+    return f" AND queue IN ({names})"
+
+
 @functools.lru_cache(maxsize=64)
-def _claim_statement(queue_count: int) -> str:
-    arms = " UNION ALL ".join(_CLAIM_ARM.format(index=i) for i in range(queue_count))
-    return _CLAIM_JOBS.format(arms=arms, columns=_JOB_COLUMNS)
+def _claim_statement(queue_count: int | None) -> str:
+    """The claim for every queue (None) or for ``queue_count`` named ones."""
+    if queue_count is not None and 0 < queue_count <= _MAX_QUEUE_RANGES:
+        source = " UNION ALL ".join(_CLAIM_ONE_QUEUE.format(index=i)
+                                    for i in range(queue_count))
+    else:
+        source = _CLAIM_ANY_QUEUE.format(queues=_queue_names_filter(queue_count))
+    return _CLAIM_JOBS.format(source=source, columns=_JOB_COLUMNS)
 
 
 @functools.lru_cache(maxsize=64)
 def _deadline_statement(queue_count: int | None) -> str:
-    if queue_count is None:
-        return _EXPIRE_DEADLINES.format(queues="")
-    names = ", ".join(f":queue{i}" for i in range(queue_count))
-    return _EXPIRE_DEADLINES.format(queues=f" AND queue IN ({names})")
+    return _EXPIRE_DEADLINES.format(queues=_queue_names_filter(queue_count))
 
 
 def _as_dict(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
@@ -623,9 +642,13 @@ class _SQLiteStorage:
         Opening switches the file to WAL and migrating adds tables, so a file
         that needs either is checked first with ``PRAGMA quick_check``
         (https://sqlite.org/pragma.html#pragma_quick_check), once: a current
-        litejobs file is not scanned again.
+        litejobs file is not scanned again.  Files larger than
+        ``_QUICK_CHECK_LIMIT`` get only the header checks, since the scan reads
+        every page.  A schema using collations or functions that only the
+        application registers cannot be checked here, and is not refused.
         """
-        if os.path.getsize(self.path) == 0:
+        size = os.path.getsize(self.path)
+        if size == 0:
             return
         uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
         try:
@@ -634,14 +657,25 @@ class _SQLiteStorage:
                 version = self._schema_version(conn)
                 if version > _SCHEMA_VERSION:
                     raise self._too_new(version)
-                if version < _SCHEMA_VERSION:
-                    problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+                if version < _SCHEMA_VERSION and size <= _QUICK_CHECK_LIMIT:
+                    problems = self._quick_check(conn)
                     if problems != ["ok"]:
                         raise DatabaseError(
                             f"{self.path} is corrupt ({'; '.join(problems)}); litejobs "
                             f"leaves it untouched: restore it from a backup")
         except sqlite3.Error as exc:
             raise _translate_sqlite_error(exc, self.path) from exc
+
+    def _quick_check(self, conn: sqlite3.Connection) -> list[str]:
+        try:
+            return [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if not text.startswith(("no such collation", "no such function",
+                                    "unknown function", "no such module")):
+                raise
+            _log.info("skipping the integrity check of %s: %s", self.path, text)
+            return ["ok"]
 
     def _connection(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
@@ -734,7 +768,7 @@ class _SQLiteStorage:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One short ``BEGIN IMMEDIATE`` transaction; joins one already open here.
+        """One short ``BEGIN IMMEDIATE`` transaction, committed or rolled back.
 
         IMMEDIATE takes the write lock up front.  A deferred transaction that
         reads and then writes fails with SQLITE_BUSY without waiting on the busy
@@ -742,11 +776,7 @@ class _SQLiteStorage:
         """
         conn = self._connection()
         with self._errors():
-            if conn.in_transaction:
-                # Only an interrupted write can leave one open, and it was never
-                # acknowledged; joining it would leave this write uncommitted.
-                _log.warning("rolling back a transaction left open on %s", self.path)
-                conn.execute("ROLLBACK")
+            self._roll_back_leftover(conn)
             try:
                 self._begin(conn)
                 yield conn
@@ -773,7 +803,16 @@ class _SQLiteStorage:
         read transaction, so no reader holds back WAL checkpoints."""
         conn = self._connection()
         with self._errors():
+            self._roll_back_leftover(conn)
             yield conn
+
+    def _roll_back_leftover(self, conn: sqlite3.Connection) -> None:
+        # Only a write interrupted mid-rollback can leave a transaction open, and
+        # it was never acknowledged.  Joining it would leave later writes
+        # uncommitted and the write lock held.
+        if conn.in_transaction:
+            _log.warning("rolling back a transaction left open on %s", self.path)
+            conn.execute("ROLLBACK")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         with self.read():
@@ -862,23 +901,21 @@ class _SQLiteStorage:
         deadline fail instead of being claimed, and active jobs whose lease
         ran out go back to pending as interrupted.
         """
+        if queues is not None:
+            queues = list(dict.fromkeys(queues))  # a repeated name would claim less
         token = uuid.uuid4().hex
         params: dict[str, Any] = {"now": now, "owner": owner, "token": token,
                                   "expires": expires, "limit": limit,
                                   "error_type": _DEADLINE_TYPE}
         for index, name in enumerate(queues or ()):
             params[f"queue{index}"] = name
-        deadline_sql = _deadline_statement(None if queues is None else len(queues))
+        queue_count = None if queues is None else len(queues)
         with self.write() as conn:
             self._recover_expired_leases(conn, now)
-            conn.execute(deadline_sql, params)
-            names = queues
-            if names is None:
-                names = [row[0] for row in conn.execute(_PENDING_QUEUES).fetchall()]
-                params.update((f"queue{i}", name) for i, name in enumerate(names))
-            if not names:
+            conn.execute(_deadline_statement(queue_count), params)
+            if queue_count == 0:
                 return token, []
-            cursor = conn.execute(_claim_statement(len(names)), params)
+            cursor = conn.execute(_claim_statement(queue_count), params)
             claimed = [_as_dict(cursor, row) for row in cursor.fetchall()]
         # RETURNING gives no order: https://sqlite.org/lang_returning.html
         claimed.sort(key=lambda r: (-r["priority"], r["begin_after"], r["id"]))
@@ -968,7 +1005,7 @@ def _format_time(stamp: float | None) -> str:
     if stamp is None:
         return "-"
     try:
-        moment = datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
+        moment = datetime.datetime.fromtimestamp(round(stamp, 3), datetime.timezone.utc)
     except (ValueError, OverflowError, OSError):
         return f"{stamp!r} (Unix seconds)"
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -1242,7 +1279,7 @@ class Retry:
         try:
             base = self.delay * self.backoff ** max(attempt - 1, 0)
         except OverflowError:
-            base = math.inf
+            base = math.inf if self.delay else 0.0
         base = min(base, self.max_delay)  # cap first, so jitter still spreads capped retries
         spread = base * self.jitter
         varied = base + (rng or random).uniform(-spread, spread)
@@ -1640,8 +1677,9 @@ class Queue:
     once ``put`` returns, the job survives power loss.  ``durable=False`` uses
     ``NORMAL``, much faster; the last puts may be lost on power loss, never on
     a process crash.  ``create=False`` refuses to create a missing file.
-    ``busy_timeout`` is how many seconds a write waits for another
-    connection's write lock before `DatabaseError`.
+    ``busy_timeout`` is how many seconds SQLite waits for another
+    connection's write lock; litejobs tries a few such rounds before it
+    raises `DatabaseError`.
 
     A Queue may be shared by threads, and pickles as its path and options, so
     it can be passed to other processes; each process and thread opens its

@@ -111,3 +111,8 @@ def wait_for_gate():
     if not GATE.wait(timeout=60):
         raise TimeoutError("the test never opened the gate")
     return "through"
+
+
+def cancel_job(path, job_id):
+    """Cancel another job from inside this one."""
+    return litejobs.Queue(path).get(job_id).cancel()

@@ -418,3 +418,20 @@ def test_a_long_job_keeps_its_lease(q):
     assert not runner.is_alive()
     assert job.wait(timeout=5) == "through"
     assert job.attempts == 1 and job.interruptions == 0
+
+
+def test_claims_across_queues_follow_priority_then_time_then_id(q, now):
+    early = now - datetime.timedelta(minutes=5)
+    q.put(Job(sample_jobs.add, 0, 1), queue="b")
+    q.put(Job(sample_jobs.add, 0, 2), queue="a", priority=5)
+    q.put(Job(sample_jobs.add, 0, 3), queue="c", begin_after=early)
+    q.put(Job(sample_jobs.add, 0, 4), queue="a")
+    q.put(Job(sample_jobs.add, 0, 5), queue="other", priority=9)
+    token, claimed = q._storage.claim(owner="x", queues=["a", "b", "c", "a"],
+                                      now=now.timestamp(), expires=now.timestamp() + 30,
+                                      limit=10)
+    assert [row["name"] for row in claimed] == ["sample_jobs:add"] * 4
+    assert [q.get(row["id"]).args[1] for row in claimed] == [2, 3, 1, 4]
+    token, more = q._storage.claim(owner="x", queues=None, now=now.timestamp(),
+                                   expires=now.timestamp() + 30, limit=10)
+    assert [q.get(row["id"]).args[1] for row in more] == [5]

@@ -173,11 +173,18 @@ def test_jobs_put_by_a_job_count_from_the_injected_clock(q, now):
 
 
 def test_a_cancel_inside_a_job_is_stamped_with_the_injected_clock(q, now):
-    job = q.put(sample_jobs.cancel_myself)
+    victim = q.put(Job(sample_jobs.add, 1, 1), begin_after=datetime.timedelta(days=30))
+    canceller = q.put(Job(sample_jobs.cancel_job, q.path, victim.id))
     later = now + datetime.timedelta(days=2)
-    q.run_pending(now=later)
-    assert job.refresh().status == litejobs.CANCELLED
-    assert job.finished_at == later
+    assert q.run_pending(now=later) == 1
+    assert canceller.wait(timeout=1) is True
+    assert victim.refresh().status == litejobs.CANCELLED
+    assert victim.finished_at == later
+
+
+def test_a_zero_delay_stays_zero_however_many_attempts():
+    policy = Retry(attempts=5000, delay=0, backoff=2, max_delay=600)
+    assert [policy.delay_before(n) for n in (1, 1000, 1030, 4000)] == [0.0] * 4
 
 
 def test_a_retry_after_very_many_attempts_waits_the_capped_delay(q, now):
