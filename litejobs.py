@@ -2068,7 +2068,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def pytest_configure(config: Any) -> None:
     """Register the litejobs fixtures.  Defined lazily, so that importing
     litejobs outside pytest never imports pytest."""
-    import pytest
+    try:
+        import pytest
+    except ImportError:  # called by pytest, so it is there; never a dependency
+        return
 
     class _LitejobsFixtures:
         @pytest.fixture

@@ -120,3 +120,11 @@ def test_all_is_sorted_and_public_names_have_docstrings():
         obj = getattr(litejobs, name)
         if callable(obj):
             assert obj.__doc__, f"{name} has no docstring"
+
+
+def test_demo_without_openssl_makes_the_key_in_python(monkeypatch, capsys):
+    monkeypatch.setattr(litejobs.shutil, "which", lambda name: None)
+    assert litejobs.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "openssl not found" in out
+    assert "'bits': 1024" in out and "litejobs:_demo_rsa_key completed" in out
