@@ -128,3 +128,7 @@ def test_demo_without_openssl_makes_the_key_in_python(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "openssl not found" in out
     assert "'bits': 1024" in out and "litejobs:_demo_rsa_key completed" in out
+
+
+def test_the_demo_key_always_has_the_bits_asked_for():
+    assert {litejobs._demo_rsa_key(256)["bits"] for _ in range(40)} == {256}
