@@ -596,8 +596,17 @@ class _SQLiteStorage:
         self._lock = threading.Lock()
         _check_sqlite_version()
         self._prepare_file()
-        self._check_before_changing()
-        self._migrate(self._connection())
+        conn = self._connect()
+        try:
+            with self._errors():
+                version = self._check_before_changing(conn)
+                self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._connections[threading.get_ident()] = conn
+        if version < _SCHEMA_VERSION:
+            self._migrate(conn)
 
     # -- connections ---------------------------------------------------------
 
@@ -636,8 +645,9 @@ class _SQLiteStorage:
             f"file and to its directory, where SQLite keeps the -wal and -shm files"
         )
 
-    def _check_before_changing(self) -> None:
-        """Refuse a newer or damaged file before anything writes to it.
+    def _check_before_changing(self, conn: sqlite3.Connection) -> int:
+        """Refuse a newer or damaged file before anything writes to it; return
+        its litejobs schema version.
 
         Opening switches the file to WAL and migrating adds tables, so a file
         that needs either is checked first with ``PRAGMA quick_check``
@@ -647,24 +657,17 @@ class _SQLiteStorage:
         every page.  A schema using collations or functions that only the
         application registers cannot be checked here, and is not refused.
         """
+        version = self._schema_version(conn)
+        if version > _SCHEMA_VERSION:
+            raise self._too_new(version)
         size = os.path.getsize(self.path)
-        if size == 0:
-            return
-        uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
-        try:
-            with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
-                                                    isolation_level=None)) as conn:
-                version = self._schema_version(conn)
-                if version > _SCHEMA_VERSION:
-                    raise self._too_new(version)
-                if version < _SCHEMA_VERSION and size <= _QUICK_CHECK_LIMIT:
-                    problems = self._quick_check(conn)
-                    if problems != ["ok"]:
-                        raise DatabaseError(
-                            f"{self.path} is corrupt ({'; '.join(problems)}); litejobs "
-                            f"leaves it untouched: restore it from a backup")
-        except sqlite3.Error as exc:
-            raise _translate_sqlite_error(exc, self.path) from exc
+        if version < _SCHEMA_VERSION and 0 < size <= _QUICK_CHECK_LIMIT:
+            problems = self._quick_check(conn)
+            if problems != ["ok"]:
+                raise DatabaseError(
+                    f"{self.path} is corrupt ({'; '.join(problems)}); litejobs "
+                    f"leaves it untouched: restore it from a backup")
+        return version
 
     def _quick_check(self, conn: sqlite3.Connection) -> list[str]:
         try:
@@ -703,23 +706,31 @@ class _SQLiteStorage:
         self._pid = os.getpid()
 
     def _open(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            with self._errors():
+                self._configure(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection that has not written anything to the file yet."""
         uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
         try:
-            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
+            return sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
                                    isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise _translate_sqlite_error(exc, self.path) from exc
-        try:
-            self._enable_wal(conn)
-            conn.execute("PRAGMA foreign_keys = ON")
-            # FULL: a commit is on disk before put() returns.  NORMAL in WAL mode
-            # may lose the last commits on power loss, never corrupt the file.
-            # https://sqlite.org/pragma.html#pragma_synchronous
-            conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
-        except sqlite3.Error as exc:
-            conn.close()
-            raise _translate_sqlite_error(exc, self.path) from exc
-        return conn
+
+    def _configure(self, conn: sqlite3.Connection) -> None:
+        self._enable_wal(conn)
+        conn.execute("PRAGMA foreign_keys = ON")
+        # FULL: a commit is on disk before put() returns.  NORMAL in WAL mode
+        # may lose the last commits on power loss, never corrupt the file.
+        # https://sqlite.org/pragma.html#pragma_synchronous
+        conn.execute(f"PRAGMA synchronous = {'FULL' if self.durable else 'NORMAL'}")
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         # Switching the journal mode needs a moment alone with the file; while
@@ -815,12 +826,6 @@ class _SQLiteStorage:
             conn.execute("ROLLBACK")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        with self.read():
-            current = self._schema_version(conn)
-        if current > _SCHEMA_VERSION:
-            raise self._too_new(current)
-        if current == _SCHEMA_VERSION:
-            return
         with self.write():
             current = self._schema_version(conn)  # another process may have migrated
             if current > _SCHEMA_VERSION:
