@@ -41,8 +41,10 @@ __all__ = [
     "CANCELLED",
     "COMPLETED",
     "DEFAULT_BUSY_TIMEOUT",
+    "DEFAULT_GRACE",
     "DEFAULT_LEASE",
     "DEFAULT_MAX_INTERRUPTIONS",
+    "DEFAULT_POLL",
     "DEFAULT_QUEUE",
     "DatabaseError",
     "DeadlineExceeded",
@@ -52,6 +54,7 @@ __all__ = [
     "JobCancelled",
     "JobFailed",
     "JobNotFound",
+    "JobTimeout",
     "LeaseLost",
     "LitejobsError",
     "PENDING",
@@ -60,6 +63,7 @@ __all__ = [
     "STATUSES",
     "SchemaVersionError",
     "WaitTimeout",
+    "Worker",
     "current_job",
     "main",
     "wait_for_result",
@@ -67,6 +71,8 @@ __all__ = [
 ]
 
 import argparse
+import atexit
+import collections
 import contextlib
 import contextvars
 import dataclasses
@@ -74,13 +80,19 @@ import datetime
 import functools
 import importlib
 import inspect
+import itertools
 import json
 import logging
 import math
+import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
+import queue as queue_module
 import random
+import selectors
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -109,6 +121,8 @@ DEFAULT_QUEUE = "default"
 DEFAULT_LEASE = 30.0  # seconds a claim holds a job before others may take it
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds SQLite waits for the write lock
 DEFAULT_MAX_INTERRUPTIONS = 3
+DEFAULT_GRACE = 30.0  # seconds running jobs get to finish when a pool stops
+DEFAULT_POLL = 1.0  # the longest an idle pool waits before looking for due jobs
 
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -119,6 +133,7 @@ _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []
 
 _log = logging.getLogger("litejobs")
 _log.addHandler(logging.NullHandler())  # the application decides where logs go
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
 class LitejobsError(Exception):
@@ -158,6 +173,11 @@ class Interrupted(LitejobsError):
     It is the recorded error of a job that was interrupted more often than its
     ``max_interruptions`` allowed.
     """
+
+
+class JobTimeout(LitejobsError, TimeoutError):
+    """A job ran longer than its ``timeout``: the pool killed its process.
+    It counts as an exception for the job's `Retry` policy."""
 
 
 class JobFailed(LitejobsError):
@@ -271,9 +291,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             pid          INTEGER NOT NULL,
             processes    INTEGER NOT NULL,
             queues       TEXT,
+            lease        REAL    NOT NULL,
             started_at   REAL    NOT NULL,
             heartbeat_at REAL    NOT NULL,
-            stopped_at   REAL
+            stopped_at   REAL,
+            stop_reason  TEXT
         )
         """,
     ),
@@ -425,6 +447,61 @@ UPDATE litejobs_jobs SET lease_expires = :expires
 WHERE id = :id AND status = 'active' AND lease_token = :token
 """
 
+# A claimed job that a pool never started goes back as if never claimed: the
+# claim's attempt is given back.  Fenced like every worker write.
+_RELEASE_JOB = """
+UPDATE litejobs_jobs
+SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+    attempts = attempts - 1, started_at = NULL,
+    finished_at = CASE WHEN cancel_requested THEN :now END,
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND status = 'active' AND lease_token = :token
+RETURNING status
+"""
+
+_ACTIVE_JOBS_OF = """
+SELECT id, lease_token FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
+WHERE status = 'active' AND lease_owner = :owner
+"""
+
+_CANCELS_REQUESTED = """
+SELECT id FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
+WHERE status = 'active' AND cancel_requested AND lease_owner = :owner
+"""
+
+_NEXT_DUE = """
+SELECT min(begin_after) FROM litejobs_jobs INDEXED BY litejobs_jobs_ready
+WHERE status = 'pending'{queues}
+"""
+
+_REGISTER_WORKER = """
+INSERT INTO litejobs_workers (id, host, pid, processes, queues, lease, started_at,
+                              heartbeat_at)
+VALUES (:id, :host, :pid, :processes, :queues, :lease, :now, :now)
+"""
+
+_HEARTBEAT = """
+UPDATE litejobs_workers SET heartbeat_at = :now
+WHERE id = :id AND stopped_at IS NULL
+"""
+
+# A pool that others took for dead, but that was only slow, is alive again.
+_REVIVE_WORKER = """
+UPDATE litejobs_workers SET heartbeat_at = :now, stopped_at = NULL, stop_reason = NULL
+WHERE id = :id
+"""
+
+_STOP_WORKER = """
+UPDATE litejobs_workers SET stopped_at = :now, stop_reason = :reason
+WHERE id = :id AND stopped_at IS NULL
+"""
+
+# Pools that have missed a few heartbeats; the caller decides which are gone.
+_SILENT_WORKERS = """
+SELECT id, host, pid, heartbeat_at, lease FROM litejobs_workers
+WHERE stopped_at IS NULL AND id != :id AND heartbeat_at < :silent_since
+"""
+
 _CANCEL_JOB = """
 UPDATE litejobs_jobs
 SET status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
@@ -570,6 +647,18 @@ class _Storage(Protocol):
     def interrupt(self, job_id: int, token: str, now: float, reason: str) -> str: ...
     def renew(self, leases: Iterable[tuple[int, str]], expires: float) -> list[int]: ...
     def cancel(self, job_id: int, now: float) -> str | None: ...
+    def release(self, job_id: int, token: str, now: float) -> str: ...
+    def cancels_requested(self, owner: str) -> list[int]: ...
+    def next_due(self, queues: Sequence[str] | None) -> float | None: ...
+    def data_version(self) -> int: ...
+    def register_worker(self, worker_id: str, *, host: str, pid: int, processes: int,
+                        queues: Sequence[str] | None, lease: float, now: float) -> None: ...
+    def heartbeat(self, worker_id: str, leases: Iterable[tuple[int, str]] | None,
+                  expires: float, now: float) -> tuple[bool, list[int]]: ...
+    def stop_worker(self, worker_id: str, now: float, reason: str) -> None: ...
+    def recover_silent_workers(self, worker_id: str, now: float, silent_for: float,
+                               is_gone: Callable[[Mapping[str, Any]], str | None]
+                               ) -> list[str]: ...
     def close(self) -> None: ...
     def close_thread_connection(self) -> None: ...
 
@@ -593,6 +682,7 @@ class _SQLiteStorage:
         self.busy_timeout = busy_timeout
         self._pid = os.getpid()
         self._connections: dict[int, sqlite3.Connection] = {}
+        self._writing: set[int] = set()  # threads inside write()
         self._lock = threading.Lock()
         _check_sqlite_version()
         self._prepare_file()
@@ -702,6 +792,7 @@ class _SQLiteStorage:
         # Keep references so the garbage collector never closes them here.
         _ABANDONED_CONNECTIONS.extend(self._connections.values())
         self._connections = {}
+        self._writing = set()
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -780,14 +871,23 @@ class _SQLiteStorage:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One short ``BEGIN IMMEDIATE`` transaction, committed or rolled back.
+        A write opened inside another on the same thread joins it.
 
         IMMEDIATE takes the write lock up front.  A deferred transaction that
         reads and then writes fails with SQLITE_BUSY without waiting on the busy
         timeout (https://sqlite.org/lang_transaction.html).
         """
         conn = self._connection()
+        thread = threading.get_ident()
+        if thread in self._writing:
+            # Nested: join the open transaction, which commits or rolls back
+            # everything at its end, so several steps land together or not at all.
+            with self._errors():
+                yield conn
+            return
         with self._errors():
             self._roll_back_leftover(conn)
+            self._writing.add(thread)
             try:
                 self._begin(conn)
                 yield conn
@@ -797,6 +897,8 @@ class _SQLiteStorage:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                 raise
+            finally:
+                self._writing.discard(thread)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         for attempt in range(_BUSY_RETRIES):
@@ -985,6 +1087,84 @@ class _SQLiteStorage:
         with self.write() as conn:
             row = conn.execute(_CANCEL_JOB, {"id": job_id, "now": now}).fetchone()
         return None if row is None else str(row[0])
+
+    def release(self, job_id: int, token: str, now: float) -> str:
+        """Give back a claimed job that never started: pending again (or
+        cancelled, if that was asked), its attempt not counted.  Fenced."""
+        with self.write() as conn:
+            row = conn.execute(_RELEASE_JOB, {"id": job_id, "token": token,
+                                              "now": now}).fetchone()
+        if row is None:
+            raise LeaseLost(f"job {job_id}: lease {token[:8]} no longer owns the job")
+        return str(row[0])
+
+    def cancels_requested(self, owner: str) -> list[int]:
+        """Ids of jobs ``owner`` is running whose cancel was asked for."""
+        with self.read() as conn:
+            return [row[0] for row in conn.execute(_CANCELS_REQUESTED, {"owner": owner})]
+
+    def next_due(self, queues: Sequence[str] | None) -> float | None:
+        """The earliest ``begin_after`` of pending jobs in ``queues`` (None: all)."""
+        params = {f"queue{i}": name for i, name in enumerate(queues or ())}
+        statement = _NEXT_DUE.format(
+            queues=_queue_names_filter(None if queues is None else len(queues)))
+        with self.read() as conn:
+            found = conn.execute(statement, params).fetchone()[0]
+        return None if found is None else float(found)
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits.
+        https://sqlite.org/pragma.html#pragma_data_version"""
+        with self.read() as conn:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def register_worker(self, worker_id: str, *, host: str, pid: int, processes: int,
+                        queues: Sequence[str] | None, lease: float, now: float) -> None:
+        with self.write() as conn:
+            conn.execute(_REGISTER_WORKER, {
+                "id": worker_id, "host": host, "pid": pid, "processes": processes,
+                "queues": None if queues is None else json.dumps(list(queues)),
+                "lease": lease, "now": now})
+
+    def heartbeat(self, worker_id: str, leases: Iterable[tuple[int, str]] | None,
+                  expires: float, now: float) -> tuple[bool, list[int]]:
+        """Record that the pool is alive and, if ``leases`` is given, extend
+        them.  Returns whether the pool was still registered as alive, and the
+        ids of leases it had lost."""
+        with self.write() as conn:
+            alive = conn.execute(_HEARTBEAT, {"id": worker_id, "now": now}).rowcount == 1
+            if not alive:
+                conn.execute(_REVIVE_WORKER, {"id": worker_id, "now": now})
+            lost = [] if leases is None else self.renew(leases, expires)
+        return alive, lost
+
+    def stop_worker(self, worker_id: str, now: float, reason: str) -> None:
+        with self.write() as conn:
+            conn.execute(_STOP_WORKER, {"id": worker_id, "now": now, "reason": reason})
+
+    def recover_silent_workers(self, worker_id: str, now: float, silent_for: float,
+                               is_gone: Callable[[Mapping[str, Any]], str | None]) -> list[str]:
+        """Find pools that stopped heartbeating more than ``silent_for``
+        seconds ago, ask ``is_gone`` whether each is gone (it returns the
+        reason, or None), and for those that are, mark them stopped and put
+        their active jobs back as interrupted.  Returns the reasons."""
+        reasons = []
+        with self.write() as conn:
+            cursor = conn.execute(_SILENT_WORKERS, {"id": worker_id,
+                                                    "silent_since": now - silent_for})
+            for row in [_as_dict(cursor, r) for r in cursor.fetchall()]:
+                reason = is_gone(row)
+                if reason is None:
+                    continue
+                conn.execute(_STOP_WORKER, {"id": row["id"], "now": now, "reason": reason})
+                jobs = conn.execute(_ACTIVE_JOBS_OF, {"owner": row["id"]}).fetchall()
+                for job_id, token in jobs:
+                    status = self._interrupt(conn, job_id, token, now,
+                                             f"job {job_id} was interrupted: {reason}")
+                    _log.warning("job %s was interrupted (%s); it is now %s",
+                                 job_id, reason, status)
+                reasons.append(reason)
+        return reasons
 
 
 ###############################################################################
@@ -1912,6 +2092,17 @@ class Queue:
             keeper.stop()
         return ran
 
+    def worker(self, processes: int | None = None, **options: Any) -> Worker:
+        """Start a `Worker` pool on this queue's file in a background thread
+        and return it; use it as a context manager to stop it at the end::
+
+            with q.worker(processes=4):
+                q.put(Job(render_pdf, 7)).wait(timeout=30)
+
+        ``options`` are those of `Worker`.
+        """
+        return Worker(self, processes=processes, **options).start()
+
     def _run_claimed(self, claimed: dict[str, Any], token: str,
                      clock: Callable[[], float], keeper: _LeaseKeeper) -> None:
         payload = claimed.pop("payload")
@@ -1944,6 +2135,927 @@ class Queue:
 
 def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float) -> Queue:
     return Queue(path, durable=durable, create=create, busy_timeout=busy_timeout)
+
+
+###############################################################################
+# Worker pool
+###############################################################################
+
+# A supervisor process claims jobs, hands them to child processes over pipes,
+# and records what they report, in batches; only the supervisor writes job
+# bookkeeping, so every such write is fenced by the lease it claimed with.
+_HEARTBEAT_INTERVAL = 2.0  # seconds between a pool's heartbeats (at most lease/3)
+_SILENT_HEARTBEATS = 3  # heartbeats a pool may miss before others check on it
+_IDLE_CHECK_INTERVAL = 0.004  # seconds between change checks while idle
+_CANCEL_CHECK_INTERVAL = 0.5  # seconds between checks for cancels of running jobs
+_MAX_CHUNK = 64  # jobs per message to a child, and outcomes per message back
+_CHUNK_SECONDS = 0.005  # a chunk holds about this much work
+_FLUSH_AFTER = 0.005  # seconds a child may hold finished outcomes before sending
+_FAST_JOB = 0.01  # below this many seconds per job, children get work ahead
+_CHILD_START_BACKOFF = (0.1, 5.0)  # restart delay after a child dies young
+_ORPHANED_EXIT = 75  # exit status of a child whose supervisor is gone
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with status {exitcode}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    """A no-op handler.  Unlike SIG_IGN, a handler is reset by exec, so
+    programs a job starts still get the default signal behaviour."""
+
+
+# -- child processes -------------------------------------------------------------
+
+
+def _child_reader(conn: Any, inbox: queue_module.SimpleQueue[Any]) -> None:
+    """Move the supervisor's messages into ``inbox`` as they arrive, so the
+    supervisor never blocks writing to a child that is busy writing back.
+    Exits the process when the supervisor is gone: its jobs' leases then
+    lapse, and another pool takes them."""
+    parent = multiprocessing.parent_process()
+    watched: list[Any] = [conn] + ([parent.sentinel] if parent is not None else [])
+    while True:
+        ready = multiprocessing.connection.wait(watched)
+        if conn not in ready:
+            os._exit(_ORPHANED_EXIT)
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            os._exit(_ORPHANED_EXIT)
+        inbox.put(message)
+        if message[0] == "stop":
+            return
+
+
+def _child_main(conn: Any, options: dict[str, Any]) -> None:
+    """A worker process: run the jobs the supervisor sends, in order, and
+    send back their outcomes, batched while jobs are quick."""
+    # Stopping is the supervisor's decision: a Ctrl-C or a SIGTERM sent to the
+    # whole process group must not kill jobs mid-run.
+    signal.signal(signal.SIGINT, _ignore_signal)
+    signal.signal(signal.SIGTERM, _ignore_signal)
+    if options["log_level"] is not None:
+        logging.basicConfig(level=options["log_level"], format=_LOG_FORMAT)
+    queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"])
+    inbox: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
+    threading.Thread(target=_child_reader, args=(conn, inbox), daemon=True,
+                     name="litejobs-child-reader").start()
+    conn.send([("ready", os.getpid())])
+    pending: collections.deque[tuple[int, dict[str, Any], bytes | None]] = collections.deque()
+    outbox: list[tuple[Any, ...]] = []
+    held_since = 0.0
+
+    def flush() -> None:
+        if outbox:
+            conn.send(outbox[:])
+            outbox.clear()
+
+    while True:
+        if pending:
+            try:
+                message = inbox.get_nowait()
+            except queue_module.Empty:
+                message = None
+        else:
+            flush()
+            message = inbox.get()
+        if message is not None:
+            kind = message[0]
+            if kind == "run":
+                pending.extend(message[1])
+            elif kind in ("skip", "drain"):
+                unwanted = None if kind == "drain" else set(message[1])
+                kept = [item for item in pending
+                        if unwanted is not None and item[0] not in unwanted]
+                outbox.extend(("skipped", item[0]) for item in pending if item not in kept)
+                pending = collections.deque(kept)
+                flush()
+            elif kind == "stop":
+                flush()
+                queue.close()
+                return
+            continue
+        job_id, row, payload = pending.popleft()
+        timed = row["timeout"] is not None
+        if timed:
+            flush()  # so the supervisor times this job from its real start
+        started = time.perf_counter()
+        try:
+            outcome = _execute(Job._bound(queue, row), payload)
+        except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
+            outcome = _Outcome.failure(exc)
+        finished = time.perf_counter()
+        if not outbox:
+            held_since = started
+        outbox.append(("done", job_id, outcome.ok, outcome.result, outcome.error,
+                       outcome.error_type, outcome.exc_mro, finished - started))
+        if timed or len(outbox) >= _MAX_CHUNK or finished - held_since >= _FLUSH_AFTER:
+            flush()
+
+
+# -- the supervisor ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class _Assignment:
+    """A claimed job handed to a child process."""
+
+    job_id: int
+    token: str
+    row: dict[str, Any]
+    child: _Child
+    began: float | None = None  # monotonic time the child started it, once known
+    skip_sent: bool = False
+    lease_lost: bool = False
+
+
+class _Child:
+    """One worker process, as its supervisor sees it."""
+
+    def __init__(self, process: Any, conn: Any, number: int):
+        self.process = process
+        self.conn = conn
+        self.fd: int = conn.fileno()  # the selector's key, valid after conn closes
+        self.number = number
+        self.assigned: collections.deque[_Assignment] = collections.deque()
+        self.ready = False  # set up and waiting for work: until then it gets none
+        self.sent = 0
+        self.done = 0
+        self.started = time.monotonic()
+        self.kill_reason: tuple[str, int | None] | None = None
+        self.retiring = False
+        self.stop_sent = False
+
+    @property
+    def current(self) -> _Assignment | None:
+        return self.assigned[0] if self.assigned else None
+
+    def send(self, message: tuple[Any, ...]) -> bool:
+        try:
+            self.conn.send(message)
+        except (OSError, ValueError):
+            return False  # it died; its sentinel says so next
+        return True
+
+    def kill(self, reason: str, job_id: int | None) -> None:
+        if self.kill_reason is None:
+            self.kill_reason = (reason, job_id)
+        with contextlib.suppress(OSError, ValueError):
+            self.process.kill()
+
+
+class _FileGone(DatabaseError):
+    """The database file was deleted or replaced under a running pool."""
+
+
+class Worker:
+    """A pool of worker processes running the jobs of one database file.
+
+    A supervisor (the thread that calls `run`, or a background thread after
+    `start`) claims due jobs under leases, hands them to ``processes`` child
+    processes, and records their outcomes, renewing the leases while the jobs
+    run.  Several pools, in any processes on this host, may serve one file.
+
+    - ``queues``: the queue names to serve (default: every queue).
+    - ``lease``: seconds a claim holds a job without renewal.  If the pool
+      dies, its jobs run again elsewhere once their leases run out.
+    - ``poll``: the longest the pool waits before looking for due jobs
+      (new jobs are noticed within milliseconds anyway).
+    - ``grace``: on stop, seconds running jobs get to finish before their
+      processes are killed and the jobs released to run again.
+    - ``max_jobs_per_child``: replace each child after this many jobs, to
+      contain memory leaks in job code.
+    - ``start_method``: how children start, ``"spawn"`` (the default, safe
+      everywhere), ``"forkserver"`` or ``"fork"``.
+    - ``burst``: run what is due, then stop.
+
+    Under ``spawn``, children import the main module again, so a script that
+    starts a pool needs the usual ``if __name__ == "__main__":`` guard.
+
+    >>> litejobs.Worker("app.db", processes=4, queues=["default", "pdf"]).run()
+    ... # doctest: +SKIP
+    """
+
+    def __init__(self, queue: Queue | str | os.PathLike[str], *,
+                 processes: int | None = None,
+                 queues: Sequence[str] | str | None = None,
+                 lease: float = DEFAULT_LEASE, poll: float = DEFAULT_POLL,
+                 grace: float = DEFAULT_GRACE, max_jobs_per_child: int | None = None,
+                 start_method: str = "spawn", burst: bool = False, create: bool = True,
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+        if isinstance(queue, Queue):
+            path: str = queue.path
+            busy_timeout = queue.busy_timeout
+        else:
+            path = os.fspath(queue)
+        self.processes = _positive_int(processes if processes is not None
+                                       else os.cpu_count() or 1, "processes")
+        if isinstance(queues, str):
+            queues = [queues]
+        if queues is not None:
+            queues = list(dict.fromkeys(queues))
+            if not queues or not all(isinstance(name, str) and name for name in queues):
+                raise ValueError(f"queues must be non-empty queue names, not {queues!r}")
+        self.queues: list[str] | None = queues
+        self.lease = _seconds(lease, "lease")
+        self.poll = _seconds(poll, "poll")
+        self.grace = _seconds(grace, "grace")
+        if self.lease < 0.1 or self.poll == 0:
+            raise ValueError("lease must be at least 0.1 seconds and poll positive")
+        self.max_jobs_per_child = (None if max_jobs_per_child is None else
+                                   _positive_int(max_jobs_per_child, "max_jobs_per_child"))
+        if start_method not in multiprocessing.get_all_start_methods():
+            raise ValueError(f"start_method {start_method!r} is not available here; use "
+                             f"one of {', '.join(multiprocessing.get_all_start_methods())}")
+        self.start_method = start_method
+        self.burst = bool(burst)
+        self.id = _owner_id("pool")
+        self._storage: _Storage = _SQLiteStorage(path, durable=False, create=create,
+                                                 busy_timeout=busy_timeout)
+        self.path = self._storage.path
+        self._busy_timeout = busy_timeout
+        self._file_identity = self._identify_file()
+        #: Unexpected deaths of child processes, one line each.
+        self.crashes: list[str] = []
+        #: Jobs this pool has recorded an outcome for, by status.
+        self.finished: collections.Counter[str] = collections.Counter()
+        self._log_level: int | None = None
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._stop_requested: float | None = None  # the grace asked for
+        self._stop_now = False
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._ended = threading.Event()
+        self._error: BaseException | None = None
+        self._heartbeat_interval = min(_HEARTBEAT_INTERVAL, self.lease / 3)
+
+    def __repr__(self) -> str:
+        return f"<litejobs.Worker {self.id} {self.path}>"
+
+    def _identify_file(self) -> tuple[int, int]:
+        info = os.stat(self.path)
+        return info.st_dev, info.st_ino
+
+    # -- control ------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run the pool in this thread until it is stopped, then return.
+
+        In the main thread, SIGTERM and SIGINT stop it gracefully (see
+        ``grace``), and a second signal stops it at once.  Raises
+        `DatabaseError` if the database becomes unusable, for instance when
+        the file is deleted or replaced under the pool.
+        """
+        restore: dict[signal.Signals, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                restore[signum] = signal.signal(signum, self._on_signal)
+        try:
+            self._serve()
+        finally:
+            for signum, handler in restore.items():
+                signal.signal(signum, handler)
+        if self._error is not None:
+            raise self._error
+
+    def start(self) -> Worker:
+        """Run the pool in a background thread; return once its children are
+        up.  Stop it with `stop`, or use the worker as a context manager."""
+        if self._thread is not None:
+            raise LitejobsError(f"{self!r} was started already")
+        self._thread = threading.Thread(target=self._serve, daemon=True,
+                                        name=f"litejobs-pool-{self.id}")
+        atexit.register(self.stop)
+        self._thread.start()
+        if not self._ready.wait(timeout=120):
+            raise LitejobsError(f"{self!r} did not start within 120 seconds")
+        if self._error is not None:
+            self.stop()
+        return self
+
+    def stop(self, grace: float | None = None, timeout: float | None = None) -> None:
+        """Stop the pool: claim nothing more, give running jobs ``grace``
+        seconds (default: the pool's) to finish, then kill and release the
+        rest.  Waits up to ``timeout`` seconds (default: grace plus 60) for a
+        pool started with `start`, and re-raises the error that ended it."""
+        grace = self.grace if grace is None else _seconds(grace, "grace")
+        self._request_stop(grace)
+        if self._thread is None:
+            return
+        atexit.unregister(self.stop)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=grace + 60 if timeout is None else timeout)
+            if self._thread.is_alive():
+                raise LitejobsError(f"{self!r} did not stop in time")
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def __enter__(self) -> Worker:
+        if self._thread is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def alive(self) -> bool:
+        """Whether the pool is running."""
+        return self._ready.is_set() and not self._ended.is_set()
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_requested is None:
+            _log.warning("%s received %s: stopping; running jobs get %ss to finish "
+                         "(send it again to stop at once)", self.id,
+                         signal.Signals(signum).name, self.grace)
+            self._request_stop(self.grace)
+        else:
+            _log.warning("%s received %s again: stopping at once", self.id,
+                         signal.Signals(signum).name)
+            self._stop_now = True
+            self._wake()
+
+    def _request_stop(self, grace: float) -> None:
+        if self._stop_requested is None or grace < self._stop_requested:
+            self._stop_requested = grace
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"\0")
+
+    # -- the supervisor loop ------------------------------------------------
+
+    def _serve(self) -> None:
+        self._children: list[_Child] = []
+        self._in_flight: dict[int, _Assignment] = {}
+        self._outcomes: list[tuple[_Assignment, _Outcome]] = []
+        self._endings: list[tuple[_Assignment, str, str]] = []  # (job, how, reason)
+        self._releases: list[_Assignment] = []
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
+        self._job_seconds: float | None = None
+        self._drained = False
+        self._changed = False
+        self._data_version: int | None = None
+        self._next_due: float | None = None
+        self._next_poll = 0.0
+        self._next_change_check = 0.0
+        self._next_heartbeat = 0.0
+        self._next_renewal = 0.0
+        self._next_cancel_check = 0.0
+        self._retry_claims_at = 0.0
+        self._child_numbers = itertools.count(1)
+        self._young_deaths = 0
+        self._restart_at: float | None = None
+        self._grace_deadline: float | None = None
+        self._ctx: Any = multiprocessing.get_context(self.start_method)
+        if self._thread is None:
+            self._log_level = _log.getEffectiveLevel() if logging.getLogger().handlers else None
+        stop_reason = "stopped"
+        try:
+            now = time.time()
+            self._storage.register_worker(
+                self.id, host=socket.gethostname(), pid=os.getpid(),
+                processes=self.processes, queues=self.queues, lease=self.lease, now=now)
+            _log.info("%s serving %s, queues %s, %d processes (%s), lease %ss",
+                      self.id, self.path, ", ".join(self.queues or ["(all)"]),
+                      self.processes, self.start_method, self.lease)
+            for _ in range(self.processes):
+                self._start_child()
+            self._ready.set()
+            self._loop()
+        except BaseException as exc:
+            self._error = exc
+            stop_reason = f"failed: {type(exc).__name__}: {exc}"
+            _log.critical("%s stopping: %s", self.id, exc, exc_info=not isinstance(
+                exc, LitejobsError))
+            self._abandon(release=not isinstance(exc, _FileGone))
+        finally:
+            with contextlib.suppress(LitejobsError):
+                if self._error is None or not isinstance(self._error, _FileGone):
+                    self._storage.stop_worker(self.id, time.time(), stop_reason)
+            self._selector.close()
+            self._storage.close()
+            self._ready.set()
+            self._ended.set()
+            _log.info("%s %s", self.id, stop_reason)
+
+    def _loop(self) -> None:
+        while True:
+            if self._stop_requested is not None and self._grace_deadline is None:
+                self._begin_stop()
+            if self._stop_now and self._grace_deadline is not None:
+                self._grace_deadline = min(self._grace_deadline, time.monotonic())
+            if self._grace_deadline is not None:
+                if not self._in_flight and not self._unwritten():
+                    break
+                if time.monotonic() >= self._grace_deadline:
+                    for child in self._children:
+                        if child.assigned:
+                            child.kill("stop", None)
+            elif self.burst and self._drained and not self._in_flight \
+                    and not self._unwritten() and not self._due_now():
+                break
+            for key, _ in self._selector.select(self._wait_time()):
+                self._on_ready(key.data)
+            self._write_and_claim()
+            self._housekeeping()
+        self._stop_children()
+
+    def _unwritten(self) -> bool:
+        return bool(self._outcomes or self._endings or self._releases)
+
+    def _due_now(self) -> bool:
+        return self._next_due is not None and self._next_due <= time.time()
+
+    def _wait_time(self) -> float:
+        if self._unwritten() or (self._free_slots() and not self._drained
+                                 and self._claiming()):
+            return 0
+        now = time.monotonic()
+        moments = [self._next_heartbeat]
+        if self._in_flight:
+            moments.append(self._next_cancel_check)
+        for child in self._children:
+            current = child.current
+            if current is not None and current.began is not None \
+                    and current.row["timeout"] is not None:
+                moments.append(current.began + current.row["timeout"])
+        if self._grace_deadline is not None:
+            moments.append(self._grace_deadline)
+        if self._restart_at is not None:
+            moments.append(self._restart_at)
+        if self._claiming() and self._free_slots():
+            moments += [self._next_change_check, self._next_poll, self._retry_claims_at]
+            if self._next_due is not None:
+                moments.append(now + self._next_due - time.time())
+        return max(0.0, min(moments) - now)
+
+    def _on_ready(self, data: Any) -> None:
+        if data is None:
+            with contextlib.suppress(OSError):
+                while self._wake_reader.recv(4096):
+                    pass
+        elif data[1] not in self._children:
+            return  # reaped earlier in this batch of events; its fds may be reused
+        elif data[0] == "conn":
+            self._receive(data[1])
+        else:
+            self._reap(data[1])
+
+    def _claiming(self) -> bool:
+        return self._grace_deadline is None and time.monotonic() >= self._retry_claims_at
+
+    # -- children -----------------------------------------------------------
+
+    def _start_child(self) -> None:
+        number = next(self._child_numbers)
+        ours, theirs = self._ctx.Pipe(duplex=True)
+        options = {"path": self.path, "busy_timeout": self._busy_timeout,
+                   "log_level": self._log_level}
+        process = self._ctx.Process(target=_child_main, args=(theirs, options),
+                                    name=f"litejobs-child-{number}")
+        process.start()
+        theirs.close()
+        child = _Child(process, ours, number)
+        self._children.append(child)
+        self._selector.register(child.fd, selectors.EVENT_READ, ("conn", child))
+        self._selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
+        _log.debug("%s started child %d (pid %s)", self.id, number, process.pid)
+
+    def _receive(self, child: _Child) -> None:
+        now = time.monotonic()
+        while True:
+            try:
+                if not child.conn.poll():
+                    return
+                messages = child.conn.recv()
+            except (EOFError, OSError):
+                self._unregister(child, child.fd)  # it is exiting; its sentinel says when
+                return
+            for message in messages:
+                if message[0] == "ready":
+                    child.ready = True
+                    _log.debug("%s: child %d (pid %s) is ready", self.id, child.number,
+                               message[1])
+                    self._young_deaths = 0
+                    continue
+                assignment = self._in_flight.pop(message[1], None)
+                if assignment is None:
+                    continue
+                if child.assigned and child.assigned[0] is assignment:
+                    child.assigned.popleft()
+                else:
+                    child.assigned.remove(assignment)
+                if child.assigned and child.assigned[0].began is None:
+                    child.assigned[0].began = now
+                if message[0] == "skipped":
+                    self._releases.append(assignment)
+                    continue
+                _, _, ok, result, error, error_type, exc_mro, seconds = message
+                child.done += 1
+                self._note_duration(seconds)
+                self._outcomes.append((assignment, _Outcome(ok, result, error, error_type,
+                                                            exc_mro)))
+
+    def _unregister(self, child: _Child, fd: int) -> None:
+        # Only the child's own registration: a closed fd's number is soon
+        # reused by the next child's pipe.
+        with contextlib.suppress(KeyError, ValueError):
+            if self._selector.get_key(fd).data[1] is child:
+                self._selector.unregister(fd)
+
+    def _note_duration(self, seconds: float) -> None:
+        # Rises at once on a slow job, falls slowly: work is sent ahead only
+        # while jobs are reliably quick, so a slow one cannot hold quick ones up.
+        current = self._job_seconds
+        if current is None or seconds > current:
+            self._job_seconds = seconds
+        else:
+            self._job_seconds = current * 0.95 + seconds * 0.05
+
+    def _reap(self, child: _Child) -> None:
+        """A child exited: read what it sent last, then settle its jobs."""
+        self._receive(child)
+        child.process.join(timeout=5)
+        self._unregister(child, child.fd)
+        self._unregister(child, child.process.sentinel)
+        child.conn.close()
+        self._children.remove(child)
+        how = _describe_exit(child.process.exitcode)
+        reason, reason_job = child.kill_reason or (None, None)
+        expected = reason is not None or (child.stop_sent and child.process.exitcode == 0)
+        assigned = list(child.assigned)
+        for assignment in assigned:
+            self._in_flight.pop(assignment.job_id, None)
+        current = assigned[0] if assigned else None
+        if current is not None:
+            self._settle_killed(current, child, reason, reason_job, how)
+        self._releases.extend(assigned[1:])
+        if not expected:
+            line = (f"child {child.number} (pid {child.process.pid}) {how}"
+                    + (f" while running job {current.job_id} ({current.row['name']})"
+                       if current is not None else ""))
+            self.crashes.append(line)
+            _log.error("%s: %s", self.id, line)
+        if self._grace_deadline is None:
+            self._schedule_restart(child)
+
+    def _settle_killed(self, current: _Assignment, child: _Child, reason: str | None,
+                       reason_job: int | None, how: str) -> None:
+        name = current.row["name"]
+        if reason == "timeout" and reason_job == current.job_id:
+            limit = current.row["timeout"]
+            error = JobTimeout(f"job {current.job_id} ({name}) ran longer than its "
+                               f"timeout of {limit:g}s, so its process was killed")
+            self._outcomes.append((current, _Outcome.failure(error)))
+        elif reason == "lease" or current.lease_lost:
+            _log.warning("job %s (%s): this run was stopped because its lease was lost",
+                         current.job_id, name)
+        elif reason == "cancel" and reason_job == current.job_id:
+            self._endings.append((current, CANCELLED, f"job {current.job_id} was "
+                                  f"cancelled while running, so its process was killed"))
+        elif reason == "stop":
+            self._endings.append((current, "interrupt",
+                                  f"the pool {self.id} stopped before it ended"))
+        else:
+            self._endings.append((current, "interrupt",
+                                  f"its worker process (pid {child.process.pid}) {how}"))
+
+    def _schedule_restart(self, child: _Child) -> None:
+        if not child.ready and child.kill_reason is None:
+            self._young_deaths += 1  # a child that cannot start: do not spin
+            low, high = _CHILD_START_BACKOFF
+            delay = min(high, low * 2 ** (self._young_deaths - 1))
+            _log.error("%s: child %d %s before it was ready; starting another in %.1fs",
+                       self.id, child.number, _describe_exit(child.process.exitcode),
+                       delay)
+            if self._restart_at is None:
+                self._restart_at = time.monotonic() + delay
+        else:
+            self._start_child()
+
+    def _stop_children(self) -> None:
+        for child in self._children:
+            child.stop_sent = child.send(("stop",))
+        deadline = time.monotonic() + 10
+        for child in list(self._children):
+            child.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                child.kill("stop", None)
+                child.process.join(timeout=5)
+            child.conn.close()
+        self._children.clear()
+
+    def _abandon(self, release: bool) -> None:
+        """After a fatal error: kill the children and, if the database still
+        takes writes, release their jobs rather than wait for the leases."""
+        for child in getattr(self, "_children", []):
+            child.kill("stop", None)
+        for child in getattr(self, "_children", []):
+            child.process.join(timeout=5)
+        if not release:
+            return
+        now = time.time()
+        with contextlib.suppress(LitejobsError):
+            with self._storage.write():
+                for assignment in getattr(self, "_in_flight", {}).values():
+                    with contextlib.suppress(LeaseLost):
+                        self._storage.interrupt(assignment.job_id, assignment.token, now,
+                                                f"the pool {self.id} failed")
+
+    # -- claiming and recording -----------------------------------------------
+
+    def _chunk(self) -> tuple[int, int]:
+        """Jobs per message, and the most a child may hold, for jobs this fast."""
+        seconds = self._job_seconds
+        if seconds is None or seconds >= _FAST_JOB:
+            return 1, 1
+        chunk = max(1, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(seconds, 1e-6))))
+        return chunk, 2 * chunk
+
+    def _room(self, child: _Child, chunk: int, most: int) -> int:
+        if not child.ready or child.retiring or child.kill_reason is not None \
+                or child.stop_sent:
+            return 0
+        if self.max_jobs_per_child is not None:
+            most = min(most, self.max_jobs_per_child - child.sent + len(child.assigned))
+        held = len(child.assigned)
+        if most > 1 and held > most - chunk:
+            return 0  # refill only once a chunk's worth has been done
+        return max(0, most - held)
+
+    def _free_slots(self) -> int:
+        chunk, most = self._chunk()
+        return sum(self._room(child, chunk, most) for child in self._children)
+
+    def _write_and_claim(self) -> None:
+        want = self._free_slots() if self._claiming() and self._should_claim() else 0
+        if not want and not self._unwritten():
+            return
+        outcomes, self._outcomes = self._outcomes, []
+        endings, self._endings = self._endings, []
+        releases, self._releases = self._releases, []
+        now = time.time()
+        written: list[tuple[_Assignment, _Outcome, str | None]] = []
+        claimed: list[dict[str, Any]] = []
+        token = ""
+        try:
+            with self._storage.write():
+                for assignment, outcome in outcomes:
+                    written.append((assignment, outcome,
+                                    self._fenced(_record, assignment, outcome, now)))
+                for assignment, how, reason in endings:
+                    write = self._interrupt if how == "interrupt" else self._cancelled
+                    status = self._fenced(write, assignment, reason, now)
+                    if how == "interrupt":
+                        _log.warning("job %s (%s) was interrupted: %s; it is now %s",
+                                     assignment.job_id, assignment.row["name"], reason,
+                                     status or "another worker's")
+                    else:
+                        _log.info("%s", reason)
+                for assignment in releases:
+                    self._fenced(self._release, assignment, None, now)
+                if want:
+                    token, claimed = self._storage.claim(
+                        owner=self.id, queues=self.queues, now=now,
+                        expires=now + self.lease, limit=want)
+        except DatabaseError as exc:
+            self._check_file()
+            _log.error("%s could not record %d outcomes or claim jobs: %s; those jobs "
+                       "run again once their leases run out", self.id,
+                       len(outcomes) + len(endings) + len(releases), exc)
+            self._retry_claims_at = time.monotonic() + 1.0
+            return
+        if endings or releases or any(status == PENDING for _, _, status in written):
+            self._drained = False  # jobs went back to pending: look again
+        for assignment, outcome, status in written:
+            self._log_outcome(assignment, outcome, status)
+        if want:
+            self._after_claim(want, token, claimed)
+
+    def _fenced(self, write: Callable[..., str], assignment: _Assignment, detail: Any,
+                now: float) -> str | None:
+        try:
+            if write is _record:
+                return _record(self._storage, assignment.row, assignment.token, detail, now)
+            return write(assignment, detail, now)
+        except LeaseLost:
+            return None
+
+    def _interrupt(self, assignment: _Assignment, reason: str, now: float) -> str:
+        return self._storage.interrupt(assignment.job_id, assignment.token, now,
+                                       f"job {assignment.job_id} was interrupted: {reason}")
+
+    def _cancelled(self, assignment: _Assignment, reason: str, now: float) -> str:
+        return self._storage.finish(assignment.job_id, assignment.token, status=CANCELLED,
+                                    now=now, error=reason + "\n")
+
+    def _release(self, assignment: _Assignment, _: Any, now: float) -> str:
+        return self._storage.release(assignment.job_id, assignment.token, now)
+
+    def _log_outcome(self, assignment: _Assignment, outcome: _Outcome,
+                     status: str | None) -> None:
+        job_id, name = assignment.job_id, assignment.row["name"]
+        attempt = assignment.row["attempts"]
+        if status is None:
+            _log.warning("job %s (%s) attempt %d: the lease was lost before its outcome "
+                         "was written, so another attempt owns the job; this outcome was "
+                         "discarded", job_id, name, attempt)
+            self.finished["lease lost"] += 1
+            return
+        self.finished[status] += 1
+        if status == FAILED:
+            _log.error("job %s (%s) attempt %d failed:\n%s", job_id, name, attempt,
+                       (outcome.error or "").rstrip())
+        elif status == PENDING:
+            last_line = ((outcome.error or "").rstrip().splitlines() or [""])[-1]
+            _log.warning("job %s (%s) attempt %d failed and will be retried: %s", job_id,
+                         name, attempt, last_line)
+        elif status == CANCELLED:
+            _log.info("job %s (%s) was cancelled", job_id, name)
+        else:
+            _log.debug("job %s (%s) attempt %d completed", job_id, name, attempt)
+
+    def _should_claim(self) -> bool:
+        if not self._drained or self._changed or self._due_now():
+            return True
+        return time.monotonic() >= self._next_poll
+
+    def _after_claim(self, want: int, token: str, claimed: list[dict[str, Any]]) -> None:
+        self._changed = False
+        self._next_poll = time.monotonic() + self.poll
+        self._drained = len(claimed) < want
+        if self._drained:
+            try:
+                self._next_due = self._storage.next_due(self.queues)
+            except DatabaseError as exc:
+                _log.error("%s: %s", self.id, exc)
+                self._next_due = None
+        if claimed:
+            self._dispatch(token, claimed)
+
+    def _dispatch(self, token: str, claimed: list[dict[str, Any]]) -> None:
+        chunk, most = self._chunk()
+        now = time.monotonic()
+        rows = iter(claimed)
+        batches: list[tuple[_Child, list[tuple[int, dict[str, Any], bytes | None]]]] = []
+        for child in sorted(self._children, key=lambda c: len(c.assigned)):
+            batch: list[tuple[int, dict[str, Any], bytes | None]] = []
+            for _ in range(self._room(child, chunk, most)):
+                row = next(rows, None)
+                if row is None:
+                    break
+                payload = row.pop("payload")
+                row.pop("signature")
+                assignment = _Assignment(row["id"], token, row, child)
+                if not child.assigned:
+                    assignment.began = now
+                child.assigned.append(assignment)
+                self._in_flight[row["id"]] = assignment
+                batch.append((row["id"], row, payload))
+                _log.debug("job %s (%s) attempt %d claimed for child %d", row["id"],
+                           row["name"], row["attempts"], child.number)
+            if batch:
+                child.sent += len(batch)
+                if self.max_jobs_per_child is not None \
+                        and child.sent >= self.max_jobs_per_child:
+                    child.retiring = True
+                batches.append((child, batch))
+        leftover = list(rows)
+        if leftover:  # cannot happen unless a child died meanwhile
+            self._releases.extend(_Assignment(row["id"], token, row, self._children[0])
+                                  for row in leftover)
+        for child, batch in batches:
+            child.send(("run", batch))
+
+    # -- housekeeping -----------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        for child in self._children:
+            current = child.current
+            if current is not None and current.began is not None \
+                    and current.row["timeout"] is not None and child.kill_reason is None \
+                    and now >= current.began + current.row["timeout"]:
+                child.kill("timeout", current.job_id)
+            if child.retiring and not child.assigned and not child.stop_sent:
+                child.stop_sent = child.send(("stop",))
+        if self._restart_at is not None and now >= self._restart_at \
+                and self._grace_deadline is None:
+            self._restart_at = None
+            while len(self._children) < self.processes:
+                self._start_child()
+        if now >= self._next_heartbeat:
+            self._heartbeat(now)
+        if self._in_flight and now >= self._next_cancel_check:
+            self._next_cancel_check = now + _CANCEL_CHECK_INTERVAL
+            for job_id in self._storage.cancels_requested(self.id):
+                self._stop_cancelled(job_id)
+        if self._drained and now >= self._next_change_check:
+            self._next_change_check = now + _IDLE_CHECK_INTERVAL
+            version = self._storage.data_version()
+            if version != self._data_version:
+                self._changed = True
+                self._data_version = version
+                if self._in_flight:
+                    self._next_cancel_check = min(self._next_cancel_check, now + 0.05)
+
+    def _heartbeat(self, now: float) -> None:
+        self._check_file()
+        self._next_heartbeat = now + self._heartbeat_interval
+        renew = now >= self._next_renewal
+        if renew:
+            self._next_renewal = now + self.lease / 3
+        leases = [(a.job_id, a.token) for a in self._in_flight.values()] if renew else None
+        wall = time.time()
+        try:
+            alive, lost = self._storage.heartbeat(self.id, leases, wall + self.lease, wall)
+            if not alive:
+                _log.error("%s had been marked stopped by another pool, as it missed "
+                           "its heartbeats; its jobs were recovered, and it carries on",
+                           self.id)
+            for job_id in lost:
+                self._lease_lost(job_id)
+            self._storage.recover_silent_workers(
+                self.id, wall, _SILENT_HEARTBEATS * _HEARTBEAT_INTERVAL, self._is_gone)
+        except DatabaseError as exc:
+            _log.error("%s could not record its heartbeat: %s", self.id, exc)
+
+    def _is_gone(self, worker: Mapping[str, Any]) -> str | None:
+        now = time.time()
+        where = f"pool {worker['id']} (pid {worker['pid']} on {worker['host']})"
+        if worker["heartbeat_at"] + worker["lease"] < now:
+            return (f"{where} stopped heartbeating at "
+                    f"{_format_time(worker['heartbeat_at'])}")
+        if worker["host"] == socket.gethostname() and not _pid_alive(worker["pid"]):
+            return f"{where} is gone: no process has its pid"
+        return None
+
+    def _lease_lost(self, job_id: int) -> None:
+        assignment = self._in_flight.get(job_id)
+        if assignment is None:
+            return
+        assignment.lease_lost = True
+        _log.warning("job %s (%s): the lease was lost (the pool was paused or too slow "
+                     "to renew it), so another worker may run it; stopping this run",
+                     job_id, assignment.row["name"])
+        self._stop_run(assignment, "lease")
+
+    def _stop_cancelled(self, job_id: int) -> None:
+        assignment = self._in_flight.get(job_id)
+        if assignment is not None:
+            self._receive(assignment.child)  # it may have just finished
+        if assignment is not None and job_id in self._in_flight:
+            self._stop_run(assignment, "cancel")
+
+    def _stop_run(self, assignment: _Assignment, reason: str) -> None:
+        child = assignment.child
+        if child.current is assignment:
+            child.kill(reason, assignment.job_id)
+        elif not assignment.skip_sent:
+            assignment.skip_sent = child.send(("skip", [assignment.job_id]))
+
+    def _check_file(self) -> None:
+        try:
+            identity = self._identify_file()
+        except FileNotFoundError:
+            raise _FileGone(f"{self.path} was deleted while the pool was running; "
+                            f"stopping rather than write to a file nobody sees") from None
+        if identity != self._file_identity:
+            raise _FileGone(f"{self.path} was replaced by another file while the pool "
+                            f"was running; stopping")
+
+    def _begin_stop(self) -> None:
+        grace = self._stop_requested or 0.0
+        self._grace_deadline = time.monotonic() + (0.0 if self._stop_now else grace)
+        _log.info("%s stopping: %d jobs running, %.3gs grace", self.id,
+                  len(self._in_flight), grace)
+        for child in self._children:
+            child.send(("drain",))
+
 
 
 ###############################################################################
@@ -2054,6 +3166,48 @@ def _command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _parse_duration(text: str) -> float:
+    """``"30"``, ``"30s"``, ``"250ms"``, ``"10m"``, ``"2h"`` or ``"7d"``, in seconds."""
+    value = text.strip().lower()
+    for unit in sorted(_DURATION_UNITS, key=len, reverse=True):
+        if value.endswith(unit):
+            number, scale = value[:-len(unit)], _DURATION_UNITS[unit]
+            break
+    else:
+        number, scale = value, 1.0
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration; write it like 30s, 10m, 2h or 7d") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration of zero or more")
+    return seconds
+
+
+def _positive_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    return value
+
+
+def _command_worker(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+    worker = Worker(args.database, processes=args.processes, queues=args.queue or None,
+                    lease=args.lease, poll=args.poll, grace=args.grace,
+                    max_jobs_per_child=args.max_jobs_per_child,
+                    start_method=args.start_method, burst=args.burst, create=False)
+    worker.run()
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="litejobs",
@@ -2066,6 +3220,48 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Put a few jobs in a temporary database and run them: a simple "
                     "job, one with arguments, a delayed one, and a failing one.")
     demo.set_defaults(handler=_command_demo)
+
+    worker = commands.add_parser(
+        "worker", help="run a pool of worker processes on a database",
+        description="Run jobs from DATABASE in a pool of worker processes until "
+                    "SIGTERM or SIGINT (Ctrl-C).  A first signal stops claiming and "
+                    "gives running jobs --grace seconds to finish; a second stops at "
+                    "once.  Jobs of a stopped pool are released to run elsewhere.  "
+                    "Every process sharing the file must be on this host.  Durations "
+                    "take a unit: 250ms, 30s, 10m, 2h.")
+    worker.add_argument("database", metavar="DATABASE", help="the litejobs database file")
+    worker.add_argument("--processes", "-p", type=_positive_count, default=None,
+                        help="worker processes (default: the CPU count, "
+                             f"{os.cpu_count()} here)")
+    worker.add_argument("--queue", "-q", action="append", metavar="NAME",
+                        help="serve this queue; repeat for several (default: all queues)")
+    worker.add_argument("--lease", type=_parse_duration, default=DEFAULT_LEASE,
+                        metavar="DURATION",
+                        help=f"how long a claim holds a job without renewal; a dead "
+                             f"pool's jobs run elsewhere after it (default "
+                             f"{DEFAULT_LEASE:g}s)")
+    worker.add_argument("--poll", type=_parse_duration, default=DEFAULT_POLL,
+                        metavar="DURATION",
+                        help=f"the longest to wait before looking for due jobs; new "
+                             f"jobs are seen within milliseconds anyway (default "
+                             f"{DEFAULT_POLL:g}s)")
+    worker.add_argument("--grace", type=_parse_duration, default=DEFAULT_GRACE,
+                        metavar="DURATION",
+                        help=f"on SIGTERM, how long running jobs get to finish before "
+                             f"they are killed and released (default {DEFAULT_GRACE:g}s)")
+    worker.add_argument("--max-jobs-per-child", type=_positive_count, default=None,
+                        metavar="N",
+                        help="replace each worker process after N jobs, to contain "
+                             "memory leaks in job code")
+    worker.add_argument("--burst", action="store_true",
+                        help="run the jobs that are due, then exit 0")
+    worker.add_argument("--start-method", choices=multiprocessing.get_all_start_methods(),
+                        default="spawn",
+                        help="how worker processes start (default spawn)")
+    worker.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error", "critical"],
+                        help="log level of the litejobs logger, on stderr (default info)")
+    worker.set_defaults(handler=_command_worker)
     return parser
 
 

@@ -116,3 +116,45 @@ def wait_for_gate():
 def cancel_job(path, job_id):
     """Cancel another job from inside this one."""
     return litejobs.Queue(path).get(job_id).cancel()
+
+
+def sleep_then(seconds, value=None):
+    import time
+
+    time.sleep(seconds)
+    return value
+
+
+def wait_for_file(path, timeout=60):
+    """Block until ``path`` exists (a test creates it), then return the attempt."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return litejobs.current_job().attempt
+
+
+def block_first_attempt(marker_dir):
+    """Attempt 1 writes its pid to ``marker_dir/started-1`` and blocks; later
+    attempts return at once.  Returns (attempt, pid)."""
+    import time
+
+    job = litejobs.current_job()
+    with open(os.path.join(marker_dir, f"started-{job.attempt}"), "w") as handle:
+        handle.write(str(os.getpid()))
+    if job.attempt == 1:
+        time.sleep(300)
+    return job.attempt, os.getpid()
+
+
+def kill_myself():
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hard_exit(status=0):
+    os._exit(status)
