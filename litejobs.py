@@ -2152,6 +2152,7 @@ _MAX_CHUNK = 64  # jobs per message to a child, and outcomes per message back
 _CHUNK_SECONDS = 0.005  # a chunk holds about this much work
 _FLUSH_AFTER = 0.005  # seconds a child may hold finished outcomes before sending
 _FAST_JOB = 0.01  # below this many seconds per job, children get work ahead
+_FAST_EVIDENCE = 16  # ... once this many jobs have shown it
 _CHILD_START_BACKOFF = (0.1, 5.0)  # restart delay after a child dies young
 _ORPHANED_EXIT = 75  # exit status of a child whose supervisor is gone
 
@@ -2516,6 +2517,7 @@ class Worker:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
         self._job_seconds: float | None = None
+        self._timed_jobs = 0
         self._drained = False
         self._changed = False
         self._data_version: int | None = None
@@ -2690,6 +2692,7 @@ class Worker:
     def _note_duration(self, seconds: float) -> None:
         # Rises at once on a slow job, falls slowly: work is sent ahead only
         # while jobs are reliably quick, so a slow one cannot hold quick ones up.
+        self._timed_jobs += 1
         current = self._job_seconds
         if current is None or seconds > current:
             self._job_seconds = seconds
@@ -2791,7 +2794,7 @@ class Worker:
     def _chunk(self) -> tuple[int, int]:
         """Jobs per message, and the most a child may hold, for jobs this fast."""
         seconds = self._job_seconds
-        if seconds is None or seconds >= _FAST_JOB:
+        if seconds is None or seconds >= _FAST_JOB or self._timed_jobs < _FAST_EVIDENCE:
             return 1, 1
         chunk = max(1, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(seconds, 1e-6))))
         return chunk, 2 * chunk
@@ -2918,16 +2921,28 @@ class Worker:
             self._dispatch(token, claimed)
 
     def _dispatch(self, token: str, claimed: list[dict[str, Any]]) -> None:
+        """Deal the claimed jobs out one by one, idle children first, so that
+        no child holds work ahead while another has none."""
         chunk, most = self._chunk()
-        now = time.monotonic()
-        rows = iter(claimed)
-        batches: list[tuple[_Child, list[tuple[int, dict[str, Any], bytes | None]]]] = []
-        for child in sorted(self._children, key=lambda c: len(c.assigned)):
-            batch: list[tuple[int, dict[str, Any], bytes | None]] = []
-            for _ in range(self._room(child, chunk, most)):
-                row = next(rows, None)
-                if row is None:
+        rooms = {child: self._room(child, chunk, most) for child in self._children}
+        turn = [child for child in sorted(rooms, key=lambda c: len(c.assigned))
+                if rooms[child] > 0]
+        plan: dict[_Child, list[dict[str, Any]]] = {child: [] for child in turn}
+        rows = collections.deque(claimed)
+        while rows and turn:
+            for child in list(turn):
+                if not rows:
                     break
+                plan[child].append(rows.popleft())
+                if len(plan[child]) >= rooms[child]:
+                    turn.remove(child)
+        for row in rows:  # more than the room asked for: cannot happen, but never lose one
+            with contextlib.suppress(LitejobsError):
+                self._storage.release(row["id"], token, time.time())
+        now = time.monotonic()
+        for child, planned in plan.items():
+            batch: list[tuple[int, dict[str, Any], bytes | None]] = []
+            for row in planned:
                 payload = row.pop("payload")
                 row.pop("signature")
                 assignment = _Assignment(row["id"], token, row, child)
@@ -2943,13 +2958,7 @@ class Worker:
                 if self.max_jobs_per_child is not None \
                         and child.sent >= self.max_jobs_per_child:
                     child.retiring = True
-                batches.append((child, batch))
-        leftover = list(rows)
-        if leftover:  # cannot happen unless a child died meanwhile
-            self._releases.extend(_Assignment(row["id"], token, row, self._children[0])
-                                  for row in leftover)
-        for child, batch in batches:
-            child.send(("run", batch))
+                child.send(("run", batch))
 
     # -- housekeeping -----------------------------------------------------------
 
@@ -3111,59 +3120,82 @@ def _demo_divide(numerator: float, denominator: float) -> float:
 
 
 def _command_demo(args: argparse.Namespace) -> int:
-    def say(text: str) -> None:
+    def say(text: str = "") -> None:
         print(text, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="litejobs-demo-") as tmp:
         path = os.path.join(tmp, "demo.db")
         with Queue(path) as q:
             say(f"litejobs {__version__} demo, database {path}")
-            say("Jobs run in this process through q.run_pending(); a worker pool "
-                "runs them the same way.\n")
-
-            say("1. A simple job: q.put(time.time)")
-            job = q.put(time.time)
-            say(f"   put {job!r}")
-            say(f"   run_pending() ran {q.run_pending()}")
-            say(f"   {job.refresh()!r} -> result {job.result!r}\n")
-
-            say("2. A job with arguments: an RSA key")
-            key_path = os.path.join(tmp, "key.pem")
-            openssl = shutil.which("openssl")
-            if openssl:
-                job = q.put(Job(subprocess.call, [openssl, "genrsa", "-out", key_path,
-                                                  "2048"], stderr=subprocess.DEVNULL))
-            else:
-                say("   (openssl not found: generating the key in pure Python)")
-                job = q.put(Job(_demo_rsa_key, 1024))
-            say(f"   put {job!r}")
-            q.run_pending()
-            say(f"   {job.refresh()!r} -> result {job.result!r}")
-            if openssl and job.result == 0:
-                with open(key_path) as handle:
-                    say(f"   {key_path}: {handle.readline().strip()} ...")
-            say("")
-
-            say("3. A delayed job: begin_after=timedelta(minutes=5)")
-            job = q.put(time.time, begin_after=datetime.timedelta(minutes=5))
-            say(f"   put {job!r}, due at {_format_time(job._row['begin_after'])}")
-            say(f"   run_pending() ran {q.run_pending()}: not due yet")
-            later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=6)
-            say(f"   run_pending(now=+6 minutes) ran {q.run_pending(now=later)}")
-            say(f"   {job.refresh()!r}\n")
-
-            say("4. A failing job: _demo_divide(1, 0)")
-            job = q.put(Job(_demo_divide, 1, 0))
-            q.run_pending()
-            try:
-                job.wait(timeout=5)
-            except JobFailed as failure:
-                say(f"   {job!r} -> {failure.exc_type}; its traceback:")
-                for line in (failure.traceback or "").splitlines():
-                    say(f"   | {line}")
-            say("")
-            say(f"counts: {q.counts()}")
+            say("Starting a pool of 2 worker processes: q.worker(processes=2)")
+            with q.worker(processes=2, grace=5) as pool:
+                pids = ", ".join(str(child.process.pid) for child in pool._children)
+                say(f"   {pool.id} is up; its worker processes are {pids}\n")
+                jobs = _demo_put_jobs(q, tmp, say)
+                say("\nWatching the pool run them:")
+                _demo_watch(jobs, say)
+            say(f"\ncounts: {q.counts()}")
     return 0
+
+
+def _demo_put_jobs(q: Queue, tmp: str, say: Callable[[str], None]) -> list[Job]:
+    say("1. A simple job: q.put(time.time)")
+    jobs = [q.put(time.time)]
+    say(f"   put {jobs[-1]!r}")
+
+    say("2. A job with arguments: an RSA key")
+    openssl = shutil.which("openssl")
+    if openssl:
+        key_path = os.path.join(tmp, "key.pem")
+        say(f"   q.put(Job(subprocess.call, [openssl, 'genrsa', '-out', {key_path!r}, "
+            f"'2048']))")
+        jobs.append(q.put(Job(subprocess.call, [openssl, "genrsa", "-out", key_path, "2048"],
+                              stderr=subprocess.DEVNULL)))
+    else:
+        say("   (openssl not found: generating the key in pure Python)")
+        jobs.append(q.put(Job(_demo_rsa_key, 1024)))
+    say(f"   put {jobs[-1]!r}")
+
+    say("3. A delayed job: q.put(time.time, begin_after=timedelta(seconds=2))")
+    jobs.append(q.put(time.time, begin_after=datetime.timedelta(seconds=2)))
+    say(f"   put {jobs[-1]!r}, due at {_format_time(jobs[-1]._row['begin_after'])}")
+
+    say("4. A failing job: q.put(Job(_demo_divide, 1, 0))")
+    jobs.append(q.put(Job(_demo_divide, 1, 0)))
+    say(f"   put {jobs[-1]!r}")
+    return jobs
+
+
+def _demo_watch(jobs: list[Job], say: Callable[[str], None]) -> None:
+    """Print each job's changes of state as the pool makes them."""
+    began = time.monotonic()
+    seen: dict[int, str] = {}
+    deadline = began + 120
+    while any(seen.get(job._require_id()) not in _FINISHED for job in jobs):
+        if time.monotonic() > deadline:
+            raise LitejobsError("the demo's jobs did not finish within 120 seconds")
+        for job in jobs:
+            status = job.refresh().status or "?"
+            if seen.get(job._require_id()) == status:
+                continue
+            seen[job._require_id()] = status
+            stamp = f"   +{time.monotonic() - began:5.2f}s  job {job.id} {job.name}"
+            if status == ACTIVE:
+                say(f"{stamp} started")
+            elif status == COMPLETED:
+                took = (job._row["finished_at"] or 0) - (job._row["started_at"] or 0)
+                say(f"{stamp} completed in {took * 1000:.1f} ms -> {_describe(job.result)}")
+                if isinstance(job.result, dict) and "bits" in job.result:
+                    say(f"{' ' * 10}(an RSA key of {job.result['bits']} bits)")
+            elif status == FAILED:
+                say(f"{stamp} failed ({job.error_type}); its traceback:")
+                for line in (job.error or "").splitlines():
+                    say(f"{' ' * 10}| {line}")
+            elif status == PENDING and job._row["begin_after"] > time.time():
+                say(f"{stamp} waits until {_format_time(job._row['begin_after'])}")
+            elif status == PENDING:
+                say(f"{stamp} queued")
+        time.sleep(0.01)
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -3305,6 +3337,25 @@ def pytest_configure(config: Any) -> None:
                 yield queue
             finally:
                 queue.close()
+
+        @pytest.fixture
+        def litejobs_worker(self, litejobs_queue: Queue) -> Iterator[Worker]:
+            """A running `Worker` pool of 2 processes on ``litejobs_queue``,
+            stopped after the test.
+
+            Jobs run in real worker processes, so they must be module-level
+            functions the workers can import.  The test fails if a worker
+            process died unexpectedly (a job that kills its own process, for
+            instance); timeouts and cancels are expected and do not count.
+            """
+            worker = Worker(litejobs_queue, processes=2, grace=2.0).start()
+            try:
+                yield worker
+            finally:
+                worker.stop()
+            if worker.crashes:
+                pytest.fail("litejobs worker processes died unexpectedly:\n  "
+                            + "\n  ".join(worker.crashes), pytrace=False)
 
     if not config.pluginmanager.has_plugin("litejobs-fixtures"):
         config.pluginmanager.register(_LitejobsFixtures(), "litejobs-fixtures")

@@ -66,6 +66,9 @@ def test_demo_in_process(capsys):
     assert "ZeroDivisionError: division by zero" in out
     assert "Traceback (most recent call last):" in out
     assert "'completed': 3, 'failed': 1" in out
+    # On a real pool: two worker processes, not this one, ran the jobs.
+    pids = out.split("its worker processes are ", 1)[1].split("\n", 1)[0].split(", ")
+    assert len(pids) == 2 and str(os.getpid()) not in pids
 
 
 def test_demo_as_a_module_without_installing(fresh_clone):

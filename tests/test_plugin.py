@@ -173,3 +173,42 @@ def test_plugin_is_registered_through_the_pytest11_entry_point():
 def test_plugin_is_active_in_this_session(pytestconfig):
     assert pytestconfig.pluginmanager.get_plugin("litejobs") is litejobs
     assert pytestconfig.pluginmanager.has_plugin("litejobs-fixtures")
+
+
+WORKER_FIXTURE = """
+    import os
+    import signal
+
+    import pytest
+
+    import litejobs
+
+    def double(x):
+        return 2 * x
+
+    def worker_pid():
+        return os.getpid()
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def test_jobs_run_in_the_pools_processes(litejobs_worker, litejobs_queue):
+        job = litejobs_queue.put(litejobs.Job(double, 21))
+        assert job.wait(timeout=30) == 42
+        assert litejobs_queue.put(worker_pid).wait(timeout=30) != os.getpid()
+        assert litejobs_worker.alive and litejobs_worker.processes == 2
+
+    def test_a_job_that_kills_its_process_fails_the_test(litejobs_worker, litejobs_queue):
+        job = litejobs_queue.put(litejobs.Job(die), max_interruptions=0)
+        with pytest.raises(litejobs.JobFailed):
+            job.wait(timeout=30)
+"""
+
+
+def test_worker_fixture_runs_jobs_and_reports_crashed_processes(pytester):
+    pytester.makepyfile(WORKER_FIXTURE)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", timeout=WAIT)
+    # The crash fails the second test at teardown, as an error.
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*litejobs worker processes died unexpectedly*",
+                                 "*was killed by SIGKILL while running job 1*"])
