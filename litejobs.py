@@ -95,6 +95,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import tempfile
 import threading
@@ -2146,7 +2147,9 @@ def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float) -
 # bookkeeping, so every such write is fenced by the lease it claimed with.
 _HEARTBEAT_INTERVAL = 2.0  # seconds between a pool's heartbeats (at most lease/3)
 _SILENT_HEARTBEATS = 3  # heartbeats a pool may miss before others check on it
-_IDLE_CHECK_INTERVAL = 0.004  # seconds between change checks while idle
+_IDLE_CHECK_INTERVAL = 0.004  # seconds between change checks while idle, without inotify
+_SETTLE_CHECKS = (0.001, 0.025)  # after a WAL write: check every ms, for this long
+_SAFETY_CHECK_INTERVAL = 0.25  # with inotify, still check this often
 _CANCEL_CHECK_INTERVAL = 0.5  # seconds between checks for cancels of running jobs
 _MAX_CHUNK = 64  # jobs per message to a child, and outcomes per message back
 _CHUNK_SECONDS = 0.005  # a chunk holds about this much work
@@ -2155,6 +2158,7 @@ _FAST_JOB = 0.01  # below this many seconds per job, children get work ahead
 _FAST_EVIDENCE = 16  # ... once this many jobs have shown it
 _CHILD_START_BACKOFF = (0.1, 5.0)  # restart delay after a child dies young
 _ORPHANED_EXIT = 75  # exit status of a child whose supervisor is gone
+_MIN_LEASE = 0.1  # seconds; renewals come every lease / 3
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -2181,6 +2185,66 @@ def _pid_alive(pid: int) -> bool:
 def _ignore_signal(signum: int, frame: Any) -> None:
     """A no-op handler.  Unlike SIG_IGN, a handler is reset by exec, so
     programs a job starts still get the default signal behaviour."""
+
+
+class _WalWatch:
+    """Tells an idle pool that the database's WAL file was written to, without
+    polling: Linux inotify on the file's directory, through ctypes.  Where
+    that is not available, `open` returns None and the pool polls instead.
+
+    A write is seen before it commits (SQLite syncs, then publishes the commit
+    in shared memory, which raises no event), so after an event the pool
+    checks ``PRAGMA data_version`` for a short while.
+    """
+
+    _IN_MODIFY = 0x002
+    _IN_CREATE = 0x100
+    _IN_NONBLOCK = 0o4000
+    _IN_CLOEXEC = 0o2000000
+    _EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
+
+    def __init__(self, fd: int, wal_name: bytes):
+        self.fd = fd
+        self._wal_name = wal_name
+
+    @classmethod
+    def open(cls, database: str) -> _WalWatch | None:
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(cls._IN_NONBLOCK | cls._IN_CLOEXEC)
+            if fd < 0:
+                return None
+            directory = os.fsencode(os.path.dirname(database))
+            if libc.inotify_add_watch(fd, directory, cls._IN_MODIFY | cls._IN_CREATE) < 0:
+                os.close(fd)
+                return None
+        except (OSError, AttributeError) as exc:
+            _log.debug("no inotify (%s); an idle pool polls for changes", exc)
+            return None
+        return cls(fd, os.fsencode(os.path.basename(database)) + b"-wal")
+
+    def written(self) -> bool:
+        """Read the pending events; whether any was a write to the WAL."""
+        seen = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return seen
+            offset = 0
+            while offset < len(data):
+                _, _, _, length = self._EVENT.unpack_from(data, offset)
+                start = offset + self._EVENT.size
+                seen = seen or data[start:start + length].rstrip(b"\0") == self._wal_name
+                offset = start + length
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
 
 
 # -- child processes -------------------------------------------------------------
@@ -2379,8 +2443,10 @@ class Worker:
         self.lease = _seconds(lease, "lease")
         self.poll = _seconds(poll, "poll")
         self.grace = _seconds(grace, "grace")
-        if self.lease < 0.1 or self.poll == 0:
-            raise ValueError("lease must be at least 0.1 seconds and poll positive")
+        if self.lease < _MIN_LEASE:
+            raise ValueError(f"lease must be at least {_MIN_LEASE:g} seconds, got {lease!r}")
+        if self.poll == 0:
+            raise ValueError("poll must be positive")
         self.max_jobs_per_child = (None if max_jobs_per_child is None else
                                    _positive_int(max_jobs_per_child, "max_jobs_per_child"))
         if start_method not in multiprocessing.get_all_start_methods():
@@ -2516,6 +2582,9 @@ class Worker:
         self._releases: list[_Assignment] = []
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
+        self._wal_watch = _WalWatch.open(self.path)
+        if self._wal_watch is not None:
+            self._selector.register(self._wal_watch.fd, selectors.EVENT_READ, ("wal", None))
         self._job_seconds: float | None = None
         self._timed_jobs = 0
         self._drained = False
@@ -2523,7 +2592,6 @@ class Worker:
         self._data_version: int | None = None
         self._next_due: float | None = None
         self._next_poll = 0.0
-        self._next_change_check = 0.0
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
         self._next_cancel_check = 0.0
@@ -2559,6 +2627,8 @@ class Worker:
                 if self._error is None or not isinstance(self._error, _FileGone):
                     self._storage.stop_worker(self.id, time.time(), stop_reason)
             self._selector.close()
+            if self._wal_watch is not None:
+                self._wal_watch.close()
             self._storage.close()
             self._ready.set()
             self._ended.set()
@@ -2580,7 +2650,7 @@ class Worker:
             elif self.burst and self._drained and not self._in_flight \
                     and not self._unwritten() and not self._due_now():
                 break
-            for key, _ in self._selector.select(self._wait_time()):
+            for key, _ in self._wait():
                 self._on_ready(key.data)
             self._write_and_claim()
             self._housekeeping()
@@ -2592,10 +2662,43 @@ class Worker:
     def _due_now(self) -> bool:
         return self._next_due is not None and self._next_due <= time.time()
 
-    def _wait_time(self) -> float:
-        if self._unwritten() or (self._free_slots() and not self._drained
-                                 and self._claiming()):
-            return 0
+    def _wait(self) -> list[tuple[selectors.SelectorKey, int]]:
+        """Wait for a child's message or exit, a wake-up, or the next timer."""
+        can_claim = self._claiming() and self._free_slots() > 0
+        if self._unwritten() or (can_claim and self._should_claim()):
+            return self._selector.select(0)
+        timeout = self._wait_time(can_claim)
+        if not (can_claim and self._drained):
+            return self._selector.select(timeout)
+        # Idle: most of an idle pool's life, which must cost next to no CPU.
+        # New work shows as a change of the database: wait for a write to the
+        # WAL if inotify tells of them, else poll every few milliseconds.
+        deadline = time.monotonic() + timeout
+        settle_until = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return []
+            if self._wal_watch is None:
+                pause = _IDLE_CHECK_INTERVAL
+            elif now < settle_until:
+                pause = _SETTLE_CHECKS[0]
+            else:
+                pause = _SAFETY_CHECK_INTERVAL
+            events = self._selector.select(min(pause, deadline - now))
+            other = [event for event in events if event[0].data is None
+                     or event[0].data[0] != "wal"]
+            if other:
+                return other
+            if events and self._wal_watch is not None and self._wal_watch.written():
+                settle_until = time.monotonic() + _SETTLE_CHECKS[1]
+            version = self._storage.data_version()
+            if version != self._data_version:
+                self._data_version = version
+                self._changed = True
+                return []
+
+    def _wait_time(self, can_claim: bool) -> float:
         now = time.monotonic()
         moments = [self._next_heartbeat]
         if self._in_flight:
@@ -2609,8 +2712,10 @@ class Worker:
             moments.append(self._grace_deadline)
         if self._restart_at is not None:
             moments.append(self._restart_at)
-        if self._claiming() and self._free_slots():
-            moments += [self._next_change_check, self._next_poll, self._retry_claims_at]
+        if self._retry_claims_at > now:
+            moments.append(self._retry_claims_at)  # backing off after a database error
+        elif can_claim:
+            moments.append(self._next_poll)
             if self._next_due is not None:
                 moments.append(now + self._next_due - time.time())
         return max(0.0, min(moments) - now)
@@ -2620,6 +2725,9 @@ class Worker:
             with contextlib.suppress(OSError):
                 while self._wake_reader.recv(4096):
                     pass
+        elif data[0] == "wal":
+            assert self._wal_watch is not None
+            self._wal_watch.written()  # outside the idle wait, work is looked for anyway
         elif data[1] not in self._children:
             return  # reaped earlier in this batch of events; its fds may be reused
         elif data[0] == "conn":
@@ -2983,14 +3091,6 @@ class Worker:
             self._next_cancel_check = now + _CANCEL_CHECK_INTERVAL
             for job_id in self._storage.cancels_requested(self.id):
                 self._stop_cancelled(job_id)
-        if self._drained and now >= self._next_change_check:
-            self._next_change_check = now + _IDLE_CHECK_INTERVAL
-            version = self._storage.data_version()
-            if version != self._data_version:
-                self._changed = True
-                self._data_version = version
-                if self._in_flight:
-                    self._next_cancel_check = min(self._next_cancel_check, now + 0.05)
 
     def _heartbeat(self, now: float) -> None:
         self._check_file()
@@ -3220,6 +3320,19 @@ def _parse_duration(text: str) -> float:
     return seconds
 
 
+def _duration_type(minimum: float, above: bool = False) -> Callable[[str], float]:
+    """An argparse type: a duration of at least (or above) ``minimum`` seconds."""
+    def parse(text: str) -> float:
+        seconds = _parse_duration(text)
+        if seconds < minimum or (above and seconds == minimum):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is too short: give more than {minimum:g}s" if above else
+                f"{text!r} is too short: give at least {minimum:g}s")
+        return seconds
+    parse.__name__ = "duration"  # named in argparse's "invalid duration value" message
+    return parse
+
+
 def _positive_count(text: str) -> int:
     try:
         value = int(text)
@@ -3267,12 +3380,12 @@ def _build_parser() -> argparse.ArgumentParser:
                              f"{os.cpu_count()} here)")
     worker.add_argument("--queue", "-q", action="append", metavar="NAME",
                         help="serve this queue; repeat for several (default: all queues)")
-    worker.add_argument("--lease", type=_parse_duration, default=DEFAULT_LEASE,
+    worker.add_argument("--lease", type=_duration_type(_MIN_LEASE), default=DEFAULT_LEASE,
                         metavar="DURATION",
                         help=f"how long a claim holds a job without renewal; a dead "
                              f"pool's jobs run elsewhere after it (default "
                              f"{DEFAULT_LEASE:g}s)")
-    worker.add_argument("--poll", type=_parse_duration, default=DEFAULT_POLL,
+    worker.add_argument("--poll", type=_duration_type(0, above=True), default=DEFAULT_POLL,
                         metavar="DURATION",
                         help=f"the longest to wait before looking for due jobs; new "
                              f"jobs are seen within milliseconds anyway (default "

@@ -5,7 +5,9 @@
 
 Every row prints litejobs' rate, the baseline's rate measured moments before on
 the same disk, and their ratio.  Machines are noisy: read the ratios, and rerun
-before trusting a small difference.
+before trusting a small difference.  Latency and idle CPU have no library to
+compare with; their ratio is target / measured, so 100% or more meets it.
+Pools run as ``python -m litejobs worker`` in processes of their own.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import random
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -158,6 +162,127 @@ def claim_query_time(folder: str, name: str, backlog: int, repeat: int) -> float
     return elapsed / repeat
 
 
+# -- worker pools -----------------------------------------------------------------
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+
+RAW_CLAIM = """
+UPDATE litejobs_jobs SET status = 'active', attempts = attempts + 1, started_at = :now,
+    lease_owner = 'raw', lease_token = 'raw', lease_expires = :now + 30
+WHERE id IN (SELECT id FROM litejobs_jobs INDEXED BY litejobs_jobs_ready
+             WHERE status = 'pending' AND begin_after <= :now
+             ORDER BY priority DESC, begin_after, id LIMIT :limit)
+RETURNING id
+"""
+RAW_COMPLETE = """
+UPDATE litejobs_jobs SET status = 'completed', finished_at = ?, lease_owner = NULL,
+    lease_token = NULL, lease_expires = NULL
+WHERE id = ? AND status = 'active' AND lease_token = 'raw'
+"""
+
+
+def raw_claim_complete(folder: str, count: int, batch: int) -> float:
+    """Jobs per second through a plain claim + complete loop: the physical
+    ceiling of the drain on this disk, with no library, pickling or processes."""
+    conn = raw_database(os.path.join(folder, f"raw-drain-{batch}.db"), "NORMAL")
+    now = time.time()
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(RAW_INSERT, ((now, now) for _ in range(count)))
+    conn.execute("COMMIT")
+    started = time.perf_counter()
+    done = 0
+    while done < count:
+        conn.execute("BEGIN IMMEDIATE")
+        ids = [r[0] for r in conn.execute(RAW_CLAIM, {"now": time.time(), "limit": batch})]
+        conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        finished = time.time()
+        conn.executemany(RAW_COMPLETE, ((finished, job_id) for job_id in ids))
+        conn.execute("COMMIT")
+        done += len(ids)
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return count / elapsed
+
+
+class Pool:
+    """``python -m litejobs worker`` in its own process, as in production."""
+
+    def __init__(self, path: str, processes: int):
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            [BENCH_DIR, os.path.dirname(BENCH_DIR), os.environ.get("PYTHONPATH", "")]))
+        self.queue = litejobs.Queue(path, durable=False)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "litejobs", "worker", path, "-p", str(processes),
+             "--log-level", "warning"], env=env)
+        self.wait_ready(processes)
+
+    def wait_ready(self, processes: int) -> None:
+        """Until its workers take jobs: a job per worker process has run."""
+        probes = self.queue.put_many(["jobs:noop"] * processes)
+        for probe in probes:
+            probe.wait(timeout=60)
+
+    def children(self) -> list[int]:
+        with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as handle:
+            return [int(pid) for pid in handle.read().split()]
+
+    def cpu_seconds(self) -> float:
+        total = 0
+        for pid in [self.process.pid, *self.children()]:
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in ticks
+        return total / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.queue.close()
+
+
+def pool_drain(folder: str, processes: int, count: int) -> float:
+    """Jobs per second a pool in its own process drains, put all at once."""
+    pool = Pool(os.path.join(folder, f"pool-drain-{processes}.db"), processes)
+    try:
+        jobs = pool.queue.put_many(["jobs:noop"] * count)
+        started = time.perf_counter()
+        jobs[-1].wait(timeout=600)
+        while pool.queue.counts()["completed"] < count + processes:
+            time.sleep(0.005)
+        return count / (time.perf_counter() - started)
+    finally:
+        pool.close()
+
+
+def pickup_latency(folder: str, samples: int) -> list[float]:
+    """Seconds from put returning to the job starting, on an idle pool."""
+    pool = Pool(os.path.join(folder, "pool-latency.db"), 2)
+    rng = random.Random(7)
+    try:
+        latencies = []
+        for _ in range(samples):
+            time.sleep(rng.uniform(0.02, 0.05))  # idle again, at a random phase
+            job = pool.queue.put("jobs:started_at")
+            put_returned = time.time()
+            latencies.append(max(0.0, job.wait(timeout=60) - put_returned))
+        return sorted(latencies)
+    finally:
+        pool.close()
+
+
+def idle_cpu(folder: str, seconds: float) -> float:
+    """CPU an idle pool of 2 processes uses, as a fraction of one core."""
+    pool = Pool(os.path.join(folder, "pool-idle.db"), 2)
+    try:
+        time.sleep(1.0)  # let start-up work finish
+        before = pool.cpu_seconds()
+        time.sleep(seconds)
+        return (pool.cpu_seconds() - before) / seconds
+    finally:
+        pool.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -171,6 +296,9 @@ def main() -> int:
     batch = 10_000
     drain = 500 if quick else 5000
     backlog = 50_000 if quick else 1_000_000
+    pool_jobs = 5_000 if quick else 50_000
+    latency_samples = 50 if quick else 300
+    idle_seconds = 3.0 if quick else 10.0
 
     rows: list[tuple[str, str, str, str]] = []
 
@@ -198,6 +326,22 @@ def main() -> int:
         rows.append((f"claim SELECT, {backlog:,} finished rows",
                      f"{full_query * 1e6:.1f} us", f"empty table {empty_query * 1e6:.1f} us",
                      f"{empty_query / full_query:.0%}"))
+        raw = raw_claim_complete(folder, pool_jobs, 64)
+        for processes in (1, 2):
+            row(f"pool drain, no-op jobs, {processes} process{'es' * (processes > 1)} "
+                f"({pool_jobs:,})", pool_drain(folder, processes, pool_jobs),
+                "raw claim+complete, 64 a batch", raw)
+        latencies = pickup_latency(folder, latency_samples)
+        p50 = latencies[len(latencies) // 2]
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        for name, value, target in (("p50", p50, 0.005), ("p99", p99, 0.025)):
+            rows.append((f"pickup latency {name}, idle pool ({latency_samples} jobs)",
+                         f"{value * 1000:.1f} ms", f"target {target * 1000:.0f} ms",
+                         f"{target / value:.0%}" if value else "-"))
+        cpu = idle_cpu(folder, idle_seconds)
+        rows.append((f"idle pool CPU, 2 processes ({idle_seconds:.0f} s)",
+                     f"{cpu:.2%} of a core", "target 2.00% of a core",
+                     f"{0.02 / cpu:.0%}" if cpu else "-"))
 
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     print(f"\nlitejobs {litejobs.__version__}, Python {sys.version.split()[0]}, "

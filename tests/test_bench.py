@@ -16,6 +16,8 @@ def test_quick_benchmark_prints_its_table(tmp_path):
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].split("|")[1].strip() == "measure"
     measures = [row.split("|")[1].strip() for row in rows[2:]]
-    assert len(measures) == 5
+    assert len(measures) == 10
+    assert any(m.startswith("pool drain") for m in measures)
+    assert any(m.startswith("pickup latency p99") for m in measures)
     assert all(row.rstrip(" |").endswith("%") for row in rows[2:])
     assert list(tmp_path.iterdir()) == []  # it cleans up after itself

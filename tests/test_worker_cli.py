@@ -1,0 +1,508 @@
+"""The worker pool as a separate OS process: ``python -m litejobs worker DB``.
+
+Each pool here is a real ``python -m litejobs worker`` process started with
+``subprocess.Popen``, as an operator or systemd would start it, and driven
+with real signals: SIGTERM and SIGINT (graceful, then at once), SIGKILL of
+the supervisor, SIGSTOP/SIGCONT past the lease, and the database file
+deleted under it.  What the pool did is read back from the database (job rows
+and the ``litejobs_workers`` heartbeat table) and from its log.
+
+How the processes are handled:
+
+- Every pool is started in a session of its own (``start_new_session``), so
+  its process group holds the supervisor and its children.  The ``start_pool``
+  fixture kills each group with SIGKILL at teardown (after a SIGCONT, for a
+  supervisor a test left stopped) and reaps the supervisor, so no process
+  outlives its test, even one that fails half way.
+- A pool's stdout and stderr go to a log file under ``tmp_path`` rather than
+  a pipe: nobody reads a pipe while the pool runs, and a full pipe would block
+  the pool's logging.  Tests read the file when they need to.
+- The pools' children are started with ``spawn`` and import job functions by
+  name, so ``PYTHONPATH`` names the tests folder (for ``sample_jobs`` and this
+  module, ``test_worker_cli``) and the repository root (for ``litejobs``).
+- Nothing sleeps to wait for something observable: ``wait_until`` polls a
+  condition (a marker file a job writes, a row, a log line, a process state)
+  against a deadline.  The one deliberate pause is explained where it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+import litejobs
+import sample_jobs
+from litejobs import Job
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS_DIR)
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [TESTS_DIR, ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
+WAIT = 30.0  # seconds: the bound on waits that should take well under a second or two
+EXIT = 20.0  # seconds a pool gets to exit when it should exit promptly
+
+
+# -- jobs (run in the pools' children, which import this module by name) -----------------
+
+
+def started_then_wait(started_path, go_path):
+    """Say it started (its pid in ``started_path``), then block until
+    ``go_path`` exists; return the attempt."""
+    with open(started_path, "w") as handle:
+        handle.write(str(os.getpid()))
+    return sample_jobs.wait_for_file(go_path, timeout=60)
+
+
+def started_then_sleep(started_path, seconds):
+    """Say it started, then sleep: a job longer than any grace given here."""
+    with open(started_path, "w") as handle:
+        handle.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "slept"
+
+
+def stale_then_fresh(marker_dir):
+    """Attempt 1 says it started, waits for ``go``, says it finished and
+    returns "A"; any later attempt returns "B" at once."""
+    attempt = litejobs.current_job().attempt
+    if attempt >= 2:
+        return "B"
+    with open(os.path.join(marker_dir, "started-1"), "w") as handle:
+        handle.write(str(os.getpid()))
+    sample_jobs.wait_for_file(os.path.join(marker_dir, "go"), timeout=60)
+    with open(os.path.join(marker_dir, "finished-1"), "w") as handle:
+        handle.write(str(os.getpid()))
+    return "A"
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+def wait_until(predicate, timeout, what, details=lambda: ""):
+    """Poll ``predicate`` until it returns something true, and return that;
+    fail with ``what`` (and ``details()``) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{details()}")
+        time.sleep(0.01)
+
+
+def process_state(pid):
+    """The state letter of process ``pid`` (R, S, T, Z, ...), or None if no
+    process has that pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except FileNotFoundError:
+        return None
+    except OSError:  # no /proc here: all os.kill can tell is whether it exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def process_gone(pid):
+    """No process has ``pid``, or it is a zombie: it has exited, and only
+    its parent (init, for an orphan) has yet to reap it."""
+    return process_state(pid) in (None, "Z", "X")
+
+
+def worker_rows(db):
+    """The ``litejobs_workers`` rows, read on a connection of their own."""
+    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(row) for row in conn.execute("SELECT * FROM litejobs_workers")]
+
+
+def the_row_of(db, pid):
+    rows = [row for row in worker_rows(db) if row["pid"] == pid]
+    assert len(rows) <= 1, rows
+    return rows[0] if rows else None
+
+
+def read_pid(path):
+    with open(path) as handle:
+        return int(handle.read())
+
+
+def run_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "litejobs", *args], cwd=cwd, env=ENV,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60)
+
+
+class Pool:
+    """A ``python -m litejobs worker`` process and its log file."""
+
+    def __init__(self, proc, log_path):
+        self.proc = proc
+        self.log_path = log_path
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def send(self, signum):
+        os.kill(self.proc.pid, signum)
+
+    def wait_exit(self, timeout=EXIT):
+        """Wait for the supervisor to exit; return its exit status."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"pool pid {self.pid} still running after {timeout}s; "
+                                 f"its log:\n{self.log()}") from None
+
+    def wait_log(self, text, timeout=WAIT):
+        wait_until(lambda: text in self.log(), timeout, f"{text!r} in the pool's log",
+                   lambda: f"exit status {self.proc.poll()}; log:\n{self.log()}")
+
+    def kill_group(self):
+        """SIGKILL the supervisor and its children, wherever the test left them."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)  # a stopped supervisor
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its group: it and its children
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def start_pool(tmp_path):
+    """``start_pool(db, *options)`` starts ``python -m litejobs worker db
+    *options`` and returns a `Pool`; every pool is killed at teardown."""
+    pools = []
+
+    def start(db, *options):
+        log_path = tmp_path / f"pool-{len(pools) + 1}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "litejobs", "worker", str(db), *options],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=ENV, cwd=tmp_path,
+                start_new_session=True)
+        pool = Pool(proc, log_path)
+        pools.append(pool)
+        return pool
+
+    try:
+        yield start
+    finally:
+        for pool in pools:
+            pool.kill_group()
+        still = [pool.pid for pool in pools if pool.proc.poll() is None]
+        assert not still, f"pools still running after SIGKILL: {still}"
+
+
+@pytest.fixture
+def db(q):
+    return q.path
+
+
+def status_of(q, job):
+    return q.get(job.id).status
+
+
+# -- 1. --burst --------------------------------------------------------------------------
+
+
+def test_burst_runs_what_is_due_then_exits_0(q, db, start_pool):
+    due = q.put_many([Job(sample_jobs.add, i, i) for i in range(50)])
+    delayed = q.put(Job(sample_jobs.add, 1, 1), begin_after=3600)
+
+    pool = start_pool(db, "--burst", "-p", "2")
+
+    assert pool.wait_exit(timeout=60) == 0, pool.log()
+    assert q.counts() == {"pending": 1, "active": 0, "completed": 50, "failed": 0,
+                          "cancelled": 0}
+    assert [q.get(job.id).result for job in due] == [2 * i for i in range(50)]
+    delayed.refresh()
+    assert delayed.status == litejobs.PENDING and delayed.attempts == 0
+    assert "Traceback" not in pool.log()
+
+
+# -- 2. graceful SIGTERM, running jobs finish within the grace ---------------------------
+
+
+def test_sigterm_lets_running_jobs_finish_and_claims_nothing_more(q, db, tmp_path,
+                                                                   start_pool):
+    go = tmp_path / "go"
+    jobs = [q.put(Job(started_then_wait, str(tmp_path / f"started-{n}"), str(go)))
+            for n in (1, 2)]
+    pool = start_pool(db, "-p", "2", "--grace", "10s")
+    # Both jobs have started in a child: a job only claimed when the stop
+    # begins would be released, not finished.
+    wait_until(lambda: all((tmp_path / f"started-{n}").exists() for n in (1, 2)), WAIT,
+               "both jobs to start", pool.log)
+    assert q.counts()["active"] == 2
+
+    pool.send(signal.SIGTERM)
+    pool.wait_log("stopping: 2 jobs running")
+    late = q.put(Job(sample_jobs.add, 2, 3))  # put while the pool is stopping
+    go.touch()
+
+    assert pool.wait_exit() == 0, pool.log()
+    for job in jobs:
+        job.refresh()
+        assert job.status == litejobs.COMPLETED, pool.log()
+        assert (job.result, job.attempts, job.interruptions) == (1, 1, 0)
+    late.refresh()
+    assert late.status == litejobs.PENDING and late.attempts == 0, pool.log()
+    assert q.counts()["active"] == 0
+
+
+# -- 3. SIGTERM, a job longer than the grace ---------------------------------------------
+
+
+def test_sigterm_interrupts_a_job_longer_than_the_grace(q, db, tmp_path, start_pool):
+    started = tmp_path / "started"
+    job = q.put(Job(started_then_sleep, str(started), 60))
+    pool = start_pool(db, "-p", "1", "--grace", "0.5s")
+    wait_until(started.exists, WAIT, "the job to start", pool.log)
+
+    signalled = time.monotonic()
+    pool.send(signal.SIGTERM)
+    assert pool.wait_exit() == 0, pool.log()
+
+    assert time.monotonic() - signalled < 15  # the grace, not the job's 60 s
+    job.refresh()
+    assert job.status == litejobs.PENDING, pool.log()
+    assert (job.attempts, job.interruptions) == (1, 1)
+    assert job._row["lease_owner"] is None
+    assert q.counts()["active"] == 0
+    assert f"job {job.id} ({job.name}) was interrupted" in pool.log()
+    assert process_gone(read_pid(started))  # the child running it was killed
+
+
+# -- 4. a second signal stops at once ----------------------------------------------------
+
+
+def test_a_second_signal_stops_at_once(q, db, tmp_path, start_pool):
+    started = tmp_path / "started"
+    job = q.put(Job(started_then_sleep, str(started), 60))
+    pool = start_pool(db, "-p", "1", "--grace", "60s")
+    wait_until(started.exists, WAIT, "the job to start", pool.log)
+
+    pool.send(signal.SIGTERM)
+    pool.wait_log("received SIGTERM")
+    signalled = time.monotonic()
+    pool.send(signal.SIGINT)
+    assert pool.wait_exit() == 0, pool.log()
+
+    assert time.monotonic() - signalled < 10  # not the 60 s grace
+    assert "received SIGINT again: stopping at once" in pool.log()
+    job.refresh()
+    assert job.status == litejobs.PENDING, pool.log()
+    assert job.interruptions == 1
+    assert q.counts()["active"] == 0
+
+
+# -- 5. kill -9 of the supervisor --------------------------------------------------------
+
+
+def test_kill_9_of_the_supervisor_then_another_pool_recovers(q, db, tmp_path, start_pool):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    job = q.put(Job(sample_jobs.block_first_attempt, str(markers)))
+    pool_a = start_pool(db, "-p", "1", "--lease", "2s")
+    wait_until((markers / "started-1").exists, WAIT, "attempt 1 to start", pool_a.log)
+    child_pid = read_pid(markers / "started-1")
+    row_a = wait_until(lambda: the_row_of(db, pool_a.pid), WAIT, "pool A's row")
+
+    pool_a.send(signal.SIGKILL)
+    assert pool_a.wait_exit() == -signal.SIGKILL
+    # The child is no longer ours to reap: it was reparented.  It must exit
+    # by itself, having noticed its supervisor is gone.
+    wait_until(lambda: process_gone(child_pid), 10, f"orphaned child {child_pid} to exit",
+               lambda: f"state {process_state(child_pid)}")
+
+    pool_b = start_pool(db, "-p", "1", "--lease", "2s")
+    wait_until(lambda: status_of(q, job) == litejobs.COMPLETED, WAIT,
+               "pool B to run the job again", pool_b.log)
+    job.refresh()
+    assert (job.attempts, job.interruptions) == (2, 1)
+    assert job.result[0] == 2 and job.result[1] != child_pid
+    assert (markers / "started-2").exists()
+
+    # Pool B declares pool A gone once A has missed 3 heartbeats (about 6 s).
+    stopped = wait_until(
+        lambda: (lambda row: row if row["stopped_at"] is not None else None)(
+            the_row_of(db, pool_a.pid)),
+        15, "pool A's row to be marked stopped", pool_b.log)
+    assert stopped["id"] == row_a["id"]
+    assert f"(pid {pool_a.pid} on " in stopped["stop_reason"]
+    assert stopped["stop_reason"] != "stopped"
+
+    pool_b.send(signal.SIGTERM)
+    assert pool_b.wait_exit() == 0, pool_b.log()
+    assert the_row_of(db, pool_b.pid)["stop_reason"] == "stopped"
+
+
+# -- 6. SIGSTOP past the lease: the stale outcome is rejected ----------------------------
+
+
+def stop_outside_a_write(pool, db):
+    """SIGSTOP the supervisor at a moment it holds no write lock (else every
+    other writer would wait for it), retrying if it was caught in one."""
+    for _ in range(20):
+        pool.send(signal.SIGSTOP)
+        wait_until(lambda: process_state(pool.pid) in ("T", "t"), WAIT,
+                   "the supervisor to stop")
+        with contextlib.closing(sqlite3.connect(db, timeout=0.5,
+                                                isolation_level=None)) as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:  # locked: caught mid-transaction
+                pool.send(signal.SIGCONT)
+                continue
+            conn.execute("ROLLBACK")
+            return
+    raise AssertionError("the supervisor held the write lock at every SIGSTOP")
+
+
+def test_sigstop_past_the_lease_rejects_the_stale_outcome(q, db, tmp_path, start_pool):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    job = q.put(Job(stale_then_fresh, str(markers)))
+    pool_a = start_pool(db, "-p", "1", "--lease", "1s")
+    wait_until((markers / "started-1").exists, WAIT, "attempt 1 to start", pool_a.log)
+    assert status_of(q, job) == litejobs.ACTIVE
+
+    # Only the supervisor stops; its child keeps running attempt 1.
+    stop_outside_a_write(pool_a, db)
+    wait_until(lambda: q.get(job.id)._row["lease_expires"] < time.time(), WAIT,
+               "pool A's lease to run out")
+
+    pool_b = start_pool(db, "--burst", "-p", "1", "--lease", "1s")
+    assert pool_b.wait_exit(timeout=60) == 0, pool_b.log()
+    after_b = q.get(job.id)
+    assert after_b.status == litejobs.COMPLETED, pool_b.log()
+    assert after_b.result == "B"
+    assert (after_b.attempts, after_b.interruptions) == (2, 1)
+
+    (markers / "go").touch()
+    wait_until((markers / "finished-1").exists, WAIT, "the stale attempt to return")
+    # Deliberate pause: the child sends its outcome to the (stopped)
+    # supervisor right after writing finished-1, and nothing outside the
+    # process marks that send.  Without this pause the supervisor could
+    # resume first, and kill the run instead of discarding its outcome.
+    time.sleep(0.3)
+    assert process_state(pool_a.pid) in ("T", "t")
+    pool_a.send(signal.SIGCONT)
+    pool_a.wait_log("lease was lost")
+    pool_a.send(signal.SIGTERM)
+    assert pool_a.wait_exit() == 0, pool_a.log()
+
+    log = pool_a.log()
+    assert (f"job {job.id} ({job.name}) attempt 1: the lease was lost before its outcome "
+            "was written") in log
+    assert "this outcome was discarded" in log
+    final = q.get(job.id)
+    assert final.result == "B"
+    assert final._row == after_b._row  # pool A changed nothing, finished_at included
+    assert final.finished_at == after_b.finished_at
+
+
+# -- 7. the database deleted under a running pool ----------------------------------------
+
+
+def test_deleting_the_database_stops_the_pool_with_an_error(q, db, start_pool):
+    pool = start_pool(db, "-p", "1", "--lease", "3s")  # heartbeats, and file checks, every 1 s
+    # A job the pool has run: its children are up and it has used the file.
+    job = q.put(Job(sample_jobs.add, 1, 2))
+    wait_until(lambda: status_of(q, job) == litejobs.COMPLETED, WAIT, "the first job",
+               pool.log)
+    q.close()  # this process keeps no connection to the file
+
+    files = [db, db + "-wal", db + "-shm"]
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+    deleted = time.monotonic()
+
+    status = pool.wait_exit(timeout=15)
+    assert status == 1, pool.log()
+    assert time.monotonic() - deleted < 10
+    log = pool.log()
+    errors = [line for line in log.splitlines() if line.startswith("litejobs: error:")]
+    assert len(errors) == 1, log
+    assert "deleted" in errors[0] and db in errors[0]
+    assert "Traceback" not in log
+    assert [path for path in files if os.path.exists(path)] == []  # nothing re-created
+
+
+# -- 8. argument errors and help ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("option, value", [
+    ("--processes", "0"),
+    ("--lease", "abc"),
+    ("--grace", "-1"),
+    ("--start-method", "nope"),
+    ("--lease", "0"),
+    ("--poll", "0"),
+])
+def test_a_bad_option_is_a_usage_error(db, tmp_path, option, value):
+    done = run_cli("worker", db, option, value, "--burst", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "usage: litejobs worker" in done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("litejobs worker: error:"), done.stderr
+    assert option.lstrip("-") in error
+    assert litejobs.Queue(db).counts() == {status: 0 for status in litejobs.STATUSES}
+
+
+def test_a_missing_database_is_a_one_line_error(tmp_path):
+    done = run_cli("worker", "missing.db", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr == (f"litejobs: error: no database at {tmp_path / 'missing.db'}: "
+                           "check the path\n")
+    assert [p for p in os.listdir(tmp_path) if p.startswith("missing.db")] == []
+
+
+def test_worker_help_lists_its_options(tmp_path):
+    done = run_cli("worker", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: litejobs worker")
+    for option in ("--processes", "--queue", "--burst", "--grace", "--lease", "--poll",
+                   "--max-jobs-per-child", "--log-level", "--start-method"):
+        assert option in done.stdout
+
+
+# -- 9. the heartbeat row of a CLI pool --------------------------------------------------
+
+
+def test_a_running_pool_has_a_heartbeat_row_and_a_stopped_one_says_so(db, start_pool):
+    pool = start_pool(db, "-p", "2", "--lease", "3s")  # a heartbeat every second
+    row = wait_until(lambda: the_row_of(db, pool.pid), WAIT, "the pool's row", pool.log)
+    assert row["host"] == socket.gethostname()
+    assert row["processes"] == 2 and row["lease"] == 3.0
+    assert row["stopped_at"] is None and row["stop_reason"] is None
+    assert f"{row['id']} serving {db}" in pool.log()
+    wait_until(lambda: the_row_of(db, pool.pid)["heartbeat_at"] > row["heartbeat_at"], 10,
+               "a second heartbeat", pool.log)
+
+    pool.send(signal.SIGTERM)
+    assert pool.wait_exit() == 0, pool.log()
+    stopped = the_row_of(db, pool.pid)
+    assert stopped["id"] == row["id"]
+    assert stopped["stopped_at"] is not None and stopped["stopped_at"] >= row["started_at"]
+    assert stopped["stop_reason"] == "stopped"
