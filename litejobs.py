@@ -2159,6 +2159,7 @@ _FAST_EVIDENCE = 16  # ... once this many jobs have shown it
 _CHILD_START_BACKOFF = (0.1, 5.0)  # restart delay after a child dies young
 _ORPHANED_EXIT = 75  # exit status of a child whose supervisor is gone
 _MIN_LEASE = 0.1  # seconds; renewals come every lease / 3
+_CRASHES_KEPT = 1000  # Worker.crashes keeps the latest this many
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -2460,7 +2461,7 @@ class Worker:
         self.path = self._storage.path
         self._busy_timeout = busy_timeout
         self._file_identity = self._identify_file()
-        #: Unexpected deaths of child processes, one line each.
+        #: Unexpected deaths of child processes, one line each (the latest 1000).
         self.crashes: list[str] = []
         #: Jobs this pool has recorded an outcome for, by status.
         self.finished: collections.Counter[str] = collections.Counter()
@@ -2675,28 +2676,31 @@ class Worker:
         # WAL if inotify tells of them, else poll every few milliseconds.
         deadline = time.monotonic() + timeout
         settle_until = 0.0
+        next_check = 0.0
         while True:
             now = time.monotonic()
             if now >= deadline:
                 return []
-            if self._wal_watch is None:
-                pause = _IDLE_CHECK_INTERVAL
-            elif now < settle_until:
-                pause = _SETTLE_CHECKS[0]
-            else:
-                pause = _SAFETY_CHECK_INTERVAL
-            events = self._selector.select(min(pause, deadline - now))
+            if now >= next_check:
+                version = self._storage.data_version()
+                if version != self._data_version:
+                    self._data_version = version
+                    self._changed = True
+                    return []
+                if self._wal_watch is None:
+                    next_check = now + _IDLE_CHECK_INTERVAL
+                elif now < settle_until:
+                    next_check = now + _SETTLE_CHECKS[0]
+                else:
+                    next_check = now + _SAFETY_CHECK_INTERVAL
+            events = self._selector.select(max(0.0, min(next_check, deadline) - now))
             other = [event for event in events if event[0].data is None
                      or event[0].data[0] != "wal"]
             if other:
                 return other
             if events and self._wal_watch is not None and self._wal_watch.written():
                 settle_until = time.monotonic() + _SETTLE_CHECKS[1]
-            version = self._storage.data_version()
-            if version != self._data_version:
-                self._data_version = version
-                self._changed = True
-                return []
+                next_check = 0.0  # at once; then every millisecond until it shows
 
     def _wait_time(self, can_claim: bool) -> float:
         now = time.monotonic()
@@ -2830,6 +2834,7 @@ class Worker:
                     + (f" while running job {current.job_id} ({current.row['name']})"
                        if current is not None else ""))
             self.crashes.append(line)
+            del self.crashes[:-_CRASHES_KEPT]
             _log.error("%s: %s", self.id, line)
         if self._grace_deadline is None:
             self._schedule_restart(child)
