@@ -528,34 +528,38 @@ def _check_sqlite_version() -> None:
         )
 
 
-def _check_file_header(path: str) -> None:
-    """Refuse a file that is not SQLite, or that is shorter than its header says.
+def _unreadable_file(path: str, exc: sqlite3.DatabaseError) -> DatabaseError:
+    """Say why SQLite refused to read the file at ``path``: not SQLite, or
+    shorter than its header says, or otherwise corrupt.
 
-    Reads only; never writes.  The layout is in https://sqlite.org/fileformat2.html:
-    a 16-byte magic string, the page size at offset 16, and the page count at
-    offset 28, valid when the counter at 92 equals the change counter at 24.
+    Only a file being refused is read outside SQLite.  On POSIX, closing any
+    descriptor of a file drops every lock the process holds on it, SQLite's
+    included, and another process may then delete the WAL under live
+    connections (https://sqlite.org/howtocorrupt.html, 2.2).  The layout read
+    here is in https://sqlite.org/fileformat2.html: a 16-byte magic string, the
+    page size at offset 16, and the page count at offset 28, valid when the
+    counter at 92 equals the change counter at 24.
     """
-    with open(path, "rb") as handle:
-        header = handle.read(100)
-        size = os.fstat(handle.fileno()).st_size
-    if not header:
-        return  # an empty file is an empty database
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return _translate_sqlite_error(exc, path)
     if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
-        raise DatabaseError(
+        return DatabaseError(
             f"{path} is not an SQLite database (or its header is corrupt); "
             f"litejobs leaves it untouched: check the path"
         )
     page_size = int.from_bytes(header[16:18], "big")
     page_size = 65536 if page_size == 1 else page_size
     pages = int.from_bytes(header[28:32], "big")
-    count_is_valid = header[24:28] == header[92:96]
-    wal = path + "-wal"
-    wal_has_pages = os.path.exists(wal) and os.path.getsize(wal) > 0
-    if count_is_valid and not wal_has_pages and size < pages * page_size:
-        raise DatabaseError(
+    if header[24:28] == header[92:96] and size < pages * page_size:
+        return DatabaseError(
             f"{path} is truncated: its header promises {pages * page_size} bytes but "
             f"the file has {size}; litejobs leaves it untouched: restore it from a backup"
         )
+    return _translate_sqlite_error(exc, path)
 
 
 def _translate_sqlite_error(exc: sqlite3.Error, path: str) -> DatabaseError:
@@ -687,7 +691,7 @@ class _SQLiteStorage:
         self._lock = threading.Lock()
         _check_sqlite_version()
         self._prepare_file()
-        conn = self._connect()
+        conn = self._connect(create=not os.path.exists(self.path))
         try:
             with self._errors():
                 version = self._check_before_changing(conn)
@@ -714,18 +718,9 @@ class _SQLiteStorage:
         if not os.access(directory, os.W_OK):
             raise self._read_only(directory)
         if not os.path.exists(self.path):
-            try:
-                # Created here, not by SQLite, so that it is 0600 whatever the
-                # umask; SQLite gives the -wal and -shm files the same mode.
-                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            except FileExistsError:
-                pass  # another process created it first: fine
-            except OSError as exc:
-                raise DatabaseError(f"cannot create {self.path}: {exc.strerror}") from exc
-        try:
-            _check_file_header(self.path)
-        except PermissionError as exc:
-            raise DatabaseError(f"cannot read {self.path}: permission denied") from exc
+            return  # SQLite creates it: the first connection passes create=True
+        if not os.access(self.path, os.R_OK):
+            raise DatabaseError(f"cannot read {self.path}: permission denied")
         if not os.access(self.path, os.W_OK):
             raise self._read_only(self.path)
 
@@ -748,7 +743,13 @@ class _SQLiteStorage:
         every page.  A schema using collations or functions that only the
         application registers cannot be checked here, and is not refused.
         """
-        version = self._schema_version(conn)
+        try:
+            version = self._schema_version(conn)
+        except sqlite3.DatabaseError as exc:
+            text = str(exc).lower()
+            if "not a database" in text or "malformed" in text:
+                raise _unreadable_file(self.path, exc) from exc
+            raise
         if version > _SCHEMA_VERSION:
             raise self._too_new(version)
         size = os.path.getsize(self.path)
@@ -807,14 +808,24 @@ class _SQLiteStorage:
             raise
         return conn
 
-    def _connect(self) -> sqlite3.Connection:
-        """A connection that has not written anything to the file yet."""
-        uri = "file:" + urllib.parse.quote(self.path) + "?mode=rw"
+    def _connect(self, create: bool = False) -> sqlite3.Connection:
+        """A connection that has not written anything to the file yet.
+
+        With ``create``, SQLite creates a missing file, which is then made
+        0600 whatever the umask, before anything creates the -wal and -shm
+        files: SQLite gives them the database file's mode.  The file is never
+        opened outside SQLite (see `_unreadable_file`).
+        """
+        uri = "file:" + urllib.parse.quote(self.path) + ("?mode=rwc" if create else "?mode=rw")
         try:
-            return sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
+            conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
                                    isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise _translate_sqlite_error(exc, self.path) from exc
+        if create:
+            with contextlib.suppress(PermissionError):  # created meanwhile by another user
+                os.chmod(self.path, 0o600)
+        return conn
 
     def _configure(self, conn: sqlite3.Connection) -> None:
         self._enable_wal(conn)

@@ -655,3 +655,41 @@ def test_an_application_schema_with_its_own_collation_is_not_refused(tmp_path):
         assert queue.put(litejobs.Job(pow, 2, 5)).status == litejobs.PENDING
     with plain_connection(path) as conn:
         assert conn.execute("SELECT count(*) FROM names").fetchone()[0] == 2
+
+
+# -- 9. POSIX locks: never dropped by opening the file a second time ----------------
+
+
+def _put_in_another_process(path, count):
+    code = ("import sys, litejobs\n"
+            "q = litejobs.Queue(sys.argv[1])\n"
+            "for _ in range(int(sys.argv[2])):\n"
+            "    q.put('os:getpid')\n"
+            "q.close()\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path), str(count)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+def test_opening_a_second_queue_keeps_the_first_ones_locks(db_path):
+    """Closing any descriptor of a file drops all of a process's POSIX locks on
+    it.  If opening a second Queue did that, the next process to close its
+    last connection would think it was alone, checkpoint, and delete the WAL
+    under the first Queue, whose later puts would then be lost."""
+    first = litejobs.Queue(db_path)
+    first.put("os:getpid")
+    second = litejobs.Queue(db_path)
+    worker = litejobs.Worker(db_path, processes=1)  # opens the file too
+    _put_in_another_process(db_path, 1)
+    assert os.path.exists(f"{db_path}-wal"), "the WAL was deleted under live connections"
+    for _ in range(3):
+        first.put("os:getpid")
+    _put_in_another_process(db_path, 1)
+    assert first.counts()["pending"] == second.counts()["pending"] == 6
+    first.close()
+    second.close()
+    worker._storage.close()
+    fresh = sqlite3.connect(db_path)
+    assert fresh.execute("SELECT count(*) FROM litejobs_jobs").fetchone()[0] == 6
+    assert fresh.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    fresh.close()

@@ -1,0 +1,698 @@
+"""The worker pool used in-process: `Worker(...).start()` and `Queue.worker`.
+
+The supervisor runs in a thread of this test process; its children are real
+processes (``spawn`` unless a test says otherwise) on a real database file.
+Jobs are module-level functions, of ``sample_jobs`` or of this module, stored
+by name: ``spawn`` children import them from the ``sys.path`` they inherit
+from pytest.
+
+Every pool a test starts goes through the ``pool`` fixture, which stops it at
+teardown with no grace, so a failing test never leaks processes.  Nothing
+sleeps to wait: tests poll an observable condition (a marker file a job
+writes, a row, a counter) with `wait_until`, under a deadline.  Where a test
+must let time pass on purpose (to outlive a lease), it says so.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sqlite3
+import sys
+import time
+
+import pytest
+
+import litejobs
+import sample_jobs
+from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, Job
+
+WAIT = 30.0  # seconds: the bound on every wait for a job (pytest-timeout is 120)
+
+
+# -- jobs (resolved by name in the children) ------------------------------------
+
+
+def log_run(log_path, seconds=0.0):
+    """Append "job_id pid" with O_APPEND, then take ``seconds``: a job run
+    twice shows as a duplicate line, a lost one as a missing line."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{litejobs.current_job().id} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    if seconds:
+        time.sleep(seconds)
+
+
+def mark_then_sleep(marker, seconds, value=None):
+    """Write this process's pid to ``marker`` (so the test knows the job has
+    really started in a child), then sleep ``seconds``."""
+    with open(marker + ".tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.rename(marker + ".tmp", marker)  # appears with its content, never empty
+    time.sleep(seconds)
+    return value
+
+
+# -- helpers ----------------------------------------------------------------------
+
+
+def wait_until(predicate, timeout=WAIT, what="the condition"):
+    """Poll ``predicate`` every 10 ms until it returns something truthy;
+    return that, or fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+def read_pid(path):
+    """The pid a job wrote to ``path``, or None while the file is not there."""
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None
+    return int(text) if text else None
+
+
+def wait_for_pid(path, timeout=WAIT):
+    return wait_until(lambda: read_pid(path), timeout, f"a job to write {path}")
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def child_pids(worker):
+    return sorted(child.process.pid for child in list(worker._children))
+
+
+def live_children(worker):
+    """The pids of the pool's children that are up, ready and alive."""
+    return [child.process.pid for child in list(worker._children)
+            if child.ready and child.process.is_alive()]
+
+
+@contextlib.contextmanager
+def raw_db(path):
+    """A plain sqlite3 connection to the file, outside litejobs."""
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def job_row(path, job_id):
+    with raw_db(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return dict(conn.execute("SELECT * FROM litejobs_jobs WHERE id = ?",
+                                 (job_id,)).fetchone())
+
+
+def worker_row(path, worker_id):
+    with raw_db(path) as conn:
+        conn.row_factory = sqlite3.Row
+        row = conn.execute("SELECT * FROM litejobs_workers WHERE id = ?",
+                           (worker_id,)).fetchone()
+        return None if row is None else dict(row)
+
+
+def expected_counts(**expected):
+    """The queue's counts, all zero but those given."""
+    return dict({status: 0 for status in litejobs.STATUSES}, **expected)
+
+
+@pytest.fixture
+def pool(q):
+    """Start a pool and stop it (at once) at teardown, whatever happened.
+
+    ``pool(target=q, processes=1, **options)`` starts ``Worker(target, ...)``;
+    with ``through_queue=True`` it starts it through ``target.worker(...)``.
+    """
+    started = []
+
+    def start(target=None, *, through_queue=False, processes=1, **options):
+        target = q if target is None else target
+        if through_queue:
+            worker = target.worker(processes=processes, **options)
+        else:
+            worker = litejobs.Worker(target, processes=processes, **options)
+            started.append(worker)
+            worker.start()
+        if worker not in started:
+            started.append(worker)
+        assert worker.alive
+        return worker
+
+    yield start
+    problems = []
+    for worker in started:
+        try:
+            worker.stop(grace=0, timeout=30)
+        except Exception as exc:  # stop the others first, then report
+            problems.append(f"{worker!r}: {type(exc).__name__}: {exc}")
+        if worker.alive:
+            problems.append(f"{worker!r} is still alive after stop()")
+    assert problems == []
+
+
+# -- 1. many quick jobs ------------------------------------------------------------
+
+
+def test_many_quick_jobs_all_complete_with_their_results(q, pool):
+    count = 500
+    jobs = q.put_many(Job(sample_jobs.add, i, i) for i in range(count))
+    worker = pool(processes=2)
+
+    wait_until(lambda: q.counts()["completed"] == count, WAIT, f"{count} completed jobs")
+
+    assert q.counts() == expected_counts(completed=count)
+    assert [job.wait(timeout=5) for job in jobs] == [2 * i for i in range(count)]
+    assert all(job.attempts == 1 and job.interruptions == 0 for job in jobs)
+    assert worker.finished == collections.Counter({COMPLETED: count})
+    assert worker.crashes == []
+    assert worker._in_flight == {}
+
+
+def test_queue_worker_is_a_started_pool_that_stops_at_exit(q):
+    with q.worker(processes=1) as worker:
+        assert worker.alive
+        assert worker.path == q.path
+        assert q.put(Job(sample_jobs.add, 2, 3)).wait(timeout=WAIT) == 5
+    assert not worker.alive
+    assert worker.finished == collections.Counter({COMPLETED: 1})
+
+
+# -- 2. two pools on one file -------------------------------------------------------
+
+
+def test_two_pools_share_one_file_and_run_each_job_exactly_once(q, pool, tmp_path):
+    log_path = str(tmp_path / "runs.log")
+    count = 400
+    # Both pools are up before any job exists, so both compete for all of
+    # them; each job takes a few ms, so neither can drain the queue alone
+    # before the other claims.
+    first = pool(q, through_queue=True)
+    second = pool(litejobs.Queue(q.path))
+    assert first.id != second.id
+    jobs = q.put_many(Job(log_run, log_path, 0.003) for _ in range(count))
+
+    wait_until(lambda: q.counts()["completed"] == count, WAIT, f"{count} completed jobs")
+
+    with open(log_path) as handle:
+        lines = handle.read().splitlines()
+    runs = collections.Counter(int(line.split()[0]) for line in lines)
+    assert {job_id: n for job_id, n in runs.items() if n != 1} == {}, "jobs run twice"
+    assert set(runs) == {job.id for job in jobs}, "jobs lost"
+    assert len(lines) == count
+    ran_in = {int(line.split()[1]) for line in lines}
+    assert ran_in <= set(child_pids(first)) | set(child_pids(second))
+    assert first.finished[COMPLETED] > 0 and second.finished[COMPLETED] > 0
+    assert first.finished[COMPLETED] + second.finished[COMPLETED] == count
+    assert first.crashes == second.crashes == []
+    assert q.counts() == expected_counts(completed=count)
+
+
+# -- 3. a child killed mid-job --------------------------------------------------------
+
+
+def test_kill_9_of_a_child_interrupts_its_job_which_runs_again(q, pool, tmp_path):
+    worker = pool(processes=2)
+    job = q.put(Job(sample_jobs.block_first_attempt, str(tmp_path)))
+    victim = wait_for_pid(str(tmp_path / "started-1"))
+    assert victim in child_pids(worker)
+
+    os.kill(victim, signal.SIGKILL)
+
+    attempt, rerun_pid = job.wait(timeout=WAIT)
+    assert attempt == 2
+    assert rerun_pid != victim
+    assert job.status == COMPLETED
+    assert job.attempts == 2 and job.interruptions == 1
+    assert len(worker.crashes) == 1
+    assert f"pid {victim}" in worker.crashes[0]
+    assert "SIGKILL" in worker.crashes[0]
+    assert f"job {job.id}" in worker.crashes[0]
+    # A replacement took the dead child's place.
+    wait_until(lambda: len(live_children(worker)) == worker.processes, WAIT,
+               "a replacement child")
+    assert victim not in child_pids(worker)
+
+
+# -- 4. hard timeout ---------------------------------------------------------------------
+
+
+def test_hard_timeout_kills_the_run_and_fails_the_job(q, pool):
+    worker = pool(processes=2)
+    once = q.put(Job(sample_jobs.sleep_then, 60), timeout=0.5)
+    twice = q.put(Job(sample_jobs.sleep_then, 60), timeout=0.5,
+                  retry=litejobs.Retry(attempts=2, delay=0))
+    started = time.monotonic()
+
+    for job in (once, twice):
+        with pytest.raises(litejobs.JobFailed) as failure:
+            job.wait(timeout=WAIT)
+        assert not isinstance(failure.value, litejobs.JobCancelled)
+        assert failure.value.exc_type == "litejobs.JobTimeout"
+        assert "timeout of 0.5s" in failure.value.traceback
+        assert job.status == FAILED
+        assert job.error_type == "litejobs.JobTimeout"
+        assert job.interruptions == 0
+    assert once.attempts == 1
+    assert twice.attempts == 2
+    assert time.monotonic() - started < 20  # killed, not slept out
+
+    # The pool carries on, and a kill it decided on is no crash.
+    assert q.put(Job(sample_jobs.add, 1, 2)).wait(timeout=WAIT) == 3
+    assert worker.crashes == []
+    assert worker.finished[FAILED] == 2
+
+
+# -- 5. cancel of a running job --------------------------------------------------------------
+
+
+def test_cancel_of_a_running_job_kills_its_process(q, pool, tmp_path):
+    worker = pool()
+    job = q.put(Job(sample_jobs.block_first_attempt, str(tmp_path)))
+    litejobs.wait_for_start(job, timeout=WAIT)
+    runner = wait_for_pid(str(tmp_path / "started-1"))
+    assert runner in child_pids(worker)
+
+    asked = time.monotonic()
+    assert job.cancel() is True
+    with pytest.raises(litejobs.JobCancelled):
+        job.wait(timeout=10)
+    assert time.monotonic() - asked < 5
+
+    assert job.status == CANCELLED
+    assert job.result is None
+    assert not pid_alive(runner), "the cancelled job's process is still running"
+    assert runner not in child_pids(worker)
+    assert worker.crashes == []
+    assert q.put(Job(sample_jobs.add, 4, 5)).wait(timeout=WAIT) == 9
+    assert not (tmp_path / "started-2").exists()  # the cancelled job never ran again
+
+
+# -- 6. poison jobs ---------------------------------------------------------------------------
+
+
+def test_a_job_that_kills_its_process_every_time_fails_as_interrupted(q, pool):
+    worker = pool()
+    job = q.put(Job(sample_jobs.kill_myself), max_interruptions=2)
+
+    with pytest.raises(litejobs.JobFailed) as failure:
+        job.wait(timeout=WAIT)
+
+    assert failure.value.exc_type == "litejobs.Interrupted"
+    assert job.status == FAILED
+    assert job.error_type == "litejobs.Interrupted"
+    assert job.attempts == 3 and job.interruptions == 3
+    assert "SIGKILL" in job.error
+    # Each death was unexpected, so each is a crash; the pool survives them.
+    assert len(worker.crashes) == 3
+    assert all(f"job {job.id}" in line for line in worker.crashes)
+    assert q.put(Job(sample_jobs.add, 1, 1)).wait(timeout=WAIT) == 2
+    assert worker.alive
+
+
+def test_os_exit_0_in_a_job_counts_as_an_interruption(q, pool):
+    worker = pool()
+    job = q.put(Job(sample_jobs.hard_exit, 0), max_interruptions=0)
+
+    with pytest.raises(litejobs.JobFailed) as failure:
+        job.wait(timeout=WAIT)
+
+    assert failure.value.exc_type == "litejobs.Interrupted"
+    assert job.attempts == 1 and job.interruptions == 1
+    assert "exited with status 0" in job.error
+    assert len(worker.crashes) == 1 and "exited with status 0" in worker.crashes[0]
+    assert q.put(Job(sample_jobs.add, 2, 2)).wait(timeout=WAIT) == 4
+
+
+# -- 7. a function missing at run time -----------------------------------------------------------
+
+
+def test_a_function_missing_at_run_time_fails_the_job_not_the_pool(q, pool, tmp_path,
+                                                                   monkeypatch):
+    module_name = "litejobs_vanishing_mod"
+    source = tmp_path / f"{module_name}.py"
+    source.write_text("def f():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module_name, raising=False)
+    module = __import__(module_name)
+    job = q.put(Job(module.f))
+    assert job.name == f"{module_name}:f"
+    # Gone before any child exists: spawn children get this sys.path, but the
+    # file is no longer there to import.
+    source.unlink()
+    shutil.rmtree(tmp_path / "__pycache__", ignore_errors=True)
+    del sys.modules[module_name]
+
+    worker = pool()
+    with pytest.raises(litejobs.JobFailed) as failure:
+        job.wait(timeout=WAIT)
+
+    assert failure.value.exc_type == "builtins.ModuleNotFoundError"
+    assert module_name in failure.value.traceback
+    assert job.status == FAILED and job.attempts == 1 and job.interruptions == 0
+    assert q.put(Job(sample_jobs.add, 3, 3)).wait(timeout=WAIT) == 6
+    assert worker.crashes == []
+    assert worker.finished == collections.Counter({FAILED: 1, COMPLETED: 1})
+
+
+# -- 8. recycling children ------------------------------------------------------------------------
+
+
+def test_max_jobs_per_child_recycles_children(q, pool):
+    worker = pool(processes=1, max_jobs_per_child=3)
+    jobs = q.put_many(Job(sample_jobs.pid) for _ in range(10))
+
+    pids = collections.Counter(job.wait(timeout=WAIT) for job in jobs)
+
+    assert os.getpid() not in pids
+    assert len(pids) >= 4, pids
+    assert max(pids.values()) <= 3, pids
+    assert worker.crashes == []
+    assert worker.finished == collections.Counter({COMPLETED: 10})
+
+
+# -- 9. start methods -----------------------------------------------------------------------------
+
+PROCESS_CLASSES = {"spawn": "SpawnProcess", "forkserver": "ForkServerProcess",
+                   "fork": "ForkProcess"}
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_start_methods(q, pool, method):
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"{method} is not available on this platform")
+    worker = pool(processes=1, start_method=method)
+    assert all(type(child.process).__name__ == PROCESS_CLASSES[method]
+               for child in worker._children)
+    jobs = q.put_many([Job(sample_jobs.pid), Job(sample_jobs.add, 20, 22),
+                       Job(sample_jobs.pid)])
+
+    results = [job.wait(timeout=WAIT) for job in jobs]
+
+    assert results[1] == 42
+    assert results[0] != os.getpid() and results[2] != os.getpid()
+    assert {results[0], results[2]} <= set(child_pids(worker))
+    assert worker.crashes == []
+
+
+# -- 10. lease renewal ----------------------------------------------------------------------------
+
+
+def test_the_supervisor_renews_the_lease_of_a_sleeping_job(q, pool, tmp_path):
+    pool(processes=1, lease=1)
+    marker = str(tmp_path / "started")
+    job = q.put(Job(mark_then_sleep, marker, 2.5, "slept"))
+    wait_for_pid(marker)
+
+    # Play the thief: each claim on the file puts back active jobs whose lease
+    # ran out.  Claiming from a queue with no jobs claims nothing else.  The
+    # job sleeps 2.5 s, well past its 1 s lease, so only renewal keeps it.
+    deadline = time.monotonic() + WAIT
+    while job.refresh().status == ACTIVE:
+        assert time.monotonic() < deadline, "the job never ended"
+        assert q.run_pending(queues=["no-jobs-here"]) == 0
+        time.sleep(0.05)  # paces the thief; nothing to wait for here
+    assert job.wait(timeout=WAIT) == "slept"
+
+    assert job.attempts == 1 and job.interruptions == 0
+
+
+def test_lease_expiry_moves_forward_while_a_job_runs(q, pool, tmp_path):
+    pool(processes=1, lease=1)
+    job = q.put(Job(sample_jobs.block_first_attempt, str(tmp_path)))
+    wait_for_pid(str(tmp_path / "started-1"))
+    first = job.refresh()._row["lease_expires"]
+    assert first is not None
+    later = wait_until(lambda: (job.refresh()._row["lease_expires"] or 0) > first + 0.2,
+                       10, "a renewed lease")
+    assert later
+    assert job.status == ACTIVE and job.interruptions == 0
+
+
+# -- 11. queues and priority ---------------------------------------------------------------------
+
+
+def test_a_pool_serves_only_its_queues(q, pool):
+    other = q.put(Job(sample_jobs.add, 0, 0), queue="b", priority=10)
+    mine = q.put_many([Job(sample_jobs.add, 1, 1), Job(sample_jobs.add, 2, 2)], queue="a")
+    worker = pool(processes=1, queues=["a"])
+    assert worker.queues == ["a"]
+
+    assert [job.wait(timeout=WAIT) for job in mine] == [2, 4]
+    # Another job after those: the pool has claimed again since, and still
+    # not the higher-priority job of queue "b".
+    assert q.put(Job(sample_jobs.add, 3, 3), queue="a").wait(timeout=WAIT) == 6
+
+    other.refresh()
+    assert other.status == PENDING
+    assert other.attempts == 0
+    assert q.counts("b") == expected_counts(pending=1)
+    assert worker.finished == collections.Counter({COMPLETED: 3})
+
+
+def test_higher_priority_runs_first(q, pool, tmp_path):
+    log_path = str(tmp_path / "order.log")
+    priorities = [0, 5, 1, 9, 3, 5]
+    jobs = [q.put(Job(sample_jobs.append_line, log_path, f"{p}-{i}"), priority=p)
+            for i, p in enumerate(priorities)]
+    pool(processes=1)
+
+    for job in jobs:
+        job.wait(timeout=WAIT)
+
+    with open(log_path) as handle:
+        order = handle.read().split()
+    # Highest priority first; equal priorities in the order they were put.
+    assert order == ["9-3", "5-1", "5-5", "3-4", "1-2", "0-0"]
+
+
+# -- 12. graceful stop -----------------------------------------------------------------------------
+
+
+def test_stop_with_grace_lets_a_running_job_finish(q, pool, tmp_path):
+    worker = pool()
+    marker = str(tmp_path / "started")
+    job = q.put(Job(mark_then_sleep, marker, 0.5, "finished"))
+    wait_for_pid(marker)
+
+    worker.stop(grace=5)
+
+    assert not worker.alive
+    assert job.refresh().status == COMPLETED
+    assert job.result == "finished"
+    assert q.counts() == expected_counts(completed=1)
+    row = worker_row(q.path, worker.id)
+    assert row["stopped_at"] is not None
+
+
+def test_stop_after_grace_kills_and_releases_the_running_job(q, pool, tmp_path):
+    worker = pool()
+    job = q.put(Job(sample_jobs.block_first_attempt, str(tmp_path)))
+    runner = wait_for_pid(str(tmp_path / "started-1"))
+
+    asked = time.monotonic()
+    worker.stop(grace=0.2)
+    assert time.monotonic() - asked < 10
+
+    assert not worker.alive
+    job.refresh()
+    assert job.status == PENDING
+    assert job.interruptions == 1
+    assert job._row["lease_owner"] is None
+    assert q.counts() == expected_counts(pending=1)
+    assert not pid_alive(runner)
+    assert worker.crashes == []
+
+
+def test_stop_releases_jobs_claimed_but_not_started(q, pool, tmp_path):
+    worker = pool()
+    # Quick jobs first, so that the pool hands work out in chunks ahead of time.
+    warmup = q.put_many(Job(sample_jobs.add, i, 0) for i in range(200))
+    wait_until(lambda: q.counts()["completed"] == len(warmup), WAIT, "the warm-up jobs")
+    # One blocking job, then quick ones: claimed with it, queued behind it.
+    blocker, *queued = q.put_many(
+        [Job(sample_jobs.block_first_attempt, str(tmp_path))]
+        + [Job(sample_jobs.add, i, 1) for i in range(50)])
+    wait_for_pid(str(tmp_path / "started-1"))
+    assert q.counts()["active"] > 1, "no job claimed ahead: the test proves nothing"
+
+    worker.stop(grace=0.2)
+
+    assert q.counts() == expected_counts(pending=1 + len(queued), completed=len(warmup))
+    blocker.refresh()
+    assert blocker.interruptions == 1 and blocker.attempts == 1
+    for job in queued:
+        job.refresh()
+        assert (job.status, job.attempts, job.interruptions) == (PENDING, 0, 0)
+        assert job._row["lease_owner"] is None
+    assert worker.crashes == []
+
+
+# -- 13. the fence ------------------------------------------------------------------------------------
+
+
+def steal(path, job_id, token, expires=None):
+    """Give the job's row to another (imaginary) attempt, as a newer claim would."""
+    with raw_db(path) as conn:
+        changed = conn.execute(
+            "UPDATE litejobs_jobs SET lease_token = ?, lease_owner = 'thief',"
+            " lease_expires = coalesce(?, lease_expires)"
+            " WHERE id = ? AND status = 'active'",
+            (token, expires, job_id)).rowcount
+    assert changed == 1
+
+
+def test_an_outcome_whose_lease_was_lost_is_discarded(q, pool, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="litejobs")
+    # A long lease: nothing renews (and so nothing notices the theft) before
+    # the job returns; the fence on the outcome is what must catch it.
+    worker = pool(lease=30)
+    release = str(tmp_path / "go")
+    job = q.put(Job(sample_jobs.wait_for_file, release))
+    litejobs.wait_for_start(job, timeout=WAIT)
+    steal(q.path, job.id, "another-attempt", expires=time.time() + 600)
+
+    open(release, "w").close()
+    wait_until(lambda: worker.finished["lease lost"] == 1, WAIT, "the discarded outcome")
+
+    row = job_row(q.path, job.id)
+    assert row["status"] == ACTIVE
+    assert row["lease_token"] == "another-attempt"
+    assert row["lease_owner"] == "thief"
+    assert row["result"] is None and row["error"] is None
+    assert worker.finished[COMPLETED] == 0
+    discarded = [r for r in caplog.records if r.name == "litejobs"
+                 and r.levelno == logging.WARNING and "discarded" in r.getMessage()]
+    assert len(discarded) == 1
+    assert f"job {job.id}" in discarded[0].getMessage()
+    assert worker.crashes == []
+    # The pool goes on with other work.
+    assert q.put(Job(sample_jobs.add, 5, 5)).wait(timeout=WAIT) == 10
+
+
+def test_a_lease_lost_on_renewal_stops_the_run(q, pool, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="litejobs")
+    worker = pool(lease=1)  # renewed every 1/3 s: the theft is noticed at once
+    job = q.put(Job(sample_jobs.block_first_attempt, str(tmp_path)))
+    runner = wait_for_pid(str(tmp_path / "started-1"))
+    steal(q.path, job.id, "another-attempt", expires=time.time() + 600)
+
+    wait_until(lambda: not pid_alive(runner), 10, "the run that lost its lease to stop")
+
+    wait_until(lambda: len(live_children(worker)) == 1, WAIT, "a replacement child")
+    row = job_row(q.path, job.id)
+    assert (row["status"], row["lease_token"], row["lease_owner"]) == (
+        ACTIVE, "another-attempt", "thief")
+    assert row["interruptions"] == 0  # the row is the other attempt's: untouched
+    assert worker.crashes == []
+    assert any("lease was lost" in r.getMessage() for r in caplog.records)
+    assert q.put(Job(sample_jobs.add, 6, 6)).wait(timeout=WAIT) == 12
+
+
+# -- 14. retries ------------------------------------------------------------------------------------
+
+
+def test_retry_through_the_pool(q, pool):
+    worker = pool()
+    job = q.put(Job(sample_jobs.flaky, 2), retry=litejobs.Retry(attempts=3, delay=0))
+
+    assert job.wait(timeout=WAIT) == 3
+
+    assert job.attempts == 3 and job.interruptions == 0
+    assert worker.finished == collections.Counter({PENDING: 2, COMPLETED: 1})
+    assert worker.crashes == []
+
+
+# -- 15. the worker row --------------------------------------------------------------------------------
+
+
+def test_the_pool_registers_and_heartbeats_in_the_workers_table(q, pool):
+    worker = pool(processes=2, lease=1.5, queues=["a", "b"])  # heartbeat every 0.5 s
+    row = worker_row(q.path, worker.id)
+    assert row is not None
+    assert row["pid"] == os.getpid()
+    assert row["processes"] == 2
+    assert row["lease"] == 1.5
+    assert row["queues"] == '["a", "b"]'
+    assert row["stopped_at"] is None and row["stop_reason"] is None
+    assert worker.id.startswith("pool@")
+
+    first = row["heartbeat_at"]
+    wait_until(lambda: worker_row(q.path, worker.id)["heartbeat_at"] > first, 10,
+               "a second heartbeat")
+
+    worker.stop(grace=1)
+    row = worker_row(q.path, worker.id)
+    assert row["stopped_at"] is not None
+    assert row["stopped_at"] >= row["heartbeat_at"]
+    assert row["stop_reason"] == "stopped"
+
+
+# -- 16. bad arguments ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "error"), [
+    ({"processes": 0}, ValueError),
+    ({"processes": -1}, ValueError),
+    ({"processes": "2"}, TypeError),
+    ({"lease": -1}, ValueError),
+    ({"lease": 0.01}, ValueError),
+    ({"poll": 0}, ValueError),
+    ({"grace": -1}, ValueError),
+    ({"queues": []}, ValueError),
+    ({"queues": ["a", ""]}, ValueError),
+    ({"max_jobs_per_child": 0}, ValueError),
+    ({"start_method": "bogus"}, ValueError),
+])
+def test_bad_arguments_are_refused(q, options, error):
+    with pytest.raises(error):
+        litejobs.Worker(q.path, **options)
+    assert q.counts() == expected_counts()
+
+
+def test_a_pool_on_a_missing_file_with_create_false(tmp_path):
+    missing = tmp_path / "missing.db"
+    with pytest.raises(litejobs.DatabaseError):
+        litejobs.Worker(missing, processes=1, create=False)
+    assert not missing.exists()
+
+
+# -- 17. pools one after another in one process ---------------------------------------------
+
+
+def test_a_second_pool_starts_and_runs_jobs_after_the_first_stopped(q, pool):
+    """The pattern a script uses twice: ``with q.worker(): ...`` then again."""
+    with q.worker(processes=1) as first:
+        assert q.put(Job(sample_jobs.add, 1, 1)).wait(timeout=WAIT) == 2
+    assert not first.alive
+
+    second = pool(q, through_queue=True)
+    assert q.put(Job(sample_jobs.add, 2, 2)).wait(timeout=WAIT) == 4
+    second.stop(grace=1)
+
+    # Every connection, old or new, in this process or not, sees both jobs.
+    with raw_db(q.path) as conn:
+        assert conn.execute("SELECT count(*) FROM litejobs_jobs"
+                            " WHERE status = 'completed'").fetchone() == (2,)
+    assert q.counts() == expected_counts(completed=2)
