@@ -255,6 +255,23 @@ def test_kill_9_of_a_child_interrupts_its_job_which_runs_again(q, pool, tmp_path
     assert victim not in child_pids(worker)
 
 
+def segfault_on_first_attempt():
+    """Attempt 1 crashes the interpreter with SIGSEGV; later attempts return."""
+    if litejobs.current_job().attempt == 1:
+        import ctypes
+
+        ctypes.string_at(0)  # reads address 0
+    return os.getpid()
+
+
+def test_a_segfault_in_a_job_is_an_interruption_and_the_job_runs_again(q, pool):
+    worker = pool(processes=1)
+    job = q.put(Job(segfault_on_first_attempt))
+    assert job.wait(timeout=WAIT) in child_pids(worker)
+    assert job.attempts == 2 and job.interruptions == 1
+    assert len(worker.crashes) == 1 and "SIGSEGV" in worker.crashes[0]
+
+
 # -- 4. hard timeout ---------------------------------------------------------------------
 
 
