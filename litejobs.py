@@ -2211,6 +2211,7 @@ class _WalWatch:
 
     _IN_MODIFY = 0x002
     _IN_CREATE = 0x100
+    _IN_Q_OVERFLOW = 0x4000
     _IN_NONBLOCK = 0o4000
     _IN_CLOEXEC = 0o2000000
     _EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
@@ -2249,9 +2250,10 @@ class _WalWatch:
                 return seen
             offset = 0
             while offset < len(data):
-                _, _, _, length = self._EVENT.unpack_from(data, offset)
+                _, mask, _, length = self._EVENT.unpack_from(data, offset)
                 start = offset + self._EVENT.size
-                seen = seen or data[start:start + length].rstrip(b"\0") == self._wal_name
+                seen = (seen or mask & self._IN_Q_OVERFLOW != 0  # events were lost
+                        or data[start:start + length].rstrip(b"\0") == self._wal_name)
                 offset = start + length
 
     def close(self) -> None:
@@ -2320,10 +2322,14 @@ def _child_main(conn: Any, options: dict[str, Any]) -> None:
                 pending.extend(message[1])
             elif kind in ("skip", "drain"):
                 unwanted = None if kind == "drain" else set(message[1])
-                kept = [item for item in pending
-                        if unwanted is not None and item[0] not in unwanted]
-                outbox.extend(("skipped", item[0]) for item in pending if item not in kept)
-                pending = collections.deque(kept)
+                kept: collections.deque[tuple[int, dict[str, Any], bytes | None]] = \
+                    collections.deque()
+                for item in pending:
+                    if unwanted is not None and item[0] not in unwanted:
+                        kept.append(item)
+                    else:
+                        outbox.append(("skipped", item[0]))
+                pending = kept
                 flush()
             elif kind == "stop":
                 flush()
@@ -2565,9 +2571,9 @@ class Worker:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop_requested is None:
-            _log.warning("%s received %s: stopping; running jobs get %ss to finish "
-                         "(send it again to stop at once)", self.id,
-                         signal.Signals(signum).name, self.grace)
+            _log.info("%s received %s: stopping; running jobs get %ss to finish "
+                      "(send it again to stop at once)", self.id,
+                      signal.Signals(signum).name, self.grace)
             self._request_stop(self.grace)
         else:
             _log.warning("%s received %s again: stopping at once", self.id,
