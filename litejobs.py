@@ -2264,27 +2264,132 @@ class _WalWatch:
 # -- child processes -------------------------------------------------------------
 
 
-def _child_reader(conn: Any, inbox: queue_module.SimpleQueue[Any]) -> None:
-    """Move the supervisor's messages into ``inbox`` as they arrive, so the
-    supervisor never blocks writing to a child that is busy writing back.
-    Exits the process when the supervisor is gone: its jobs' leases then
-    lapse, and another pool takes them."""
-    parent = multiprocessing.parent_process()
-    watched: list[Any] = [conn] + ([parent.sentinel] if parent is not None else [])
-    while True:
-        ready = multiprocessing.connection.wait(watched)
-        if conn not in ready:
-            os._exit(_ORPHANED_EXIT)
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            os._exit(_ORPHANED_EXIT)
-        inbox.put(message)
-        if message[0] == "stop":
-            return
+class _ChildWork:
+    """A worker process's state, shared by its three threads.
+
+    - The main thread runs jobs, one at a time, in the order they came.
+    - A reader thread takes the supervisor's messages as they arrive, so
+      that "skip" and "drain" act at once, even while a job runs, and the
+      supervisor never blocks writing to a child that is busy writing back.
+      It exits the process when the supervisor is gone: the jobs' leases then
+      lapse, and another pool takes them.
+    - A flusher thread sends outcomes that have waited ``_FLUSH_AFTER``, so
+      a quick job's result never waits for the slow job after it.
+
+    ``running`` is shared memory the supervisor reads: the id of the job
+    running now (0 for none) and when it started on the monotonic clock,
+    which on Linux and macOS is the same for every process.  With it the
+    supervisor kills, times and blames the right job.
+    """
+
+    def __init__(self, conn: Any, running: Any):
+        self.conn = conn
+        self.running = running
+        self.lock = threading.Condition()  # guards the attributes below
+        self.pending: collections.deque[tuple[int, dict[str, Any], bytes | None]] = \
+            collections.deque()
+        self.outbox: list[tuple[Any, ...]] = []
+        self.held_since = 0.0
+        self.stopping = False
+        self._send_lock = threading.Lock()
+
+    def send(self, messages: list[tuple[Any, ...]]) -> None:
+        if messages:
+            with self._send_lock:
+                self.conn.send(messages)
+
+    def _take_outbox(self) -> list[tuple[Any, ...]]:
+        messages, self.outbox = self.outbox, []
+        return messages
+
+    def read(self) -> None:
+        parent = multiprocessing.parent_process()
+        watched: list[Any] = [self.conn] + ([parent.sentinel] if parent is not None else [])
+        while True:
+            if self.conn not in multiprocessing.connection.wait(watched):
+                os._exit(_ORPHANED_EXIT)
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                os._exit(_ORPHANED_EXIT)
+            kind = message[0]
+            with self.lock:
+                if kind == "run":
+                    self.pending.extend(message[1])
+                elif kind in ("skip", "drain"):
+                    unwanted = None if kind == "drain" else set(message[1])
+                    kept: collections.deque[tuple[int, dict[str, Any], bytes | None]] = \
+                        collections.deque()
+                    for item in self.pending:
+                        if unwanted is not None and item[0] not in unwanted:
+                            kept.append(item)
+                        else:
+                            self.outbox.append(("skipped", item[0]))
+                    self.pending = kept
+                elif kind == "stop":
+                    self.stopping = True
+                self.lock.notify_all()
+                reply = self._take_outbox() if kind in ("skip", "drain") else []
+            self.send(reply)
+            if kind == "stop":
+                return
+
+    def flush_held(self) -> None:
+        while True:
+            with self.lock:
+                while not self.outbox and not self.stopping:
+                    self.lock.wait()
+                if self.stopping:
+                    return
+                wait = self.held_since + _FLUSH_AFTER - time.monotonic()
+                if wait > 0:
+                    self.lock.wait(wait)
+                    continue
+                messages = self._take_outbox()
+            self.send(messages)
+
+    def next_job(self) -> tuple[int, dict[str, Any], bytes | None] | None:
+        """The next job to run, marked as running; None once told to stop."""
+        with self.lock:
+            while not self.pending and not self.stopping:
+                idle = self._take_outbox()
+                if idle:  # nothing to run: send what is held, now
+                    self.lock.release()
+                    try:
+                        self.send(idle)
+                    finally:
+                        self.lock.acquire()
+                    continue
+                self.lock.wait()
+            if not self.pending:
+                return None
+            item = self.pending.popleft()
+            timed = item[1]["timeout"] is not None
+            held = self._take_outbox() if timed else []  # time it from its real start
+            self.running[1] = time.monotonic()
+            self.running[0] = item[0]  # written last: the start above is then valid
+        self.send(held)
+        return item
+
+    def finished(self, job_id: int, outcome: _Outcome, seconds: float, timed: bool) -> None:
+        with self.lock:
+            self.running[0] = 0
+            if not self.outbox:
+                self.held_since = time.monotonic()
+                self.lock.notify_all()  # the flusher starts counting
+            self.outbox.append(("done", job_id, outcome.ok, outcome.result, outcome.error,
+                                outcome.error_type, outcome.exc_mro, seconds))
+            full = timed or len(self.outbox) >= _MAX_CHUNK
+            messages = self._take_outbox() if full else []
+        self.send(messages)
+
+    def close(self) -> None:
+        with self.lock:
+            messages = self._take_outbox()
+        self.send(messages)
 
 
-def _child_main(conn: Any, options: dict[str, Any]) -> None:
+def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     """A worker process: run the jobs the supervisor sends, in order, and
     send back their outcomes, batched while jobs are quick."""
     # Stopping is the supervisor's decision: a Ctrl-C or a SIGTERM sent to the
@@ -2294,64 +2399,24 @@ def _child_main(conn: Any, options: dict[str, Any]) -> None:
     if options["log_level"] is not None:
         logging.basicConfig(level=options["log_level"], format=_LOG_FORMAT)
     queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"])
-    inbox: queue_module.SimpleQueue[Any] = queue_module.SimpleQueue()
-    threading.Thread(target=_child_reader, args=(conn, inbox), daemon=True,
-                     name="litejobs-child-reader").start()
-    conn.send([("ready", os.getpid())])
-    pending: collections.deque[tuple[int, dict[str, Any], bytes | None]] = collections.deque()
-    outbox: list[tuple[Any, ...]] = []
-    held_since = 0.0
-
-    def flush() -> None:
-        if outbox:
-            conn.send(outbox[:])
-            outbox.clear()
-
+    work = _ChildWork(conn, running)
+    work.send([("ready", os.getpid())])
+    for target, name in ((work.read, "reader"), (work.flush_held, "flusher")):
+        threading.Thread(target=target, daemon=True, name=f"litejobs-child-{name}").start()
     while True:
-        if pending:
-            try:
-                message = inbox.get_nowait()
-            except queue_module.Empty:
-                message = None
-        else:
-            flush()
-            message = inbox.get()
-        if message is not None:
-            kind = message[0]
-            if kind == "run":
-                pending.extend(message[1])
-            elif kind in ("skip", "drain"):
-                unwanted = None if kind == "drain" else set(message[1])
-                kept: collections.deque[tuple[int, dict[str, Any], bytes | None]] = \
-                    collections.deque()
-                for item in pending:
-                    if unwanted is not None and item[0] not in unwanted:
-                        kept.append(item)
-                    else:
-                        outbox.append(("skipped", item[0]))
-                pending = kept
-                flush()
-            elif kind == "stop":
-                flush()
-                queue.close()
-                return
-            continue
-        job_id, row, payload = pending.popleft()
-        timed = row["timeout"] is not None
-        if timed:
-            flush()  # so the supervisor times this job from its real start
+        item = work.next_job()
+        if item is None:
+            break
+        job_id, row, payload = item
         started = time.perf_counter()
         try:
             outcome = _execute(Job._bound(queue, row), payload)
         except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
             outcome = _Outcome.failure(exc)
-        finished = time.perf_counter()
-        if not outbox:
-            held_since = started
-        outbox.append(("done", job_id, outcome.ok, outcome.result, outcome.error,
-                       outcome.error_type, outcome.exc_mro, finished - started))
-        if timed or len(outbox) >= _MAX_CHUNK or finished - held_since >= _FLUSH_AFTER:
-            flush()
+        work.finished(job_id, outcome, time.perf_counter() - started,
+                      row["timeout"] is not None)
+    work.close()
+    queue.close()
 
 
 # -- the supervisor ----------------------------------------------------------------
@@ -2365,7 +2430,6 @@ class _Assignment:
     token: str
     row: dict[str, Any]
     child: _Child
-    began: float | None = None  # monotonic time the child started it, once known
     skip_sent: bool = False
     lease_lost: bool = False
 
@@ -2373,9 +2437,10 @@ class _Assignment:
 class _Child:
     """One worker process, as its supervisor sees it."""
 
-    def __init__(self, process: Any, conn: Any, number: int):
+    def __init__(self, process: Any, conn: Any, number: int, running: Any):
         self.process = process
         self.conn = conn
+        self.running = running  # shared with the child: see _ChildWork
         self.fd: int = conn.fileno()  # the selector's key, valid after conn closes
         self.number = number
         self.assigned: collections.deque[_Assignment] = collections.deque()
@@ -2387,9 +2452,12 @@ class _Child:
         self.retiring = False
         self.stop_sent = False
 
-    @property
-    def current(self) -> _Assignment | None:
-        return self.assigned[0] if self.assigned else None
+    def running_job(self) -> int:
+        """The id of the job the child is running now, or 0."""
+        return int(self.running[0])
+
+    def running_since(self) -> float:
+        return float(self.running[1])
 
     def send(self, message: tuple[Any, ...]) -> bool:
         try:
@@ -2725,10 +2793,9 @@ class Worker:
         if self._in_flight:
             moments.append(self._next_cancel_check)
         for child in self._children:
-            current = child.current
-            if current is not None and current.began is not None \
-                    and current.row["timeout"] is not None:
-                moments.append(current.began + current.row["timeout"])
+            deadline = self._timeout_deadline(child)
+            if deadline is not None:
+                moments.append(deadline)
         if self._grace_deadline is not None:
             moments.append(self._grace_deadline)
         if self._restart_at is not None:
@@ -2764,20 +2831,20 @@ class Worker:
     def _start_child(self) -> None:
         number = next(self._child_numbers)
         ours, theirs = self._ctx.Pipe(duplex=True)
+        running = self._ctx.RawArray("d", 2)
         options = {"path": self.path, "busy_timeout": self._busy_timeout,
                    "log_level": self._log_level}
-        process = self._ctx.Process(target=_child_main, args=(theirs, options),
+        process = self._ctx.Process(target=_child_main, args=(theirs, options, running),
                                     name=f"litejobs-child-{number}")
         process.start()
         theirs.close()
-        child = _Child(process, ours, number)
+        child = _Child(process, ours, number, running)
         self._children.append(child)
         self._selector.register(child.fd, selectors.EVENT_READ, ("conn", child))
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
         _log.debug("%s started child %d (pid %s)", self.id, number, process.pid)
 
     def _receive(self, child: _Child) -> None:
-        now = time.monotonic()
         while True:
             try:
                 if not child.conn.poll():
@@ -2800,8 +2867,6 @@ class Worker:
                     child.assigned.popleft()
                 else:
                     child.assigned.remove(assignment)
-                if child.assigned and child.assigned[0].began is None:
-                    child.assigned[0].began = now
                 if message[0] == "skipped":
                     self._releases.append(assignment)
                     continue
@@ -2831,6 +2896,7 @@ class Worker:
     def _reap(self, child: _Child) -> None:
         """A child exited: read what it sent last, then settle its jobs."""
         self._receive(child)
+        running = child.running_job()  # what it was running when it died
         child.process.join(timeout=5)
         self._unregister(child, child.fd)
         self._unregister(child, child.process.sentinel)
@@ -2839,42 +2905,47 @@ class Worker:
         how = _describe_exit(child.process.exitcode)
         reason, reason_job = child.kill_reason or (None, None)
         expected = reason is not None or (child.stop_sent and child.process.exitcode == 0)
-        assigned = list(child.assigned)
-        for assignment in assigned:
+        victim = None
+        for assignment in child.assigned:
             self._in_flight.pop(assignment.job_id, None)
-        current = assigned[0] if assigned else None
-        if current is not None:
-            self._settle_killed(current, child, reason, reason_job, how)
-        self._releases.extend(assigned[1:])
+            if assignment.job_id == running:
+                victim = assignment
+                self._settle_killed(assignment, child, reason, reason_job, how)
+            else:  # never started, or ran but its outcome died with the child
+                self._releases.append(assignment)
         if not expected:
             line = (f"child {child.number} (pid {child.process.pid}) {how}"
-                    + (f" while running job {current.job_id} ({current.row['name']})"
-                       if current is not None else ""))
+                    + (f" while running job {victim.job_id} ({victim.row['name']})"
+                       if victim is not None else ""))
             self.crashes.append(line)
             del self.crashes[:-_CRASHES_KEPT]
             _log.error("%s: %s", self.id, line)
         if self._grace_deadline is None:
             self._schedule_restart(child)
 
-    def _settle_killed(self, current: _Assignment, child: _Child, reason: str | None,
+    def _settle_killed(self, running: _Assignment, child: _Child, reason: str | None,
                        reason_job: int | None, how: str) -> None:
-        name = current.row["name"]
-        if reason == "timeout" and reason_job == current.job_id:
-            limit = current.row["timeout"]
-            error = JobTimeout(f"job {current.job_id} ({name}) ran longer than its "
+        """Record how the job a child was running when it died ended."""
+        name = running.row["name"]
+        if reason in ("timeout", "cancel", "lease") and reason_job != running.job_id:
+            # Killed for a job that had just finished: this one was a bystander.
+            self._releases.append(running)
+        elif reason == "timeout":
+            limit = running.row["timeout"]
+            error = JobTimeout(f"job {running.job_id} ({name}) ran longer than its "
                                f"timeout of {limit:g}s, so its process was killed")
-            self._outcomes.append((current, _Outcome.failure(error)))
-        elif reason == "lease" or current.lease_lost:
+            self._outcomes.append((running, _Outcome.failure(error)))
+        elif reason == "lease" or running.lease_lost:
             _log.warning("job %s (%s): this run was stopped because its lease was lost",
-                         current.job_id, name)
-        elif reason == "cancel" and reason_job == current.job_id:
-            self._endings.append((current, CANCELLED, f"job {current.job_id} was "
+                         running.job_id, name)
+        elif reason == "cancel":
+            self._endings.append((running, CANCELLED, f"job {running.job_id} was "
                                   f"cancelled while running, so its process was killed"))
         elif reason == "stop":
-            self._endings.append((current, "interrupt",
+            self._endings.append((running, "interrupt",
                                   f"the pool {self.id} stopped before it ended"))
         else:
-            self._endings.append((current, "interrupt",
+            self._endings.append((running, "interrupt",
                                   f"its worker process (pid {child.process.pid}) {how}"))
 
     def _schedule_restart(self, child: _Child) -> None:
@@ -3069,15 +3140,12 @@ class Worker:
         for row in rows:  # more than the room asked for: cannot happen, but never lose one
             with contextlib.suppress(LitejobsError):
                 self._storage.release(row["id"], token, time.time())
-        now = time.monotonic()
         for child, planned in plan.items():
             batch: list[tuple[int, dict[str, Any], bytes | None]] = []
             for row in planned:
                 payload = row.pop("payload")
                 row.pop("signature")
                 assignment = _Assignment(row["id"], token, row, child)
-                if not child.assigned:
-                    assignment.began = now
                 child.assigned.append(assignment)
                 self._in_flight[row["id"]] = assignment
                 batch.append((row["id"], row, payload))
@@ -3095,11 +3163,9 @@ class Worker:
     def _housekeeping(self) -> None:
         now = time.monotonic()
         for child in self._children:
-            current = child.current
-            if current is not None and current.began is not None \
-                    and current.row["timeout"] is not None and child.kill_reason is None \
-                    and now >= current.began + current.row["timeout"]:
-                child.kill("timeout", current.job_id)
+            deadline = self._timeout_deadline(child)
+            if deadline is not None and now >= deadline:
+                child.kill("timeout", child.running_job())
             if child.retiring and not child.assigned and not child.stop_sent:
                 child.stop_sent = child.send(("stop",))
         if self._restart_at is not None and now >= self._restart_at \
@@ -3162,9 +3228,18 @@ class Worker:
         if assignment is not None and job_id in self._in_flight:
             self._stop_run(assignment, "cancel")
 
+    def _timeout_deadline(self, child: _Child) -> float | None:
+        """When the job the child runs now reaches its timeout, if it has one."""
+        if child.kill_reason is not None:
+            return None
+        assignment = self._in_flight.get(child.running_job())
+        if assignment is None or assignment.row["timeout"] is None:
+            return None
+        return child.running_since() + float(assignment.row["timeout"])
+
     def _stop_run(self, assignment: _Assignment, reason: str) -> None:
         child = assignment.child
-        if child.current is assignment:
+        if child.running_job() == assignment.job_id:
             child.kill(reason, assignment.job_id)
         elif not assignment.skip_sent:
             assignment.skip_sent = child.send(("skip", [assignment.job_id]))
