@@ -104,7 +104,7 @@ import traceback
 import types
 import urllib.parse
 import uuid
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, ContextManager, cast, Iterable, Iterator, Mapping, Protocol, Sequence
 
 ###############################################################################
 # Constants and exceptions
@@ -143,6 +143,10 @@ class LitejobsError(Exception):
 
 class DatabaseError(LitejobsError):
     """The database file cannot be used: missing, read-only, corrupt, not SQLite, or full."""
+
+
+class _DatabaseBusy(DatabaseError):
+    """Another connection held the write lock past the busy timeout."""
 
 
 class SchemaVersionError(DatabaseError):
@@ -566,7 +570,7 @@ def _translate_sqlite_error(exc: sqlite3.Error, path: str) -> DatabaseError:
     text = str(exc)
     lowered = text.lower()
     if "locked" in lowered or "busy" in lowered:
-        return DatabaseError(
+        return _DatabaseBusy(
             f"{path} stayed locked by another connection past the busy timeout ({text}); "
             f"keep write transactions short, or raise busy_timeout"
         )
@@ -680,11 +684,13 @@ class _SQLiteStorage:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
-                 create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+                 create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+                 busy_retries: int = _BUSY_RETRIES):
         self.path = os.path.abspath(os.fspath(path))
         self.durable = durable
         self.create = create
         self.busy_timeout = busy_timeout
+        self.busy_retries = busy_retries
         self._pid = os.getpid()
         self._connections: dict[int, sqlite3.Connection] = {}
         self._writing: set[int] = set()  # threads inside write()
@@ -913,12 +919,12 @@ class _SQLiteStorage:
                 self._writing.discard(thread)
 
     def _begin(self, conn: sqlite3.Connection) -> None:
-        for attempt in range(_BUSY_RETRIES):
+        for attempt in range(self.busy_retries):
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 return
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or attempt == _BUSY_RETRIES - 1:
+                if not _is_busy(exc) or attempt == self.busy_retries - 1:
                     raise
                 time.sleep(random.uniform(0.001, 0.05))
 
@@ -2171,6 +2177,9 @@ _CHILD_START_BACKOFF = (0.1, 5.0)  # restart delay after a child dies young
 _ORPHANED_EXIT = 75  # exit status of a child whose supervisor is gone
 _MIN_LEASE = 0.1  # seconds; renewals come every lease / 3
 _CRASHES_KEPT = 1000  # Worker.crashes keeps the latest this many
+_SUPERVISOR_BUSY_TIMEOUT = 1.0  # seconds a supervisor waits for the write lock
+_BUSY_BACKOFF = 0.05  # seconds before a supervisor retries after a busy database
+_MAX_YOUNG_DEATHS = 8  # children dying before they are ready, in a row, stop a pool
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -2541,8 +2550,12 @@ class Worker:
         self.start_method = start_method
         self.burst = bool(burst)
         self.id = _owner_id("pool")
-        self._storage: _Storage = _SQLiteStorage(path, durable=False, create=create,
-                                                 busy_timeout=busy_timeout)
+        # Short waits for the write lock: a supervisor blocked on another
+        # connection's long transaction could neither kill timed-out jobs nor
+        # renew leases.  It retries soon instead, keeping what it must write.
+        self._storage: _Storage = _SQLiteStorage(
+            path, durable=False, create=create, busy_retries=1,
+            busy_timeout=min(busy_timeout, self.lease / 6, _SUPERVISOR_BUSY_TIMEOUT))
         self.path = self._storage.path
         self._busy_timeout = busy_timeout
         self._file_identity = self._identify_file()
@@ -2550,11 +2563,15 @@ class Worker:
         self.crashes: list[str] = []
         #: Jobs this pool has recorded an outcome for, by status.
         self.finished: collections.Counter[str] = collections.Counter()
+        #: Records about jobs that could not be written (the jobs run again
+        #: once their leases run out).
+        self.dropped = 0
         self._log_level: int | None = None
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
         self._stop_requested: float | None = None  # the grace asked for
+        self._stop_deadline: float | None = None  # when that grace ends (monotonic)
         self._stop_now = False
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -2650,8 +2667,10 @@ class Worker:
             self._wake()
 
     def _request_stop(self, grace: float) -> None:
-        if self._stop_requested is None or grace < self._stop_requested:
+        deadline = time.monotonic() + grace
+        if self._stop_deadline is None or deadline < self._stop_deadline:
             self._stop_requested = grace
+            self._stop_deadline = deadline
         self._wake()
 
     def _wake(self) -> None:
@@ -2672,6 +2691,7 @@ class Worker:
         if self._wal_watch is not None:
             self._selector.register(self._wal_watch.fd, selectors.EVENT_READ, ("wal", None))
         self._job_seconds: float | None = None
+        self._last_wal_event = 0.0
         self._timed_jobs = 0
         self._drained = False
         self._changed = False
@@ -2681,7 +2701,7 @@ class Worker:
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
         self._next_cancel_check = 0.0
-        self._retry_claims_at = 0.0
+        self._retry_writes_at = 0.0
         self._child_numbers = itertools.count(1)
         self._young_deaths = 0
         self._restart_at: float | None = None
@@ -2702,6 +2722,10 @@ class Worker:
                 self._start_child()
             self._ready.set()
             self._loop()
+            if self.burst and self.dropped:
+                raise LitejobsError(
+                    f"{self.dropped} records about jobs could not be written; those jobs "
+                    f"run again once their leases run out")
         except BaseException as exc:
             self._error = exc
             stop_reason = f"failed: {type(exc).__name__}: {exc}"
@@ -2724,6 +2748,8 @@ class Worker:
         while True:
             if self._stop_requested is not None and self._grace_deadline is None:
                 self._begin_stop()
+            if self._grace_deadline is not None and self._stop_deadline is not None:
+                self._grace_deadline = min(self._grace_deadline, self._stop_deadline)
             if self._stop_now and self._grace_deadline is not None:
                 self._grace_deadline = min(self._grace_deadline, time.monotonic())
             if self._grace_deadline is not None:
@@ -2738,6 +2764,7 @@ class Worker:
                 break
             for key, _ in self._wait():
                 self._on_ready(key.data)
+            self._enforce_timeouts()
             self._write_and_claim()
             self._housekeeping()
         self._stop_children()
@@ -2751,7 +2778,8 @@ class Worker:
     def _wait(self) -> list[tuple[selectors.SelectorKey, int]]:
         """Wait for a child's message or exit, a wake-up, or the next timer."""
         can_claim = self._claiming() and self._free_slots() > 0
-        if self._unwritten() or (can_claim and self._should_claim()):
+        writable = time.monotonic() >= self._retry_writes_at
+        if (writable and self._unwritten()) or (can_claim and self._should_claim()):
             return self._selector.select(0)
         timeout = self._wait_time(can_claim)
         if not (can_claim and self._drained):
@@ -2760,7 +2788,6 @@ class Worker:
         # New work shows as a change of the database: wait for a write to the
         # WAL if inotify tells of them, else poll every few milliseconds.
         deadline = time.monotonic() + timeout
-        settle_until = 0.0
         next_check = 0.0
         while True:
             now = time.monotonic()
@@ -2772,19 +2799,20 @@ class Worker:
                     self._data_version = version
                     self._changed = True
                     return []
+                since_write = now - self._last_wal_event
                 if self._wal_watch is None:
                     next_check = now + _IDLE_CHECK_INTERVAL
-                elif now < settle_until:
+                elif since_write < _SETTLE_CHECKS[1]:
                     next_check = now + _SETTLE_CHECKS[0]
-                else:
-                    next_check = now + _SAFETY_CHECK_INTERVAL
+                else:  # a slow fsync: back off gradually, not at once
+                    next_check = now + min(_SAFETY_CHECK_INTERVAL, since_write)
             events = self._selector.select(max(0.0, min(next_check, deadline) - now))
             other = [event for event in events if event[0].data is None
                      or event[0].data[0] != "wal"]
             if other:
                 return other
             if events and self._wal_watch is not None and self._wal_watch.written():
-                settle_until = time.monotonic() + _SETTLE_CHECKS[1]
+                self._last_wal_event = time.monotonic()
                 next_check = 0.0  # at once; then every millisecond until it shows
 
     def _wait_time(self, can_claim: bool) -> float:
@@ -2798,10 +2826,10 @@ class Worker:
                 moments.append(deadline)
         if self._grace_deadline is not None:
             moments.append(self._grace_deadline)
-        if self._restart_at is not None:
+        if self._restart_at is not None and self._grace_deadline is None:
             moments.append(self._restart_at)
-        if self._retry_claims_at > now:
-            moments.append(self._retry_claims_at)  # backing off after a database error
+        if self._retry_writes_at > now:
+            moments.append(self._retry_writes_at)  # backing off after a database error
         elif can_claim:
             moments.append(self._next_poll)
             if self._next_due is not None:
@@ -2815,7 +2843,8 @@ class Worker:
                     pass
         elif data[0] == "wal":
             assert self._wal_watch is not None
-            self._wal_watch.written()  # outside the idle wait, work is looked for anyway
+            if self._wal_watch.written():  # the idle wait that follows checks closely
+                self._last_wal_event = time.monotonic()
         elif data[1] not in self._children:
             return  # reaped earlier in this batch of events; its fds may be reused
         elif data[0] == "conn":
@@ -2824,7 +2853,7 @@ class Worker:
             self._reap(data[1])
 
     def _claiming(self) -> bool:
-        return self._grace_deadline is None and time.monotonic() >= self._retry_claims_at
+        return self._grace_deadline is None and time.monotonic() >= self._retry_writes_at
 
     # -- children -----------------------------------------------------------
 
@@ -2951,6 +2980,11 @@ class Worker:
     def _schedule_restart(self, child: _Child) -> None:
         if not child.ready and child.kill_reason is None:
             self._young_deaths += 1  # a child that cannot start: do not spin
+            if self._young_deaths >= _MAX_YOUNG_DEATHS:
+                raise LitejobsError(
+                    f"worker processes keep dying before they are ready ({self._young_deaths} "
+                    f"in a row; the last {_describe_exit(child.process.exitcode)}); see "
+                    f"their output above.  Can they import litejobs and open {self.path}?")
             low, high = _CHILD_START_BACKOFF
             delay = min(high, low * 2 ** (self._young_deaths - 1))
             _log.error("%s: child %d %s before it was ready; starting another in %.1fs",
@@ -3016,69 +3050,113 @@ class Worker:
         return sum(self._room(child, chunk, most) for child in self._children)
 
     def _write_and_claim(self) -> None:
+        """Record what the children reported and claim more, in one transaction."""
+        if time.monotonic() < self._retry_writes_at:
+            return
         want = self._free_slots() if self._claiming() and self._should_claim() else 0
         if not want and not self._unwritten():
             return
-        outcomes, self._outcomes = self._outcomes, []
-        endings, self._endings = self._endings, []
-        releases, self._releases = self._releases, []
+        writes: list[tuple[str, _Assignment, Any]] = (
+            [("outcome", assignment, outcome) for assignment, outcome in self._outcomes]
+            + [(how, assignment, reason) for assignment, how, reason in self._endings]
+            + [("release", assignment, None) for assignment in self._releases])
+        self._outcomes, self._endings, self._releases = [], [], []
         now = time.time()
-        written: list[tuple[_Assignment, _Outcome, str | None]] = []
-        claimed: list[dict[str, Any]] = []
-        token = ""
+        token, claimed = "", cast(list[dict[str, Any]], [])
         try:
             with self._storage.write():
-                for assignment, outcome in outcomes:
-                    written.append((assignment, outcome,
-                                    self._fenced(_record, assignment, outcome, now)))
-                for assignment, how, reason in endings:
-                    write = self._interrupt if how == "interrupt" else self._cancelled
-                    status = self._fenced(write, assignment, reason, now)
-                    if how == "interrupt":
-                        _log.warning("job %s (%s) was interrupted: %s; it is now %s",
-                                     assignment.job_id, assignment.row["name"], reason,
-                                     status or "another worker's")
-                    else:
-                        _log.info("%s", reason)
-                for assignment in releases:
-                    self._fenced(self._release, assignment, None, now)
+                results = [(kind, assignment, detail, self._write(kind, assignment, detail, now))
+                           for kind, assignment, detail in writes]
                 if want:
                     token, claimed = self._storage.claim(
                         owner=self.id, queues=self.queues, now=now,
                         expires=now + self.lease, limit=want)
+        except _DatabaseBusy as exc:
+            # Keep everything, and try again shortly.
+            _log.debug("%s: %s; retrying", self.id, exc)
+            self._keep_for_later(writes)
+            self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
+            return
         except DatabaseError as exc:
             self._check_file()
-            _log.error("%s could not record %d outcomes or claim jobs: %s; those jobs "
-                       "run again once their leases run out", self.id,
-                       len(outcomes) + len(endings) + len(releases), exc)
-            self._retry_claims_at = time.monotonic() + 1.0
-            return
-        if endings or releases or any(status == PENDING for _, _, status in written):
-            self._drained = False  # jobs went back to pending: look again
-        for assignment, outcome, status in written:
-            self._log_outcome(assignment, outcome, status)
+            _log.error("%s could not write %d records and claims together: %s; writing "
+                       "each on its own", self.id, len(writes), exc)
+            results = self._write_each(writes, now)
+            self._retry_writes_at = time.monotonic() + 1.0
+            want = 0
+        self._after_writes(results)
         if want:
             self._after_claim(want, token, claimed)
 
-    def _fenced(self, write: Callable[..., str], assignment: _Assignment, detail: Any,
-                now: float) -> str | None:
+    def _keep_for_later(self, writes: list[tuple[str, _Assignment, Any]]) -> None:
+        for kind, assignment, detail in writes:
+            if kind == "outcome":
+                self._outcomes.append((assignment, detail))
+            elif kind == "release":
+                self._releases.append(assignment)
+            else:
+                self._endings.append((assignment, kind, detail))
+
+    def _write(self, kind: str, assignment: _Assignment, detail: Any,
+               now: float) -> str | None:
+        """One fenced write; the status it left, or None if the lease was lost."""
+        job_id, token = assignment.job_id, assignment.token
         try:
-            if write is _record:
-                return _record(self._storage, assignment.row, assignment.token, detail, now)
-            return write(assignment, detail, now)
+            if kind == "outcome":
+                return _record(self._storage, assignment.row, token, detail, now)
+            if kind == "interrupt":
+                return self._storage.interrupt(job_id, token, now,
+                                               f"job {job_id} was interrupted: {detail}")
+            if kind == CANCELLED:
+                return self._storage.finish(job_id, token, status=CANCELLED, now=now,
+                                            error=detail + "\n")
+            return self._storage.release(job_id, token, now)
         except LeaseLost:
             return None
 
-    def _interrupt(self, assignment: _Assignment, reason: str, now: float) -> str:
-        return self._storage.interrupt(assignment.job_id, assignment.token, now,
-                                       f"job {assignment.job_id} was interrupted: {reason}")
+    def _write_each(self, writes: list[tuple[str, _Assignment, Any]],
+                    now: float) -> list[tuple[str, _Assignment, Any, str | None]]:
+        """After a batch failed: write each record alone, so that one that
+        cannot be written (a result too big, say) does not sink the rest.
+        An outcome that fails alone is recorded as a failure saying why; what
+        still fails is dropped, and its job runs again once its lease runs out."""
+        results = []
+        for kind, assignment, detail in writes:
+            try:
+                status = self._write(kind, assignment, detail, now)
+            except DatabaseError as exc:
+                if kind != "outcome":
+                    self._drop(assignment, exc)
+                    continue
+                detail = _Outcome.failure(LitejobsError(
+                    f"the outcome of job {assignment.job_id} ({assignment.row['name']}) "
+                    f"could not be stored: {exc}"))
+                try:
+                    status = self._write(kind, assignment, detail, now)
+                except DatabaseError as again:
+                    self._drop(assignment, again)
+                    continue
+            results.append((kind, assignment, detail, status))
+        return results
 
-    def _cancelled(self, assignment: _Assignment, reason: str, now: float) -> str:
-        return self._storage.finish(assignment.job_id, assignment.token, status=CANCELLED,
-                                    now=now, error=reason + "\n")
+    def _drop(self, assignment: _Assignment, exc: DatabaseError) -> None:
+        self.dropped += 1
+        _log.error("job %s (%s): what happened to it could not be written (%s); it runs "
+                   "again once its lease runs out", assignment.job_id,
+                   assignment.row["name"], exc)
 
-    def _release(self, assignment: _Assignment, _: Any, now: float) -> str:
-        return self._storage.release(assignment.job_id, assignment.token, now)
+    def _after_writes(self, results: list[tuple[str, _Assignment, Any, str | None]]) -> None:
+        for kind, assignment, detail, status in results:
+            if kind == "outcome":
+                self._log_outcome(assignment, detail, status)
+            elif kind == "interrupt":
+                _log.warning("job %s (%s) was interrupted: %s; it is now %s",
+                             assignment.job_id, assignment.row["name"], detail,
+                             status or "another worker's")
+            elif kind == CANCELLED and status is not None:
+                _log.info("%s", detail)
+            if kind != "outcome" or status == PENDING:
+                self._drained = False  # a job went back to pending: look again
 
     def _log_outcome(self, assignment: _Assignment, outcome: _Outcome,
                      status: str | None) -> None:
@@ -3160,12 +3238,18 @@ class Worker:
 
     # -- housekeeping -----------------------------------------------------------
 
-    def _housekeeping(self) -> None:
+    def _enforce_timeouts(self) -> None:
+        """Kill the children whose job ran past its timeout.  It touches no
+        database, and runs before anything that might wait for one."""
         now = time.monotonic()
         for child in self._children:
             deadline = self._timeout_deadline(child)
             if deadline is not None and now >= deadline:
                 child.kill("timeout", child.running_job())
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        for child in self._children:
             if child.retiring and not child.assigned and not child.stop_sent:
                 child.stop_sent = child.send(("stop",))
         if self._restart_at is not None and now >= self._restart_at \
@@ -3182,14 +3266,22 @@ class Worker:
 
     def _heartbeat(self, now: float) -> None:
         self._check_file()
-        self._next_heartbeat = now + self._heartbeat_interval
         renew = now >= self._next_renewal
-        if renew:
-            self._next_renewal = now + self.lease / 3
         leases = [(a.job_id, a.token) for a in self._in_flight.values()] if renew else None
         wall = time.time()
         try:
             alive, lost = self._storage.heartbeat(self.id, leases, wall + self.lease, wall)
+        except _DatabaseBusy as exc:
+            _log.debug("%s: %s; retrying the heartbeat", self.id, exc)
+            self._next_heartbeat = now + _BUSY_BACKOFF  # the renewal stays due too
+            return
+        except DatabaseError as exc:
+            alive, lost = True, []
+            _log.error("%s could not record its heartbeat: %s", self.id, exc)
+        self._next_heartbeat = now + self._heartbeat_interval
+        if renew:
+            self._next_renewal = now + self.lease / 3
+        try:
             if not alive:
                 _log.error("%s had been marked stopped by another pool, as it missed "
                            "its heartbeats; its jobs were recovered, and it carries on",
@@ -3256,7 +3348,8 @@ class Worker:
 
     def _begin_stop(self) -> None:
         grace = self._stop_requested or 0.0
-        self._grace_deadline = time.monotonic() + (0.0 if self._stop_now else grace)
+        self._grace_deadline = time.monotonic() if self._stop_now else \
+            (self._stop_deadline or time.monotonic())
         _log.info("%s stopping: %d jobs running, %.3gs grace", self.id,
                   len(self._in_flight), grace)
         for child in self._children:
