@@ -397,6 +397,8 @@ SELECT * FROM (
 # SQLite allows at most 500 terms in a compound SELECT).
 _MAX_QUEUE_RANGES = 16
 
+_WORKER_ROWS_KEPT = 7 * 86400.0  # seconds a stopped pool's row is kept
+
 # Fails, in one statement, every job still pending past its begin_by deadline.
 # The error reads like a formatted DeadlineExceeded; strftime's %f gives SS.SSS.
 # {queues} is "" (every queue) or " AND queue IN (:queue0, ...)".
@@ -489,6 +491,15 @@ _HEARTBEAT = """
 UPDATE litejobs_workers SET heartbeat_at = :now
 WHERE id = :id AND stopped_at IS NULL
 """
+
+_SELECT_WORKERS = """
+SELECT w.*, (SELECT count(*) FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
+             WHERE status = 'active' AND lease_owner = w.id) AS jobs
+FROM litejobs_workers AS w
+ORDER BY w.started_at DESC
+"""
+
+_PRUNE_WORKERS = "DELETE FROM litejobs_workers WHERE stopped_at < :before"
 
 # A pool that others took for dead, but that was only slow, is alive again.
 _REVIVE_WORKER = """
@@ -664,6 +675,7 @@ class _Storage(Protocol):
                         queues: Sequence[str] | None, lease: float, now: float) -> None: ...
     def heartbeat(self, worker_id: str, leases: Iterable[tuple[int, str]] | None,
                   expires: float, now: float) -> tuple[bool, list[int]]: ...
+    def fetch_workers(self) -> list[dict[str, Any]]: ...
     def stop_worker(self, worker_id: str, now: float, reason: str) -> None: ...
     def recover_silent_workers(self, worker_id: str, now: float, silent_for: float,
                                is_gone: Callable[[Mapping[str, Any]], str | None]
@@ -1138,7 +1150,9 @@ class _SQLiteStorage:
 
     def register_worker(self, worker_id: str, *, host: str, pid: int, processes: int,
                         queues: Sequence[str] | None, lease: float, now: float) -> None:
+        """Add a pool to the table, and forget pools stopped over a week ago."""
         with self.write() as conn:
+            conn.execute(_PRUNE_WORKERS, {"before": now - _WORKER_ROWS_KEPT})
             conn.execute(_REGISTER_WORKER, {
                 "id": worker_id, "host": host, "pid": pid, "processes": processes,
                 "queues": None if queues is None else json.dumps(list(queues)),
@@ -1155,6 +1169,12 @@ class _SQLiteStorage:
                 conn.execute(_REVIVE_WORKER, {"id": worker_id, "now": now})
             lost = [] if leases is None else self.renew(leases, expires)
         return alive, lost
+
+    def fetch_workers(self) -> list[dict[str, Any]]:
+        """Every registered pool, newest first, with how many jobs it holds."""
+        with self.read() as conn:
+            cursor = conn.execute(_SELECT_WORKERS)
+            return [_as_dict(cursor, row) for row in cursor.fetchall()]
 
     def stop_worker(self, worker_id: str, now: float, reason: str) -> None:
         with self.write() as conn:
@@ -2050,6 +2070,29 @@ class Queue:
         """How many jobs are in each status (every status is present)."""
         found = self._storage.counts(queue)
         return {status: found.get(status, 0) for status in STATUSES}
+
+    def workers(self) -> list[dict[str, Any]]:
+        """The worker pools registered on this file, newest first.
+
+        Each is a dict: ``id``, ``host``, ``pid``, ``processes``, ``queues``
+        (a list, or None for every queue), ``lease``, ``started_at``,
+        ``heartbeat_at`` and ``stopped_at`` (aware datetimes; ``stopped_at``
+        None while running), ``stop_reason``, ``jobs`` (the jobs it holds now),
+        and ``alive``: not stopped, heartbeating within its lease, and, on
+        this host, its process still there.
+        """
+        now = time.time()
+        here = socket.gethostname()
+        pools = []
+        for row in self._storage.fetch_workers():
+            alive = (row["stopped_at"] is None and row["heartbeat_at"] + row["lease"] >= now
+                     and (row["host"] != here or _pid_alive(row["pid"])))
+            pools.append({
+                **row, "queues": None if row["queues"] is None else json.loads(row["queues"]),
+                "started_at": _to_datetime(row["started_at"]),
+                "heartbeat_at": _to_datetime(row["heartbeat_at"]),
+                "stopped_at": _to_datetime(row["stopped_at"]), "alive": alive})
+        return pools
 
     # -- running here --------------------------------------------------------
 
@@ -3543,6 +3586,26 @@ def _command_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_workers(args: argparse.Namespace) -> int:
+    with Queue(args.database, create=False) as q:
+        pools = q.workers()
+    if not pools:
+        print(f"no worker pool has run on {q.path}")
+        return 0
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for pool in pools:
+        state = "alive" if pool["alive"] else ("stopped" if pool["stopped_at"] else "gone")
+        queues = ",".join(pool["queues"]) if pool["queues"] else "all queues"
+        beat = (now - pool["heartbeat_at"]).total_seconds()
+        print(f"{pool['id']}  {state:7}  pid {pool['pid']} on {pool['host']}, "
+              f"{pool['processes']} processes, {queues}, lease {pool['lease']:g}s, "
+              f"{pool['jobs']} jobs running, last heartbeat {beat:.1f}s ago")
+        if pool["stopped_at"] is not None:
+            print(f"    stopped {_format_time(pool['stopped_at'].timestamp())}: "
+                  f"{pool['stop_reason']}")
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="litejobs",
@@ -3597,6 +3660,15 @@ def _build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error", "critical"],
                         help="log level of the litejobs logger, on stderr (default info)")
     worker.set_defaults(handler=_command_worker)
+
+    workers = commands.add_parser(
+        "workers", help="list the worker pools that have served a database",
+        description="List the worker pools registered on DATABASE, newest first: alive, "
+                    "stopped (with why), or gone (no heartbeat within its lease, or no "
+                    "process with its pid on this host).  Stopped pools are listed for "
+                    "a week.")
+    workers.add_argument("database", metavar="DATABASE", help="the litejobs database file")
+    workers.set_defaults(handler=_command_workers)
     return parser
 
 

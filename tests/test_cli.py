@@ -2,13 +2,17 @@
 
 import os
 import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
 import litejobs
+import sample_jobs
 
 ROOT = os.path.dirname(os.path.abspath(litejobs.__file__))
 
@@ -135,3 +139,74 @@ def test_demo_without_openssl_makes_the_key_in_python(monkeypatch, capsys):
 
 def test_the_demo_key_always_has_the_bits_asked_for():
     assert {litejobs._demo_rsa_key(256)["bits"] for _ in range(40)} == {256}
+
+
+# -- which pools are alive -------------------------------------------------------
+
+
+def _finished_pid():
+    """The pid of a process that has exited (and been reaped)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, timeout=60)
+    return int(done.stdout)
+
+
+def _insert_pool_row(path, pool_id, *, pid, heartbeat_at, stopped_at=None):
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(
+        "INSERT INTO litejobs_workers (id, host, pid, processes, queues, lease, started_at,"
+        " heartbeat_at, stopped_at) VALUES (?, ?, ?, 1, NULL, 30, ?, ?, ?)",
+        (pool_id, socket.gethostname(), pid, heartbeat_at, heartbeat_at, stopped_at))
+    conn.close()
+
+
+def test_workers_lists_a_running_pool_then_says_it_stopped(q, tmp_path, capsys):
+    marker = tmp_path / "go"
+    with litejobs.Worker(q, processes=1) as worker:
+        job = q.put(litejobs.Job(sample_jobs.wait_for_file, str(marker)))
+        litejobs.wait_for_start(job, timeout=30)
+        (pool,) = q.workers()
+        assert pool["id"] == worker.id and pool["alive"] is True
+        assert (pool["pid"], pool["processes"], pool["queues"], pool["jobs"]) == \
+            (os.getpid(), 1, None, 1)
+        assert pool["stopped_at"] is None
+        assert litejobs.main(["workers", q.path]) == 0
+        line = capsys.readouterr().out.splitlines()[0]
+        assert line.startswith(f"{worker.id}  alive") and "1 jobs running" in line
+        marker.write_text("")
+        assert job.wait(timeout=30) == 1
+    (pool,) = q.workers()
+    assert pool["alive"] is False and pool["stop_reason"] == "stopped"
+    assert pool["stopped_at"] is not None and pool["jobs"] == 0
+    assert litejobs.main(["workers", q.path]) == 0
+    out = capsys.readouterr().out
+    assert f"{worker.id}  stopped" in out and ": stopped" in out
+
+
+def test_a_pool_whose_process_is_gone_is_not_alive(q):
+    _insert_pool_row(q.path, "pool@gone", pid=_finished_pid(), heartbeat_at=time.time())
+    _insert_pool_row(q.path, "pool@silent", pid=os.getpid(), heartbeat_at=time.time() - 60)
+    _insert_pool_row(q.path, "pool@me", pid=os.getpid(), heartbeat_at=time.time())
+    alive = {pool["id"]: pool["alive"] for pool in q.workers()}
+    assert alive == {"pool@gone": False, "pool@silent": False, "pool@me": True}
+
+
+def test_starting_a_pool_forgets_pools_stopped_over_a_week_ago(q):
+    old = time.time() - 8 * 86400
+    _insert_pool_row(q.path, "pool@old", pid=1, heartbeat_at=old, stopped_at=old)
+    _insert_pool_row(q.path, "pool@recent", pid=1, heartbeat_at=old, stopped_at=time.time())
+    with litejobs.Worker(q, processes=1) as worker:
+        ids = {pool["id"] for pool in q.workers()}
+    assert ids == {"pool@recent", worker.id}
+
+
+def test_workers_on_a_database_no_pool_has_served(q, capsys):
+    assert litejobs.main(["workers", q.path]) == 0
+    assert capsys.readouterr().out.startswith("no worker pool has run on")
+
+
+def test_workers_on_a_missing_database_is_a_one_line_error(tmp_path, capsys):
+    missing = tmp_path / "missing.db"
+    assert litejobs.main(["workers", str(missing)]) == 1
+    assert capsys.readouterr().err.startswith("litejobs: error: no database at")
+    assert not missing.exists()
