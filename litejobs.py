@@ -2547,7 +2547,8 @@ class Worker:
     - ``max_jobs_per_child``: replace each child after this many jobs, to
       contain memory leaks in job code.
     - ``start_method``: how children start, ``"spawn"`` (the default, safe
-      everywhere), ``"forkserver"`` or ``"fork"``.
+      everywhere), ``"forkserver"`` or ``"fork"`` (only with `run` in a
+      process without other threads: a fork copies their locks).
     - ``burst``: run what is due, then stop.
 
     Under ``spawn``, children import the main module again, so a script that
@@ -2652,8 +2653,9 @@ class Worker:
             raise self._error
 
     def start(self) -> Worker:
-        """Run the pool in a background thread; return once its children are
-        up.  Stop it with `stop`, or use the worker as a context manager."""
+        """Run the pool in a background thread; return once it has registered
+        and started its worker processes, which take jobs as soon as each has
+        started up.  Stop it with `stop`, or use the worker as a context manager."""
         if self._thread is not None:
             raise LitejobsError(f"{self!r} was started already")
         self._thread = threading.Thread(target=self._serve, daemon=True,
