@@ -2321,8 +2321,9 @@ class _ChildWork:
 
     - The main thread runs jobs, one at a time, in the order they came.
     - A reader thread takes the supervisor's messages as they arrive, so
-      that "skip" and "drain" act at once, even while a job runs, and the
-      supervisor never blocks writing to a child that is busy writing back.
+      that "skip" and "drain" act at once, even while a job runs.  It never
+      sends, so it always keeps reading: the supervisor's writes to a child
+      cannot block for long, even while the child waits to write back.
       It exits the process when the supervisor is gone: the jobs' leases then
       lapse, and another pool takes them.
     - A flusher thread sends outcomes that have waited ``_FLUSH_AFTER``, so
@@ -2378,11 +2379,10 @@ class _ChildWork:
                         else:
                             self.outbox.append(("skipped", item[0]))
                     self.pending = kept
+                    self.held_since = 0.0  # the flusher sends the replies at once
                 elif kind == "stop":
                     self.stopping = True
                 self.lock.notify_all()
-                reply = self._take_outbox() if kind in ("skip", "drain") else []
-            self.send(reply)
             if kind == "stop":
                 return
 
