@@ -3127,7 +3127,7 @@ class Worker:
             _log.error("%s could not write %d records and claims together: %s; writing "
                        "each on its own", self.id, len(writes), exc)
             results = self._write_each(writes, now)
-            self._retry_writes_at = time.monotonic() + 1.0
+            self._retry_writes_at = max(self._retry_writes_at, time.monotonic() + 1.0)
             want = 0
         self._after_writes(results)
         if want:
@@ -3166,9 +3166,14 @@ class Worker:
         An outcome that fails alone is recorded as a failure saying why; what
         still fails is dropped, and its job runs again once its lease runs out."""
         results = []
-        for kind, assignment, detail in writes:
+        for index, (kind, assignment, detail) in enumerate(writes):
             try:
                 status = self._write(kind, assignment, detail, now)
+            except _DatabaseBusy:
+                # Locked by another connection: nothing wrong with the rest.
+                self._keep_for_later(writes[index:])
+                self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
+                break
             except DatabaseError as exc:
                 if kind != "outcome":
                     self._drop(assignment, exc)
@@ -3178,6 +3183,11 @@ class Worker:
                     f"could not be stored: {exc}"))
                 try:
                     status = self._write(kind, assignment, detail, now)
+                except _DatabaseBusy:
+                    self._keep_for_later(writes[index + 1:])
+                    self._keep_for_later([(kind, assignment, writes[index][2])])
+                    self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
+                    break
                 except DatabaseError as again:
                     self._drop(assignment, again)
                     continue

@@ -215,7 +215,11 @@ class Pool:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "litejobs", "worker", path, "-p", str(processes),
              "--log-level", "warning"], env=env)
-        self.wait_ready(processes)
+        try:
+            self.wait_ready(processes)
+        except BaseException:
+            self.close()
+            raise
 
     def wait_ready(self, processes: int) -> None:
         """Until its workers take jobs: a job per worker process has run."""

@@ -2,9 +2,10 @@
 has it, polling ``PRAGMA data_version`` where it does not.
 
 The pool tests pin the other ways a job could be noticed far out of reach
-(``poll=60``, and a 60 s safety check), so a job that starts within the wait's
-timeout was noticed by the mechanism under test.  Nothing here asserts a
-speed; bench/run.py measures the latency.
+(``poll=60``, a 60 s safety check, and heartbeats a minute apart: each
+heartbeat ends the idle wait, and the pool then looks for work), so a job that
+starts within the wait's timeout was noticed by the mechanism under test.
+Nothing here asserts a speed; bench/run.py measures the latency.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import select
 import sys
+import time
 
 import pytest
 
@@ -52,15 +54,64 @@ def test_no_watch_off_linux(monkeypatch, q):
 
 @pytest.fixture
 def slow_fallbacks(monkeypatch):
-    """Only the mechanism under test can notice a job within the test's wait."""
+    """Only the mechanism under test can notice a job within the test's wait.
+
+    Worker options, with the module's timers patched: the heartbeat comes
+    every min(_HEARTBEAT_INTERVAL, lease / 3) seconds, 2 s by default, and
+    would otherwise wake an idle pool that often."""
     monkeypatch.setattr(litejobs, "_SAFETY_CHECK_INTERVAL", 60.0)
-    return {"poll": 60.0}
+    monkeypatch.setattr(litejobs, "_HEARTBEAT_INTERVAL", 60.0)
+    return {"poll": 60.0, "lease": 300.0}
+
+
+def _record_claims_and_checks(worker):
+    """Record, in order, the pool's claims and its idle checks for changes
+    (with the ``data_version`` each read): ``[("claim", None), ("check", 7), ...]``."""
+    events = []
+    storage = worker._storage
+    claim, data_version = storage.claim, storage.data_version
+
+    def recorded_claim(**options):
+        claimed = claim(**options)
+        events.append(("claim", None))
+        return claimed
+
+    def recorded_data_version():
+        version = data_version()
+        events.append(("check", version))
+        return version
+
+    storage.claim, storage.data_version = recorded_claim, recorded_data_version
+    return events
+
+
+def _waiting_idle(events):
+    """Whether the pool's last act was an idle check that found no change
+    since the check before: it then waits for the mechanism under test."""
+    events = list(events)
+    checks = [version for kind, version in events if kind == "check"]
+    return (bool(events) and events[-1][0] == "check" and len(checks) >= 2
+            and checks[-1] == checks[-2])
+
+
+def _wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
 
 
 def _put_on_an_idle_pool(q, worker):
+    assert worker._heartbeat_interval >= WAIT  # no heartbeat within the wait
+    events = _record_claims_and_checks(worker)
     # The pool has claimed and run a first job, so it is idle and drained.
     assert q.put(Job(sample_jobs.add, 1, 1)).wait(timeout=WAIT) == 2
     assert not worker._in_flight
+    # An idle wait begins with a check for changes, which would find a job
+    # put before it whatever the mechanism under test does: put the job only
+    # once the pool has made that check, found nothing new, and waits.
+    _wait_until(lambda: _waiting_idle(events), WAIT, "the pool to wait idle")
     return q.put(Job(sample_jobs.add, 20, 22))
 
 

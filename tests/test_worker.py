@@ -11,6 +11,12 @@ teardown with no grace, so a failing test never leaks processes.  Nothing
 sleeps to wait: tests poll an observable condition (a marker file a job
 writes, a row, a counter) with `wait_until`, under a deadline.  Where a test
 must let time pass on purpose (to outlive a lease), it says so.
+
+Some tests need several jobs in one message to one child (a "batch"): a pool
+sends jobs one at a time until it has seen that they are quick, so those tests
+first run a few hundred quick jobs (`warm_up`).  Tests of a failing database
+patch ``litejobs._SQLiteStorage.finish``, which the supervisor, a thread of
+this process, calls to record outcomes.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import shutil
 import signal
 import sqlite3
 import sys
+import threading
 import time
 
 import pytest
@@ -58,6 +65,15 @@ def mark_then_sleep(marker, seconds, value=None):
     os.rename(marker + ".tmp", marker)  # appears with its content, never empty
     time.sleep(seconds)
     return value
+
+
+def mark_then_wait(marker, go):
+    """Write this process's pid to ``marker``, then block until the file
+    ``go`` exists (the test creates it); return the attempt."""
+    with open(marker + ".tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.rename(marker + ".tmp", marker)
+    return sample_jobs.wait_for_file(go)
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -98,6 +114,19 @@ def pid_alive(pid):
     return True
 
 
+def process_ended(pid):
+    """Whether process ``pid`` has exited: no process has the pid, or it is
+    a zombie its parent (the supervisor, a thread of this process) has yet to
+    reap, which `pid_alive` would still count as alive."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc here
+        return not pid_alive(pid)
+
+
 def child_pids(worker):
     return sorted(child.process.pid for child in list(worker._children))
 
@@ -131,6 +160,34 @@ def worker_row(path, worker_id):
         row = conn.execute("SELECT * FROM litejobs_workers WHERE id = ?",
                            (worker_id,)).fetchone()
         return None if row is None else dict(row)
+
+
+def warm_up(q, worker, count=300):
+    """Run ``count`` quick jobs, so that the pool has seen its jobs are quick
+    and hands them out in chunks: from then on several jobs claimed together
+    go to one child in one message (its "batch"), and their outcomes come back
+    and are written together.  Returns ``count``."""
+    q.put_many(Job(sample_jobs.add, i, 0) for i in range(count))
+    wait_until(lambda: q.counts()["completed"] >= count, WAIT, "the warm-up jobs")
+    chunk, _ = worker._chunk()
+    assert chunk > 1, "the pool still sends one job at a time: the test proves nothing"
+    return count
+
+
+def stop_in_thread(worker, grace):
+    """Call ``worker.stop(grace)``, which blocks, in a thread; returns the
+    thread and the list that will hold what it raised, if anything."""
+    errors = []
+
+    def stop():
+        try:
+            worker.stop(grace=grace, timeout=WAIT + grace)
+        except Exception as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=stop, daemon=True, name="test-stop")
+    thread.start()
+    return thread, errors
 
 
 def expected_counts(**expected):
@@ -713,3 +770,277 @@ def test_a_second_pool_starts_and_runs_jobs_after_the_first_stopped(q, pool):
         assert conn.execute("SELECT count(*) FROM litejobs_jobs"
                             " WHERE status = 'completed'").fetchone() == (2,)
     assert q.counts() == expected_counts(completed=2)
+
+
+# -- 18. jobs sent to one child together ----------------------------------------------------
+#
+# Once warmed up (see `warm_up`), a pool sends a child several jobs in one
+# message.  The child publishes the job it runs in shared memory, so the
+# supervisor knows which of them is running, whatever order outcomes come in.
+
+
+def test_a_poison_job_is_blamed_not_the_quick_jobs_sent_before_it(q, pool):
+    worker = pool(processes=1)
+    warm_up(q, worker)
+    # One put_many, so the six are claimed together and sent to the one child
+    # in one batch: it runs the quick ones (its outcomes still held, a few ms)
+    # and then dies on the poison job.
+    *quick, poison = q.put_many([Job(sample_jobs.add, i, 100) for i in range(5)]
+                                + [Job(sample_jobs.kill_myself)], max_interruptions=2)
+
+    with pytest.raises(litejobs.JobFailed) as failure:
+        poison.wait(timeout=WAIT)
+
+    assert failure.value.exc_type == "litejobs.Interrupted"
+    assert (poison.status, poison.attempts, poison.interruptions) == (FAILED, 3, 3)
+    assert [job.wait(timeout=WAIT) for job in quick] == [100, 101, 102, 103, 104]
+    for job in quick:
+        # Their outcomes may have died with the child: then they were given
+        # back unstarted (the claim's attempt not counted) and ran again.
+        assert (job.status, job.attempts, job.interruptions) == (COMPLETED, 1, 0)
+    assert len(worker.crashes) == 3, worker.crashes
+    assert all(f"while running job {poison.id} (" in line for line in worker.crashes), \
+        worker.crashes
+
+
+def test_a_quick_result_is_not_held_behind_a_slow_job_of_the_same_batch(q, pool):
+    worker = pool(processes=1)
+    warm_up(q, worker)
+    quick, slow = q.put_many([Job(sample_jobs.add, 20, 22),
+                              Job(sample_jobs.sleep_then, 6, "slow")])
+
+    # The child finishes the quick job first, then starts the slow one: the
+    # quick result must reach the database well before the slow job's 6 s.
+    assert quick.wait(timeout=3) == 42
+    assert slow.refresh().status == ACTIVE
+    assert (quick.attempts, quick.interruptions) == (1, 0)
+
+    worker.stop(grace=0)
+    assert slow.refresh().status == PENDING
+    assert worker.crashes == []
+
+
+def test_cancel_of_a_job_queued_behind_a_running_one_takes_effect_at_once(q, pool, tmp_path):
+    worker = pool(processes=1)
+    warm_up(q, worker)
+    marker, go = str(tmp_path / "started"), str(tmp_path / "go")
+    blocker, victim = q.put_many([Job(mark_then_wait, marker, go),
+                                  Job(sample_jobs.add, 1, 1)])
+    try:
+        wait_for_pid(marker)
+        # Claimed and sent to the child with the blocker: queued in the child.
+        wait_until(lambda: victim.refresh().status == ACTIVE, WAIT, "the victim's claim")
+
+        assert victim.cancel() is True
+        # The child's reader thread drops it from its queue at once, while
+        # the blocker runs on; the supervisor checks for cancels every 0.5 s.
+        wait_until(lambda: victim.refresh().status == CANCELLED, 3, "the victim's cancel")
+        assert blocker.refresh().status == ACTIVE
+    finally:
+        open(go, "w").close()
+
+    assert blocker.wait(timeout=WAIT) == 1
+    assert victim.refresh().status == CANCELLED
+    assert victim.attempts == 0 and victim.result is None  # it never ran
+    assert worker.crashes == []
+
+
+# -- 19. stopping, further --------------------------------------------------------------------
+
+
+def test_a_graceful_stop_releases_queued_jobs_at_once_and_waits_for_the_running_one(
+        q, pool, tmp_path):
+    worker = pool(processes=1)
+    warmed = warm_up(q, worker)
+    marker, go = str(tmp_path / "started"), str(tmp_path / "go")
+    blocker, *queued = q.put_many([Job(mark_then_wait, marker, go)]
+                                  + [Job(sample_jobs.add, i, 1) for i in range(5)])
+    try:
+        wait_for_pid(marker)
+        wait_until(lambda: q.counts()["active"] == 6, WAIT, "all six jobs claimed")
+
+        stopper, errors = stop_in_thread(worker, grace=30)
+        # Within the 30 s grace, the jobs queued behind the blocker go back
+        # now, not when the blocker ends: another pool may run them meanwhile.
+        wait_until(lambda: all(job.refresh().status == PENDING for job in queued), 3,
+                   "the queued jobs to be released")
+        assert blocker.refresh().status == ACTIVE
+        assert stopper.is_alive()
+        for job in queued:
+            assert (job.attempts, job.interruptions) == (0, 0)
+            assert job._row["lease_owner"] is None
+    finally:
+        open(go, "w").close()
+
+    stopper.join(timeout=WAIT)
+    assert not stopper.is_alive() and errors == []
+    assert not worker.alive
+    blocker.refresh()
+    assert (blocker.status, blocker.result, blocker.interruptions) == (COMPLETED, 1, 0)
+    assert q.counts() == expected_counts(completed=warmed + 1, pending=5)
+    assert worker.crashes == []
+
+
+def test_a_second_stop_with_a_shorter_grace_wins(q, pool, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="litejobs")
+    worker = pool(processes=1)
+    marker = str(tmp_path / "started")
+    job = q.put(Job(mark_then_sleep, marker, 60))
+    runner = wait_for_pid(marker)
+
+    first, errors = stop_in_thread(worker, grace=30)
+    wait_until(lambda: any("stopping: 1 jobs running, 30s grace" in record.getMessage()
+                           for record in list(caplog.records)), WAIT,
+               "the first stop to begin its 30 s grace")
+    asked = time.monotonic()
+    worker.stop(grace=0, timeout=10)  # raises if the pool is still waiting out the 30 s
+
+    assert time.monotonic() - asked < 10
+    assert not worker.alive
+    first.join(timeout=10)
+    assert not first.is_alive() and errors == []
+    job.refresh()
+    assert (job.status, job.attempts, job.interruptions) == (PENDING, 1, 1)
+    assert process_ended(runner)
+    assert worker.crashes == []
+
+
+# -- 20. a failing or busy database ---------------------------------------------------------------
+
+
+def test_an_outcome_that_cannot_be_written_fails_its_job_not_the_batch(q, pool, monkeypatch):
+    worker = pool(processes=1)
+    warmed = warm_up(q, worker)
+    real_finish = litejobs._SQLiteStorage.finish
+
+    def finish(self, job_id, token, *, result=None, **options):
+        # The supervisor runs in a thread of this process: it uses this.
+        if isinstance(result, bytes) and len(result) > 100_000:
+            raise litejobs.DatabaseError("disk I/O error (simulated)")
+        return real_finish(self, job_id, token, result=result, **options)
+
+    monkeypatch.setattr(litejobs._SQLiteStorage, "finish", finish)
+    # Claimed together, run by one child in one batch, so the big result is
+    # written in the same transaction as (some of) the quick ones.
+    *quick, big = q.put_many([Job(sample_jobs.add, i, 1) for i in range(20)]
+                             + [Job(sample_jobs.big_result, 200_000)])
+
+    with pytest.raises(litejobs.JobFailed) as failure:
+        big.wait(timeout=WAIT)
+
+    assert failure.value.exc_type == "litejobs.LitejobsError"
+    assert big.error_type == "litejobs.LitejobsError"
+    assert "could not be stored" in big.error
+    assert "disk I/O error (simulated)" in big.error
+    assert (big.attempts, big.interruptions) == (1, 0)
+    assert [job.wait(timeout=WAIT) for job in quick] == [i + 1 for i in range(20)]
+    assert all(job.attempts == 1 for job in quick)
+    assert worker.dropped == 0
+    assert worker.finished == collections.Counter({COMPLETED: warmed + 20, FAILED: 1})
+    assert q.counts() == expected_counts(completed=warmed + 20, failed=1)
+
+
+def test_a_busy_lock_while_writing_one_by_one_keeps_good_outcomes_for_later(
+        q, pool, monkeypatch):
+    """After a batch fails on one bad record, the rest are written alone; a
+    lock held by another connection then must not turn a good result into a
+    failure: it is kept and written once the lock is free."""
+    worker = pool(processes=1)
+    warmed = warm_up(q, worker)
+    real_finish = litejobs._SQLiteStorage.finish
+    calls = collections.Counter()
+    # Due in a second, so both are claimed, run and recorded together.
+    good, bad = q.put_many([Job(sample_jobs.add, 2, 3), Job(sample_jobs.add, 0, 0)],
+                           begin_after=1.0)
+
+    def finish(self, job_id, token, **options):
+        calls[job_id] += 1
+        if job_id == bad.id and options["status"] == COMPLETED:
+            raise litejobs.DatabaseError("disk I/O error (simulated)")
+        if job_id == good.id and calls[job_id] == 2:  # written alone, the lock is busy
+            raise litejobs._DatabaseBusy("database is locked (simulated)")
+        return real_finish(self, job_id, token, **options)
+
+    monkeypatch.setattr(litejobs._SQLiteStorage, "finish", finish)
+
+    assert good.wait(timeout=WAIT) == 5
+    with pytest.raises(litejobs.JobFailed):
+        bad.wait(timeout=WAIT)
+    assert "could not be stored" in bad.error
+    assert calls[good.id] >= 3  # in the batch, alone while busy, then again
+    assert (good.attempts, good.interruptions) == (1, 0)
+    assert worker.dropped == 0
+    assert worker.finished == collections.Counter({COMPLETED: warmed + 1, FAILED: 1})
+
+
+def test_a_record_that_cannot_be_written_at_all_is_dropped_and_its_job_runs_again(
+        q, pool, monkeypatch):
+    worker = pool(processes=1, lease=1)  # a dropped job comes back after 1 s
+    warmed = warm_up(q, worker)
+    real_finish = litejobs._SQLiteStorage.finish
+    failing = set()  # ids of jobs whose every finish() fails, result or failure alike
+
+    def finish(self, job_id, token, **options):
+        if job_id in failing:
+            raise litejobs.DatabaseError("disk I/O error (simulated)")
+        return real_finish(self, job_id, token, **options)
+
+    monkeypatch.setattr(litejobs._SQLiteStorage, "finish", finish)
+    # Due in a second, so that the test knows the target's id before it runs.
+    jobs = q.put_many([Job(sample_jobs.add, i, 1000) for i in range(20)], begin_after=1.0)
+    target = jobs[7]
+    failing.add(target.id)
+
+    wait_until(lambda: worker.dropped >= 1, WAIT, "the target's record to be dropped")
+    assert target.refresh().status == ACTIVE  # nothing was written about it
+    failing.clear()  # the database works again
+
+    assert target.wait(timeout=WAIT) == 1007
+    # Its lease ran out; the next claim put it back as interrupted, and ran it.
+    assert (target.attempts, target.interruptions) == (2, 1)
+    assert worker.dropped == 1
+    others = [job for job in jobs if job is not target]
+    assert [job.wait(timeout=WAIT) for job in others] == [
+        i + 1000 for i in range(20) if i != 7]
+    assert all((job.attempts, job.interruptions) == (1, 0) for job in others)
+    assert q.counts() == expected_counts(completed=warmed + 20)
+    assert worker.crashes == []
+
+
+def test_a_timeout_is_enforced_while_another_connection_holds_the_write_lock(
+        q, pool, tmp_path):
+    # Lease 6 s: heartbeats and renewals, which write, come every 2 s.
+    worker = pool(processes=1, lease=6)
+    marker = str(tmp_path / "started")
+    job = q.put(Job(mark_then_sleep, marker, 60), timeout=3)
+    runner = wait_for_pid(marker)
+
+    with raw_db(q.path) as conn:
+        conn.execute("BEGIN IMMEDIATE")  # hold the write lock
+        try:
+            # Before the job's 3 s are up, the pool's next heartbeat comes due
+            # and finds the database locked.  The kill must come anyway.
+            wait_until(lambda: process_ended(runner), 8,
+                       "the timed-out job's process to be killed")
+            # The failure cannot have been written: the lock is still held.
+            assert job.refresh().status == ACTIVE
+        finally:
+            conn.execute("ROLLBACK")
+
+    with pytest.raises(litejobs.JobFailed) as failure:
+        job.wait(timeout=WAIT)
+    assert failure.value.exc_type == "litejobs.JobTimeout"
+    assert (job.status, job.attempts, job.interruptions) == (FAILED, 1, 0)
+    assert worker.crashes == []
+
+
+# -- 21. defaults ----------------------------------------------------------------------------------
+
+
+def test_the_default_number_of_processes_is_the_cpu_count(q, monkeypatch):
+    assert litejobs.Worker(q.path).processes == os.cpu_count()
+    # Not a constant that happens to match this machine:
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert litejobs.Worker(q.path).processes == 7
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # "undeterminable"
+    assert litejobs.Worker(q.path).processes == 1

@@ -5,7 +5,8 @@ Each pool here is a real ``python -m litejobs worker`` process started with
 with real signals: SIGTERM and SIGINT (graceful, then at once), SIGKILL of
 the supervisor, SIGSTOP/SIGCONT past the lease, and the database file
 deleted under it.  What the pool did is read back from the database (job rows
-and the ``litejobs_workers`` heartbeat table) and from its log.
+and the ``litejobs_workers`` heartbeat table) and from its log.  One test runs
+``Worker.run`` from a small script instead, whose children cannot start.
 
 How the processes are handled:
 
@@ -27,6 +28,7 @@ How the processes are handled:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -506,3 +508,131 @@ def test_a_running_pool_has_a_heartbeat_row_and_a_stopped_one_says_so(db, start_
     assert stopped["id"] == row["id"]
     assert stopped["stopped_at"] is not None and stopped["stopped_at"] >= row["started_at"]
     assert stopped["stop_reason"] == "stopped"
+
+
+# -- 10. SIGINT first is graceful too ----------------------------------------------------
+
+
+def test_sigint_as_the_first_signal_is_graceful_too(q, db, tmp_path, start_pool):
+    started, go = tmp_path / "started", tmp_path / "go"
+    job = q.put(Job(started_then_wait, str(started), str(go)))
+    pool = start_pool(db, "-p", "1", "--grace", "10s")
+    wait_until(started.exists, WAIT, "the job to start", pool.log)
+
+    pool.send(signal.SIGINT)  # a Ctrl-C: the pool's handler, not KeyboardInterrupt
+    pool.wait_log("received SIGINT: stopping; running jobs get 10.0s to finish")
+    pool.wait_log("stopping: 1 jobs running")
+    late = q.put(Job(sample_jobs.add, 2, 3))  # put while the pool is stopping
+    go.touch()
+
+    assert pool.wait_exit() == 0, pool.log()
+    job.refresh()
+    assert job.status == litejobs.COMPLETED, pool.log()
+    assert (job.result, job.attempts, job.interruptions) == (1, 1, 0)
+    late.refresh()
+    assert late.status == litejobs.PENDING and late.attempts == 0
+    assert q.counts()["active"] == 0
+    assert "Traceback" not in pool.log()
+    assert the_row_of(db, pool.pid)["stop_reason"] == "stopped"
+
+
+# -- 11. --queue and --max-jobs-per-child --------------------------------------------------
+
+
+def test_queue_and_max_jobs_per_child_options(q, db, start_pool):
+    mine = q.put_many([Job(sample_jobs.pid) for _ in range(6)], queue="a")
+    other = q.put_many([Job(sample_jobs.pid) for _ in range(3)], queue="b", priority=10)
+
+    pool = start_pool(db, "--burst", "-p", "1", "--queue", "a", "--max-jobs-per-child", "2")
+
+    assert pool.wait_exit(timeout=60) == 0, pool.log()
+    assert q.counts("a") == {"pending": 0, "active": 0, "completed": 6, "failed": 0,
+                             "cancelled": 0}
+    for job in other:
+        job.refresh()
+        assert (job.status, job.attempts) == (litejobs.PENDING, 0)
+    runs_per_pid = collections.Counter(q.get(job.id).result for job in mine)
+    assert pool.pid not in runs_per_pid  # children ran them, not the supervisor
+    assert max(runs_per_pid.values()) <= 2, runs_per_pid
+    assert len(runs_per_pid) >= 3, runs_per_pid
+    assert the_row_of(db, pool.pid)["queues"] == '["a"]'
+
+
+# -- 12. a dead pool on this host: its pid is gone -------------------------------------------
+
+
+def test_a_dead_pool_on_this_host_is_recovered_by_its_missing_pid_not_its_lease(
+        q, db, tmp_path, start_pool):
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    job = q.put(Job(sample_jobs.block_first_attempt, str(markers)))
+    # Leases of 60 s: a recovery within the test's 20 s cannot be a lease's.
+    pool_a = start_pool(db, "-p", "1", "--lease", "60s")
+    wait_until(lambda: (markers / "started-1").exists()
+               and (markers / "started-1").read_text(), WAIT, "attempt 1 to start",
+               pool_a.log)
+    wait_until(lambda: the_row_of(db, pool_a.pid), WAIT, "pool A's row", pool_a.log)
+
+    pool_a.send(signal.SIGKILL)
+    assert pool_a.wait_exit() == -signal.SIGKILL  # reaped: no process has its pid now
+    killed = time.monotonic()
+    pool_b = start_pool(db, "-p", "1", "--lease", "60s")
+
+    # Pool B checks on pool A once A has missed 3 heartbeats (about 6 s).
+    wait_until(lambda: status_of(q, job) == litejobs.COMPLETED, 20,
+               "pool B to recover the job and run it again", pool_b.log)
+    assert time.monotonic() - killed < 20
+    job.refresh()
+    assert (job.attempts, job.interruptions) == (2, 1)
+    assert job.result[0] == 2
+    row_a = the_row_of(db, pool_a.pid)
+    assert row_a["stopped_at"] is not None
+    assert "no process has its pid" in row_a["stop_reason"], row_a
+
+
+# -- 13. children that cannot start ----------------------------------------------------------
+
+UNSTARTABLE_POOL = '''\
+"""A pool whose children cannot start: under spawn, each child runs this
+script again as __mp_main__, and that dies at once."""
+if __name__ == "__mp_main__":
+    raise SystemExit("this child cannot start")
+
+import sys
+
+import litejobs
+
+if __name__ == "__main__":
+    try:
+        litejobs.Worker(sys.argv[1], processes=1, burst=True).run()
+    except litejobs.LitejobsError as exc:
+        print(f"pool failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+'''
+
+
+def test_a_pool_whose_children_cannot_start_fails_instead_of_looping(q, db, tmp_path):
+    job = q.put(Job(sample_jobs.add, 1, 2))
+    script = tmp_path / "unstartable_pool.py"
+    script.write_text(UNSTARTABLE_POOL)
+    log_path = tmp_path / "unstartable.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, str(script), db], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, env=ENV, cwd=tmp_path,
+                                start_new_session=True)
+    pool = Pool(proc, log_path)
+    try:
+        # Restarts back off, 0.1 s doubling up to 5 s: about 12 s in all.
+        assert pool.wait_exit(timeout=60) == 1, pool.log()
+    finally:
+        pool.kill_group()
+
+    log = pool.log()
+    assert "this child cannot start" in log
+    assert "pool failed: worker processes keep dying before they are ready" in log, log
+    assert "8 in a row" in log
+    job.refresh()
+    assert (job.status, job.attempts) == (litejobs.PENDING, 0)  # never claimed
+    row = the_row_of(db, proc.pid)
+    assert row["stopped_at"] is not None
+    assert row["stop_reason"].startswith("failed: LitejobsError: worker processes keep dying")
