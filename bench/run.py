@@ -349,9 +349,13 @@ def main() -> int:
                              f"{value * 1000:.1f} ms", f"target {target * 1000:.0f} ms",
                              f"{target / value:.0%}" if value else "-"))
         cpu = idle_cpu(folder, idle_seconds)
-        rows.append((f"idle pool CPU, 2 processes ({idle_seconds:.0f} s)",
-                     f"{cpu:.2%} of a core", "target 2.00% of a core",
-                     f"{0.02 / cpu:.0%}" if cpu else "-"))
+        if cpu:
+            used, ratio = f"{cpu:.2%} of a core", f"{0.02 / cpu:.0%}"
+        else:  # under one clock tick in the whole window
+            finest = 1 / os.sysconf("SC_CLK_TCK") / idle_seconds
+            used, ratio = f"< {finest:.2%} of a core", f"> {0.02 / finest:.0%}"
+        rows.append((f"idle pool CPU, 2 processes ({idle_seconds:.0f} s)", used,
+                     "target 2.00% of a core", ratio))
 
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     print(f"\nlitejobs {litejobs.__version__}, Python {sys.version.split()[0]}, "
