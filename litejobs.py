@@ -2210,6 +2210,7 @@ _SILENT_HEARTBEATS = 3  # heartbeats a pool may miss before others check on it
 _IDLE_CHECK_INTERVAL = 0.004  # seconds between change checks while idle, without inotify
 _SETTLE_CHECKS = (0.001, 0.025)  # after a WAL write: check every ms, for this long
 _SAFETY_CHECK_INTERVAL = 0.25  # with inotify, still check this often
+_OTHERS_CHANGES_CHECK = 0.01  # while others' commits bring nothing, check this often
 _CANCEL_CHECK_INTERVAL = 0.5  # seconds between checks for cancels of running jobs
 _MAX_CHUNK = 64  # jobs per message to a child, and outcomes per message back
 _CHUNK_SECONDS = 0.005  # a chunk holds about this much work
@@ -2416,10 +2417,11 @@ class _ChildWork:
             if not self.pending:
                 return None
             item = self.pending.popleft()
-            timed = item[1]["timeout"] is not None
-            held = self._take_outbox() if timed else []  # time it from its real start
             self.running[1] = time.monotonic()
             self.running[0] = item[0]  # written last: the start above is then valid
+            held = []
+            if item[1]["timeout"] is not None:  # wake the supervisor to time it
+                held = self._take_outbox() + [("started", item[0])]
         self.send(held)
         return item
 
@@ -2507,6 +2509,14 @@ class _Child:
     def running_job(self) -> int:
         """The id of the job the child is running now, or 0."""
         return int(self.running[0])
+
+    def assignment(self, job_id: int) -> _Assignment | None:
+        """This child's assignment of ``job_id`` (the oldest, if the pool
+        claimed the job again after losing its lease)."""
+        for assignment in self.assigned:
+            if assignment.job_id == job_id:
+                return assignment
+        return None
 
     def running_since(self) -> float:
         return float(self.running[1])
@@ -2733,10 +2743,11 @@ class Worker:
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
         self._wal_watch = _WalWatch.open(self.path)
-        if self._wal_watch is not None:
-            self._selector.register(self._wal_watch.fd, selectors.EVENT_READ, ("wal", None))
+        self._listening = False
+        self._listen_to_wal(True)
         self._job_seconds: float | None = None
         self._last_wal_event = 0.0
+        self._quiet_until = 0.0
         self._timed_jobs = 0
         self._drained = False
         self._changed = False
@@ -2839,18 +2850,17 @@ class Worker:
             if now >= deadline:
                 return []
             if now >= next_check:
-                version = self._storage.data_version()
-                if version != self._data_version:
-                    self._data_version = version
-                    self._changed = True
+                if self._database_changed():
                     return []
                 since_write = now - self._last_wal_event
                 if self._wal_watch is None:
                     next_check = now + _IDLE_CHECK_INTERVAL
                 elif since_write < _SETTLE_CHECKS[1]:
-                    next_check = now + _SETTLE_CHECKS[0]
+                    next_check = max(now + _SETTLE_CHECKS[0], self._quiet_until)
                 else:  # a slow fsync: back off gradually, not at once
                     next_check = now + min(_SAFETY_CHECK_INTERVAL, since_write)
+            # While others' commits bring nothing, do not even wake for them.
+            self._listen_to_wal(now >= self._quiet_until)
             events = self._selector.select(max(0.0, min(next_check, deadline) - now))
             other = [event for event in events if event[0].data is None
                      or event[0].data[0] != "wal"]
@@ -2858,7 +2868,42 @@ class Worker:
                 return other
             if events and self._wal_watch is not None and self._wal_watch.written():
                 self._last_wal_event = time.monotonic()
-                next_check = 0.0  # at once; then every millisecond until it shows
+                next_check = self._quiet_until  # at once, unless others keep writing
+
+    def _listen_to_wal(self, listen: bool) -> None:
+        watch = self._wal_watch
+        if watch is None or listen == self._listening:
+            return
+        if listen:  # writes made meanwhile are still queued, and show at once
+            self._selector.register(watch.fd, selectors.EVENT_READ, ("wal", None))
+        else:
+            self._selector.unregister(watch.fd)
+        self._listening = listen
+
+    def _database_changed(self) -> bool:
+        """Whether the database changed in a way that may bring work.
+
+        Other pools' commits change ``data_version`` all the time, so a change
+        is first checked with a read for due jobs; only then does the pool
+        claim, which takes the write lock.
+        """
+        try:
+            version = self._storage.data_version()
+            if version == self._data_version:
+                return False
+            self._data_version = version
+            due = self._storage.next_due(self.queues)
+        except DatabaseError as exc:  # busy during a WAL recovery, say: look again soon
+            _log.debug("%s: %s", self.id, exc)
+            return False
+        if due is not None and due <= time.time():
+            self._changed = True
+            return True
+        # Another pool is busy on this file: check less often while it lasts.
+        self._quiet_until = time.monotonic() + _OTHERS_CHANGES_CHECK
+        earlier = due is not None and (self._next_due is None or due < self._next_due)
+        self._next_due = due
+        return earlier  # so that the wait ends when it falls due
 
     def _wait_time(self, can_claim: bool) -> float:
         now = time.monotonic()
@@ -2866,7 +2911,7 @@ class Worker:
         if self._in_flight:
             moments.append(self._next_cancel_check)
         for child in self._children:
-            deadline = self._timeout_deadline(child)
+            deadline = self._timeout_deadline(child, child.running_job())
             if deadline is not None:
                 moments.append(deadline)
         if self._grace_deadline is not None:
@@ -2934,13 +2979,13 @@ class Worker:
                                message[1])
                     self._young_deaths = 0
                     continue
-                assignment = self._in_flight.pop(message[1], None)
+                if message[0] == "started":
+                    continue  # a timed job began: the wait that follows times it
+                assignment = child.assignment(message[1])
                 if assignment is None:
                     continue
-                if child.assigned and child.assigned[0] is assignment:
-                    child.assigned.popleft()
-                else:
-                    child.assigned.remove(assignment)
+                child.assigned.remove(assignment)
+                self._forget(assignment)
                 if message[0] == "skipped":
                     self._releases.append(assignment)
                     continue
@@ -2949,6 +2994,10 @@ class Worker:
                 self._note_duration(seconds)
                 self._outcomes.append((assignment, _Outcome(ok, result, error, error_type,
                                                             exc_mro)))
+
+    def _forget(self, assignment: _Assignment) -> None:
+        if self._in_flight.get(assignment.job_id) is assignment:
+            del self._in_flight[assignment.job_id]
 
     def _unregister(self, child: _Child, fd: int) -> None:
         # Only the child's own registration: a closed fd's number is soon
@@ -2981,8 +3030,8 @@ class Worker:
         expected = reason is not None or (child.stop_sent and child.process.exitcode == 0)
         victim = None
         for assignment in child.assigned:
-            self._in_flight.pop(assignment.job_id, None)
-            if assignment.job_id == running:
+            self._forget(assignment)
+            if assignment.job_id == running and victim is None:
                 victim = assignment
                 self._settle_killed(assignment, child, reason, reason_job, how)
             else:  # never started, or ran but its outcome died with the child
@@ -3054,20 +3103,24 @@ class Worker:
 
     def _abandon(self, release: bool) -> None:
         """After a fatal error: kill the children and, if the database still
-        takes writes, release their jobs rather than wait for the leases."""
-        for child in getattr(self, "_children", []):
+        takes writes, record what is known and release the rest, rather than
+        leave it all to the leases."""
+        self._grace_deadline = time.monotonic()  # no restarts from here
+        children = list(getattr(self, "_children", []))
+        for child in children:
             child.kill("stop", None)
-        for child in getattr(self, "_children", []):
+        for child in children:
             child.process.join(timeout=5)
         if not release:
             return
-        now = time.time()
-        with contextlib.suppress(LitejobsError):
-            with self._storage.write():
-                for assignment in getattr(self, "_in_flight", {}).values():
-                    with contextlib.suppress(LeaseLost):
-                        self._storage.interrupt(assignment.job_id, assignment.token, now,
-                                                f"the pool {self.id} failed")
+        with contextlib.suppress(Exception):  # the pool is failing already
+            for child in children:
+                self._reap(child)
+            writes = ([("outcome", a, o) for a, o in self._outcomes]
+                      + [(how, a, reason) for a, how, reason in self._endings]
+                      + [("release", a, None) for a in self._releases])
+            self._outcomes, self._endings, self._releases = [], [], []
+            self._after_writes(self._write_each(writes, time.time()))
 
     # -- claiming and recording -----------------------------------------------
 
@@ -3278,6 +3331,13 @@ class Worker:
             for row in planned:
                 payload = row.pop("payload")
                 row.pop("signature")
+                stale = self._in_flight.get(row["id"])
+                if stale is not None:
+                    # This pool lost the job's lease (it was paused, say), and
+                    # has just claimed it again: stop the old run, whose outcome
+                    # the fence would reject anyway.
+                    stale.lease_lost = True
+                    self._stop_run(stale, "lease")
                 assignment = _Assignment(row["id"], token, row, child)
                 child.assigned.append(assignment)
                 self._in_flight[row["id"]] = assignment
@@ -3298,9 +3358,10 @@ class Worker:
         database, and runs before anything that might wait for one."""
         now = time.monotonic()
         for child in self._children:
-            deadline = self._timeout_deadline(child)
+            running = child.running_job()
+            deadline = self._timeout_deadline(child, running)
             if deadline is not None and now >= deadline:
-                child.kill("timeout", child.running_job())
+                child.kill("timeout", running)
 
     def _housekeeping(self) -> None:
         now = time.monotonic()
@@ -3316,7 +3377,12 @@ class Worker:
             self._heartbeat(now)
         if self._in_flight and now >= self._next_cancel_check:
             self._next_cancel_check = now + _CANCEL_CHECK_INTERVAL
-            for job_id in self._storage.cancels_requested(self.id):
+            try:
+                cancelled = self._storage.cancels_requested(self.id)
+            except DatabaseError as exc:  # looked for again at the next check
+                _log.debug("%s: %s", self.id, exc)
+                cancelled = []
+            for job_id in cancelled:
                 self._stop_cancelled(job_id)
 
     def _heartbeat(self, now: float) -> None:
@@ -3343,8 +3409,9 @@ class Worker:
                            self.id)
             for job_id in lost:
                 self._lease_lost(job_id)
-            self._storage.recover_silent_workers(
-                self.id, wall, _SILENT_HEARTBEATS * _HEARTBEAT_INTERVAL, self._is_gone)
+            if self._storage.recover_silent_workers(
+                    self.id, wall, _SILENT_HEARTBEATS * _HEARTBEAT_INTERVAL, self._is_gone):
+                self._drained = False  # their jobs are pending again: claim them
         except DatabaseError as exc:
             _log.error("%s could not record its heartbeat: %s", self.id, exc)
 
@@ -3375,11 +3442,11 @@ class Worker:
         if assignment is not None and job_id in self._in_flight:
             self._stop_run(assignment, "cancel")
 
-    def _timeout_deadline(self, child: _Child) -> float | None:
-        """When the job the child runs now reaches its timeout, if it has one."""
-        if child.kill_reason is not None:
+    def _timeout_deadline(self, child: _Child, running: int) -> float | None:
+        """When job ``running``, which the child runs, reaches its timeout."""
+        if child.kill_reason is not None or not running:
             return None
-        assignment = self._in_flight.get(child.running_job())
+        assignment = child.assignment(running)
         if assignment is None or assignment.row["timeout"] is None:
             return None
         return child.running_since() + float(assignment.row["timeout"])

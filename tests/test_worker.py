@@ -1044,3 +1044,35 @@ def test_the_default_number_of_processes_is_the_cpu_count(q, monkeypatch):
     assert litejobs.Worker(q.path).processes == 7
     monkeypatch.setattr(os, "cpu_count", lambda: None)  # "undeterminable"
     assert litejobs.Worker(q.path).processes == 1
+
+
+def test_a_timed_job_is_killed_even_when_it_starts_while_the_pool_waits(q, pool):
+    """A timed job tells the supervisor it started, so its timeout is counted
+    from then and not from the supervisor's next wake-up (up to 0.5 s later,
+    which let a 0.1 s timeout be overrun by a job that then completed)."""
+    pool(processes=1)
+    jobs = [q.put(Job(sample_jobs.sleep_then, 0.6, "overran"), timeout=0.1)
+            for _ in range(4)]
+    for job in jobs:
+        with pytest.raises(litejobs.JobFailed):
+            job.wait(timeout=WAIT)
+        assert job.error_type == "litejobs.JobTimeout"
+
+
+def test_a_busy_database_on_a_read_does_not_stop_the_pool(q, pool, monkeypatch):
+    """SQLite readers can get SQLITE_BUSY (during WAL recovery); the
+    supervisor's reads then look again later, as its writes do."""
+    real = litejobs._SQLiteStorage.data_version
+    calls = collections.Counter()
+
+    def data_version(self):
+        calls["all"] += 1
+        if calls["all"] in (2, 3):
+            raise litejobs._DatabaseBusy("database is locked (simulated)")
+        return real(self)
+
+    monkeypatch.setattr(litejobs._SQLiteStorage, "data_version", data_version)
+    worker = pool(processes=1)
+    wait_until(lambda: calls["all"] >= 5, WAIT, "the idle pool to check for changes")
+    assert worker.alive
+    assert q.put(Job(sample_jobs.add, 3, 4)).wait(timeout=WAIT) == 7

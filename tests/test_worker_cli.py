@@ -422,6 +422,37 @@ def test_sigstop_past_the_lease_rejects_the_stale_outcome(q, db, tmp_path, start
     assert final.finished_at == after_b.finished_at
 
 
+def test_a_paused_pool_whose_job_was_recovered_stops_the_old_run_and_carries_on(
+        q, db, tmp_path, start_pool):
+    """While the supervisor is stopped past its lease, the job is put back to
+    pending, as another pool's claim would.  On SIGCONT the pool may claim the
+    job again itself while the old run still goes on in a child, or find its
+    lease lost on renewal: either way the old run is stopped, the new one
+    completes, and the pool keeps serving."""
+    job = q.put(Job(sample_jobs.block_first_attempt, str(tmp_path)))
+    pool = start_pool(db, "-p", "2", "--lease", "1s", "--poll", "100ms")
+    wait_until((tmp_path / "started-1").exists, WAIT, "attempt 1 to start", pool.log)
+    old_run = read_pid(tmp_path / "started-1")
+    stop_outside_a_write(pool, db)
+    with contextlib.closing(sqlite3.connect(db, timeout=30, isolation_level=None)) as conn:
+        recovered = conn.execute(
+            "UPDATE litejobs_jobs SET status = 'pending', interruptions = interruptions + 1,"
+            " lease_owner = NULL, lease_token = NULL, lease_expires = NULL"
+            " WHERE id = ? AND status = 'active'", (job.id,)).rowcount
+    assert recovered == 1
+    pool.send(signal.SIGCONT)
+
+    wait_until(lambda: status_of(q, job) == litejobs.COMPLETED, WAIT,
+               "attempt 2 to complete", pool.log)
+    final = q.get(job.id)
+    assert final.result[0] == 2 and (final.attempts, final.interruptions) == (2, 1)
+    wait_until(lambda: process_gone(old_run), WAIT, "the stale run to be stopped")
+    assert "lease was lost" in pool.log()
+    assert q.put(Job(sample_jobs.add, 2, 2)).wait(timeout=WAIT) == 4  # still serving
+    pool.send(signal.SIGTERM)
+    assert pool.wait_exit() == 0, pool.log()
+
+
 # -- 7. the database deleted under a running pool ----------------------------------------
 
 
