@@ -88,7 +88,6 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
-import queue as queue_module
 import random
 import selectors
 import shutil
@@ -2547,6 +2546,7 @@ class Worker:
     processes, and records their outcomes, renewing the leases while the jobs
     run.  Several pools, in any processes on this host, may serve one file.
 
+    - ``processes``: worker processes (default: the CPU count).
     - ``queues``: the queue names to serve (default: every queue).
     - ``lease``: seconds a claim holds a job without renewal.  If the pool
       dies, its jobs run again elsewhere once their leases run out.
@@ -2560,6 +2560,8 @@ class Worker:
       everywhere), ``"forkserver"`` or ``"fork"`` (only with `run` in a
       process without other threads: a fork copies their locks).
     - ``burst``: run what is due, then stop.
+    - ``create`` and ``busy_timeout``: as for `Queue`; a `Queue` passed in
+      gives its own.
 
     Under ``spawn``, children import the main module again, so a script that
     starts a pool needs the usual ``if __name__ == "__main__":`` guard.

@@ -12,7 +12,6 @@ import json
 import multiprocessing
 import os
 import random
-import re
 import shutil
 import sqlite3
 import stat
