@@ -3118,11 +3118,7 @@ class Worker:
         with contextlib.suppress(Exception):  # the pool is failing already
             for child in children:
                 self._reap(child)
-            writes = ([("outcome", a, o) for a, o in self._outcomes]
-                      + [(how, a, reason) for a, how, reason in self._endings]
-                      + [("release", a, None) for a in self._releases])
-            self._outcomes, self._endings, self._releases = [], [], []
-            self._after_writes(self._write_each(writes, time.time()))
+            self._after_writes(self._write_each(self._take_writes(), time.time()))
 
     # -- claiming and recording -----------------------------------------------
 
@@ -3156,11 +3152,7 @@ class Worker:
         want = self._free_slots() if self._claiming() and self._should_claim() else 0
         if not want and not self._unwritten():
             return
-        writes: list[tuple[str, _Assignment, Any]] = (
-            [("outcome", assignment, outcome) for assignment, outcome in self._outcomes]
-            + [(how, assignment, reason) for assignment, how, reason in self._endings]
-            + [("release", assignment, None) for assignment in self._releases])
-        self._outcomes, self._endings, self._releases = [], [], []
+        writes = self._take_writes()
         now = time.time()
         token, claimed = "", cast(list[dict[str, Any]], [])
         try:
@@ -3187,6 +3179,16 @@ class Worker:
         self._after_writes(results)
         if want:
             self._after_claim(want, token, claimed)
+
+    def _take_writes(self) -> list[tuple[str, _Assignment, Any]]:
+        """Everything waiting to be written, as (kind, assignment, detail);
+        `_keep_for_later` puts such a list back."""
+        writes: list[tuple[str, _Assignment, Any]] = (
+            [("outcome", assignment, outcome) for assignment, outcome in self._outcomes]
+            + [(how, assignment, reason) for assignment, how, reason in self._endings]
+            + [("release", assignment, None) for assignment in self._releases])
+        self._outcomes, self._endings, self._releases = [], [], []
+        return writes
 
     def _keep_for_later(self, writes: list[tuple[str, _Assignment, Any]]) -> None:
         for kind, assignment, detail in writes:
