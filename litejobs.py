@@ -40,6 +40,7 @@ __all__ = [
     "ACTIVE",
     "CANCELLED",
     "COMPLETED",
+    "Composite",
     "DEFAULT_BUSY_TIMEOUT",
     "DEFAULT_GRACE",
     "DEFAULT_LEASE",
@@ -49,6 +50,7 @@ __all__ = [
     "DatabaseError",
     "DeadlineExceeded",
     "FAILED",
+    "Failure",
     "Interrupted",
     "Job",
     "JobCancelled",
@@ -58,14 +60,19 @@ __all__ = [
     "LeaseLost",
     "LitejobsError",
     "PENDING",
+    "PartsFailed",
     "Queue",
     "Retry",
     "STATUSES",
     "SchemaVersionError",
+    "WAITING",
     "WaitTimeout",
     "Worker",
     "current_job",
+    "current_queue",
     "main",
+    "parallel",
+    "serial",
     "wait_for_result",
     "wait_for_start",
 ]
@@ -110,11 +117,12 @@ from typing import Any, Callable, ContextManager, cast, Iterable, Iterator, Mapp
 ###############################################################################
 
 PENDING = "pending"
+WAITING = "waiting"
 ACTIVE = "active"
 COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
-STATUSES = (PENDING, ACTIVE, COMPLETED, FAILED, CANCELLED)
+STATUSES = (PENDING, WAITING, ACTIVE, COMPLETED, FAILED, CANCELLED)
 _FINISHED = frozenset((COMPLETED, FAILED, CANCELLED))
 
 DEFAULT_QUEUE = "default"
@@ -208,6 +216,11 @@ class JobCancelled(JobFailed):
     """A job was cancelled, so it has no result."""
 
 
+class PartsFailed(LitejobsError):
+    """The error of a `parallel` or `serial` job without a postprocess when
+    some of its parts did not complete; the message names each of them."""
+
+
 ###############################################################################
 # SQL and schema
 ###############################################################################
@@ -219,7 +232,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """
         CREATE TABLE litejobs_jobs (
-            id                INTEGER PRIMARY KEY,
+            id                INTEGER PRIMARY KEY AUTOINCREMENT,
             queue             TEXT    NOT NULL,
             priority          INTEGER NOT NULL DEFAULT 0,
             status            TEXT    NOT NULL,
@@ -245,7 +258,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             parent_id         INTEGER REFERENCES litejobs_jobs (id) ON DELETE CASCADE,
             role              TEXT,
             position          INTEGER,
+            composite         TEXT,
             waiting_on        INTEGER NOT NULL DEFAULT 0,
+            waiting_for       INTEGER,
+            followers         INTEGER NOT NULL DEFAULT 0,
             result            BLOB,
             error             TEXT,
             error_type        TEXT,
@@ -281,12 +297,17 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """
         CREATE UNIQUE INDEX litejobs_jobs_live_key
             ON litejobs_jobs (key)
-            WHERE key IS NOT NULL AND status IN ('pending', 'active')
+            WHERE key IS NOT NULL AND status IN ('pending', 'waiting', 'active')
         """,
         """
         CREATE INDEX litejobs_jobs_parent
-            ON litejobs_jobs (parent_id)
+            ON litejobs_jobs (parent_id, position)
             WHERE parent_id IS NOT NULL
+        """,
+        """
+        CREATE INDEX litejobs_jobs_waiting_for
+            ON litejobs_jobs (waiting_for)
+            WHERE waiting_for IS NOT NULL
         """,
         """
         CREATE TABLE litejobs_workers (
@@ -324,23 +345,36 @@ _JOB_COLUMNS = (
     "id, queue, priority, status, name, key, attempts, max_attempts, retry_policy,"
     " interruptions, max_interruptions, timeout, created_at, begin_after, begin_by,"
     " started_at, finished_at, lease_owner, lease_expires, cancel_requested,"
-    " parent_id, role, position, error, error_type, progress, progress_message, meta"
+    " parent_id, role, position, composite, waiting_on, waiting_for, followers,"
+    " error, error_type, progress, progress_message, meta"
 )
+
+# Ids are given explicitly, so that a whole tree of jobs (a composite and its
+# parts) can be linked and inserted with one executemany.  AUTOINCREMENT keeps
+# the high-water mark in sqlite_sequence: an id is never given to a second job,
+# even after the newest jobs were purged.
+_NEXT_JOB_ID = """
+SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'litejobs_jobs'), 0),
+           coalesce((SELECT max(id) FROM litejobs_jobs), 0)) + 1
+"""
 
 _INSERT_JOB = """
 INSERT INTO litejobs_jobs (
-    queue, priority, status, name, payload, key, max_attempts, retry_policy,
-    max_interruptions, timeout, created_at, begin_after, begin_by)
+    id, queue, priority, status, name, payload, key, max_attempts, retry_policy,
+    max_interruptions, timeout, created_at, begin_after, begin_by, parent_id, role,
+    position, composite, waiting_on, followers)
 VALUES (
-    :queue, :priority, 'pending', :name, :payload, :key, :max_attempts, :retry_policy,
-    :max_interruptions, :timeout, :now, :begin_after, :begin_by)
-RETURNING {columns}
-""".format(columns=_JOB_COLUMNS)
+    :id, :queue, :priority, :status, :name, :payload, :key, :max_attempts, :retry_policy,
+    :max_interruptions, :timeout, :created_at, :begin_after, :begin_by, :parent_id, :role,
+    :position, :composite, :waiting_on, :followers)
+"""
 
 _FIND_LIVE_KEY = f"""
 SELECT {_JOB_COLUMNS} FROM litejobs_jobs
-WHERE key = ? AND status IN ('pending', 'active')
+WHERE key = ? AND status IN ('pending', 'waiting', 'active')
 """
+
+_SELECT_JOB_RANGE = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id BETWEEN ? AND ?"
 
 _SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
 _SELECT_PAYLOAD = "SELECT payload FROM litejobs_jobs WHERE id = ?"
@@ -398,6 +432,9 @@ _MAX_QUEUE_RANGES = 16
 
 _WORKER_ROWS_KEPT = 7 * 86400.0  # seconds a stopped pool's row is kept
 
+# What a statement that may end jobs returns, for `_SQLiteStorage._after_end`.
+_ENDED = "id, status, parent_id, role, position, composite, waiting_on, followers"
+
 # Fails, in one statement, every job still pending past its begin_by deadline.
 # The error reads like a formatted DeadlineExceeded; strftime's %f gives SS.SSS.
 # {queues} is "" (every queue) or " AND queue IN (:queue0, ...)".
@@ -410,7 +447,7 @@ SET status = 'failed', finished_at = :now, error_type = :error_type,
                    strftime('%Y-%m-%dT%H:%M:%fZ', :now, 'unixepoch'))
 WHERE status = 'pending' AND begin_by IS NOT NULL AND begin_by < :now
     AND attempts = 0{queues}
-"""
+RETURNING """ + _ENDED
 
 _EXPIRED_LEASES = """
 SELECT id, lease_token, lease_owner, lease_expires FROM litejobs_jobs
@@ -420,7 +457,7 @@ LIMIT 100
 
 # The fence: a worker's write lands only while the job is still active under
 # the token of its own claim.  A cancel requested meanwhile wins over the result.
-_FINISH_JOB = """
+_FINISH_JOB = f"""
 UPDATE litejobs_jobs
 SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE :status END,
     result = CASE WHEN cancel_requested THEN NULL ELSE :result END,
@@ -429,10 +466,10 @@ SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE :status END,
     finished_at = CASE WHEN cancel_requested OR :status != 'pending' THEN :now END,
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
 WHERE id = :id AND status = 'active' AND lease_token = :token
-RETURNING status
+RETURNING {_ENDED}
 """
 
-_INTERRUPT_JOB = """
+_INTERRUPT_JOB = f"""
 UPDATE litejobs_jobs
 SET interruptions = interruptions + 1,
     status = CASE WHEN cancel_requested THEN 'cancelled'
@@ -445,7 +482,7 @@ SET interruptions = interruptions + 1,
                        THEN :now END,
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
 WHERE id = :id AND status = 'active' AND lease_token = :token
-RETURNING status
+RETURNING {_ENDED}
 """
 
 _RENEW_LEASE = """
@@ -455,14 +492,14 @@ WHERE id = :id AND status = 'active' AND lease_token = :token
 
 # A claimed job that a pool never started goes back as if never claimed: the
 # claim's attempt is given back.  Fenced like every worker write.
-_RELEASE_JOB = """
+_RELEASE_JOB = f"""
 UPDATE litejobs_jobs
 SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
     attempts = attempts - 1, started_at = NULL,
     finished_at = CASE WHEN cancel_requested THEN :now END,
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
 WHERE id = :id AND status = 'active' AND lease_token = :token
-RETURNING status
+RETURNING {_ENDED}
 """
 
 _ACTIVE_JOBS_OF = """
@@ -517,13 +554,135 @@ SELECT id, host, pid, heartbeat_at, lease FROM litejobs_workers
 WHERE stopped_at IS NULL AND id != :id AND heartbeat_at < :silent_since
 """
 
-_CANCEL_JOB = """
+# A job not running ends at once; a running one is flagged, and its pool
+# stops the run.  waiting_on is left as it was: it tells `_after_end` whether
+# a serial part had had its turn.
+_CANCEL_JOB = f"""
 UPDATE litejobs_jobs
-SET status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END,
-    finished_at = CASE WHEN status = 'pending' THEN :now ELSE finished_at END,
+SET status = CASE WHEN status = 'active' THEN status ELSE 'cancelled' END,
+    finished_at = CASE WHEN status = 'active' THEN finished_at ELSE :now END,
     cancel_requested = 1
-WHERE id = :id AND status IN ('pending', 'active')
-RETURNING status
+WHERE id = :id AND status IN ('pending', 'waiting', 'active')
+RETURNING {_ENDED}
+"""
+
+# -- composition ---------------------------------------------------------------
+#
+# A composite (parallel or serial) is a row of its own whose parts are rows
+# with parent_id pointing at it and role 'part'; a callback is a row with
+# parent_id pointing at the job it follows and a callback role; a job that
+# returned another job waits with waiting_for pointing at it.  Rows that wait
+# have status 'waiting' and are never claimed.  waiting_on counts what a
+# waiting row still waits for: the parts not yet ended, or 1 for a returned
+# job; _DORMANT (-1) means its turn has not come (a later serial part, a
+# callback whose job has not ended, a part of a composite not yet started).
+# followers counts the callbacks and waiting jobs to tell when the row ends.
+# Every step below runs inside the transaction that ended the job before it.
+
+_CALLBACK_ROLES = ("callback", "success", "failure", "callbacks")
+_DORMANT = -1
+
+_MAKE_READY = """
+UPDATE litejobs_jobs
+SET status = 'pending', waiting_on = 0, begin_after = max(begin_after, :now)
+WHERE id = :id AND status = 'waiting'
+"""
+
+_MAKE_PLAIN_PARTS_READY = """
+UPDATE litejobs_jobs
+SET status = 'pending', waiting_on = 0, begin_after = max(begin_after, :now)
+WHERE parent_id = :id AND role = 'part' AND status = 'waiting' AND composite IS NULL
+"""
+
+_WAITING_PARTS = """
+SELECT id, composite FROM litejobs_jobs
+WHERE parent_id = :id AND role = 'part' AND status = 'waiting'
+ORDER BY position
+"""
+
+_SET_WAITING_ON = "UPDATE litejobs_jobs SET waiting_on = :count WHERE id = :id"
+
+_COMPOSITE_OF = "SELECT composite FROM litejobs_jobs WHERE id = ?"
+
+# Two parts ending at the same instant are serialised by the write lock, so
+# exactly one of them sees the count reach zero.
+_PART_ENDED = """
+UPDATE litejobs_jobs SET waiting_on = waiting_on - 1
+WHERE id = :parent AND status = 'waiting' AND waiting_on > 0
+RETURNING waiting_on, composite
+"""
+
+_NEXT_SERIAL_PART = """
+SELECT id FROM litejobs_jobs
+WHERE parent_id = :parent AND role = 'part' AND status = 'waiting' AND waiting_on = -1
+    AND position > :position
+ORDER BY position
+LIMIT 1
+"""
+
+_CANCEL_REST_OF_SERIAL = f"""
+UPDATE litejobs_jobs
+SET status = 'cancelled', finished_at = :now, cancel_requested = 1, error = :error
+WHERE parent_id = :parent AND role = 'part' AND status = 'waiting' AND waiting_on = -1
+RETURNING {_ENDED}
+"""
+
+# Everything under a cancelled job that has not ended: its parts, theirs, and
+# a job it returned.  Callbacks are not included: they run, told of the cancel.
+_CANCEL_DESCENDANTS = f"""
+WITH RECURSIVE tree (id) AS (
+    SELECT id FROM litejobs_jobs
+    WHERE parent_id = :id AND role IN ('part', 'result')
+    UNION ALL
+    SELECT child.id FROM litejobs_jobs AS child JOIN tree ON child.parent_id = tree.id
+    WHERE child.role IN ('part', 'result'))
+UPDATE litejobs_jobs
+SET status = CASE WHEN status = 'active' THEN status ELSE 'cancelled' END,
+    finished_at = CASE WHEN status = 'active' THEN finished_at ELSE :now END,
+    cancel_requested = 1
+WHERE id IN tree AND status IN ('pending', 'waiting', 'active')
+RETURNING {_ENDED}
+"""
+
+_DORMANT_CALLBACKS = """
+SELECT id, role FROM litejobs_jobs
+WHERE parent_id = :id AND status = 'waiting' AND waiting_on = -1
+    AND role IN ('callback', 'success', 'failure', 'callbacks')
+ORDER BY id
+"""
+
+_SKIP_CALLBACK = f"""
+UPDATE litejobs_jobs SET status = 'cancelled', finished_at = :now, error = :error
+WHERE id = :id AND status = 'waiting'
+RETURNING {_ENDED}
+"""
+
+# A job that waited on a job it returned ends as that job ended.
+_TAKE_OUTCOME = f"""
+UPDATE litejobs_jobs
+SET (status, result, error, error_type) = (
+        SELECT status, result, error, error_type FROM litejobs_jobs WHERE id = :source),
+    finished_at = :now, waiting_on = 0
+WHERE waiting_for = :source AND status = 'waiting'
+RETURNING {_ENDED}
+"""
+
+_WAIT_FOR_JOB = f"""
+UPDATE litejobs_jobs
+SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'waiting' END,
+    finished_at = CASE WHEN cancel_requested THEN :now END,
+    waiting_on = 1, waiting_for = :target,
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND status = 'active' AND lease_token = :token
+RETURNING {_ENDED}
+"""
+
+_ADD_FOLLOWER = "UPDATE litejobs_jobs SET followers = followers + 1 WHERE id = ? RETURNING status"
+
+_SELECT_CHILDREN = f"""
+SELECT {_JOB_COLUMNS} FROM litejobs_jobs
+WHERE parent_id = :id AND (:role IS NULL OR role = :role)
+ORDER BY role != 'part', role != 'result', position, id
 """
 
 
@@ -627,6 +786,36 @@ def _deadline_statement(queue_count: int | None) -> str:
     return _EXPIRE_DEADLINES.format(queues=_queue_names_filter(queue_count))
 
 
+# A new row's columns that planning leaves alone.
+_NEW_ROW: dict[str, Any] = {
+    "status": "pending", "key": None, "attempts": 0, "interruptions": 0,
+    "started_at": None, "finished_at": None, "lease_owner": None, "lease_expires": None,
+    "cancel_requested": 0, "parent_id": None, "role": None, "position": None,
+    "composite": None, "waiting_on": 0, "waiting_for": None, "followers": 0,
+    "error": None, "error_type": None, "progress": None, "progress_message": None,
+    "meta": None,
+}
+
+
+def _number_tree(tree: Sequence[Mapping[str, Any]], first_id: int, now: float, *,
+                 parent_id: int | None = None, role: str | None = None) -> list[dict[str, Any]]:
+    """Complete the planned rows of one tree for insertion: ids from
+    ``first_id`` on, links between them, and the root under ``parent_id``
+    with ``role``, if given."""
+    rows = []
+    for index, planned in enumerate(tree):
+        row = {**_NEW_ROW, **planned, "id": first_id + index, "created_at": now}
+        parent = row.pop("parent", None)
+        if parent is not None:
+            row["parent_id"] = first_id + parent
+        else:
+            row["parent_id"] = parent_id
+            if role is not None:
+                row["role"] = role
+        rows.append(row)
+    return rows
+
+
 def _as_dict(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
     return {d[0]: value for d, value in zip(cursor.description, row)}
 
@@ -649,10 +838,17 @@ class _Storage(Protocol):
     """
 
     path: str
+    woken: int
 
     def write(self) -> ContextManager[Any]: ...
-    def insert(self, rows: Sequence[Mapping[str, Any]],
-               now: float) -> list[tuple[dict[str, Any], bool]]: ...
+    def insert(self, trees: Sequence[Sequence[Mapping[str, Any]]], now: float,
+               conn: sqlite3.Connection | None = None
+               ) -> list[list[tuple[dict[str, Any], bool]]]: ...
+    def wait_for(self, job_id: int, token: str, now: float,
+                 follow: int | Sequence[Mapping[str, Any]]) -> str: ...
+    def add_callback(self, job_id: int, tree: Sequence[Mapping[str, Any]], now: float,
+                     conn: sqlite3.Connection | None = None) -> dict[str, Any]: ...
+    def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]: ...
     def fetch(self, job_id: int) -> dict[str, Any] | None: ...
     def fetch_blob(self, job_id: int, column: str) -> bytes | None: ...
     def fetch_many(self, *, status: str | None, queue: str | None,
@@ -705,6 +901,7 @@ class _SQLiteStorage:
         self._pid = os.getpid()
         self._connections: dict[int, sqlite3.Connection] = {}
         self._writing: set[int] = set()  # threads inside write()
+        self.woken = 0  # jobs made due by the end of others: a pool then claims again
         self._lock = threading.Lock()
         _check_sqlite_version()
         self._prepare_file()
@@ -945,7 +1142,8 @@ class _SQLiteStorage:
         read transaction, so no reader holds back WAL checkpoints."""
         conn = self._connection()
         with self._errors():
-            self._roll_back_leftover(conn)
+            if threading.get_ident() not in self._writing:  # else: read inside the write
+                self._roll_back_leftover(conn)
             yield conn
 
     def _roll_back_leftover(self, conn: sqlite3.Connection) -> None:
@@ -982,25 +1180,74 @@ class _SQLiteStorage:
 
     # -- jobs ----------------------------------------------------------------
 
-    def insert(self, rows: Sequence[Mapping[str, Any]],
-               now: float) -> list[tuple[dict[str, Any], bool]]:
-        """Insert jobs in one transaction; return ``(row, already_there)`` for each.
+    def insert(self, trees: Sequence[Sequence[Mapping[str, Any]]], now: float,
+               conn: sqlite3.Connection | None = None) -> list[list[tuple[dict[str, Any], bool]]]:
+        """Insert jobs in one transaction; for each tree, return ``(row, already_there)``
+        for each of its rows, in order.
 
-        A row with a key that a pending or active job already holds is not
-        inserted; that job's row comes back instead.
+        A tree is a list of rows, its root first; a row's ``parent`` is the
+        index of its parent row in the tree (see `_plan_tree`).  A root with a
+        key that an unfinished job already holds is not inserted; that job's
+        row comes back instead.  With ``conn``, the rows are written inside
+        that connection's open transaction instead of one of litejobs's own.
         """
-        out: list[tuple[dict[str, Any], bool]] = []
-        with self.write() as conn:
-            for row in rows:
-                if row["key"] is not None:
-                    cursor = conn.execute(_FIND_LIVE_KEY, (row["key"],))
+        with self._transaction(conn) as conn:
+            next_id = int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
+            out: list[list[tuple[dict[str, Any], bool]]] = []
+            new_rows: list[dict[str, Any]] = []
+            composites = []
+            for tree in trees:
+                key = tree[0]["key"]
+                if key is not None:
+                    cursor = conn.execute(_FIND_LIVE_KEY, (key,))
                     found = cursor.fetchone()
                     if found is not None:
-                        out.append((_as_dict(cursor, found), True))
+                        out.append([(_as_dict(cursor, found), True)])
                         continue
-                cursor = conn.execute(_INSERT_JOB, {**row, "now": now})
-                out.append((_as_dict(cursor, cursor.fetchone()), False))
+                rows = _number_tree(tree, next_id, now)
+                next_id += len(rows)
+                new_rows += rows
+                if rows[0]["status"] == WAITING:
+                    composites.append((len(out), rows[0]["id"], rows[-1]["id"]))
+                out.append([(row, False) for row in rows])
+            conn.executemany(_INSERT_JOB, new_rows)
+            for row in new_rows:
+                del row["payload"]  # the returned rows are those of bound jobs
+            for index, first, last in composites:
+                self._activate(conn, first, now)
+                cursor = conn.execute(_SELECT_JOB_RANGE, (first, last))
+                out[index] = [(_as_dict(cursor, row), False) for row in cursor.fetchall()]
         return out
+
+    def _transaction(self, conn: sqlite3.Connection | None) -> ContextManager[Any]:
+        return self.write() if conn is None else self._joined(conn)
+
+    @contextlib.contextmanager
+    def _joined(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
+        """Write through the caller's own connection, inside the transaction
+        the caller has open: what is written commits or rolls back with it."""
+        if not isinstance(conn, sqlite3.Connection):
+            raise TypeError(f"conn must be a sqlite3.Connection, not {_describe(conn)}")
+        if not conn.in_transaction:
+            raise ValueError(
+                "conn has no open transaction: begin one (BEGIN IMMEDIATE) before "
+                "putting jobs through it, so they commit or roll back with your writes")
+        cursor = conn.cursor()
+        cursor.row_factory = None  # whatever the application uses, rows here are tuples
+        files = {row[1]: row[2] for row in cursor.execute("PRAGMA database_list").fetchall()}
+        if not files.get("main") or not os.path.exists(files["main"]) \
+                or not os.path.samefile(files["main"], self.path):
+            raise ValueError(f"conn is open on {files.get('main') or 'a memory database'}, "
+                             f"not on {self.path}")
+        with self._errors():
+            yield cursor
+
+    def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]:
+        """The rows whose parent is ``job_id``: parts in order, then the job it
+        returned, then callbacks in the order added."""
+        with self.read() as conn:
+            cursor = conn.execute(_SELECT_CHILDREN, {"id": job_id, "role": role})
+            return [_as_dict(cursor, row) for row in cursor.fetchall()]
 
     def fetch(self, job_id: int) -> dict[str, Any] | None:
         with self.read() as conn:
@@ -1048,7 +1295,8 @@ class _SQLiteStorage:
         queue_count = None if queues is None else len(queues)
         with self.write() as conn:
             self._recover_expired_leases(conn, now)
-            conn.execute(_deadline_statement(queue_count), params)
+            cursor = conn.execute(_deadline_statement(queue_count), params)
+            self._after_end(conn, [_as_dict(cursor, row) for row in cursor.fetchall()], now)
             if queue_count == 0:
                 return token, []
             cursor = conn.execute(_claim_statement(queue_count), params)
@@ -1077,11 +1325,21 @@ class _SQLiteStorage:
                   "result": result, "error": error, "error_type": error_type,
                   "begin_after": begin_after}
         with self.write() as conn:
-            row = conn.execute(_FINISH_JOB, params).fetchone()
+            return self._ended(conn, _FINISH_JOB, params, now,
+                               f"job {job_id}: lease {token[:8]} no longer owns the job; "
+                               f"its result was discarded")
+
+    def _ended(self, conn: sqlite3.Connection, statement: str, params: Mapping[str, Any],
+               now: float, lost: str) -> str:
+        """Run a fenced statement that may end a job, and what follows its end;
+        return the job's status, or raise `LeaseLost` with ``lost``."""
+        cursor = conn.execute(statement, params)
+        row = cursor.fetchone()
         if row is None:
-            raise LeaseLost(f"job {job_id}: lease {token[:8]} no longer owns the job; "
-                            f"its result was discarded")
-        return str(row[0])
+            raise LeaseLost(lost)
+        ended = _as_dict(cursor, row)
+        self._after_end(conn, [ended], now)
+        return str(ended["status"])
 
     def interrupt(self, job_id: int, token: str, now: float, reason: str) -> str:
         """Record that an attempt died without an outcome.  Fenced like `finish`."""
@@ -1091,12 +1349,10 @@ class _SQLiteStorage:
     def _interrupt(self, conn: sqlite3.Connection, job_id: int, token: str,
                    now: float, reason: str) -> str:
         error = _format_exception_only(Interrupted(reason))
-        row = conn.execute(_INTERRUPT_JOB, {
+        return self._ended(conn, _INTERRUPT_JOB, {
             "id": job_id, "token": token, "now": now, "error": error,
-            "error_type": _INTERRUPTED_TYPE}).fetchone()
-        if row is None:
-            raise LeaseLost(f"job {job_id}: lease {token[:8]} no longer owns the job")
-        return str(row[0])
+            "error_type": _INTERRUPTED_TYPE},
+            now, f"job {job_id}: lease {token[:8]} no longer owns the job")
 
     def renew(self, leases: Iterable[tuple[int, str]], expires: float) -> list[int]:
         """Extend the given ``(job_id, token)`` leases; return the ids whose
@@ -1111,21 +1367,183 @@ class _SQLiteStorage:
         return lost
 
     def cancel(self, job_id: int, now: float) -> str | None:
-        """Cancel a pending job, or flag an active one for cancelling.  Returns
+        """Cancel a job that has not ended, with everything under it (see
+        `_after_end`); a running one is flagged for its pool to stop.  Returns
         the status after, or None if the job had already ended."""
         with self.write() as conn:
-            row = conn.execute(_CANCEL_JOB, {"id": job_id, "now": now}).fetchone()
-        return None if row is None else str(row[0])
+            try:
+                return self._ended(conn, _CANCEL_JOB, {"id": job_id, "now": now}, now, "")
+            except LeaseLost:
+                return None
 
     def release(self, job_id: int, token: str, now: float) -> str:
         """Give back a claimed job that never started: pending again (or
         cancelled, if that was asked), its attempt not counted.  Fenced."""
         with self.write() as conn:
-            row = conn.execute(_RELEASE_JOB, {"id": job_id, "token": token,
-                                              "now": now}).fetchone()
-        if row is None:
-            raise LeaseLost(f"job {job_id}: lease {token[:8]} no longer owns the job")
-        return str(row[0])
+            return self._ended(conn, _RELEASE_JOB, {"id": job_id, "token": token, "now": now},
+                               now, f"job {job_id}: lease {token[:8]} no longer owns the job")
+
+    def wait_for(self, job_id: int, token: str, now: float,
+                 follow: int | Sequence[Mapping[str, Any]]) -> str:
+        """Record that a run returned a job instead of a value: the job waits,
+        holding no worker, for ``follow`` (the id of a job already put, or a
+        planned tree to insert under it), and will end as that job ends.
+        Fenced like `finish`; returns the status written."""
+        lost = f"job {job_id}: lease {token[:8]} no longer owns the job; the job it " \
+               f"returned was not stored"
+        with self.write() as conn:
+            if isinstance(follow, int):
+                target = follow
+                if conn.execute(_COMPOSITE_OF, (target,)).fetchone() is None:
+                    error = _format_exception_only(LitejobsError(
+                        f"job {job_id} returned job {target}, which is not in {self.path}"))
+                    return self._ended(conn, _FINISH_JOB, {
+                        "id": job_id, "token": token, "status": FAILED, "now": now,
+                        "result": None, "error": error, "begin_after": None,
+                        "error_type": _qualified_type_name(LitejobsError)}, now, lost)
+            else:
+                target = int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
+            status = self._ended(conn, _WAIT_FOR_JOB, {"id": job_id, "token": token,
+                                                       "now": now, "target": target},
+                                 now, lost)
+            if status != WAITING:
+                return status  # cancelled meanwhile: nothing to wait for
+            if isinstance(follow, int):
+                target_status = conn.execute(_ADD_FOLLOWER, (target,)).fetchone()[0]
+                if target_status in _FINISHED:
+                    ended = self._rows(conn, _TAKE_OUTCOME, {"source": target, "now": now})
+                    self._after_end(conn, ended, now)
+                    return next(str(row["status"]) for row in ended if row["id"] == job_id)
+            else:
+                rows = _number_tree(follow, target, now, parent_id=job_id, role="result")
+                rows[0]["followers"] = 1
+                conn.executemany(_INSERT_JOB, rows)
+                self._activate(conn, target, now)
+        return WAITING
+
+    def add_callback(self, job_id: int, tree: Sequence[Mapping[str, Any]], now: float,
+                     conn: sqlite3.Connection | None = None) -> dict[str, Any]:
+        """Insert a callback row (a planned one-row tree whose root has its
+        callback role) under ``job_id``: dormant until that job ends, or due at
+        once if it has ended.  Returns the callback's row."""
+        with self._transaction(conn) as conn:
+            found = conn.execute(_ADD_FOLLOWER, (job_id,)).fetchone()
+            if found is None:
+                raise JobNotFound(f"no job {job_id} in {self.path}")
+            first = int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
+            rows = _number_tree(tree, first, now, parent_id=job_id)
+            conn.executemany(_INSERT_JOB, rows)
+            if found[0] in _FINISHED:
+                parent = conn.execute(f"SELECT {_ENDED} FROM litejobs_jobs WHERE id = ?",
+                                      (job_id,))
+                ended = self._start_callback(conn, first, rows[0]["role"],
+                                             _as_dict(parent, parent.fetchone()), now)
+                self._after_end(conn, ended, now)
+            cursor = conn.execute(_SELECT_JOB, (first,))
+            return _as_dict(cursor, cursor.fetchone())
+
+    # -- what follows the end of a job ------------------------------------------
+
+    def _after_end(self, conn: sqlite3.Connection, ended: Sequence[Mapping[str, Any]],
+                   now: float) -> None:
+        """Take every step that follows the end of the ``ended`` rows (as
+        selected by ``_ENDED``), in the transaction that ended them, so that no
+        crash can fall between a job's end and what it sets off.
+
+        - A cancelled job cancels what is under it that has not ended.
+        - Its callbacks become due (or end, if they wait for the other outcome),
+          and jobs waiting on it take its outcome.
+        - The composite it is a part of counts it: a parallel becomes due once
+          every part has ended; a serial starts its next part, or, with
+          ``stop_on_failure`` after a part that did not complete, cancels the
+          rest.  A composite becomes due to run its postprocess.
+
+        Steps that end further jobs queue them here, so chains of any depth
+        are followed without recursion.
+        """
+        todo = collections.deque(row for row in ended if row["status"] in _FINISHED)
+        while todo:
+            row = todo.popleft()
+            if row["status"] == CANCELLED:
+                todo.extend(self._rows(conn, _CANCEL_DESCENDANTS, {"id": row["id"], "now": now}))
+            if row["followers"]:
+                todo.extend(self._tell_followers(conn, row, now))
+            if row["role"] == "part":
+                todo.extend(self._count_part(conn, row, now))
+
+    @staticmethod
+    def _rows(conn: sqlite3.Connection, statement: str,
+              params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        cursor = conn.execute(statement, params)
+        return [_as_dict(cursor, row) for row in cursor.fetchall()]
+
+    def _tell_followers(self, conn: sqlite3.Connection, row: Mapping[str, Any],
+                        now: float) -> list[dict[str, Any]]:
+        ended = []
+        for callback_id, role in conn.execute(_DORMANT_CALLBACKS, {"id": row["id"]}).fetchall():
+            ended += self._start_callback(conn, callback_id, role, row, now)
+        return ended + self._rows(conn, _TAKE_OUTCOME, {"source": row["id"], "now": now})
+
+    def _start_callback(self, conn: sqlite3.Connection, callback_id: int, role: str,
+                        parent: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
+        """Make a callback due, or end it unrun if it waits for the outcome
+        its job did not have; return the rows this ended."""
+        completed = parent["status"] == COMPLETED
+        if role in ("callback", "callbacks") or completed == (role == "success"):
+            self._make_ready(conn, callback_id, now)
+            return []
+        error = (f"not run: job {parent['id']} {parent['status']}, and this callback "
+                 f"runs only on {role}\n")
+        return self._rows(conn, _SKIP_CALLBACK, {"id": callback_id, "now": now,
+                                                 "error": error})
+
+    def _count_part(self, conn: sqlite3.Connection, part: Mapping[str, Any],
+                    now: float) -> list[dict[str, Any]]:
+        composite = conn.execute(_PART_ENDED, {"parent": part["parent_id"]}).fetchone()
+        if composite is None:
+            return []  # the composite ended already (cancelled)
+        left, kind = composite
+        if left == 0:
+            self._make_ready(conn, part["parent_id"], now)
+            return []
+        if kind == "parallel" or part["waiting_on"] == _DORMANT:
+            return []  # a serial part cancelled before its turn: the chain goes on
+        if kind == "serial_stop" and part["status"] != COMPLETED:
+            error = (f"not run: part {part['position']} of serial job {part['parent_id']} "
+                     f"(job {part['id']}) {part['status']}, and the serial stops on "
+                     f"failure\n")
+            return self._rows(conn, _CANCEL_REST_OF_SERIAL, {
+                "parent": part["parent_id"], "now": now, "error": error})
+        following = conn.execute(_NEXT_SERIAL_PART, {"parent": part["parent_id"],
+                                                     "position": part["position"]}).fetchone()
+        if following is not None:
+            self._activate(conn, following[0], now)
+        return []
+
+    def _activate(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
+        """Start a dormant job: a plain one becomes due; a parallel starts every
+        part, a serial its first part, and a composite with no parts left to
+        wait for becomes due to run its postprocess."""
+        kind = conn.execute(_COMPOSITE_OF, (job_id,)).fetchone()[0]
+        if kind is None:
+            self._make_ready(conn, job_id, now)
+            return
+        parts = conn.execute(_WAITING_PARTS, {"id": job_id}).fetchall()
+        conn.execute(_SET_WAITING_ON, {"id": job_id, "count": len(parts)})
+        if not parts:
+            self._make_ready(conn, job_id, now)
+        elif kind == "parallel":
+            conn.execute(_MAKE_PLAIN_PARTS_READY, {"id": job_id, "now": now})
+            self.woken += 1
+            for part_id, part_kind in parts:
+                if part_kind is not None:
+                    self._activate(conn, part_id, now)
+        else:
+            self._activate(conn, parts[0][0], now)
+
+    def _make_ready(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
+        conn.execute(_MAKE_READY, {"id": job_id, "now": now})
+        self.woken += 1
 
     def cancels_requested(self, owner: str) -> list[int]:
         """Ids of jobs ``owner`` is running whose cancel was asked for."""
@@ -1732,16 +2150,106 @@ class Job:
             self.refresh()
 
     def cancel(self) -> bool:
-        """Cancel the job.  A pending job is cancelled at once and never runs.
+        """Cancel the job.  A pending or waiting job is cancelled at once and
+        never runs.
 
         An active job is flagged: its run's result is discarded and it ends
-        `CANCELLED` (a worker pool also stops the run).  Returns False if the
-        job had already ended.
+        `CANCELLED` (a worker pool also stops the run).  Cancelling a
+        composite, or a job waiting on a job it returned, cancels in the same
+        way everything under it that has not ended.  Callbacks still run, and
+        get a `Failure`.  Returns False if the job had already ended.
         """
         queue = self._require_queue()
         status = queue._storage.cancel(self._require_id(), _CLOCK.get()())
         self.refresh()
         return status is not None
+
+    # -- composition ------------------------------------------------------------
+
+    @property
+    def composite(self) -> str | None:
+        """``"parallel"`` or ``"serial"`` for a job put from `parallel` or
+        `serial`, else None."""
+        kind = self._row.get("composite")
+        return None if kind is None else str(kind).partition("_")[0]
+
+    @property
+    def role(self) -> str | None:
+        """How the job hangs under its `parent`: ``"part"`` of a composite,
+        ``"result"`` (a job its parent returned), or the callback kinds
+        ``"callback"``, ``"success"``, ``"failure"`` and ``"callbacks"``;
+        None for a job put on its own."""
+        return self._row.get("role")
+
+    def parent(self) -> Job | None:
+        """The composite this is a part of, the job this is a callback of, or
+        the job that returned this one; None for a job put on its own."""
+        parent_id = self._row.get("parent_id")
+        return None if parent_id is None else self._require_queue().get(parent_id)
+
+    def children(self) -> list[Job]:
+        """The jobs under this one, read now: a composite's parts in order,
+        then the job this one returned, then its callbacks in the order added.
+        Each has its `role`, and ``status``, ``result`` and ``error``."""
+        queue = self._require_queue()
+        return [Job._bound(queue, row)
+                for row in queue._storage.children(self._require_id(), None)]
+
+    def add_callback(self, item: Job | Callable[..., Any] | str, **options: Any) -> Job:
+        """Run ``item`` as a job of its own once this job ends, with one more
+        argument after those it has: this job's result if it completed, or a
+        `Failure` if it failed or was cancelled.  Returns the callback job.
+
+        Added to a job that has already ended, the callback is due at once.
+        Every callback of a job gets that job's result; to chain, add a
+        callback to the callback.  ``options`` are those of `Queue.put`
+        (``queue`` and ``priority`` default to this job's).
+        """
+        return self._add_callback("callback", [item], options)
+
+    def add_callbacks(self, success: Job | Callable[..., Any] | str | None = None,
+                      failure: Job | Callable[..., Any] | str | None = None,
+                      **options: Any) -> Job:
+        """Like `add_callback`, but run ``success(result)`` if this job
+        completes and ``failure(Failure)`` if it fails or is cancelled: one
+        callback job runs the side that matches.  If that side was not given,
+        the callback job ends `CANCELLED` without running."""
+        if success is None and failure is None:
+            raise ValueError("add_callbacks needs success=, failure= or both")
+        if failure is None:
+            return self._add_callback("success", [success], options)
+        if success is None:
+            return self._add_callback("failure", [failure], options)
+        return self._add_callback("callbacks", [success, failure], options)
+
+    def _add_callback(self, role: str, items: list[Any], options: dict[str, Any]) -> Job:
+        queue = self._require_queue()
+        job_id = self._require_id()
+        if "key" in options or "begin_by" in options:
+            raise TypeError("a callback takes no key or begin_by")
+        options.setdefault("queue", self.queue)
+        options.setdefault("priority", self.priority)
+        now = _CLOCK.get()()
+        common = queue._row_options(now, key=None, begin_by=None, **_with_put_defaults(options))
+        planned = []
+        for item in items:
+            if isinstance(item, Composite):
+                raise TypeError("a callback is a callable or a Job, not a composite; "
+                                "to run a composite after a job, return it from a callback")
+            planned.append(_plan_tree(item, common, set(), dormant=True))
+        tree = planned[0][0]
+        tree[0]["role"] = role
+        if role == "callbacks":
+            sides = [(rows[0]["name"], rows[0]["payload"]) for rows, _ in planned]
+            tree[0]["name"] = " | ".join(name for name, _ in sides)
+            tree[0]["payload"] = pickle.dumps((_run_matching_side, tuple(sides), {}),
+                                              protocol=_PICKLE_PROTOCOL)
+        row = queue._storage.add_callback(job_id, tree, now)
+        bound = planned[0][1]
+        if bound and role != "callbacks":
+            bound[0][1]._queue, bound[0][1]._row = queue, row
+            return bound[0][1]
+        return Job._bound(queue, row)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Job) or self.id is None or other.id is None:
@@ -1754,7 +2262,10 @@ class Job:
     def __repr__(self) -> str:
         if self.id is None:
             return f"<litejobs.Job {self.name} (not put)>"
-        return f"<litejobs.Job {self.id} {self.name} {self.status}>"
+        kind = self.composite
+        what = self.name if kind is None or self.name == f"litejobs:{kind}" \
+            else f"{kind}, then {self.name}"
+        return f"<litejobs.Job {self.id} {what} {self.status}>"
 
 
 def wait_for_result(job: Job, timeout: float = 5.0) -> Any:
@@ -1764,7 +2275,8 @@ def wait_for_result(job: Job, timeout: float = 5.0) -> Any:
 
 def wait_for_start(job: Job, timeout: float = 5.0) -> Job:
     """Wait until ``job`` has started (or ended); return it."""
-    job._wait_until(lambda: job.status != PENDING, timeout, "start")
+    job._wait_until(lambda: job.started_at is not None or job.status in _FINISHED,
+                    timeout, "start")
     return job
 
 
@@ -1777,6 +2289,7 @@ class _Outcome:
     error: str | None = None
     error_type: str | None = None
     exc_mro: tuple[str, ...] = ()
+    follow: int | list[dict[str, Any]] | None = None  # a returned job: see _follow_up
 
     @classmethod
     def failure(cls, exc: BaseException) -> _Outcome:
@@ -1793,17 +2306,23 @@ def _execute(job: Job, payload: bytes | None) -> _Outcome:
     function that no longer imports, becomes a failure with its traceback.
     """
     reset = _CURRENT_JOB.set(job)
+    fn: Any = None
     try:
         fn, args, kwargs = _load_call(job.name, payload)
-        value = fn(*args, **kwargs)
+        value = fn(*args, *_inputs_from_the_database(job), **kwargs)
+        follow = _follow_up(job, value) if isinstance(value, (Job, Composite)) else None
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
-        if exc.__traceback__ is not None:  # start the traceback at the job, not here
+        if isinstance(exc, PartsFailed) and fn is _gather_results:
+            exc.__traceback__ = None  # litejobs's own frames say nothing; the parts do
+        elif exc.__traceback__ is not None:  # start the traceback at the job, not here
             exc.__traceback__ = exc.__traceback__.tb_next
         return _Outcome.failure(exc)
     finally:
         _CURRENT_JOB.reset(reset)
+    if follow is not None:
+        return _Outcome(ok=True, follow=follow)
     if value is None:
         return _Outcome(ok=True)
     try:
@@ -1821,6 +2340,8 @@ def _record(storage: _Storage, row: Mapping[str, Any], token: str,
 
     ``row`` is the job as claimed (attempts counts the run that just ended).
     """
+    if outcome.ok and outcome.follow is not None:
+        return storage.wait_for(row["id"], token, now, outcome.follow)
     if outcome.ok:
         return storage.finish(row["id"], token, status=COMPLETED, now=now,
                               result=outcome.result)
@@ -1939,30 +2460,39 @@ class Queue:
 
     # -- putting -------------------------------------------------------------
 
-    def put(self, item: Job | Callable[..., Any] | str, *,
+    def put(self, item: Job | Composite | Callable[..., Any] | str, *,
             begin_after: datetime.datetime | datetime.timedelta | float | None = None,
             begin_by: datetime.timedelta | float | None = None,
             retry: Retry | None = None, priority: int = 0, queue: str = DEFAULT_QUEUE,
             key: str | None = None, timeout: float | None = None,
-            max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS) -> Job:
+            max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS,
+            conn: sqlite3.Connection | None = None) -> Job:
         """Store a job and return it, bound to its row.  Once this returns, the
         job is in the database (on disk, with ``durable=True``).
 
-        ``item`` is a `Job`, a callable taking no arguments, or an importable
-        ``"package.module:function"`` string.
+        ``item`` is a `Job`, a callable taking no arguments, an importable
+        ``"package.module:function"`` string, or a composite from `parallel`
+        or `serial`, stored whole with all its parts.
 
         - ``begin_after``: an aware datetime, or a timedelta or seconds from now;
           the job does not start before it.
         - ``begin_by``: a timedelta or seconds after ``begin_after``; a job not
           started by then fails with `DeadlineExceeded` instead of running late.
+          Not for composites.
         - ``retry``: a `Retry` policy for exceptions; without one an exception
           fails the job at once.
         - ``priority``: larger runs first; ``queue``: the named queue.
-        - ``key``: if a pending or active job has this key, that job is
-          returned and nothing is added.
+        - ``key``: if an unfinished job has this key, that job is returned and
+          nothing is added.
         - ``timeout``: a hard limit on a run in seconds, enforced by worker pools.
         - ``max_interruptions``: runs that may die without an outcome (killed
           process, lost lease) before the job fails as interrupted.
+        - ``conn``: a ``sqlite3`` connection of the application's, open on the
+          same file with a transaction begun: the job is written in that
+          transaction, so it exists if and only if the application commits.
+
+        A composite's options apply to each of its parts and to its
+        postprocess; ``key`` applies to the composite itself.
 
         Raises TypeError or ValueError, writing nothing, for a callable or an
         argument that cannot be stored.
@@ -1970,46 +2500,67 @@ class Queue:
         >>> q.put(Job(render_pdf, 7), begin_after=timedelta(minutes=5),
         ...       retry=Retry(attempts=3))              # doctest: +SKIP
         """
-        return self._put([item], key=key, begin_after=begin_after, begin_by=begin_by,
-                         retry=retry, priority=priority, queue=queue, timeout=timeout,
-                         max_interruptions=max_interruptions)[0]
+        return self._put([item], key=key, conn=conn, begin_after=begin_after,
+                         begin_by=begin_by, retry=retry, priority=priority, queue=queue,
+                         timeout=timeout, max_interruptions=max_interruptions)[0]
 
-    def put_many(self, items: Iterable[Job | Callable[..., Any] | str], *,
+    def put_many(self, items: Iterable[Job | Composite | Callable[..., Any] | str], *,
                  begin_after: datetime.datetime | datetime.timedelta | float | None = None,
                  begin_by: datetime.timedelta | float | None = None,
                  retry: Retry | None = None, priority: int = 0,
                  queue: str = DEFAULT_QUEUE, timeout: float | None = None,
-                 max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS) -> list[Job]:
+                 max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS,
+                 conn: sqlite3.Connection | None = None) -> list[Job]:
         """Store many jobs in one transaction, with the options of `put`
         applied to each; all of them are stored, or none.
 
         >>> q.put_many(Job(render_pdf, n) for n in range(1000))   # doctest: +SKIP
         """
-        return self._put(items, key=None, begin_after=begin_after, begin_by=begin_by,
-                         retry=retry, priority=priority, queue=queue, timeout=timeout,
-                         max_interruptions=max_interruptions)
+        return self._put(items, key=None, conn=conn, begin_after=begin_after,
+                         begin_by=begin_by, retry=retry, priority=priority, queue=queue,
+                         timeout=timeout, max_interruptions=max_interruptions)
 
-    def _put(self, items: Iterable[Job | Callable[..., Any] | str], *, key: str | None,
-             **options: Any) -> list[Job]:
+    def _put(self, items: Iterable[Job | Composite | Callable[..., Any] | str], *,
+             key: str | None, conn: sqlite3.Connection | None, **options: Any) -> list[Job]:
         now = _CLOCK.get()()
-        common = self._row_options(now, key=key, **options)
-        jobs: list[Job] = []
-        rows: list[dict[str, Any]] = []
+        common = {**self._row_options(now, key=key, **options), "key": None}
+        trees: list[list[dict[str, Any]]] = []
+        given: list[list[tuple[int, Job]]] = []
+        seen: set[int] = set()
         for item in items:
-            job = item if isinstance(item, Job) else Job(item)
-            if job._queue is not None or job._call is None:
-                raise ValueError(f"{job!r} was put already; create a new Job to run it again")
-            name, payload = _prepare_call(*job._call)
-            jobs.append(job)
-            rows.append({**common, "name": name, "payload": payload})
+            tree, jobs = _plan_tree(item, common, seen)
+            tree[0]["key"] = key
+            trees.append(tree)
+            given.append(jobs)
+        if not trees:
+            return []
         out = []
-        for job, (row, existed) in zip(jobs, self._storage.insert(rows, now) if rows else []):
+        for stored, jobs in zip(self._storage.insert(trees, now, conn), given):
+            root, existed = stored[0]
             if existed:
-                job = Job._bound(self, row)
-            else:
-                job._queue, job._row = self, row
-            out.append(job)
+                out.append(Job._bound(self, root))
+                continue
+            for index, job in jobs:
+                job._queue, job._row = self, stored[index][0]
+            out.append(jobs[0][1] if jobs and jobs[0][0] == 0 else Job._bound(self, root))
         return out
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A block whose puts (and cancels and callbacks) on this queue, from
+        this thread, commit together when it ends, or not at all if it raises::
+
+            with q.transaction() as conn:
+                conn.execute("UPDATE orders SET state = 'paid' WHERE id = ?", (7,))
+                q.put(Job(send_receipt, 7))
+                q.put(Job(ship, 7))
+
+        ``conn`` is the connection the block writes through, so the
+        application's own tables in the same file change in the same
+        transaction.  It holds the write lock: keep the block short.
+        """
+        with self._storage.write() as conn:
+            yield conn
 
     @staticmethod
     def _row_options(now: float, *, begin_after: Any, begin_by: Any, retry: Retry | None,
@@ -2195,6 +2746,230 @@ class Queue:
 
 def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float) -> Queue:
     return Queue(path, durable=durable, create=create, busy_timeout=busy_timeout)
+
+
+###############################################################################
+# Composition
+###############################################################################
+
+
+class Composite:
+    """A description of jobs to run together, made by `parallel` or `serial`
+    and stored by `Queue.put` (or returned by a job to run next).
+
+    ``kind`` is ``"parallel"`` or ``"serial"``; ``parts`` what to run;
+    ``postprocess`` what runs after the parts, given them all, or None.
+    """
+
+    def __init__(self, kind: str, parts: Sequence[Any], postprocess: Any,
+                 stop_on_failure: bool):
+        for part in parts:
+            _check_plannable(part, "a part")
+        if postprocess is not None:
+            if isinstance(postprocess, Composite):
+                raise TypeError("postprocess is a callable or a Job, not a composite")
+            _check_plannable(postprocess, "postprocess")
+        self.kind = kind
+        self.parts = tuple(parts)
+        self.postprocess = postprocess
+        self.stop_on_failure = stop_on_failure
+
+    def __repr__(self) -> str:
+        then = "" if self.postprocess is None else f", then {_describe(self.postprocess)}"
+        return f"<litejobs.Composite {self.kind} of {len(self.parts)} parts{then}>"
+
+
+def parallel(*parts: Job | Composite | Callable[..., Any] | str,
+             postprocess: Job | Callable[..., Any] | str | None = None) -> Composite:
+    """Parts that may all run at once, in any pools; then ``postprocess``.
+
+    Each part is anything `Queue.put` takes, another composite included.  Put
+    the result to run it: the returned job waits, holding no worker, until
+    every part has ended (completed, failed or cancelled), then runs
+    ``postprocess(*parts)`` with the finished part jobs, in order, after any
+    arguments a `Job` postprocess has.  Its return value is the result.
+    Without a postprocess the result is the list of the parts' results, and
+    the job fails with `PartsFailed` if any part did not complete.
+
+    >>> q.put(parallel(Job(count, 0, 10**6), Job(count, 10**6, 2 * 10**6),
+    ...                postprocess=add_counts))         # doctest: +SKIP
+    """
+    return Composite("parallel", parts, postprocess, False)
+
+
+def serial(*parts: Job | Composite | Callable[..., Any] | str,
+           postprocess: Job | Callable[..., Any] | str | None = None,
+           stop_on_failure: bool = False) -> Composite:
+    """Parts that run one after another; then ``postprocess``, as in `parallel`.
+
+    Each part starts once the one before has ended.  A part that fails does
+    not stop the others, unless ``stop_on_failure``: then the parts after it
+    end `CANCELLED` and the postprocess runs at once.  Parts do not get each
+    other's results; pass data through the database or files, or read the
+    parts in the postprocess.
+    """
+    if not isinstance(stop_on_failure, bool):
+        raise TypeError(f"stop_on_failure must be True or False, not {stop_on_failure!r}")
+    return Composite("serial", parts, postprocess, stop_on_failure)
+
+
+class Failure:
+    """What a callback gets instead of a result when the job it follows did
+    not complete: ``job`` (that `Job`), its ``status`` (`FAILED` or
+    `CANCELLED`), ``error`` (the full traceback text) and ``error_type``."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    @property
+    def status(self) -> str | None:
+        return self.job.status
+
+    @property
+    def error(self) -> str | None:
+        return self.job.error
+
+    @property
+    def error_type(self) -> str | None:
+        return self.job.error_type
+
+    def __repr__(self) -> str:
+        return f"<litejobs.Failure of job {self.job.id}: {self.status} {self.error_type or ''}>"
+
+
+def current_queue() -> Queue | None:
+    """The `Queue` the job running in this thread came from, or None outside
+    a job: a job puts follow-up jobs through it."""
+    job = _CURRENT_JOB.get()
+    return None if job is None else job._queue
+
+
+_PUT_DEFAULTS: dict[str, Any] = {
+    "begin_after": None, "retry": None, "priority": 0, "queue": DEFAULT_QUEUE,
+    "timeout": None, "max_interruptions": DEFAULT_MAX_INTERRUPTIONS,
+}
+
+
+def _with_put_defaults(options: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(_PUT_DEFAULTS))
+    if unknown:
+        raise TypeError(f"unexpected option {', '.join(unknown)}; use those of Queue.put: "
+                        f"{', '.join(_PUT_DEFAULTS)}")
+    return {**_PUT_DEFAULTS, **options}
+
+
+def _check_plannable(item: Any, what: str) -> None:
+    if isinstance(item, Job):
+        if item._queue is not None or item._call is None:
+            raise ValueError(f"{what}, {item!r}, was put already; a part must be a new Job")
+    elif not isinstance(item, (Composite, str)) and not callable(item):
+        raise TypeError(f"{what} must be a callable, a Job, a 'module:function' string "
+                        f"or a composite, not {_describe(item)}")
+
+
+def _plan_tree(item: Any, common: Mapping[str, Any], seen: set[int], *,
+               dormant: bool = False) -> tuple[list[dict[str, Any]], list[tuple[int, Job]]]:
+    """The rows to insert for ``item``, its root first, each with ``parent``
+    (the index of its parent row, or None) and the options in ``common``;
+    and the given `Job` objects with the index of their row, to bind.
+
+    A plain job is due at once unless ``dormant``; a composite and its parts
+    start dormant, and the storage starts them (`_SQLiteStorage._activate`).
+    ``seen`` holds the ids of Job objects already planned in this put.
+    """
+    if isinstance(item, Composite) and common["begin_by"] is not None:
+        raise ValueError("begin_by is not supported for a composite: its parts start "
+                         "when their turn comes")
+    rows: list[dict[str, Any]] = []
+    jobs: list[tuple[int, Job]] = []
+
+    def call_of(node: Any) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        if not isinstance(node, Job):
+            return node, (), {}  # _prepare_call says what is wrong with it, if anything
+        _check_plannable(node, "a job")
+        if id(node) in seen:
+            raise ValueError(f"{node!r} appears twice; give each part its own Job")
+        seen.add(id(node))
+        assert node._call is not None
+        return node._call
+
+    def plan(node: Any, parent: int | None, position: int | None) -> None:
+        index = len(rows)
+        row = {**common, "parent": parent, "position": position,
+               "role": None if parent is None else "part",
+               "status": WAITING, "waiting_on": _DORMANT}
+        if isinstance(node, Composite):
+            if node.postprocess is None:
+                # The results are gathered by a run of _gather_results, stored
+                # as the function itself: the name is only for people.
+                row.update(name=f"litejobs:{node.kind}", max_attempts=1, retry_policy=None,
+                           payload=pickle.dumps((_gather_results, (), {}),
+                                                protocol=_PICKLE_PROTOCOL))
+            else:
+                row["name"], row["payload"] = _prepare_call(*call_of(node.postprocess))
+            row["composite"] = "serial_stop" if node.stop_on_failure else node.kind
+            rows.append(row)
+            for number, part in enumerate(node.parts):
+                plan(part, index, number)
+            return
+        row["name"], row["payload"] = _prepare_call(*call_of(node))
+        if parent is None and not dormant:
+            row.update(status=PENDING, waiting_on=0)
+        rows.append(row)
+        if isinstance(node, Job):
+            jobs.append((index, node))
+
+    plan(item, None, None)
+    return rows, jobs
+
+
+def _gather_results(*parts: Job) -> list[Any]:
+    """The postprocess of a composite put without one."""
+    failed = [part for part in parts if part.status != COMPLETED]
+    if failed:
+        described = []
+        for part in failed:
+            last_line = ((part.error or "").rstrip().splitlines() or [""])[-1]
+            described.append(f"job {part.id} ({part.name}) {part.status}"
+                             + (f": {last_line}" if last_line else ""))
+        raise PartsFailed(f"{len(failed)} of {len(parts)} parts did not complete: "
+                          + "; ".join(described))
+    return [part.result for part in parts]
+
+
+def _run_matching_side(success: tuple[str, bytes | None], failure: tuple[str, bytes | None],
+                       outcome: Any) -> Any:
+    """The call stored for `Job.add_callbacks` with both sides."""
+    name, payload = failure if isinstance(outcome, Failure) else success
+    fn, args, kwargs = _load_call(name, payload)
+    return fn(*args, outcome, **kwargs)
+
+
+def _inputs_from_the_database(job: Job) -> list[Any]:
+    """The arguments a job gets beyond its own: a composite's postprocess
+    gets the finished parts, a callback the result (or `Failure`) of its job."""
+    queue = job._require_queue()
+    if job._row.get("composite") is not None:
+        return [Job._bound(queue, row) for row in queue._storage.children(job._require_id(),
+                                                                           "part")]
+    if job.role in _CALLBACK_ROLES:
+        parent = queue.get(job._row["parent_id"])
+        return [parent.result if parent.status == COMPLETED else Failure(parent)]
+    return []
+
+
+def _follow_up(job: Job, returned: Job | Composite) -> int | list[dict[str, Any]]:
+    """What `_SQLiteStorage.wait_for` needs for a job that returned ``returned``."""
+    if isinstance(returned, Job) and returned.id is not None:
+        if returned._require_queue().path != job._require_queue().path:
+            raise ValueError(f"job {job.id} returned {returned!r}, which is in another "
+                             f"database; a job can wait only on jobs of its own")
+        if returned.id == job.id:
+            raise ValueError(f"job {job.id} returned itself; it cannot wait for itself")
+        return returned.id
+    common = Queue._row_options(_CLOCK.get()(), key=None, begin_by=None, **_with_put_defaults(
+        {"queue": job.queue, "priority": job.priority}))
+    return _plan_tree(returned, common, set(), dormant=True)[0]
 
 
 ###############################################################################
@@ -2431,7 +3206,8 @@ class _ChildWork:
                 self.held_since = time.monotonic()
                 self.lock.notify_all()  # the flusher starts counting
             self.outbox.append(("done", job_id, outcome.ok, outcome.result, outcome.error,
-                                outcome.error_type, outcome.exc_mro, seconds))
+                                outcome.error_type, outcome.exc_mro, outcome.follow,
+                                seconds))
             full = timed or len(self.outbox) >= _MAX_CHUNK
             messages = self._take_outbox() if full else []
         self.send(messages)
@@ -2991,11 +3767,11 @@ class Worker:
                 if message[0] == "skipped":
                     self._releases.append(assignment)
                     continue
-                _, _, ok, result, error, error_type, exc_mro, seconds = message
+                _, _, ok, result, error, error_type, exc_mro, follow, seconds = message
                 child.done += 1
                 self._note_duration(seconds)
                 self._outcomes.append((assignment, _Outcome(ok, result, error, error_type,
-                                                            exc_mro)))
+                                                            exc_mro, follow)))
 
     def _forget(self, assignment: _Assignment) -> None:
         if self._in_flight.get(assignment.job_id) is assignment:
@@ -3154,6 +3930,7 @@ class Worker:
             return
         writes = self._take_writes()
         now = time.time()
+        woken = self._storage.woken
         token, claimed = "", cast(list[dict[str, Any]], [])
         try:
             with self._storage.write():
@@ -3179,6 +3956,8 @@ class Worker:
         self._after_writes(results)
         if want:
             self._after_claim(want, token, claimed)
+        if self._storage.woken != woken:
+            self._drained = False  # ends made jobs due (parts, postprocesses, callbacks)
 
     def _take_writes(self) -> list[tuple[str, _Assignment, Any]]:
         """Everything waiting to be written, as (kind, assignment, detail);

@@ -158,3 +158,176 @@ def kill_myself():
 
 def hard_exit(status=0):
     os._exit(status)
+
+
+# -- composition on real pools (tests/test_composition_pool.py) ---------------------
+
+
+def _append_with_o_append(path, line):
+    """One write(2) with O_APPEND: lines from several processes never mix."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def pool_postprocess_log(log_path, tag, *parts):
+    """A postprocess: append one line "tag" per run, and return what it saw
+    of its parts: {"statuses", "results", "ids", "all_jobs"}."""
+    _append_with_o_append(log_path, tag)
+    return {
+        "statuses": [part.status for part in parts],
+        "results": [part.result if part.status == litejobs.COMPLETED else None
+                    for part in parts],
+        "ids": [part.id for part in parts],
+        "all_jobs": all(isinstance(part, litejobs.Job) for part in parts),
+    }
+
+
+def pool_sum_parts(*parts):
+    """A postprocess: the sum of the parts' results."""
+    return sum(part.result for part in parts)
+
+
+def pool_span(log_path, label, seconds=0.0, go_path=None):
+    """Append "start label", optionally block until ``go_path`` exists, take
+    ``seconds``, append "end label"; return the label."""
+    _append_with_o_append(log_path, f"start {label}")
+    if go_path is not None:
+        wait_for_file(go_path, timeout=60)
+    if seconds:
+        import time
+
+        time.sleep(seconds)
+    _append_with_o_append(log_path, f"end {label}")
+    return label
+
+
+def pool_part_waiting_for_sibling(gate_dir, tag, index, count=2, hold=0.02):
+    """Say "started" (a file ``tag-index`` in ``gate_dir``), block until all
+    ``count`` siblings of ``tag`` have started, then take ``hold`` seconds, so
+    that the siblings end together.  ``hold`` keeps the pool from taking these
+    for quick jobs it could send ahead to one process.  Returns [tag, index]."""
+    import time
+
+    open(os.path.join(gate_dir, f"{tag}-{index}"), "w").close()
+    deadline = time.monotonic() + 30
+    while not all(os.path.exists(os.path.join(gate_dir, f"{tag}-{k}"))
+                  for k in range(count)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the siblings of {tag}-{index} never started")
+        time.sleep(0.001)
+    time.sleep(hold)
+    return [tag, index]
+
+
+def pool_pid_then_wait(marker_dir, label, go_path):
+    """Write this process's pid to ``marker_dir/label-ATTEMPT`` (atomically),
+    then block until ``go_path`` exists; return [attempt, pid]."""
+    attempt = litejobs.current_job().attempt
+    marker = os.path.join(marker_dir, f"{label}-{attempt}")
+    with open(marker + ".tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.rename(marker + ".tmp", marker)
+    wait_for_file(go_path, timeout=60)
+    return [attempt, os.getpid()]
+
+
+def pool_describe_callback_value(log_path, tag, value):
+    """A callback: append "tag" to ``log_path`` and return what it received,
+    ["result", value] or ["failure", status, error_type, parent id]."""
+    _append_with_o_append(log_path, tag)
+    if isinstance(value, litejobs.Failure):
+        return ["failure", value.status, value.error_type, value.job.id]
+    return ["result", value]
+
+
+def pool_return_gated_job(go_path):
+    """Return an unbound Job that blocks until ``go_path`` exists."""
+    return litejobs.Job(wait_for_file, go_path)
+
+
+def pool_return_parallel_of_adds(count):
+    """Return a Composite: a parallel of add(i, i) for i < count."""
+    return litejobs.parallel(*[litejobs.Job(add, i, i) for i in range(count)])
+
+
+def pool_put_and_return_add(a, b):
+    """Put add(a, b) through current_queue() and return that (bound) Job."""
+    return litejobs.current_queue().put(litejobs.Job(add, a, b))
+
+
+def pool_return_job_returning_job(a, b):
+    """Return a Job that itself returns a Job: two levels of waiting."""
+    return litejobs.Job(pool_return_add_job, a, b)
+
+
+def pool_return_add_job(a, b):
+    return litejobs.Job(add, a, b)
+
+
+# -- composition: parallel/serial, callbacks, jobs that return jobs -----------
+
+
+def describe_parts(*parts):
+    """A postprocess: what it can read of each finished part, in order."""
+    return [(part.id, part.status, part.result, part.error_type) for part in parts]
+
+
+def last_error_lines(*parts):
+    """A postprocess: the last line of each part's error (None if it has none)."""
+    return [part.error.strip().splitlines()[-1] if part.error else None for part in parts]
+
+
+def tagged_results(tag, *parts):
+    """A postprocess with a bound argument, which comes before the parts."""
+    return tag, [part.result for part in parts]
+
+
+def double(value):
+    return 2 * value
+
+
+def describe_outcome(value):
+    """A callback: what it received, as plain data."""
+    if isinstance(value, litejobs.Failure):
+        return {"failure": True, "status": value.status, "error_type": value.error_type,
+                "error": value.error, "job_id": value.job.id}
+    return {"failure": False, "result": value}
+
+
+def parent_status():
+    """The status of this job's parent while this job runs."""
+    return litejobs.current_job().parent().refresh().status
+
+
+def cancel_parent():
+    """A part that cancels the composite it belongs to, then returns."""
+    litejobs.current_job().parent().cancel()
+    return "finished anyway"
+
+
+def return_job(a, b):
+    return litejobs.Job(add, a, b)
+
+
+def return_failing_job(message):
+    return litejobs.Job(fail, message)
+
+
+def return_composite():
+    return litejobs.parallel(litejobs.Job(add, 1, 2), litejobs.Job(add, 3, 4))
+
+
+def return_existing_job(job_id):
+    return litejobs.current_queue().get(job_id)
+
+
+def current_queue_path():
+    return litejobs.current_queue().path
+
+
+def add_parts_later(first, second):
+    """A postprocess that returns a Job adding its two parts' results."""
+    return litejobs.Job(add, first.result, second.result)

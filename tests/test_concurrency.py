@@ -152,7 +152,7 @@ def _assert_each_pair_once(queue, owners, per_owner):
     each job's arguments name one (owner, index) pair exactly once."""
     jobs = _all_jobs(queue)
     expected = len(owners) * per_owner
-    assert queue.counts() == {"pending": expected, "active": 0, "completed": 0,
+    assert queue.counts() == {"pending": expected, "waiting": 0, "active": 0, "completed": 0,
                               "failed": 0, "cancelled": 0}
     assert len(jobs) == expected
     assert len({job.id for job in jobs}) == expected
@@ -327,7 +327,7 @@ def _assert_each_ran_once(queue, log_path, ran):
     assert set(runs) == set(range(PRODUCED)), "jobs lost"
     assert len(lines) == PRODUCED
     assert ran == PRODUCED
-    assert queue.counts() == {"pending": 0, "active": 0, "completed": PRODUCED,
+    assert queue.counts() == {"pending": 0, "waiting": 0, "active": 0, "completed": PRODUCED,
                               "failed": 0, "cancelled": 0}
 
 

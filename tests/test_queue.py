@@ -10,7 +10,7 @@ import pytest
 
 import litejobs
 import sample_jobs
-from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, Job
+from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, WAITING, Job
 
 
 def test_put_returns_a_pending_job_bound_to_its_row(q):
@@ -214,7 +214,8 @@ def test_counts_has_every_status(q):
     q.put(Job(sample_jobs.fail), queue="other")
     q.put(Job(sample_jobs.add, 1, 1)).cancel()
     q.run_pending()
-    assert q.counts() == {PENDING: 0, ACTIVE: 0, COMPLETED: 1, FAILED: 1, CANCELLED: 1}
+    assert q.counts() == {PENDING: 0, WAITING: 0, ACTIVE: 0, COMPLETED: 1, FAILED: 1,
+                          CANCELLED: 1}
     assert q.counts(queue="other")[FAILED] == 1
     assert q.counts(queue="other")[COMPLETED] == 0
 

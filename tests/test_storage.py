@@ -458,7 +458,7 @@ def test_hundreds_of_queues_are_claimed_from(litejobs_queue):
         litejobs_queue.put(litejobs.Job(pow, 2, 2), queue=name)
     assert litejobs_queue.run_pending(queues=queues[:300], limit=10) == 10
     assert litejobs_queue.run_pending(queues=queues) == 590
-    litejobs_queue.put_many([litejobs.Job(pow, 2, 3)] * 5, queue="tenant-7")
+    litejobs_queue.put_many([litejobs.Job(pow, 2, 3) for _ in range(5)], queue="tenant-7")
     assert litejobs_queue.run_pending() == 5
 
 

@@ -232,7 +232,7 @@ def test_burst_runs_what_is_due_then_exits_0(q, db, start_pool):
     pool = start_pool(db, "--burst", "-p", "2")
 
     assert pool.wait_exit(timeout=60) == 0, pool.log()
-    assert q.counts() == {"pending": 1, "active": 0, "completed": 50, "failed": 0,
+    assert q.counts() == {"pending": 1, "waiting": 0, "active": 0, "completed": 50, "failed": 0,
                           "cancelled": 0}
     assert [q.get(job.id).result for job in due] == [2 * i for i in range(50)]
     delayed.refresh()
@@ -577,7 +577,7 @@ def test_queue_and_max_jobs_per_child_options(q, db, start_pool):
     pool = start_pool(db, "--burst", "-p", "1", "--queue", "a", "--max-jobs-per-child", "2")
 
     assert pool.wait_exit(timeout=60) == 0, pool.log()
-    assert q.counts("a") == {"pending": 0, "active": 0, "completed": 6, "failed": 0,
+    assert q.counts("a") == {"pending": 0, "waiting": 0, "active": 0, "completed": 6, "failed": 0,
                              "cancelled": 0}
     for job in other:
         job.refresh()
