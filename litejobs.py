@@ -4314,6 +4314,31 @@ def _demo_divide(numerator: float, denominator: float) -> float:
     return numerator / denominator
 
 
+def _demo_count_primes(start: int, stop: int) -> int:
+    """A part of the demo's parallel job: the primes in [start, stop)."""
+    sieve = bytearray([1]) * stop
+    sieve[:2] = b"\0\0"
+    for n in range(2, math.isqrt(stop) + 1):
+        if sieve[n]:
+            sieve[n * n::n] = bytes(len(range(n * n, stop, n)))
+    return sum(sieve[start:stop])
+
+
+def _demo_add_up(*parts: Job) -> str:
+    """The demo's postprocess: it gets every finished part."""
+    return f"{sum(part.result for part in parts)} primes below " \
+           f"{max(part.args[1] for part in parts)}"
+
+
+def _demo_step(name: str) -> str:
+    """A part of the demo's serial job."""
+    return f"{name} done by process {os.getpid()}"
+
+
+def _demo_report(*parts: Job) -> str:
+    return "; ".join(f"{part.args[0]} {part.status}" for part in parts)
+
+
 def _command_demo(args: argparse.Namespace) -> int:
     def say(text: str = "") -> None:
         print(text, flush=True)
@@ -4358,6 +4383,22 @@ def _demo_put_jobs(q: Queue, tmp: str, say: Callable[[str], None]) -> list[Job]:
     say("4. A failing job: q.put(Job(_demo_divide, 1, 0))")
     jobs.append(q.put(Job(_demo_divide, 1, 0)))
     say(f"   put {jobs[-1]!r}")
+
+    say("5. Parallel parts, then a postprocess that sees them all:")
+    say("   q.put(parallel(*(Job(_demo_count_primes, n, n + 500_000) for n in (0, ...)),")
+    say("                  postprocess=_demo_add_up))")
+    ranges = [Job(_demo_count_primes, n, n + 500_000) for n in range(0, 2_000_000, 500_000)]
+    root = q.put(parallel(*ranges, postprocess=_demo_add_up))
+    say(f"   put {root!r}: it holds no worker while its parts run")
+    jobs += ranges + [root]  # listed after its parts, so it is seen to end after them
+
+    say("6. A serial pipeline: each part starts when the one before has ended")
+    say("   q.put(serial(Job(_demo_step, 'fetch'), Job(_demo_step, 'clean'), "
+        "Job(_demo_step, 'load'), postprocess=_demo_report))")
+    steps = [Job(_demo_step, name) for name in ("fetch", "clean", "load")]
+    root = q.put(serial(*steps, postprocess=_demo_report))
+    say(f"   put {root!r}")
+    jobs += steps + [root]
     return jobs
 
 
@@ -4386,6 +4427,10 @@ def _demo_watch(jobs: list[Job], say: Callable[[str], None]) -> None:
                 say(f"{stamp} failed ({job.error_type}); its traceback:")
                 for line in (job.error or "").splitlines():
                     say(f"{' ' * 10}| {line}")
+            elif status == WAITING and job.composite:
+                say(f"{stamp} waits for its parts")
+            elif status == WAITING:
+                say(f"{stamp} waits for its turn")
             elif status == PENDING and job._row["begin_after"] > time.time():
                 say(f"{stamp} waits until {_format_time(job._row['begin_after'])}")
             elif status == PENDING:

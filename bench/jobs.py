@@ -11,3 +11,8 @@ def noop():
 def started_at():
     """When the job started, on the wall clock, for pickup latency."""
     return time.time()
+
+
+def completed_parts(*parts):
+    """The postprocess of the fan-out benchmark: how many parts completed."""
+    return sum(part.status == "completed" for part in parts)

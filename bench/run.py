@@ -259,6 +259,20 @@ def pool_drain(folder: str, processes: int, count: int) -> float:
         pool.close()
 
 
+def pool_parallel(folder: str, processes: int, parts: int) -> float:
+    """Parts per second of one parallel of no-op parts with a postprocess,
+    counted from its put to its end, as `pool_drain` counts."""
+    pool = Pool(os.path.join(folder, f"pool-parallel-{processes}.db"), processes)
+    try:
+        job = pool.queue.put(litejobs.parallel(*["jobs:noop"] * parts,
+                                               postprocess="jobs:completed_parts"))
+        started = time.perf_counter()
+        assert job.wait(timeout=600) == parts
+        return parts / (time.perf_counter() - started)
+    finally:
+        pool.close()
+
+
 def pickup_latency(folder: str, samples: int, durable: bool) -> list[float]:
     """Seconds from put returning to the job starting, on an idle pool.
 
@@ -305,6 +319,7 @@ def main() -> int:
     drain = 500 if quick else 5000
     backlog = 50_000 if quick else 1_000_000
     pool_jobs = 5_000 if quick else 50_000
+    fan_out = 2_000 if quick else 10_000
     latency_samples = 50 if quick else 300
     idle_seconds = 3.0 if quick else 10.0
 
@@ -335,10 +350,13 @@ def main() -> int:
                      f"{full_query * 1e6:.1f} us", f"empty table {empty_query * 1e6:.1f} us",
                      f"{empty_query / full_query:.0%}"))
         raw = raw_claim_complete(folder, pool_jobs, 64)
+        drained = {}
         for processes in (1, 2):
+            drained[processes] = pool_drain(folder, processes, pool_jobs)
             row(f"pool drain, no-op jobs, {processes} process{'es' * (processes > 1)} "
-                f"({pool_jobs:,})", pool_drain(folder, processes, pool_jobs),
-                "raw claim+complete, 64 a batch", raw)
+                f"({pool_jobs:,})", drained[processes], "raw claim+complete, 64 a batch", raw)
+        row(f"parallel of {fan_out:,} no-op parts + postprocess, 2 processes",
+            pool_parallel(folder, 2, fan_out), "pool drain, 2 processes", drained[2])
         for durable in (False, True):
             latencies = pickup_latency(folder, latency_samples, durable)
             p50 = latencies[len(latencies) // 2]

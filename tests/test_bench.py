@@ -16,8 +16,9 @@ def test_quick_benchmark_prints_its_table(tmp_path):
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].split("|")[1].strip() == "measure"
     measures = [row.split("|")[1].strip() for row in rows[2:]]
-    assert len(measures) == 12
+    assert len(measures) == 13
     assert any(m.startswith("pool drain") for m in measures)
+    assert any(m.startswith("parallel of 2,000 no-op parts") for m in measures)
     assert any(m.startswith("pickup latency p99") for m in measures)
     assert all(row.rstrip(" |").endswith("%") for row in rows[2:])
     assert list(tmp_path.iterdir()) == []  # it cleans up after itself

@@ -65,11 +65,21 @@ def test_demo_in_process(capsys):
     assert litejobs.main(["demo"]) == 0
     out = capsys.readouterr().out
     for step in ("1. A simple job", "2. A job with arguments", "3. A delayed job",
-                 "4. A failing job"):
+                 "4. A failing job", "5. Parallel parts", "6. A serial pipeline"):
         assert step in out
     assert "ZeroDivisionError: division by zero" in out
     assert "Traceback (most recent call last):" in out
-    assert "'completed': 3, 'failed': 1" in out
+    # 4 plain jobs, 4 parallel parts and their postprocess, 3 serial parts and theirs.
+    assert "'completed': 12, 'failed': 1" in out
+    assert "-> '148933 primes below 2000000'" in out
+    assert "-> 'fetch completed; clean completed; load completed'" in out
+    lines = out.splitlines()
+    ended = {name: max(i for i, line in enumerate(lines) if f"{name} completed" in line)
+             for name in ("_demo_count_primes", "_demo_add_up", "_demo_step", "_demo_report")}
+    assert ended["_demo_count_primes"] < ended["_demo_add_up"]
+    assert ended["_demo_step"] < ended["_demo_report"]
+    assert [line.split("done by")[0].split("-> '")[1] for line in lines
+            if "done by process" in line] == ["fetch ", "clean ", "load "]
     # On a real pool: two worker processes, not this one, ran the jobs.
     pids = out.split("its worker processes are ", 1)[1].split("\n", 1)[0].split(", ")
     assert len(pids) == 2 and str(os.getpid()) not in pids
