@@ -331,3 +331,15 @@ def current_queue_path():
 def add_parts_later(first, second):
     """A postprocess that returns a Job adding its two parts' results."""
     return litejobs.Job(add, first.result, second.result)
+
+
+def pool_postprocess_pid_then_wait(marker_dir, go_path, *parts):
+    """A postprocess that writes its pid to ``marker_dir/post-ATTEMPT``, then
+    blocks until ``go_path`` exists; returns [attempt, statuses, results]."""
+    attempt = litejobs.current_job().attempt
+    marker = os.path.join(marker_dir, f"post-{attempt}")
+    with open(marker + ".tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.rename(marker + ".tmp", marker)
+    wait_for_file(go_path, timeout=60)
+    return [attempt, [part.status for part in parts], [part.result for part in parts]]
