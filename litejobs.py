@@ -374,7 +374,7 @@ SELECT {_JOB_COLUMNS} FROM litejobs_jobs
 WHERE key = ? AND status IN ('pending', 'waiting', 'active')
 """
 
-_SELECT_JOB_RANGE = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id BETWEEN ? AND ?"
+_SELECT_JOB_RANGE = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id BETWEEN ? AND ? ORDER BY id"
 
 _SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
 _SELECT_PAYLOAD = "SELECT payload FROM litejobs_jobs WHERE id = ?"
@@ -563,6 +563,7 @@ SET status = CASE WHEN status = 'active' THEN status ELSE 'cancelled' END,
     finished_at = CASE WHEN status = 'active' THEN finished_at ELSE :now END,
     cancel_requested = 1
 WHERE id = :id AND status IN ('pending', 'waiting', 'active')
+    AND (:created_at IS NULL OR created_at = :created_at)
 RETURNING {_ENDED}
 """
 
@@ -576,11 +577,12 @@ RETURNING {_ENDED}
 # waiting row still waits for: the parts not yet ended, or 1 for a returned
 # job; _DORMANT (-1) means its turn has not come (a later serial part, a
 # callback whose job has not ended, a part of a composite not yet started).
-# followers counts the callbacks and waiting jobs to tell when the row ends.
+# followers counts the callbacks and waiting jobs ever added: while it is 0,
+# the end of the row needs no search for them.
 # Every step below runs inside the transaction that ended the job before it.
 
 _CALLBACK_ROLES = ("callback", "success", "failure", "callbacks")
-_DORMANT = -1
+_DORMANT = -1  # waiting_on of a job whose turn has not come
 
 _MAKE_READY = """
 UPDATE litejobs_jobs
@@ -644,10 +646,10 @@ WHERE id IN tree AND status IN ('pending', 'waiting', 'active')
 RETURNING {_ENDED}
 """
 
-_DORMANT_CALLBACKS = """
+_DORMANT_CALLBACKS = f"""
 SELECT id, role FROM litejobs_jobs
 WHERE parent_id = :id AND status = 'waiting' AND waiting_on = -1
-    AND role IN ('callback', 'success', 'failure', 'callbacks')
+    AND role IN {_CALLBACK_ROLES!r}
 ORDER BY id
 """
 
@@ -677,7 +679,27 @@ WHERE id = :id AND status = 'active' AND lease_token = :token
 RETURNING {_ENDED}
 """
 
-_ADD_FOLLOWER = "UPDATE litejobs_jobs SET followers = followers + 1 WHERE id = ? RETURNING status"
+# created_at tells a job from a later one given the same id after the first
+# was rolled back: a stale Job object then finds nothing.
+_ADD_FOLLOWER = """
+UPDATE litejobs_jobs SET followers = followers + 1
+WHERE id = :id AND (:created_at IS NULL OR created_at = :created_at)
+RETURNING status
+"""
+
+_JOB_EXISTS = "SELECT 1 FROM litejobs_jobs WHERE id = ?"
+
+_BLOCKERS_OF = """
+SELECT status, waiting_on, waiting_for, parent_id, role, position, composite
+FROM litejobs_jobs WHERE id = ?
+"""
+
+# The parts of a composite that have not ended; with a position, only those before it.
+_UNFINISHED_PARTS = """
+SELECT id FROM litejobs_jobs
+WHERE parent_id = :parent AND role = 'part' AND status IN ('pending', 'waiting', 'active')
+    AND (:position IS NULL OR position < :position)
+"""
 
 _SELECT_CHILDREN = f"""
 SELECT {_JOB_COLUMNS} FROM litejobs_jobs
@@ -816,6 +838,35 @@ def _number_tree(tree: Sequence[Mapping[str, Any]], first_id: int, now: float, *
     return rows
 
 
+@contextlib.contextmanager
+def _plain_rows(conn: sqlite3.Connection) -> Iterator[None]:
+    """Rows as tuples and text as str while litejobs uses ``conn``, whatever
+    factories the application set on it."""
+    factories = conn.row_factory, conn.text_factory
+    if factories == (None, str):
+        yield
+        return
+    conn.row_factory, conn.text_factory = None, str
+    try:
+        yield
+    finally:
+        conn.row_factory, conn.text_factory = factories
+
+
+@contextlib.contextmanager
+def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
+    """Inside an open transaction: what the block writes, or nothing if it raises."""
+    conn.execute("SAVEPOINT litejobs_step")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK TO litejobs_step")
+            conn.execute("RELEASE litejobs_step")
+        raise
+    conn.execute("RELEASE litejobs_step")
+
+
 def _as_dict(cursor: sqlite3.Cursor, row: Sequence[Any]) -> dict[str, Any]:
     return {d[0]: value for d, value in zip(cursor.description, row)}
 
@@ -840,13 +891,14 @@ class _Storage(Protocol):
     path: str
     woken: int
 
-    def write(self) -> ContextManager[Any]: ...
+    def write(self, *, atomic_steps: bool = False) -> ContextManager[Any]: ...
     def insert(self, trees: Sequence[Sequence[Mapping[str, Any]]], now: float,
                conn: sqlite3.Connection | None = None
                ) -> list[list[tuple[dict[str, Any], bool]]]: ...
     def wait_for(self, job_id: int, token: str, now: float,
                  follow: int | Sequence[Mapping[str, Any]]) -> str: ...
-    def add_callback(self, job_id: int, tree: Sequence[Mapping[str, Any]], now: float,
+    def add_callback(self, job_id: int, tree: Sequence[Mapping[str, Any]], now: float, *,
+                     created_at: float | None = None,
                      conn: sqlite3.Connection | None = None) -> dict[str, Any]: ...
     def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]: ...
     def fetch(self, job_id: int) -> dict[str, Any] | None: ...
@@ -861,7 +913,8 @@ class _Storage(Protocol):
                error_type: str | None = None, begin_after: float | None = None) -> str: ...
     def interrupt(self, job_id: int, token: str, now: float, reason: str) -> str: ...
     def renew(self, leases: Iterable[tuple[int, str]], expires: float) -> list[int]: ...
-    def cancel(self, job_id: int, now: float) -> str | None: ...
+    def cancel(self, job_id: int, now: float, *, created_at: float | None = None,
+               conn: sqlite3.Connection | None = None) -> str | None: ...
     def release(self, job_id: int, token: str, now: float) -> str: ...
     def cancels_requested(self, owner: str) -> list[int]: ...
     def next_due(self, queues: Sequence[str] | None) -> float | None: ...
@@ -900,8 +953,8 @@ class _SQLiteStorage:
         self.busy_retries = busy_retries
         self._pid = os.getpid()
         self._connections: dict[int, sqlite3.Connection] = {}
-        self._writing: set[int] = set()  # threads inside write()
-        self.woken = 0  # jobs made due by the end of others: a pool then claims again
+        self._writing: dict[int, bool] = {}  # threads inside write(): atomic_steps
+        self.woken = 0  # counts writes that may have made jobs due: a pool then claims again
         self._lock = threading.Lock()
         _check_sqlite_version()
         self._prepare_file()
@@ -1008,7 +1061,7 @@ class _SQLiteStorage:
         # Keep references so the garbage collector never closes them here.
         _ABANDONED_CONNECTIONS.extend(self._connections.values())
         self._connections = {}
-        self._writing = set()
+        self._writing = {}
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -1095,9 +1148,13 @@ class _SQLiteStorage:
             raise _translate_sqlite_error(exc, self.path) from exc
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, *, atomic_steps: bool = False) -> Iterator[sqlite3.Connection]:
         """One short ``BEGIN IMMEDIATE`` transaction, committed or rolled back.
-        A write opened inside another on the same thread joins it.
+
+        A write opened inside another on the same thread joins it, and
+        commits or rolls back with it.  With ``atomic_steps`` (an application's
+        `Queue.transaction`), each write joined to it is also a savepoint: one
+        that fails leaves nothing of its own behind, and the rest go on.
 
         IMMEDIATE takes the write lock up front.  A deferred transaction that
         reads and then writes fails with SQLITE_BUSY without waiting on the busy
@@ -1106,14 +1163,16 @@ class _SQLiteStorage:
         conn = self._connection()
         thread = threading.get_ident()
         if thread in self._writing:
-            # Nested: join the open transaction, which commits or rolls back
-            # everything at its end, so several steps land together or not at all.
-            with self._errors():
-                yield conn
+            with self._errors(), _plain_rows(conn):
+                if self._writing[thread]:
+                    with _savepoint(conn):
+                        yield conn
+                else:
+                    yield conn
             return
         with self._errors():
             self._roll_back_leftover(conn)
-            self._writing.add(thread)
+            self._writing[thread] = atomic_steps
             try:
                 self._begin(conn)
                 yield conn
@@ -1124,7 +1183,8 @@ class _SQLiteStorage:
                         conn.execute("ROLLBACK")
                 raise
             finally:
-                self._writing.discard(thread)
+                del self._writing[thread]
+                conn.row_factory, conn.text_factory = None, str  # the application may have set them
 
     def _begin(self, conn: sqlite3.Connection) -> None:
         for attempt in range(self.busy_retries):
@@ -1141,7 +1201,7 @@ class _SQLiteStorage:
         """A connection for autocommit reads: each statement is its own short
         read transaction, so no reader holds back WAL checkpoints."""
         conn = self._connection()
-        with self._errors():
+        with self._errors(), _plain_rows(conn):
             if threading.get_ident() not in self._writing:  # else: read inside the write
                 self._roll_back_leftover(conn)
             yield conn
@@ -1223,7 +1283,7 @@ class _SQLiteStorage:
         return self.write() if conn is None else self._joined(conn)
 
     @contextlib.contextmanager
-    def _joined(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Cursor]:
+    def _joined(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         """Write through the caller's own connection, inside the transaction
         the caller has open: what is written commits or rolls back with it."""
         if not isinstance(conn, sqlite3.Connection):
@@ -1232,15 +1292,14 @@ class _SQLiteStorage:
             raise ValueError(
                 "conn has no open transaction: begin one (BEGIN IMMEDIATE) before "
                 "putting jobs through it, so they commit or roll back with your writes")
-        cursor = conn.cursor()
-        cursor.row_factory = None  # whatever the application uses, rows here are tuples
-        files = {row[1]: row[2] for row in cursor.execute("PRAGMA database_list").fetchall()}
-        if not files.get("main") or not os.path.exists(files["main"]) \
-                or not os.path.samefile(files["main"], self.path):
-            raise ValueError(f"conn is open on {files.get('main') or 'a memory database'}, "
-                             f"not on {self.path}")
-        with self._errors():
-            yield cursor
+        with self._errors(), _plain_rows(conn):
+            files = {row[1]: row[2] for row in conn.execute("PRAGMA database_list").fetchall()}
+            main = files.get("main")
+            if not main or not os.path.exists(main) or not os.path.samefile(main, self.path):
+                raise ValueError(f"conn is open on {main or 'a memory database'}, "
+                                 f"not on {self.path}")
+            with _savepoint(conn):
+                yield conn
 
     def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]:
         """The rows whose parent is ``job_id``: parts in order, then the job it
@@ -1366,15 +1425,21 @@ class _SQLiteStorage:
                     lost.append(job_id)
         return lost
 
-    def cancel(self, job_id: int, now: float) -> str | None:
+    def cancel(self, job_id: int, now: float, *, created_at: float | None = None,
+               conn: sqlite3.Connection | None = None) -> str | None:
         """Cancel a job that has not ended, with everything under it (see
         `_after_end`); a running one is flagged for its pool to stop.  Returns
-        the status after, or None if the job had already ended."""
-        with self.write() as conn:
-            try:
-                return self._ended(conn, _CANCEL_JOB, {"id": job_id, "now": now}, now, "")
-            except LeaseLost:
+        the status after, or None if the job had already ended (or, given
+        ``created_at``, is not the job created then)."""
+        with self._transaction(conn) as conn:
+            cursor = conn.execute(_CANCEL_JOB, {"id": job_id, "now": now,
+                                                "created_at": created_at})
+            found = cursor.fetchone()
+            if found is None:
                 return None
+            ended = _as_dict(cursor, found)
+            self._after_end(conn, [ended], now)
+            return str(ended["status"])
 
     def release(self, job_id: int, token: str, now: float) -> str:
         """Give back a claimed job that never started: pending again (or
@@ -1394,9 +1459,14 @@ class _SQLiteStorage:
         with self.write() as conn:
             if isinstance(follow, int):
                 target = follow
-                if conn.execute(_COMPOSITE_OF, (target,)).fetchone() is None:
-                    error = _format_exception_only(LitejobsError(
-                        f"job {job_id} returned job {target}, which is not in {self.path}"))
+                problem = None
+                if conn.execute(_JOB_EXISTS, (target,)).fetchone() is None:
+                    problem = f"job {job_id} returned job {target}, which is not in {self.path}"
+                elif self._blocked_by(conn, target, job_id):
+                    problem = (f"job {job_id} returned job {target}, which cannot end before "
+                               f"job {job_id} has ended, so waiting for it would never end")
+                if problem is not None:
+                    error = _format_exception_only(LitejobsError(problem))
                     return self._ended(conn, _FINISH_JOB, {
                         "id": job_id, "token": token, "status": FAILED, "now": now,
                         "result": None, "error": error, "begin_after": None,
@@ -1409,7 +1479,8 @@ class _SQLiteStorage:
             if status != WAITING:
                 return status  # cancelled meanwhile: nothing to wait for
             if isinstance(follow, int):
-                target_status = conn.execute(_ADD_FOLLOWER, (target,)).fetchone()[0]
+                target_status = conn.execute(_ADD_FOLLOWER, {"id": target,
+                                                             "created_at": None}).fetchone()[0]
                 if target_status in _FINISHED:
                     ended = self._rows(conn, _TAKE_OUTCOME, {"source": target, "now": now})
                     self._after_end(conn, ended, now)
@@ -1421,13 +1492,15 @@ class _SQLiteStorage:
                 self._activate(conn, target, now)
         return WAITING
 
-    def add_callback(self, job_id: int, tree: Sequence[Mapping[str, Any]], now: float,
+    def add_callback(self, job_id: int, tree: Sequence[Mapping[str, Any]], now: float, *,
+                     created_at: float | None = None,
                      conn: sqlite3.Connection | None = None) -> dict[str, Any]:
         """Insert a callback row (a planned one-row tree whose root has its
         callback role) under ``job_id``: dormant until that job ends, or due at
         once if it has ended.  Returns the callback's row."""
         with self._transaction(conn) as conn:
-            found = conn.execute(_ADD_FOLLOWER, (job_id,)).fetchone()
+            found = conn.execute(_ADD_FOLLOWER, {"id": job_id,
+                                                 "created_at": created_at}).fetchone()
             if found is None:
                 raise JobNotFound(f"no job {job_id} in {self.path}")
             first = int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
@@ -1441,6 +1514,38 @@ class _SQLiteStorage:
                 self._after_end(conn, ended, now)
             cursor = conn.execute(_SELECT_JOB, (first,))
             return _as_dict(cursor, cursor.fetchone())
+
+    @staticmethod
+    def _blocked_by(conn: sqlite3.Connection, start: int, job_id: int) -> bool:
+        """Whether job ``start`` cannot end before job ``job_id`` does: through
+        what it waits for (a returned job, its parts) or, while its turn has
+        not come, what must end first (the job a callback follows, the parts
+        before a serial part, the composite it is a part of)."""
+        seen: set[int] = set()
+        todo = [start]
+        while todo:
+            node = todo.pop()
+            if node == job_id:
+                return True
+            if node in seen:
+                continue
+            seen.add(node)
+            cursor = conn.execute(_BLOCKERS_OF, (node,))
+            found = cursor.fetchone()
+            if found is None or found[0] != WAITING:
+                continue
+            row = _as_dict(cursor, found)
+            if row["waiting_for"] is not None:
+                todo.append(row["waiting_for"])
+            if row["composite"] is not None:
+                todo += [part for part, in conn.execute(_UNFINISHED_PARTS, {
+                    "parent": node, "position": None}).fetchall()]
+            if row["waiting_on"] == _DORMANT and row["parent_id"] is not None:
+                todo.append(row["parent_id"])
+                if row["role"] == "part":
+                    todo += [part for part, in conn.execute(_UNFINISHED_PARTS, {
+                        "parent": row["parent_id"], "position": row["position"]}).fetchall()]
+        return False
 
     # -- what follows the end of a job ------------------------------------------
 
@@ -1461,9 +1566,11 @@ class _SQLiteStorage:
         Steps that end further jobs queue them here, so chains of any depth
         are followed without recursion.
         """
-        todo = collections.deque(row for row in ended if row["status"] in _FINISHED)
+        todo = collections.deque(ended)
         while todo:
             row = todo.popleft()
+            if row["status"] not in _FINISHED:
+                continue  # flagged for cancelling while it runs: it ends later
             if row["status"] == CANCELLED:
                 todo.extend(self._rows(conn, _CANCEL_DESCENDANTS, {"id": row["id"], "now": now}))
             if row["followers"]:
@@ -1707,8 +1814,11 @@ def _name_of(fn: Any) -> str:
 
 
 def _describe(obj: Any) -> str:
-    text = repr(obj)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return _shortened(repr(obj), 80)
+
+
+def _shortened(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 def _by_name(fn: Any) -> str | None:
@@ -2111,8 +2221,11 @@ class Job:
         """Reload the job's state from the database; return the job."""
         queue = self._require_queue()
         row = queue._storage.fetch(self._require_id())
-        if row is None:
-            raise JobNotFound(f"job {self.id} is gone from {queue.path} (purged?)")
+        if row is None or row["created_at"] != self._row.get("created_at", row["created_at"]):
+            # A different created_at: this job's put was rolled back, and its
+            # id now names another job.
+            raise JobNotFound(f"job {self.id} is not in {queue.path}: it was purged, or "
+                              f"the transaction that put it was rolled back")
         if (row["status"], row["finished_at"]) != (self._row.get("status"),
                                                    self._row.get("finished_at")):
             self._result_cache = None
@@ -2149,7 +2262,7 @@ class Job:
             pause = min(pause * 2, 0.05)
             self.refresh()
 
-    def cancel(self) -> bool:
+    def cancel(self, *, conn: sqlite3.Connection | None = None) -> bool:
         """Cancel the job.  A pending or waiting job is cancelled at once and
         never runs.
 
@@ -2158,10 +2271,15 @@ class Job:
         composite, or a job waiting on a job it returned, cancels in the same
         way everything under it that has not ended.  Callbacks still run, and
         get a `Failure`.  Returns False if the job had already ended.
+
+        With ``conn``, the cancel is written in that open transaction of the
+        application's, as with `Queue.put`.
         """
         queue = self._require_queue()
-        status = queue._storage.cancel(self._require_id(), _CLOCK.get()())
-        self.refresh()
+        status = queue._storage.cancel(self._require_id(), _CLOCK.get()(),
+                                       created_at=self._row.get("created_at"), conn=conn)
+        if conn is None:
+            self.refresh()
         return status is not None
 
     # -- composition ------------------------------------------------------------
@@ -2195,7 +2313,8 @@ class Job:
         return [Job._bound(queue, row)
                 for row in queue._storage.children(self._require_id(), None)]
 
-    def add_callback(self, item: Job | Callable[..., Any] | str, **options: Any) -> Job:
+    def add_callback(self, item: Job | Callable[..., Any] | str, *,
+                     conn: sqlite3.Connection | None = None, **options: Any) -> Job:
         """Run ``item`` as a job of its own once this job ends, with one more
         argument after those it has: this job's result if it completed, or a
         `Failure` if it failed or was cancelled.  Returns the callback job.
@@ -2203,13 +2322,13 @@ class Job:
         Added to a job that has already ended, the callback is due at once.
         Every callback of a job gets that job's result; to chain, add a
         callback to the callback.  ``options`` are those of `Queue.put`
-        (``queue`` and ``priority`` default to this job's).
+        (``queue`` and ``priority`` default to this job's), ``conn`` too.
         """
-        return self._add_callback("callback", [item], options)
+        return self._add_callback("callback", [item], options, conn)
 
     def add_callbacks(self, success: Job | Callable[..., Any] | str | None = None,
-                      failure: Job | Callable[..., Any] | str | None = None,
-                      **options: Any) -> Job:
+                      failure: Job | Callable[..., Any] | str | None = None, *,
+                      conn: sqlite3.Connection | None = None, **options: Any) -> Job:
         """Like `add_callback`, but run ``success(result)`` if this job
         completes and ``failure(Failure)`` if it fails or is cancelled: one
         callback job runs the side that matches.  If that side was not given,
@@ -2217,12 +2336,13 @@ class Job:
         if success is None and failure is None:
             raise ValueError("add_callbacks needs success=, failure= or both")
         if failure is None:
-            return self._add_callback("success", [success], options)
+            return self._add_callback("success", [success], options, conn)
         if success is None:
-            return self._add_callback("failure", [failure], options)
-        return self._add_callback("callbacks", [success, failure], options)
+            return self._add_callback("failure", [failure], options, conn)
+        return self._add_callback("callbacks", [success, failure], options, conn)
 
-    def _add_callback(self, role: str, items: list[Any], options: dict[str, Any]) -> Job:
+    def _add_callback(self, role: str, items: list[Any], options: dict[str, Any],
+                      conn: sqlite3.Connection | None) -> Job:
         queue = self._require_queue()
         job_id = self._require_id()
         if "key" in options or "begin_by" in options:
@@ -2244,7 +2364,8 @@ class Job:
             tree[0]["name"] = " | ".join(name for name, _ in sides)
             tree[0]["payload"] = pickle.dumps((_run_matching_side, tuple(sides), {}),
                                               protocol=_PICKLE_PROTOCOL)
-        row = queue._storage.add_callback(job_id, tree, now)
+        row = queue._storage.add_callback(job_id, tree, now, conn=conn,
+                                          created_at=self._row.get("created_at"))
         bound = planned[0][1]
         if bound and role != "callbacks":
             bound[0][1]._queue, bound[0][1]._row = queue, row
@@ -2559,7 +2680,7 @@ class Queue:
         application's own tables in the same file change in the same
         transaction.  It holds the write lock: keep the block short.
         """
-        with self._storage.write() as conn:
+        with self._storage.write(atomic_steps=True) as conn:
             yield conn
 
     @staticmethod
@@ -2861,7 +2982,7 @@ def _with_put_defaults(options: Mapping[str, Any]) -> dict[str, Any]:
 def _check_plannable(item: Any, what: str) -> None:
     if isinstance(item, Job):
         if item._queue is not None or item._call is None:
-            raise ValueError(f"{what}, {item!r}, was put already; a part must be a new Job")
+            raise ValueError(f"{what}, {item!r}, was put already; give a new Job")
     elif not isinstance(item, (Composite, str)) and not callable(item):
         raise TypeError(f"{what} must be a callable, a Job, a 'module:function' string "
                         f"or a composite, not {_describe(item)}")
@@ -2923,15 +3044,20 @@ def _plan_tree(item: Any, common: Mapping[str, Any], seen: set[int], *,
     return rows, jobs
 
 
+_PARTS_NAMED = 20  # a PartsFailed error names this many failed parts at most
+
+
 def _gather_results(*parts: Job) -> list[Any]:
     """The postprocess of a composite put without one."""
     failed = [part for part in parts if part.status != COMPLETED]
     if failed:
         described = []
-        for part in failed:
+        for part in failed[:_PARTS_NAMED]:
             last_line = ((part.error or "").rstrip().splitlines() or [""])[-1]
             described.append(f"job {part.id} ({part.name}) {part.status}"
-                             + (f": {last_line}" if last_line else ""))
+                             + (f": {_shortened(last_line, 300)}" if last_line else ""))
+        if len(failed) > _PARTS_NAMED:
+            described.append(f"and {len(failed) - _PARTS_NAMED} more")
         raise PartsFailed(f"{len(failed)} of {len(parts)} parts did not complete: "
                           + "; ".join(described))
     return [part.result for part in parts]
@@ -4069,6 +4195,9 @@ class Worker:
                          name, attempt, last_line)
         elif status == CANCELLED:
             _log.info("job %s (%s) was cancelled", job_id, name)
+        elif status == WAITING:
+            _log.debug("job %s (%s) attempt %d returned a job, and waits for it", job_id,
+                       name, attempt)
         else:
             _log.debug("job %s (%s) attempt %d completed", job_id, name, attempt)
 
@@ -4315,13 +4444,19 @@ def _demo_divide(numerator: float, denominator: float) -> float:
 
 
 def _demo_count_primes(start: int, stop: int) -> int:
-    """A part of the demo's parallel job: the primes in [start, stop)."""
-    sieve = bytearray([1]) * stop
-    sieve[:2] = b"\0\0"
-    for n in range(2, math.isqrt(stop) + 1):
-        if sieve[n]:
-            sieve[n * n::n] = bytes(len(range(n * n, stop, n)))
-    return sum(sieve[start:stop])
+    """A part of the demo's parallel job: the primes in [start, stop), by a
+    sieve of that segment alone."""
+    root = math.isqrt(stop - 1) if stop > 1 else 0
+    small = bytearray([1]) * (root + 1)
+    segment = bytearray([1]) * (stop - start)
+    for n in range(2, root + 1):
+        if small[n]:
+            small[n * n::n] = bytes(len(range(n * n, root + 1, n)))
+            first = max(n * n, (start + n - 1) // n * n)
+            segment[first - start::n] = bytes(len(range(first, stop, n)))
+    for n in range(start, min(2, stop)):
+        segment[n - start] = 0  # 0 and 1 are not prime
+    return sum(segment)
 
 
 def _demo_add_up(*parts: Job) -> str:

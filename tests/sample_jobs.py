@@ -343,3 +343,20 @@ def pool_postprocess_pid_then_wait(marker_dir, go_path, *parts):
     os.rename(marker + ".tmp", marker)
     wait_for_file(go_path, timeout=60)
     return [attempt, [part.status for part in parts], [part.result for part in parts]]
+
+
+def return_my_parent():
+    """Returns the composite it is a part of: a wait that could never end."""
+    job = litejobs.current_job()
+    return job.parent()
+
+
+def return_my_callback():
+    """Adds a callback to itself, then returns it: a wait that could never end."""
+    return litejobs.current_job().add_callback(litejobs.Job(add, 1))
+
+
+def return_next_sibling():
+    """Returns the serial part after it, which starts only once it has ended."""
+    first, second = litejobs.current_job().parent().children()[:2]
+    return second

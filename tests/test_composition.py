@@ -992,3 +992,118 @@ def test_job_ids_are_not_reused_after_the_newest_jobs_are_deleted(q):
     assert again.id > highest
     tree = q.put(serial(Job(sample_jobs.add, 1, 1)))
     assert min([tree.id] + ids(tree.children())) > again.id
+
+
+# -- regressions -------------------------------------------------------------------
+
+
+def test_cancelling_a_composite_while_a_part_runs_waits_for_that_part_to_end(q, now):
+    """A running part is only flagged by the cancel: its callback and the job
+    waiting on it must wait until it really ends."""
+    part = Job(sample_jobs.add, 1, 2)
+    root = q.put(parallel(part, Job(sample_jobs.add, 3, 4)))
+    callback = part.add_callback(sample_jobs.describe_outcome)
+    token, claimed = q._storage.claim(owner="test", queues=None, now=now.timestamp(),
+                                      expires=now.timestamp() + 60, limit=1)
+    assert [row["id"] for row in claimed] == [part.id]
+    assert root.cancel()
+    assert (part.refresh().status, callback.refresh().status) == (ACTIVE, WAITING)
+    assert q.run_pending(now=now) == 0  # nothing may start while the part runs
+    # The run ends; its cancel wins over its result, and only now the callback is due.
+    q._storage.finish(part.id, token, status=COMPLETED, now=now.timestamp())
+    assert part.refresh().status == CANCELLED
+    assert q.run_pending(now=now) == 1
+    assert "cancelled" in str(callback.refresh().result)
+
+
+@pytest.mark.parametrize("case", ["own composite", "each other", "own callback",
+                                  "next serial part"])
+def test_a_job_that_returns_a_job_which_waits_on_it_fails_instead_of_waiting_forever(q, case):
+    if case == "own composite":
+        root = q.put(parallel(sample_jobs.return_my_parent, Job(sample_jobs.add, 1, 2)))
+        looping = root.children()[0]
+    elif case == "each other":
+        root = q.put(Job(sample_jobs.return_existing_job, 2))  # waits on the next
+        looping = q.put(Job(sample_jobs.return_existing_job, 1))  # ... which returns it
+        assert (root.id, looping.id) == (1, 2)
+    elif case == "own callback":
+        root = looping = q.put(sample_jobs.return_my_callback)
+    else:
+        root = q.put(serial(sample_jobs.return_next_sibling, Job(sample_jobs.add, 1, 2)))
+        looping = root.children()[0]
+    q.run_pending()
+    assert looping.refresh().status == FAILED
+    assert "would never end" in looping.error
+    assert root.refresh().status in (FAILED, COMPLETED)  # ended, one way or the other
+    assert q.counts()[WAITING] == 0
+
+
+def test_a_stale_job_from_a_rolled_back_transaction_never_acts_on_a_later_job(q):
+    with pytest.raises(RuntimeError):
+        with q.transaction():
+            stale = q.put(Job(sample_jobs.add, 1, 1))
+            raise RuntimeError("abort")
+    other = q.put(Job(sample_jobs.add, 2, 2))
+    assert other.id == stale.id  # the id was never committed, so it is given again
+    with pytest.raises(litejobs.JobNotFound, match="rolled back"):
+        stale.refresh()
+    with pytest.raises(litejobs.JobNotFound):
+        stale.cancel()
+    with pytest.raises(litejobs.JobNotFound):
+        stale.add_callback(sample_jobs.double)
+    assert other.refresh().status == PENDING and other.children() == []
+
+
+def test_a_nested_transaction_that_raises_takes_back_only_its_own_puts(q):
+    with q.transaction():
+        kept = q.put(Job(sample_jobs.add, 1, 1))
+        with pytest.raises(ValueError):
+            with q.transaction():
+                q.put(Job(sample_jobs.add, 2, 2))
+                raise ValueError("inner block failed")
+    assert [job.id for job in q.jobs()] == [kept.id]
+
+
+def test_a_put_that_fails_half_way_through_conn_leaves_nothing_in_the_transaction(q):
+    app = sqlite3.connect(q.path, isolation_level=None)
+    app.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 10_000)  # the third row is too big
+    app.execute("BEGIN IMMEDIATE")
+    with pytest.raises(litejobs.DatabaseError, match="too big"):
+        q.put(parallel(Job(sample_jobs.add, 1, 2), Job(sample_jobs.add, "x" * 20_000, "y")),
+              conn=app)
+    app.execute("COMMIT")
+    app.close()
+    assert q.jobs() == []
+
+
+def test_a_row_factory_set_on_the_transaction_connection_does_not_break_litejobs(q):
+    with q.transaction() as conn:
+        conn.row_factory = sqlite3.Row
+        conn.text_factory = bytes
+        job = q.put(Job(sample_jobs.add, 1, 1))
+        assert conn.execute("SELECT 'x' AS v").fetchone()["v"] == b"x"  # still the app's
+    assert q.put(Job(sample_jobs.add, 2, 2)).refresh().status == PENDING
+    assert job.refresh().status == PENDING
+
+
+def test_callbacks_and_cancels_go_into_the_applications_transaction_too(q):
+    app = sqlite3.connect(q.path, isolation_level=None)
+    app.execute("BEGIN IMMEDIATE")
+    job = q.put(Job(sample_jobs.add, 1, 1), conn=app)
+    callback = job.add_callback(sample_jobs.double, conn=app)
+    doomed = q.put(Job(sample_jobs.add, 5, 5), conn=app)
+    assert doomed.cancel(conn=app)
+    app.execute("COMMIT")
+    app.close()
+    assert doomed.refresh().status == CANCELLED
+    q.run_pending()
+    assert callback.refresh().result == 4
+
+
+def test_the_parts_failed_error_names_a_bounded_number_of_parts(q):
+    root = q.put(parallel(*[Job(sample_jobs.fail, f"part {n}") for n in range(500)]))
+    q.run_pending()
+    assert root.refresh().status == FAILED
+    assert "500 of 500 parts did not complete" in root.error
+    assert "and 480 more" in root.error
+    assert len(root.error) < 5000
