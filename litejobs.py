@@ -4657,8 +4657,9 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="run a short tour on a temporary database",
-        description="Put a few jobs in a temporary database and run them: a simple "
-                    "job, one with arguments, a delayed one, and a failing one.")
+        description="Put a few jobs in a temporary database and run them on a pool of "
+                    "2 worker processes: a simple job, one with arguments, a delayed "
+                    "one, a failing one, a parallel and a serial composite.")
     demo.set_defaults(handler=_command_demo)
 
     worker = commands.add_parser(

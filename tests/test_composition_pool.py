@@ -44,9 +44,9 @@ import pytest
 
 import litejobs
 import sample_jobs
+from waiting import WAIT, child_pids, process_ended, read_pid, wait_for_pid, wait_until
 from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, Job
 
-WAIT = 30.0  # seconds: the bound on every wait (pytest-timeout is 120)
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -58,50 +58,9 @@ CLI_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
 # -- helpers ----------------------------------------------------------------------
 
 
-def wait_until(predicate, timeout=WAIT, what="the condition", details=lambda: ""):
-    """Poll ``predicate`` every 10 ms until it returns something truthy;
-    return that, or fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}\n{details()}")
-        time.sleep(0.01)
 
 
-def read_pid(path):
-    """The pid a job wrote to ``path`` (written atomically), or None."""
-    try:
-        with open(path) as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return None
-    return int(text) if text else None
 
-
-def wait_for_pid(path, timeout=WAIT):
-    return wait_until(lambda: read_pid(path), timeout, f"a job to write {path}")
-
-
-def process_ended(pid):
-    """Whether process ``pid`` has exited (gone, or a zombie not yet reaped)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-    except OSError:  # no /proc here
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-
-def child_pids(worker):
-    return sorted(child.process.pid for child in list(worker._children))
 
 
 def log_lines(path):

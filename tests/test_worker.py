@@ -37,9 +37,9 @@ import pytest
 
 import litejobs
 import sample_jobs
+from waiting import WAIT, child_pids, pid_alive, process_ended, wait_for_pid, wait_until
 from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, Job
 
-WAIT = 30.0  # seconds: the bound on every wait for a job (pytest-timeout is 120)
 
 
 # -- jobs (resolved by name in the children) ------------------------------------
@@ -79,56 +79,10 @@ def mark_then_wait(marker, go):
 # -- helpers ----------------------------------------------------------------------
 
 
-def wait_until(predicate, timeout=WAIT, what="the condition"):
-    """Poll ``predicate`` every 10 ms until it returns something truthy;
-    return that, or fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
 
 
-def read_pid(path):
-    """The pid a job wrote to ``path``, or None while the file is not there."""
-    try:
-        with open(path) as handle:
-            text = handle.read()
-    except FileNotFoundError:
-        return None
-    return int(text) if text else None
 
 
-def wait_for_pid(path, timeout=WAIT):
-    return wait_until(lambda: read_pid(path), timeout, f"a job to write {path}")
-
-
-def pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def process_ended(pid):
-    """Whether process ``pid`` has exited: no process has the pid, or it is
-    a zombie its parent (the supervisor, a thread of this process) has yet to
-    reap, which `pid_alive` would still count as alive."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-    except OSError:  # no /proc here
-        return not pid_alive(pid)
-
-
-def child_pids(worker):
-    return sorted(child.process.pid for child in list(worker._children))
 
 
 def live_children(worker):

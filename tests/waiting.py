@@ -1,0 +1,61 @@
+"""Waiting in multi-process tests: every wait polls with a bound, never sleeps blind."""
+
+import os
+import time
+
+import pytest
+
+WAIT = 30.0  # seconds: the bound on every wait for a job (pytest-timeout is 120)
+
+
+def wait_until(predicate, timeout=WAIT, what="the condition", details=lambda: ""):
+    """Poll ``predicate`` every 10 ms until it returns something truthy;
+    return that, or fail the test after ``timeout`` seconds, with ``details()``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}\n{details()}")
+        time.sleep(0.01)
+
+
+def read_pid(path):
+    """The pid a job wrote to ``path``, or None while the file is not there."""
+    try:
+        with open(path) as handle:
+            text = handle.read()
+    except FileNotFoundError:
+        return None
+    return int(text) if text else None
+
+
+def wait_for_pid(path, timeout=WAIT):
+    return wait_until(lambda: read_pid(path), timeout, f"a job to write {path}")
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def process_ended(pid):
+    """Whether process ``pid`` has exited: no process has the pid, or it is a
+    zombie its parent has yet to reap, which `pid_alive` would still count as
+    alive."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc here
+        return not pid_alive(pid)
+
+
+def child_pids(worker):
+    """The pids of a `litejobs.Worker`'s worker processes, sorted."""
+    return sorted(child.process.pid for child in list(worker._children))
