@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_MAX_INTERRUPTIONS",
     "DEFAULT_POLL",
     "DEFAULT_QUEUE",
+    "DEFAULT_RETENTION",
     "DatabaseError",
     "DeadlineExceeded",
     "FAILED",
@@ -131,12 +132,20 @@ DEFAULT_BUSY_TIMEOUT = 30.0  # seconds SQLite waits for the write lock
 DEFAULT_MAX_INTERRUPTIONS = 3
 DEFAULT_GRACE = 30.0  # seconds running jobs get to finish when a pool stops
 DEFAULT_POLL = 1.0  # the longest an idle pool waits before looking for due jobs
+DEFAULT_RETENTION = 7 * 86400.0  # seconds pools keep finished jobs
 
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _BUSY_RETRIES = 5  # rounds of busy_timeout before a lock error reaches a user
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _QUICK_CHECK_LIMIT = 256 * 2 ** 20  # bytes; larger files get only the header checks
+_WAL_SIZE_LIMIT = 64 * 2 ** 20  # bytes a WAL file keeps after a checkpoint
+_PROGRESS_INTERVAL = 1.0  # seconds between a job's progress writes, at most
+_META_MOST = 64 * 2 ** 10  # bytes of JSON a job's meta may take
+_MESSAGE_MOST = 1000  # characters of a progress message kept
+_UPKEEP_INTERVAL = 10.0  # seconds between a pool's retention and checkpoint rounds
+_PRUNE_BATCH = 1000  # finished jobs deleted per transaction
+_PRUNE_PAUSE = 0.05  # seconds between batches while more are due
 _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []
 
 _log = logging.getLogger("litejobs")
@@ -267,7 +276,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             error_type        TEXT,
             progress          REAL,
             progress_message  TEXT,
-            meta              TEXT
+            meta              TEXT,
+            ran_by            TEXT,
+            history           TEXT
         )
         """,
         # Only pending rows are in the two ready indexes, so finished rows,
@@ -293,6 +304,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE INDEX litejobs_jobs_lease
             ON litejobs_jobs (lease_expires)
             WHERE status = 'active'
+        """,
+        # For retention, purges and throughput figures.
+        """
+        CREATE INDEX litejobs_jobs_finished
+            ON litejobs_jobs (finished_at)
+            WHERE status IN ('completed', 'failed', 'cancelled')
         """,
         """
         CREATE UNIQUE INDEX litejobs_jobs_live_key
@@ -346,7 +363,7 @@ _JOB_COLUMNS = (
     " interruptions, max_interruptions, timeout, created_at, begin_after, begin_by,"
     " started_at, finished_at, lease_owner, lease_expires, cancel_requested,"
     " parent_id, role, position, composite, waiting_on, waiting_for, followers,"
-    " error, error_type, progress, progress_message, meta"
+    " error, error_type, progress, progress_message, meta, ran_by, history"
 )
 
 # Ids are given explicitly, so that a whole tree of jobs (a composite and its
@@ -400,7 +417,7 @@ GROUP BY status
 # make SQLite sort every pending row of those queues on each claim.
 _CLAIM_JOBS = """
 UPDATE litejobs_jobs
-SET status = 'active', attempts = attempts + 1, started_at = :now,
+SET status = 'active', attempts = attempts + 1, started_at = :now, ran_by = :owner,
     lease_owner = :owner, lease_token = :token, lease_expires = :expires
 WHERE status = 'pending' AND id IN (
     SELECT id FROM ({source})
@@ -455,6 +472,14 @@ WHERE status = 'active' AND lease_expires < :now
 LIMIT 100
 """
 
+# A job's history lists what its status alone no longer shows: attempts that
+# ended without ending the job (retried, interrupted), and retries by hand.
+# The normal path (created, started, finished) is in the timestamps.
+_HISTORY_ENTRY = (
+    "json_insert(coalesce(history, '[]'), '$[#]', json_object('at', :now, 'event', {event},"
+    " 'attempt', attempts, 'by', ran_by, 'error', :error_line))"
+)
+
 # The fence: a worker's write lands only while the job is still active under
 # the token of its own claim.  A cancel requested meanwhile wins over the result.
 _FINISH_JOB = f"""
@@ -462,6 +487,8 @@ UPDATE litejobs_jobs
 SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE :status END,
     result = CASE WHEN cancel_requested THEN NULL ELSE :result END,
     error = :error, error_type = :error_type,
+    history = CASE WHEN :status = 'pending' AND NOT cancel_requested
+                   THEN {_HISTORY_ENTRY.format(event="'retried'")} ELSE history END,
     begin_after = coalesce(:begin_after, begin_after),
     finished_at = CASE WHEN cancel_requested OR :status != 'pending' THEN :now END,
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
@@ -480,6 +507,7 @@ SET interruptions = interruptions + 1,
                       THEN :error_type ELSE error_type END,
     finished_at = CASE WHEN cancel_requested OR interruptions + 1 > max_interruptions
                        THEN :now END,
+    history = {_HISTORY_ENTRY.format(event="'interrupted'")},
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
 WHERE id = :id AND status = 'active' AND lease_token = :token
 RETURNING {_ENDED}
@@ -708,6 +736,81 @@ ORDER BY role != 'part', role != 'result', position, id
 """
 
 
+# -- progress, inspection and retention ---------------------------------------
+
+_REPORT = """
+UPDATE litejobs_jobs SET progress = :progress, progress_message = :message, meta = :meta
+WHERE id = :id AND status = 'active' AND lease_token = :token
+"""
+
+_COUNT_BY_QUEUE = """
+SELECT queue, status, count(*) FROM litejobs_jobs GROUP BY queue, status ORDER BY queue
+"""
+
+_OLDEST_DUE = """
+SELECT id, name, queue, begin_after FROM litejobs_jobs INDEXED BY litejobs_jobs_ready
+WHERE status = 'pending' AND begin_after <= :now
+ORDER BY begin_after, id
+LIMIT 1
+"""
+
+_FINISHED_SINCE = """
+SELECT count(*) FROM litejobs_jobs INDEXED BY litejobs_jobs_finished
+WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at >= :since
+"""
+
+# {where} is built from the filters given, in _SQLiteStorage.search.
+_SEARCH_JOBS = f"""
+SELECT {_JOB_COLUMNS} FROM litejobs_jobs
+WHERE {{where}}
+ORDER BY id DESC
+LIMIT :limit
+"""
+
+# A finished job is deleted with everything under it (ON DELETE CASCADE), and
+# only once nothing under it is unfinished: a callback may still be due.
+_PURGEABLE = """
+SELECT id FROM litejobs_jobs AS root INDEXED BY litejobs_jobs_finished
+WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < :before
+    AND (:status IS NULL OR status = :status) AND parent_id IS NULL
+    AND NOT EXISTS (
+        WITH RECURSIVE tree (id, status) AS (
+            SELECT id, status FROM litejobs_jobs WHERE parent_id = root.id
+            UNION ALL
+            SELECT child.id, child.status FROM litejobs_jobs AS child
+            JOIN tree ON child.parent_id = tree.id)
+        SELECT 1 FROM tree WHERE status IN ('pending', 'waiting', 'active'))
+ORDER BY finished_at
+LIMIT :limit
+"""
+
+_COUNT_UNDER = """
+WITH RECURSIVE tree (id) AS (
+    SELECT id FROM litejobs_jobs WHERE parent_id = :id
+    UNION ALL
+    SELECT child.id FROM litejobs_jobs AS child JOIN tree ON child.parent_id = tree.id)
+SELECT count(*) FROM tree
+"""
+
+_DELETE_JOB = "DELETE FROM litejobs_jobs WHERE id = ?"
+
+# Back to its start, for a retry by hand; what it went through stays in history.
+_REOPEN = f"""
+UPDATE litejobs_jobs
+SET history = {_HISTORY_ENTRY.format(event="'retried by hand'")},
+    status = 'waiting', waiting_on = -1, waiting_for = NULL, attempts = 0,
+    interruptions = 0, cancel_requested = 0, result = NULL, started_at = NULL,
+    finished_at = NULL, begin_after = :now, progress = NULL, progress_message = NULL
+WHERE id = :id AND status IN ('failed', 'cancelled')
+"""
+
+_UNDONE_PARTS = """
+SELECT id FROM litejobs_jobs
+WHERE parent_id = :id AND role = 'part' AND status IN ('failed', 'cancelled')
+ORDER BY position
+"""
+
+
 ###############################################################################
 # Connections and transactions
 ###############################################################################
@@ -815,7 +918,7 @@ _NEW_ROW: dict[str, Any] = {
     "cancel_requested": 0, "parent_id": None, "role": None, "position": None,
     "composite": None, "waiting_on": 0, "waiting_for": None, "followers": 0,
     "error": None, "error_type": None, "progress": None, "progress_message": None,
-    "meta": None,
+    "meta": None, "ran_by": None, "history": None,
 }
 
 
@@ -928,6 +1031,15 @@ class _Storage(Protocol):
     def recover_silent_workers(self, worker_id: str, now: float, silent_for: float,
                                is_gone: Callable[[Mapping[str, Any]], str | None]
                                ) -> list[str]: ...
+    def report(self, reports: Iterable[tuple[int, str, Mapping[str, Any]]]) -> None: ...
+    def overview(self, now: float) -> dict[str, Any]: ...
+    def search(self, *, statuses: Sequence[str] | None = None, queue: str | None = None,
+               name: str | None = None, since: float | None = None,
+               before: float | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def purge(self, before: float, *, status: str | None = None, limit: int = 500,
+              dry_run: bool = False) -> tuple[int, int]: ...
+    def reopen(self, job_id: int, now: float) -> str: ...
+    def checkpoint(self) -> tuple[int, int]: ...
     def close(self) -> None: ...
     def close_thread_connection(self) -> None: ...
 
@@ -945,10 +1057,11 @@ class _SQLiteStorage:
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
                  create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-                 busy_retries: int = _BUSY_RETRIES):
+                 busy_retries: int = _BUSY_RETRIES, read_only: bool = False):
         self.path = os.path.abspath(os.fspath(path))
         self.durable = durable
-        self.create = create
+        self.read_only = read_only
+        self.create = create and not read_only
         self.busy_timeout = busy_timeout
         self.busy_retries = busy_retries
         self._pid = os.getpid()
@@ -982,6 +1095,10 @@ class _SQLiteStorage:
             raise DatabaseError(f"{self.path} is a directory, not a database file")
         if not os.path.exists(self.path) and not self.create:
             raise DatabaseError(f"no database at {self.path}: check the path")
+        if self.read_only:
+            if not os.access(self.path, os.R_OK):
+                raise DatabaseError(f"cannot read {self.path}: permission denied")
+            return
         if not os.access(directory, os.W_OK):
             raise self._read_only(directory)
         if not os.path.exists(self.path):
@@ -1019,6 +1136,11 @@ class _SQLiteStorage:
             raise
         if version > _SCHEMA_VERSION:
             raise self._too_new(version)
+        if self.read_only and version < _SCHEMA_VERSION:
+            raise DatabaseError(
+                f"{self.path} is not a litejobs database" if version == 0 else
+                f"{self.path} has litejobs schema version {version}; open it once with "
+                f"write access (any litejobs command that writes) to upgrade it")
         size = os.path.getsize(self.path)
         if version < _SCHEMA_VERSION and 0 < size <= _QUICK_CHECK_LIMIT:
             problems = self._quick_check(conn)
@@ -1083,7 +1205,8 @@ class _SQLiteStorage:
         files: SQLite gives them the database file's mode.  The file is never
         opened outside SQLite (see `_unreadable_file`).
         """
-        uri = "file:" + urllib.parse.quote(self.path) + ("?mode=rwc" if create else "?mode=rw")
+        mode = "ro" if self.read_only else "rwc" if create else "rw"
+        uri = "file:" + urllib.parse.quote(self.path) + f"?mode={mode}"
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout,
                                    isolation_level=None, check_same_thread=False)
@@ -1095,8 +1218,13 @@ class _SQLiteStorage:
         return conn
 
     def _configure(self, conn: sqlite3.Connection) -> None:
+        if self.read_only:
+            return  # the file is in WAL mode already: litejobs made it
         self._enable_wal(conn)
         conn.execute("PRAGMA foreign_keys = ON")
+        # A checkpoint that empties the WAL also shrinks the file to this size,
+        # so a burst of writes does not leave a large WAL behind for good.
+        conn.execute(f"PRAGMA journal_size_limit = {_WAL_SIZE_LIMIT}")
         # FULL: a commit is on disk before put() returns.  NORMAL in WAL mode
         # may lose the last commits on power loss, never corrupt the file.
         # https://sqlite.org/pragma.html#pragma_synchronous
@@ -1382,7 +1510,7 @@ class _SQLiteStorage:
         status written, which is ``CANCELLED`` when a cancel came meanwhile."""
         params = {"id": job_id, "token": token, "status": status, "now": now,
                   "result": result, "error": error, "error_type": error_type,
-                  "begin_after": begin_after}
+                  "begin_after": begin_after, "error_line": _last_line(error)}
         with self.write() as conn:
             return self._ended(conn, _FINISH_JOB, params, now,
                                f"job {job_id}: lease {token[:8]} no longer owns the job; "
@@ -1410,7 +1538,7 @@ class _SQLiteStorage:
         error = _format_exception_only(Interrupted(reason))
         return self._ended(conn, _INTERRUPT_JOB, {
             "id": job_id, "token": token, "now": now, "error": error,
-            "error_type": _INTERRUPTED_TYPE},
+            "error_type": _INTERRUPTED_TYPE, "error_line": reason},
             now, f"job {job_id}: lease {token[:8]} no longer owns the job")
 
     def renew(self, leases: Iterable[tuple[int, str]], expires: float) -> list[int]:
@@ -1470,6 +1598,7 @@ class _SQLiteStorage:
                     return self._ended(conn, _FINISH_JOB, {
                         "id": job_id, "token": token, "status": FAILED, "now": now,
                         "result": None, "error": error, "begin_after": None,
+                        "error_line": problem,
                         "error_type": _qualified_type_name(LitejobsError)}, now, lost)
             else:
                 target = int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
@@ -1728,6 +1857,109 @@ class _SQLiteStorage:
                 reasons.append(reason)
         return reasons
 
+    # -- progress, inspection and retention ------------------------------------
+
+    def report(self, reports: Iterable[tuple[int, str, Mapping[str, Any]]]) -> None:
+        """Write the progress, progress message and meta of running jobs, each
+        as ``(job_id, token, {"progress", "message", "meta"})``; fenced, so a
+        report of a run that lost its lease changes nothing."""
+        with self.write() as conn:
+            for job_id, token, fields in reports:
+                conn.execute(_REPORT, {**fields, "id": job_id, "token": token})
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy what the WAL holds into the database, as far as readers allow,
+        without waiting for anyone; the WAL then restarts from its beginning,
+        cut to ``_WAL_SIZE_LIMIT``.  Returns the WAL's pages and those copied.
+        https://sqlite.org/pragma.html#pragma_wal_checkpoint"""
+        with self.read() as conn:
+            _, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(pages), int(copied)
+
+    def overview(self, now: float) -> dict[str, Any]:
+        """Counts by queue and status, the pending job due the longest, and
+        how many jobs ended in the last minute and hour."""
+        with self.read() as conn:
+            counts: dict[str, dict[str, int]] = {}
+            for queue, status, count in conn.execute(_COUNT_BY_QUEUE).fetchall():
+                counts.setdefault(queue, dict.fromkeys(STATUSES, 0))[status] = count
+            cursor = conn.execute(_OLDEST_DUE, {"now": now})
+            oldest = cursor.fetchone()
+            finished = {span: conn.execute(_FINISHED_SINCE, {"since": now - seconds})
+                        .fetchone()[0] for span, seconds in (("last_minute", 60),
+                                                             ("last_hour", 3600))}
+        return {"counts": counts, "finished": finished,
+                "oldest_due": None if oldest is None else _as_dict(cursor, oldest)}
+
+    def search(self, *, statuses: Sequence[str] | None = None, queue: str | None = None,
+               name: str | None = None, since: float | None = None,
+               before: float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Jobs, newest first, matching every filter given: statuses, queue,
+        a glob on the callable's name, and created at or after ``since`` and
+        before ``before``."""
+        terms = ["1"]
+        params: dict[str, Any] = {"limit": limit, "queue": queue, "name": name,
+                                  "since": since, "before": before}
+        if statuses:
+            terms.append(f"status IN ({', '.join(f':s{i}' for i in range(len(statuses)))})")
+            params.update({f"s{i}": status for i, status in enumerate(statuses)})
+        for value, term in ((queue, "queue = :queue"), (name, "name GLOB :name"),
+                            (since, "created_at >= :since"), (before, "created_at < :before")):
+            if value is not None:
+                terms.append(term)
+        with self.read() as conn:
+            cursor = conn.execute(_SEARCH_JOBS.format(where=" AND ".join(terms)), params)
+            return [_as_dict(cursor, row) for row in cursor.fetchall()]
+
+    def purge(self, before: float, *, status: str | None = None, limit: int = 500,
+              dry_run: bool = False) -> tuple[int, int]:
+        """Delete, in one short transaction, up to ``limit`` jobs that ended
+        before ``before`` (only those in ``status``, if given) with all the
+        jobs under them, once none of those is unfinished.  Returns how many
+        of each were deleted (or, with ``dry_run``, would be)."""
+        with (self.read() if dry_run else self.write()) as conn:
+            roots = [job_id for job_id, in conn.execute(_PURGEABLE, {
+                "before": before, "status": status, "limit": limit}).fetchall()]
+            under = sum(conn.execute(_COUNT_UNDER, {"id": job_id}).fetchone()[0]
+                        for job_id in roots)
+            if not dry_run:
+                conn.executemany(_DELETE_JOB, ((job_id,) for job_id in roots))
+        return len(roots), under
+
+    def reopen(self, job_id: int, now: float) -> str:
+        """Run a failed or cancelled job again, keeping its history.  A
+        composite runs its parts that did not complete, then its postprocess.
+        Returns the status after (pending or waiting).  Raises ValueError when
+        the job cannot be retried, saying why."""
+        with self.write() as conn:
+            cursor = conn.execute(_SELECT_JOB, (job_id,))
+            found = cursor.fetchone()
+            if found is None:
+                raise JobNotFound(f"no job {job_id} in {self.path}")
+            row = _as_dict(cursor, found)
+            if row["status"] not in (FAILED, CANCELLED):
+                raise ValueError(f"job {job_id} is {row['status']}: only failed and "
+                                 f"cancelled jobs are retried")
+            if row["role"] == "part":
+                raise ValueError(f"job {job_id} is a part of job {row['parent_id']}: retry "
+                                 f"that one, which runs again its parts that did not complete")
+            try:
+                self._reopen(conn, job_id, row["error"], now)
+                self._activate(conn, job_id, now)
+            except sqlite3.IntegrityError:
+                raise ValueError(f"job {job_id} has the key {row['key']!r}, which an "
+                                 f"unfinished job holds now") from None
+            return str(conn.execute("SELECT status FROM litejobs_jobs WHERE id = ?",
+                                    (job_id,)).fetchone()[0])
+
+    def _reopen(self, conn: sqlite3.Connection, job_id: int, error: str | None,
+                now: float) -> None:
+        conn.execute(_REOPEN, {"id": job_id, "now": now, "error_line": _last_line(error)})
+        for part_id, in conn.execute(_UNDONE_PARTS, {"id": job_id}).fetchall():
+            part_error = conn.execute("SELECT error FROM litejobs_jobs WHERE id = ?",
+                                      (part_id,)).fetchone()[0]
+            self._reopen(conn, part_id, part_error, now)
+
 
 ###############################################################################
 # Job and Queue
@@ -1756,6 +1988,21 @@ def _format_time(stamp: float | None) -> str:
     except (ValueError, OverflowError, OSError):
         return f"{stamp!r} (Unix seconds)"
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _format_duration(seconds: float) -> str:
+    """A short human duration, in the units the command line takes: 850ms,
+    42s, 3m12s, 5h04m, 2d03h."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    whole = int(seconds)
+    for unit, size, small, small_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60),
+                                          ("m", 60, "s", 1)):
+        if whole >= size:
+            return f"{whole // size}{unit}{whole % size // small_size:02d}{small}"
+    return f"{whole}s"
 
 
 def _to_datetime(stamp: float | None) -> datetime.datetime | None:
@@ -1815,6 +2062,12 @@ def _name_of(fn: Any) -> str:
 
 def _describe(obj: Any) -> str:
     return _shortened(repr(obj), 80)
+
+
+def _last_line(text: str | None) -> str | None:
+    """The last line of a traceback: the exception and its message."""
+    lines = (text or "").rstrip().splitlines()
+    return lines[-1] if lines else None
 
 
 def _shortened(text: str, most: int) -> str:
@@ -2071,6 +2324,7 @@ class Job:
         self._queue: Queue | None = None
         self._row: dict[str, Any] = {}
         self._result_cache: tuple[Any] | None = None
+        self._reporter: _Reporter | None = None  # set while the job runs here
 
     @classmethod
     def _bound(cls, queue: Queue, row: dict[str, Any]) -> Job:
@@ -2079,7 +2333,11 @@ class Job:
         job._queue = queue
         job._row = row
         job._result_cache = None
+        job._reporter = None
         return job
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_reporter": None}  # a reporter stays in its process
 
     def _require_queue(self) -> Queue:
         if self._queue is None:
@@ -2200,6 +2458,77 @@ class Job:
         return self._row.get("error_type")
 
     @property
+    def progress(self) -> float | None:
+        """The fraction done, from 0 to 1, as the job last reported it with
+        `set_progress`; None if it never did."""
+        return self._row.get("progress")
+
+    @property
+    def progress_message(self) -> str | None:
+        """The message of the last `set_progress`, if any."""
+        return self._row.get("progress_message")
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """A copy of the small JSON dict the job keeps with `update_meta`."""
+        text = self._row.get("meta")
+        return {} if text is None else dict(json.loads(text))
+
+    @property
+    def ran_by(self) -> str | None:
+        """The pool (or ``run_pending`` caller) that ran the latest attempt."""
+        return self._row.get("ran_by")
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """What the status alone no longer shows: each attempt that ended
+        without ending the job (``"retried"``, ``"interrupted"``) and each
+        ``"retried by hand"``, as dicts with ``at`` (an aware datetime),
+        ``event``, ``attempt``, ``by`` and ``error`` (its last line)."""
+        entries = json.loads(self._row.get("history") or "[]")
+        return [{**entry, "at": _to_datetime(entry["at"])} for entry in entries]
+
+    # -- inside the running job -------------------------------------------------
+
+    def set_progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the running job is, from 0 to 1, with an optional
+        message.  Call it as often as you like: writes are throttled to one
+        a second, and the latest value always reaches the database within
+        about a second, and before the job's outcome.  Only inside the job,
+        on ``current_job()``."""
+        reporter = self._require_reporter("set_progress")
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+                or not 0 <= fraction <= 1:
+            raise ValueError(f"progress is a fraction from 0 to 1, not {fraction!r}")
+        if message is not None and not isinstance(message, str):
+            raise TypeError(f"the progress message must be a string, not {_describe(message)}")
+        self._row["progress"] = float(fraction)
+        self._row["progress_message"] = None if message is None else message[:_MESSAGE_MOST]
+        reporter.changed(self._row)
+
+    def update_meta(self, **items: Any) -> None:
+        """Merge ``items`` into the job's meta, a small dict of JSON values that
+        anyone can read (`meta`, ``show``) while the job runs and after.
+        Written like `set_progress`.  Only inside the job."""
+        reporter = self._require_reporter("update_meta")
+        merged = {**self.meta, **items}
+        try:
+            text = json.dumps(merged, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"meta values must be JSON: {exc}") from None
+        if len(text) > _META_MOST:
+            raise ValueError(f"meta would take {len(text):,} bytes as JSON; the limit is "
+                             f"{_META_MOST:,}: keep larger data in the result or a file")
+        self._row["meta"] = text
+        reporter.changed(self._row)
+
+    def _require_reporter(self, what: str) -> _Reporter:
+        if self._reporter is None or _CURRENT_JOB.get() is not self:
+            raise LitejobsError(f"{what} works only inside the running job, on "
+                                f"litejobs.current_job()")
+        return self._reporter
+
+    @property
     def result(self) -> Any:
         """The return value of a completed job; None otherwise."""
         if self.status != COMPLETED:
@@ -2281,6 +2610,17 @@ class Job:
         if conn is None:
             self.refresh()
         return status is not None
+
+    def retry(self) -> str:
+        """Run a failed or cancelled job again, from a fresh start, keeping
+        what it went through in `history`.  A composite runs again the parts
+        that did not complete, then its postprocess.  Returns the status after;
+        raises ValueError if the job is not failed or cancelled, or is a part
+        (retry its composite instead)."""
+        queue = self._require_queue()
+        status = queue._storage.reopen(self._require_id(), _CLOCK.get()())
+        self.refresh()
+        return status
 
     # -- composition ------------------------------------------------------------
 
@@ -2419,13 +2759,65 @@ class _Outcome:
                    exc_mro=tuple(_qualified_type_name(c) for c in type(exc).__mro__))
 
 
-def _execute(job: Job, payload: bytes | None) -> _Outcome:
+class _Reporter:
+    """Carries a running job's progress and meta to the database: at most one
+    write per ``interval``, and the latest state always within it (a timer
+    writes what a quiet job left pending), and at `close`."""
+
+    def __init__(self, write: Callable[[dict[str, Any]], None],
+                 interval: float | None = None):
+        self._write = write
+        self._interval = _PROGRESS_INTERVAL if interval is None else interval
+        self._lock = threading.Lock()
+        self._pending: dict[str, Any] | None = None
+        self._written_at = -math.inf
+        self._timer: threading.Timer | None = None
+
+    def changed(self, row: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._pending = {"progress": row.get("progress"),
+                             "message": row.get("progress_message"), "meta": row.get("meta")}
+            wait = self._written_at + self._interval - time.monotonic()
+            if wait <= 0:
+                self._flush()
+            elif self._timer is None:
+                self._timer = threading.Timer(wait, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        fields, self._pending = self._pending, None
+        self._written_at = time.monotonic()
+        try:
+            self._write(fields)
+        except LitejobsError as exc:  # progress is advisory: the job goes on
+            _log.warning("could not write the progress of a job: %s", exc)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._flush()
+
+
+def _execute(job: Job, payload: bytes | None,
+             report: Callable[[dict[str, Any]], None] | None = None) -> _Outcome:
     """Run one claimed job in this process and capture its outcome.
 
-    The same path serves `Queue.run_pending` and the worker pool.  Only
-    KeyboardInterrupt escapes; everything else the job raises, including a
-    function that no longer imports, becomes a failure with its traceback.
+    The same path serves `Queue.run_pending` and the worker pool; ``report``
+    writes the job's progress and meta.  Only KeyboardInterrupt escapes;
+    everything else the job raises, including a function that no longer
+    imports, becomes a failure with its traceback.
     """
+    reporter = job._reporter = None if report is None else _Reporter(report)
     reset = _CURRENT_JOB.set(job)
     fn: Any = None
     try:
@@ -2442,6 +2834,9 @@ def _execute(job: Job, payload: bytes | None) -> _Outcome:
         return _Outcome.failure(exc)
     finally:
         _CURRENT_JOB.reset(reset)
+        if reporter is not None:
+            reporter.close()  # the last progress lands before the outcome
+        job._reporter = None
     if follow is not None:
         return _Outcome(ok=True, follow=follow)
     if value is None:
@@ -2554,17 +2949,21 @@ class Queue:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
-                 create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+                 create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+                 read_only: bool = False):
         busy_timeout = _seconds(busy_timeout, "busy_timeout")
         self._storage: _Storage = _SQLiteStorage(path, durable=durable, create=create,
-                                                 busy_timeout=busy_timeout)
+                                                 busy_timeout=busy_timeout,
+                                                 read_only=read_only)
+        self.read_only = read_only
         self.busy_timeout = busy_timeout
         self.create = create
         self.path = self._storage.path
         self.durable = durable
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen_queue, (self.path, self.durable, self.create, self.busy_timeout))
+        return (_reopen_queue, (self.path, self.durable, self.create, self.busy_timeout,
+                                self.read_only))
 
     def __repr__(self) -> str:
         return f"<litejobs.Queue {self.path}>"
@@ -2664,6 +3063,10 @@ class Queue:
             for index, job in jobs:
                 job._queue, job._row = self, stored[index][0]
             out.append(jobs[0][1] if jobs and jobs[0][0] == 0 else Job._bound(self, root))
+            if _log.isEnabledFor(logging.DEBUG):
+                _log.debug("job %s (%s) put in queue %s%s", root["id"], root["name"],
+                           root["queue"], f" with {len(stored) - 1} jobs under it"
+                           if len(stored) > 1 else "", extra=_job_log(root))
         return out
 
     @contextlib.contextmanager
@@ -2741,6 +3144,25 @@ class Queue:
         """How many jobs are in each status (every status is present)."""
         found = self._storage.counts(queue)
         return {status: found.get(status, 0) for status in STATUSES}
+
+    def purge(self, older_than: float | datetime.timedelta, *, status: str | None = None,
+              batch: int = _PRUNE_BATCH) -> int:
+        """Delete jobs that ended more than ``older_than`` ago (only those in
+        ``status``, if given), with the jobs under them, in transactions of
+        ``batch`` jobs so that pools are never held up for long.  A job with
+        anything under it still unfinished is kept.  Returns how many jobs
+        were deleted."""
+        before = _CLOCK.get()() - _seconds(older_than, "older_than")
+        if status is not None and status not in _FINISHED:
+            raise ValueError(f"only finished jobs are purged: status is one of "
+                             f"{', '.join(sorted(_FINISHED))}, not {status!r}")
+        batch = _positive_int(batch, "batch")
+        total = 0
+        while True:
+            deleted, under = self._storage.purge(before, status=status, limit=batch)
+            total += deleted + under
+            if deleted < batch:
+                return total
 
     def workers(self) -> list[dict[str, Any]]:
         """The worker pools registered on this file, newest first.
@@ -2840,9 +3262,14 @@ class Queue:
         payload = claimed.pop("payload")
         claimed.pop("signature")
         job = Job._bound(self, claimed)
-        keeper.hold(job._require_id(), token)
+        job_id = job._require_id()
+        keeper.hold(job_id, token)
+        _log.debug("job %s (%s) attempt %d started in this process", job_id, job.name,
+                   job.attempts, extra=_job_log(claimed))
+        started = time.perf_counter()
         try:
-            outcome = _execute(job, payload)
+            outcome = _execute(job, payload, lambda fields: self._storage.report(
+                [(job_id, token, fields)]))
         except KeyboardInterrupt:
             with contextlib.suppress(LeaseLost):
                 self._storage.interrupt(job._require_id(), token, clock(),
@@ -2850,23 +3277,25 @@ class Queue:
             raise
         finally:
             keeper.release(job._require_id())
+        duration = time.perf_counter() - started
         try:
-            status = _record(self._storage, job._row, token, outcome, clock())
-        except LeaseLost as exc:
-            _log.warning("%s", exc)
-            return
+            status: str | None = _record(self._storage, job._row, token, outcome, clock())
+        except LeaseLost:
+            status = None
         except DatabaseError as exc:
             # At-least-once: with its outcome unwritten, the job stays claimed
             # until the lease runs out, then runs again.
             _log.error("job %s (%s): could not record its outcome, so it will run "
-                       "again once its lease expires: %s", job.id, job.name, exc)
+                       "again once its lease expires: %s", job.id, job.name, exc,
+                       extra=_job_log(claimed, duration))
             raise
-        if status == FAILED:
-            _log.error("job %s (%s) failed:\n%s", job.id, job.name, outcome.error)
+        _log_outcome(claimed, outcome, status, duration)
 
 
-def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float) -> Queue:
-    return Queue(path, durable=durable, create=create, busy_timeout=busy_timeout)
+def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float,
+                  read_only: bool = False) -> Queue:
+    return Queue(path, durable=durable, create=create, busy_timeout=busy_timeout,
+                 read_only=read_only)
 
 
 ###############################################################################
@@ -3053,7 +3482,7 @@ def _gather_results(*parts: Job) -> list[Any]:
     if failed:
         described = []
         for part in failed[:_PARTS_NAMED]:
-            last_line = ((part.error or "").rstrip().splitlines() or [""])[-1]
+            last_line = _last_line(part.error)
             described.append(f"job {part.id} ({part.name}) {part.status}"
                              + (f": {_shortened(last_line, 300)}" if last_line else ""))
         if len(failed) > _PARTS_NAMED:
@@ -3325,6 +3754,14 @@ class _ChildWork:
         self.send(held)
         return item
 
+    def post(self, message: tuple[Any, ...]) -> None:
+        """Send ``message`` with the next batch, within ``_FLUSH_AFTER``."""
+        with self.lock:
+            if not self.outbox:
+                self.held_since = time.monotonic()
+                self.lock.notify_all()  # the flusher starts counting
+            self.outbox.append(message)
+
     def finished(self, job_id: int, outcome: _Outcome, seconds: float, timed: bool) -> None:
         with self.lock:
             self.running[0] = 0
@@ -3344,6 +3781,98 @@ class _ChildWork:
         self.send(messages)
 
 
+class _ForwardLogs(logging.Handler):
+    """In a worker process: send each log record to the supervisor, with the
+    id of the job running here (even from a thread the job started)."""
+
+    def __init__(self, work: _ChildWork):
+        super().__init__()
+        self.work = work
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = dict(record.__dict__)
+            data["msg"], data["args"] = record.getMessage(), None
+            if record.exc_info:
+                data["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            data["exc_info"] = None
+            if "job_id" not in data:
+                running = int(self.work.running[0])
+                if running:
+                    data["job_id"] = running
+            self.work.post(("log", {key: value for key, value in data.items()
+                                    if _pickles_plainly(value)}))
+        except Exception:
+            self.handleError(record)
+
+
+def _pickles_plainly(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool, tuple, list, dict))
+
+
+def _handle_forwarded_log(data: dict[str, Any]) -> None:
+    record = logging.makeLogRecord(data)
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+
+
+class _JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: ``time``, ``level``, ``logger``, ``process``,
+    ``pid``, ``message``, and when known ``job_id``, ``job``, ``attempt``,
+    ``duration`` (seconds) and ``traceback``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": _format_time(record.created), "level": record.levelname,
+                 "logger": record.name, "process": record.processName, "pid": record.process,
+                 "message": record.getMessage()}
+        for field in ("job_id", "job", "attempt", "duration"):
+            if getattr(record, field, None) is not None:
+                entry[field] = getattr(record, field)
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["traceback"] = record.exc_text
+        return json.dumps(entry, default=str)
+
+
+def _job_log(row: Mapping[str, Any], duration: float | None = None) -> dict[str, Any]:
+    """The ``extra`` of a log record about a job."""
+    return {"job_id": row["id"], "job": row["name"], "attempt": row["attempts"],
+            "duration": None if duration is None else round(duration, 6)}
+
+
+def _log_outcome(row: Mapping[str, Any], outcome: _Outcome, status: str | None,
+                 duration: float | None) -> None:
+    """Log how a run ended, once its outcome is written (``status`` None: the
+    lease was lost first)."""
+    extra = _job_log(row, duration)
+    what = f"job {row['id']} ({row['name']}) attempt {row['attempts']}"
+    took = "" if duration is None else f" after {duration:.3f}s"
+    timed_out = outcome.error_type == _qualified_type_name(JobTimeout)
+    if status is None:
+        _log.warning("%s: the lease was lost before its outcome was written, so another "
+                     "attempt owns the job; this outcome was discarded", what, extra=extra)
+    elif status == FAILED:
+        _log.error("%s %s%s:\n%s", what, "timed out" if timed_out else "failed", took,
+                   (outcome.error or "").rstrip(), extra=extra)
+    elif status == PENDING:
+        _log.log(logging.ERROR if timed_out else logging.WARNING,
+                 "%s %s%s and will be retried: %s", what,
+                 "timed out" if timed_out else "failed", took, _last_line(outcome.error),
+                 extra=extra)
+    elif status == CANCELLED:
+        _log.info("%s was cancelled%s", what, took, extra=extra)
+    elif status == WAITING:
+        _log.info("%s returned a job%s, and waits for it", what, took, extra=extra)
+    else:
+        _log.info("%s completed%s", what, took, extra=extra)
+
+
+def _post_progress(work: _ChildWork, job_id: int, fields: dict[str, Any]) -> None:
+    work.post(("progress", job_id, fields))
+
+
 def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     """A worker process: run the jobs the supervisor sends, in order, and
     send back their outcomes, batched while jobs are quick."""
@@ -3351,10 +3880,14 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     # whole process group must not kill jobs mid-run.
     signal.signal(signal.SIGINT, _ignore_signal)
     signal.signal(signal.SIGTERM, _ignore_signal)
-    if options["log_level"] is not None:
-        logging.basicConfig(level=options["log_level"], format=_LOG_FORMAT)
-    queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"])
     work = _ChildWork(conn, running)
+    # Everything logged here, by litejobs or by jobs, goes to the supervisor,
+    # which logs it wherever the pool's own log goes.
+    root = logging.getLogger()
+    root.handlers[:] = [_ForwardLogs(work)]
+    root.setLevel(options["log_levels"][0])
+    _log.setLevel(options["log_levels"][1])
+    queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"])
     work.send([("ready", os.getpid())])
     for target, name in ((work.read, "reader"), (work.flush_held, "flusher")):
         threading.Thread(target=target, daemon=True, name=f"litejobs-child-{name}").start()
@@ -3363,9 +3896,13 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
         if item is None:
             break
         job_id, row, payload = item
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("job %s (%s) attempt %d started in process %d", job_id, row["name"],
+                       row["attempts"], os.getpid(), extra=_job_log(row))
         started = time.perf_counter()
         try:
-            outcome = _execute(Job._bound(queue, row), payload)
+            outcome = _execute(Job._bound(queue, row), payload,
+                               functools.partial(_post_progress, work, job_id))
         except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
             outcome = _Outcome.failure(exc)
         work.finished(job_id, outcome, time.perf_counter() - started,
@@ -3387,6 +3924,7 @@ class _Assignment:
     child: _Child
     skip_sent: bool = False
     lease_lost: bool = False
+    seconds: float | None = None  # how long the run took, once it has ended
 
 
 class _Child:
@@ -3462,6 +4000,8 @@ class Worker:
       everywhere), ``"forkserver"`` or ``"fork"`` (only with `run` in a
       process without other threads: a fork copies their locks).
     - ``burst``: run what is due, then stop.
+    - ``retention``: seconds finished jobs are kept (default 7 days); the
+      pool deletes older ones in small batches as it goes.  None keeps them.
     - ``create`` and ``busy_timeout``: as for `Queue`; a `Queue` passed in
       gives its own.
 
@@ -3478,7 +4018,8 @@ class Worker:
                  lease: float = DEFAULT_LEASE, poll: float = DEFAULT_POLL,
                  grace: float = DEFAULT_GRACE, max_jobs_per_child: int | None = None,
                  start_method: str = "spawn", burst: bool = False, create: bool = True,
-                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+                 retention: float | None = DEFAULT_RETENTION):
         if isinstance(queue, Queue):
             path: str = queue.path
             busy_timeout = queue.busy_timeout
@@ -3507,6 +4048,7 @@ class Worker:
                              f"one of {', '.join(multiprocessing.get_all_start_methods())}")
         self.start_method = start_method
         self.burst = bool(burst)
+        self.retention = None if retention is None else _seconds(retention, "retention")
         self.id = _owner_id("pool")
         # Short waits for the write lock: a supervisor blocked on another
         # connection's long transaction could neither kill timed-out jobs nor
@@ -3524,7 +4066,6 @@ class Worker:
         #: Records about jobs that could not be written (the jobs run again
         #: once their leases run out).
         self.dropped = 0
-        self._log_level: int | None = None
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
@@ -3644,6 +4185,7 @@ class Worker:
         self._outcomes: list[tuple[_Assignment, _Outcome]] = []
         self._endings: list[tuple[_Assignment, str, str]] = []  # (job, how, reason)
         self._releases: list[_Assignment] = []
+        self._reports: dict[int, tuple[_Assignment, dict[str, Any]]] = {}  # latest progress
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
         self._wal_watch = _WalWatch.open(self.path)
@@ -3661,14 +4203,13 @@ class Worker:
         self._next_heartbeat = 0.0
         self._next_renewal = 0.0
         self._next_cancel_check = 0.0
+        self._next_upkeep = 0.0
         self._retry_writes_at = 0.0
         self._child_numbers = itertools.count(1)
         self._young_deaths = 0
         self._restart_at: float | None = None
         self._grace_deadline: float | None = None
         self._ctx: Any = multiprocessing.get_context(self.start_method)
-        if self._thread is None:
-            self._log_level = _log.getEffectiveLevel() if logging.getLogger().handlers else None
         stop_reason = "stopped"
         try:
             now = time.time()
@@ -3730,7 +4271,7 @@ class Worker:
         self._stop_children()
 
     def _unwritten(self) -> bool:
-        return bool(self._outcomes or self._endings or self._releases)
+        return bool(self._outcomes or self._endings or self._releases or self._reports)
 
     def _due_now(self) -> bool:
         return self._next_due is not None and self._next_due <= time.time()
@@ -3811,7 +4352,7 @@ class Worker:
 
     def _wait_time(self, can_claim: bool) -> float:
         now = time.monotonic()
-        moments = [self._next_heartbeat]
+        moments = [self._next_heartbeat, self._next_upkeep]
         if self._in_flight:
             moments.append(self._next_cancel_check)
         for child in self._children:
@@ -3856,7 +4397,7 @@ class Worker:
         ours, theirs = self._ctx.Pipe(duplex=True)
         running = self._ctx.RawArray("d", 2)
         options = {"path": self.path, "busy_timeout": self._busy_timeout,
-                   "log_level": self._log_level}
+                   "log_levels": (logging.getLogger().getEffectiveLevel(), _log.level)}
         process = self._ctx.Process(target=_child_main, args=(theirs, options, running),
                                     name=f"litejobs-child-{number}")
         process.start()
@@ -3885,8 +4426,14 @@ class Worker:
                     continue
                 if message[0] == "started":
                     continue  # a timed job began: the wait that follows times it
+                if message[0] == "log":
+                    _handle_forwarded_log(message[1])
+                    continue
                 assignment = child.assignment(message[1])
                 if assignment is None:
+                    continue
+                if message[0] == "progress":
+                    self._reports[assignment.job_id] = (assignment, message[2])
                     continue
                 child.assigned.remove(assignment)
                 self._forget(assignment)
@@ -3894,6 +4441,7 @@ class Worker:
                     self._releases.append(assignment)
                     continue
                 _, _, ok, result, error, error_type, exc_mro, follow, seconds = message
+                assignment.seconds = seconds
                 child.done += 1
                 self._note_duration(seconds)
                 self._outcomes.append((assignment, _Outcome(ok, result, error, error_type,
@@ -4088,16 +4636,20 @@ class Worker:
     def _take_writes(self) -> list[tuple[str, _Assignment, Any]]:
         """Everything waiting to be written, as (kind, assignment, detail);
         `_keep_for_later` puts such a list back."""
+        # Progress first: once a job's outcome is written, its report is fenced off.
         writes: list[tuple[str, _Assignment, Any]] = (
-            [("outcome", assignment, outcome) for assignment, outcome in self._outcomes]
+            [("report", assignment, fields) for assignment, fields in self._reports.values()]
+            + [("outcome", assignment, outcome) for assignment, outcome in self._outcomes]
             + [(how, assignment, reason) for assignment, how, reason in self._endings]
             + [("release", assignment, None) for assignment in self._releases])
-        self._outcomes, self._endings, self._releases = [], [], []
+        self._outcomes, self._endings, self._releases, self._reports = [], [], [], {}
         return writes
 
     def _keep_for_later(self, writes: list[tuple[str, _Assignment, Any]]) -> None:
         for kind, assignment, detail in writes:
-            if kind == "outcome":
+            if kind == "report":
+                self._reports.setdefault(assignment.job_id, (assignment, detail))
+            elif kind == "outcome":
                 self._outcomes.append((assignment, detail))
             elif kind == "release":
                 self._releases.append(assignment)
@@ -4109,6 +4661,9 @@ class Worker:
         """One fenced write; the status it left, or None if the lease was lost."""
         job_id, token = assignment.job_id, assignment.token
         try:
+            if kind == "report":
+                self._storage.report([(job_id, token, detail)])
+                return None
             if kind == "outcome":
                 return _record(self._storage, assignment.row, token, detail, now)
             if kind == "interrupt":
@@ -4137,6 +4692,8 @@ class Worker:
                 self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
                 break
             except DatabaseError as exc:
+                if kind == "report":
+                    continue  # progress is advisory; the next report replaces it
                 if kind != "outcome":
                     self._drop(assignment, exc)
                     continue
@@ -4164,42 +4721,24 @@ class Worker:
 
     def _after_writes(self, results: list[tuple[str, _Assignment, Any, str | None]]) -> None:
         for kind, assignment, detail, status in results:
+            if kind == "report":
+                continue
             if kind == "outcome":
                 self._log_outcome(assignment, detail, status)
             elif kind == "interrupt":
-                _log.warning("job %s (%s) was interrupted: %s; it is now %s",
-                             assignment.job_id, assignment.row["name"], detail,
-                             status or "another worker's")
+                _log.warning("job %s (%s) attempt %d was interrupted: %s; it is now %s",
+                             assignment.job_id, assignment.row["name"],
+                             assignment.row["attempts"], detail, status or "another worker's",
+                             extra=_job_log(assignment.row))
             elif kind == CANCELLED and status is not None:
-                _log.info("%s", detail)
+                _log.info("%s", detail, extra=_job_log(assignment.row))
             if kind != "outcome" or status == PENDING:
                 self._drained = False  # a job went back to pending: look again
 
     def _log_outcome(self, assignment: _Assignment, outcome: _Outcome,
                      status: str | None) -> None:
-        job_id, name = assignment.job_id, assignment.row["name"]
-        attempt = assignment.row["attempts"]
-        if status is None:
-            _log.warning("job %s (%s) attempt %d: the lease was lost before its outcome "
-                         "was written, so another attempt owns the job; this outcome was "
-                         "discarded", job_id, name, attempt)
-            self.finished["lease lost"] += 1
-            return
-        self.finished[status] += 1
-        if status == FAILED:
-            _log.error("job %s (%s) attempt %d failed:\n%s", job_id, name, attempt,
-                       (outcome.error or "").rstrip())
-        elif status == PENDING:
-            last_line = ((outcome.error or "").rstrip().splitlines() or [""])[-1]
-            _log.warning("job %s (%s) attempt %d failed and will be retried: %s", job_id,
-                         name, attempt, last_line)
-        elif status == CANCELLED:
-            _log.info("job %s (%s) was cancelled", job_id, name)
-        elif status == WAITING:
-            _log.debug("job %s (%s) attempt %d returned a job, and waits for it", job_id,
-                       name, attempt)
-        else:
-            _log.debug("job %s (%s) attempt %d completed", job_id, name, attempt)
+        self.finished["lease lost" if status is None else status] += 1
+        _log_outcome(assignment.row, outcome, status, assignment.seconds)
 
     def _should_claim(self) -> bool:
         if not self._drained or self._changed or self._due_now():
@@ -4255,7 +4794,7 @@ class Worker:
                 self._in_flight[row["id"]] = assignment
                 batch.append((row["id"], row, payload))
                 _log.debug("job %s (%s) attempt %d claimed for child %d", row["id"],
-                           row["name"], row["attempts"], child.number)
+                           row["name"], row["attempts"], child.number, extra=_job_log(row))
             if batch:
                 child.sent += len(batch)
                 if self.max_jobs_per_child is not None \
@@ -4296,6 +4835,28 @@ class Worker:
                 cancelled = []
             for job_id in cancelled:
                 self._stop_cancelled(job_id)
+        if now >= self._next_upkeep and self._grace_deadline is None:
+            self._upkeep()
+
+    def _upkeep(self) -> None:
+        """Delete finished jobs past the retention, one small batch at a time
+        so that no transaction holds the write lock for long, and checkpoint
+        the WAL so that it stays small under a steady load."""
+        wait = _UPKEEP_INTERVAL
+        try:
+            if self.retention is not None:
+                deleted, under = self._storage.purge(time.time() - self.retention,
+                                                     limit=_PRUNE_BATCH)
+                if deleted:
+                    _log.info("%s deleted %d jobs (and %d under them) that ended over "
+                              "%s ago", self.id, deleted, under,
+                              _format_duration(self.retention))
+                if deleted == _PRUNE_BATCH:
+                    wait = _PRUNE_PAUSE  # more are due: go on soon
+            self._storage.checkpoint()
+        except DatabaseError as exc:  # tried again at the next upkeep
+            _log.warning("%s: retention and checkpoint: %s", self.id, exc)
+        self._next_upkeep = time.monotonic() + wait
 
     def _heartbeat(self, now: float) -> None:
         self._check_file()
