@@ -289,7 +289,7 @@ def test_sigterm_interrupts_a_job_longer_than_the_grace(q, db, tmp_path, start_p
     assert (job.attempts, job.interruptions) == (1, 1)
     assert job._row["lease_owner"] is None
     assert q.counts()["active"] == 0
-    assert f"job {job.id} ({job.name}) was interrupted" in pool.log()
+    assert f"job {job.id} ({job.name}) attempt 1 was interrupted" in pool.log()
     assert process_gone(read_pid(started))  # the child running it was killed
 
 
