@@ -5180,33 +5180,482 @@ def _positive_count(text: str) -> int:
 
 
 def _command_worker(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format=_LOG_FORMAT)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonLogFormatter() if args.log_format == "json"
+                         else logging.Formatter(_LOG_FORMAT))
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
     worker = Worker(args.database, processes=args.processes, queues=args.queue or None,
                     lease=args.lease, poll=args.poll, grace=args.grace,
                     max_jobs_per_child=args.max_jobs_per_child,
-                    start_method=args.start_method, burst=args.burst, create=False)
+                    start_method=args.start_method, burst=args.burst, create=False,
+                    retention=args.retention or None)
     worker.run()
     return 0
 
 
+# -- inspection commands ---------------------------------------------------------
+#
+# Every command that prints data takes --json.  The keys are documented in the
+# README ("JSON output") and stay stable; times are ISO 8601 in UTC, durations
+# seconds.  Commands that only read open the file read-only.
+
+_JOB_JSON_KEYS = (
+    "id", "status", "name", "queue", "priority", "key", "attempts", "max_attempts",
+    "interruptions", "max_interruptions", "timeout", "created_at", "begin_after",
+    "begin_by", "started_at", "finished_at", "ran_by", "lease_owner", "lease_expires",
+    "parent_id", "role", "position", "composite", "waiting_for", "progress",
+    "progress_message", "meta", "error_type",
+)
+_TIME_KEYS = frozenset(("created_at", "begin_after", "begin_by", "started_at", "finished_at",
+                        "lease_expires"))
+_REPR_MOST = 500  # characters of an argument or result shown
+
+
+def _job_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    out = {key: row.get(key) for key in _JOB_JSON_KEYS}
+    for key in _TIME_KEYS:
+        out[key] = None if out[key] is None else _format_time(out[key])
+    out["composite"] = None if row.get("composite") is None else \
+        str(row["composite"]).partition("_")[0]
+    out["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
+    return out
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _open_to_read(args: argparse.Namespace) -> Queue:
+    return Queue(args.database, read_only=True)
+
+
+def _open_to_write(args: argparse.Namespace) -> Queue:
+    return Queue(args.database, create=False)
+
+
+def _age(row: Mapping[str, Any], now: float) -> str:
+    """How long a job took, runs, or has waited: what `list` shows."""
+    if row["status"] in _FINISHED and row["started_at"] is not None:
+        return f"took {_format_duration(max(0.0, row['finished_at'] - row['started_at']))}"
+    if row["status"] == ACTIVE and row["started_at"] is not None:
+        return f"running {_format_duration(max(0.0, now - row['started_at']))}"
+    if row["status"] == PENDING and row["begin_after"] > now:
+        return f"due in {_format_duration(row['begin_after'] - now)}"
+    return f"age {_format_duration(max(0.0, now - row['created_at']))}"
+
+
+def _progress_text(row: Mapping[str, Any], width: int = 0) -> str:
+    if row.get("progress") is None:
+        return ""
+    fraction = float(row["progress"])
+    bar = ""
+    if width:
+        done = round(fraction * width)
+        bar = "[" + "#" * done + "-" * (width - done) + "] "
+    message = f" {row['progress_message']}" if row.get("progress_message") else ""
+    return f"{bar}{fraction:4.0%}{message}"
+
+
+def _job_line(row: Mapping[str, Any], now: float) -> str:
+    kind = f" ({str(row['composite']).partition('_')[0]})" if row.get("composite") else ""
+    return (f"{row['id']:>7}  {row['status']:9}  {row['name']}{kind}  {row['queue']}  "
+            f"attempt {row['attempts']}  {_age(row, now)}  {_progress_text(row)}").rstrip()
+
+
+def _pool_json(pool: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
+    state = "alive" if pool["alive"] else ("stopped" if pool["stopped_at"] else "gone")
+    return {
+        "id": pool["id"], "state": state, "alive": pool["alive"], "host": pool["host"],
+        "pid": pool["pid"], "processes": pool["processes"], "queues": pool["queues"],
+        "lease": pool["lease"], "jobs": pool["jobs"],
+        "started_at": pool["started_at"].isoformat(),
+        "heartbeat_at": pool["heartbeat_at"].isoformat(),
+        "heartbeat_age": round((now - pool["heartbeat_at"]).total_seconds(), 3),
+        "stopped_at": None if pool["stopped_at"] is None else pool["stopped_at"].isoformat(),
+        "stop_reason": pool["stop_reason"],
+    }
+
+
+def _pool_line(pool: Mapping[str, Any]) -> str:
+    queues = ",".join(pool["queues"]) if pool["queues"] else "all queues"
+    line = (f"{pool['id']}  {pool['state']:7}  pid {pool['pid']} on {pool['host']}, "
+            f"{pool['processes']} processes, {queues}, lease {pool['lease']:g}s, "
+            f"{pool['jobs']} jobs running, last heartbeat "
+            f"{_format_duration(max(0.0, pool['heartbeat_age']))} ago")
+    if pool["stopped_at"] is not None:
+        line += f"\n    stopped {pool['stopped_at']}: {pool['stop_reason']}"
+    return line
+
+
 def _command_workers(args: argparse.Namespace) -> int:
-    with Queue(args.database, create=False) as q:
-        pools = q.workers()
-    if not pools:
+    with _open_to_read(args) as q:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        pools = [_pool_json(pool, now) for pool in q.workers()]
+    if args.json:
+        _print_json(pools)
+    elif not pools:
         print(f"no worker pool has run on {q.path}")
-        return 0
-    now = datetime.datetime.now(datetime.timezone.utc)
-    for pool in pools:
-        state = "alive" if pool["alive"] else ("stopped" if pool["stopped_at"] else "gone")
-        queues = ",".join(pool["queues"]) if pool["queues"] else "all queues"
-        beat = (now - pool["heartbeat_at"]).total_seconds()
-        print(f"{pool['id']}  {state:7}  pid {pool['pid']} on {pool['host']}, "
-              f"{pool['processes']} processes, {queues}, lease {pool['lease']:g}s, "
-              f"{pool['jobs']} jobs running, last heartbeat {beat:.1f}s ago")
-        if pool["stopped_at"] is not None:
-            print(f"    stopped {_format_time(pool['stopped_at'].timestamp())}: "
-                  f"{pool['stop_reason']}")
+    for pool in [] if args.json else pools:
+        print(_pool_line(pool))
     return 0
+
+
+def _status(q: Queue) -> dict[str, Any]:
+    now = time.time()
+    found = q._storage.overview(now)
+    totals = dict.fromkeys(STATUSES, 0)
+    for counts in found["counts"].values():
+        for status, count in counts.items():
+            totals[status] += count
+    oldest = found["oldest_due"]
+    moment = datetime.datetime.now(datetime.timezone.utc)
+    return {
+        "database": q.path, "now": _format_time(now), "counts": found["counts"],
+        "totals": totals,
+        "oldest_pending": None if oldest is None else {
+            "id": oldest["id"], "name": oldest["name"], "queue": oldest["queue"],
+            "due_at": _format_time(oldest["begin_after"]),
+            "age": round(now - oldest["begin_after"], 3)},
+        "throughput": {"last_minute": found["finished"]["last_minute"],
+                       "last_hour": found["finished"]["last_hour"]},
+        "workers": [_pool_json(pool, moment) for pool in q.workers()],
+    }
+
+
+def _status_text(status: Mapping[str, Any]) -> list[str]:
+    lines = [f"{status['database']} at {status['now']}", ""]
+    header = ["queue", *STATUSES]
+    table = [header] + [[queue, *(f"{counts[s]:,}" for s in STATUSES)]
+                        for queue, counts in status["counts"].items()]
+    table.append(["(all)", *(f"{status['totals'][s]:,}" for s in STATUSES)])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        lines.append("  " + "  ".join(cell.rjust(w) if i else cell.ljust(w)
+                                      for i, (cell, w) in enumerate(zip(row, widths))))
+    oldest = status["oldest_pending"]
+    lines.append("")
+    lines.append("oldest due job: none waiting" if oldest is None else
+                 f"oldest due job: {oldest['id']} ({oldest['name']}, queue "
+                 f"{oldest['queue']}), due {_format_duration(max(0.0, oldest['age']))} ago")
+    rate = status["throughput"]
+    lines.append(f"ended: {rate['last_minute']:,} in the last minute "
+                 f"({rate['last_minute'] / 60:,.1f}/s), {rate['last_hour']:,} in the last "
+                 f"hour ({rate['last_hour'] / 3600:,.1f}/s)")
+    lines.append("")
+    pools = status["workers"]
+    alive = sum(pool["alive"] for pool in pools)
+    lines.append(f"pools: {alive} alive of {len(pools)} listed" if pools else
+                 "pools: none has run on this file")
+    lines += ["  " + _pool_line(pool) for pool in pools]
+    return lines
+
+
+def _command_status(args: argparse.Namespace) -> int:
+    with _open_to_read(args) as q:
+        status = _status(q)
+    if args.json:
+        _print_json(status)
+    else:
+        print("\n".join(_status_text(status)))
+    return 0
+
+
+def _moment(text: str) -> float:
+    """An argparse type: an ISO 8601 time, or a duration meaning that long ago."""
+    try:
+        return time.time() - _parse_duration(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (30s, 10m, 2h, 7d: that long ago) nor an ISO "
+            f"time (2026-11-27T09:00:00+00:00)") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a naive time on the command line is local time
+    return moment.timestamp()
+
+
+_moment.__name__ = "time"
+
+
+def _command_list(args: argparse.Namespace) -> int:
+    with _open_to_read(args) as q:
+        rows = q._storage.search(statuses=args.status, queue=args.queue, name=args.callable,
+                                 since=args.since, before=args.before, limit=args.limit)
+    if args.json:
+        _print_json([_job_json(row) for row in rows])
+        return 0
+    now = time.time()
+    for row in rows:
+        print(_job_line(row, now))
+    if not rows:
+        print("no job matches")
+    return 0
+
+
+def _loaded(load: Callable[[], Any]) -> str:
+    """A readable, shortened repr of what ``load`` unpickles, or why it cannot."""
+    try:
+        return _shortened(repr(load()), _REPR_MOST)
+    except Exception as exc:
+        return f"(cannot be shown here: {type(exc).__name__}: {exc})"
+
+
+def _show(q: Queue, job_id: int) -> dict[str, Any]:
+    job = q.get(job_id)
+    row = job._row
+    out = _job_json(row)
+
+    def call() -> str:
+        fn, args, kwargs = job._loaded_call()
+        parts = [repr(arg) for arg in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+        return f"{_name_of(fn) if not isinstance(fn, str) else fn}({', '.join(parts)})"
+
+    out["call"] = _loaded(lambda: _Shown(call()))
+    out["result"] = _loaded(lambda: job.result) if job.status == COMPLETED else None
+    out["error"] = row["error"]
+    out["history"] = [{**entry, "at": _format_time(entry["at"])}
+                      for entry in json.loads(row.get("history") or "[]")]
+    parent = job.parent()
+    out["parent"] = None if parent is None else {
+        "id": parent.id, "name": parent.name, "status": parent.status,
+        "composite": parent.composite}
+    out["children"] = [{"id": child.id, "role": child.role, "name": child.name,
+                        "status": child.status} for child in job.children()]
+    return out
+
+
+class _Shown(str):
+    """A string whose repr is itself: a call already formatted for people."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _show_text(shown: Mapping[str, Any], now: float) -> list[str]:
+    kind = f" ({shown['composite']})" if shown["composite"] else ""
+    lines = [f"job {shown['id']}  {shown['status']}  {shown['name']}{kind}",
+             f"  call       {shown['call']}",
+             f"  queue      {shown['queue']}, priority {shown['priority']}"
+             + (f", key {shown['key']!r}" if shown["key"] else ""),
+             f"  attempts   {shown['attempts']} of {shown['max_attempts']}, interruptions "
+             f"{shown['interruptions']} of {shown['max_interruptions']}"
+             + (f", timeout {shown['timeout']:g}s" if shown["timeout"] else "")]
+    if shown["ran_by"]:
+        lines.append(f"  ran by     {shown['ran_by']}")
+    for label, key in (("created", "created_at"), ("due", "begin_after"),
+                       ("deadline", "begin_by"), ("started", "started_at"),
+                       ("finished", "finished_at"), ("lease ends", "lease_expires")):
+        if shown[key] is not None:
+            lines.append(f"  {label:10} {shown[key]}")
+    if shown["progress"] is not None:
+        lines.append(f"  progress   {_progress_text(shown, 20)}")
+    if shown["meta"]:
+        lines.append(f"  meta       {json.dumps(shown['meta'])}")
+    if shown["history"]:
+        lines.append("  history")
+        for entry in shown["history"]:
+            error = f": {entry['error']}" if entry.get("error") else ""
+            by = f" (ran by {entry['by']})" if entry.get("by") else ""
+            lines.append(f"    {entry['at']}  attempt {entry['attempt']} "
+                         f"{entry['event']}{error}{by}")
+    if shown["parent"] is not None:
+        parent = shown["parent"]
+        lines.append(f"  parent     job {parent['id']} ({parent['name']}) {parent['status']}, "
+                     f"this is its {shown['role']}")
+    if shown["children"]:
+        lines.append("  children")
+        lines += [f"    job {child['id']:<7} {child['role']:9} {child['status']:9} "
+                  f"{child['name']}" for child in shown["children"]]
+    if shown["result"] is not None:
+        lines.append(f"  result     {shown['result']}")
+    if shown["error"]:
+        lines.append("  error")
+        lines += [f"    {line}" for line in shown["error"].rstrip().splitlines()]
+    return lines
+
+
+def _command_show(args: argparse.Namespace) -> int:
+    with _open_to_read(args) as q:
+        shown = _show(q, args.id)
+    if args.json:
+        _print_json(shown)
+    else:
+        print("\n".join(_show_text(shown, time.time())))
+    return 0
+
+
+def _command_retry(args: argparse.Namespace) -> int:
+    if bool(args.ids) == args.failed:
+        raise _UsageError("give job ids, or --failed (with --queue), not both")
+    if args.queue and not args.failed:
+        raise _UsageError("--queue goes with --failed")
+    results = []
+    with _open_to_write(args) as q:
+        ids = args.ids or [row["id"] for row in q._storage.search(
+            statuses=[FAILED], queue=args.queue, limit=-1) if row["role"] != "part"]
+        now = time.time()
+        for job_id in ids:
+            try:
+                results.append({"id": job_id, "status": q._storage.reopen(job_id, now),
+                                "error": None})
+            except (ValueError, JobNotFound) as exc:
+                results.append({"id": job_id, "status": None, "error": str(exc)})
+    if args.json:
+        _print_json(results)
+    for result in [] if args.json else results:
+        print(f"job {result['id']}: " + (f"not retried: {result['error']}" if result["error"]
+                                         else f"{result['status']} again"))
+    if not results and not args.json:
+        print("no failed job to retry")
+    return 1 if any(result["error"] for result in results) else 0
+
+
+def _command_cancel(args: argparse.Namespace) -> int:
+    results = []
+    with _open_to_write(args) as q:
+        now = time.time()
+        for job_id in args.ids:
+            row = q._storage.fetch(job_id)
+            if row is None:
+                results.append({"id": job_id, "status": None,
+                                "error": f"no job {job_id} in {q.path}"})
+                continue
+            after = q._storage.cancel(job_id, now)
+            results.append({"id": job_id, "status": after or row["status"], "error": None,
+                            "cancelled": after is not None})
+    if args.json:
+        _print_json(results)
+    for result in [] if args.json else results:
+        if result["error"]:
+            print(f"job {result['id']}: {result['error']}")
+        elif not result["cancelled"]:
+            print(f"job {result['id']}: had already ended, {result['status']}")
+        elif result["status"] == ACTIVE:
+            print(f"job {result['id']}: running; its pool stops it and it ends cancelled")
+        else:
+            print(f"job {result['id']}: cancelled")
+    return 1 if any(result["error"] for result in results) else 0
+
+
+def _command_purge(args: argparse.Namespace) -> int:
+    before = time.time() - args.older_than
+    with _open_to_write(args) as q:
+        roots, under = q._storage.purge(before, status=args.status, limit=-1, dry_run=True)
+        what = (f"{roots:,} {args.status or 'finished'} jobs that ended before "
+                f"{_format_time(before)}" + (f", and {under:,} jobs under them" if under else ""))
+        if roots and not args.yes and sys.stdin.isatty() and not args.json:
+            answer = input(f"delete {what}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing deleted")
+                return 1
+        deleted = 0
+        while True:
+            batch, below = q._storage.purge(before, status=args.status, limit=_PRUNE_BATCH)
+            deleted += batch + below
+            if batch < _PRUNE_BATCH:
+                break
+    if args.json:
+        _print_json({"deleted": deleted, "before": _format_time(before)})
+    else:
+        print(f"deleted {deleted:,} jobs" if deleted else f"no job ended before "
+              f"{_format_time(before)}" + (f" with status {args.status}" if args.status else ""))
+    return 0
+
+
+def _command_put(args: argparse.Namespace) -> int:
+    call_args: list[Any] = []
+    call_kwargs: dict[str, Any] = {}
+    if args.arguments is not None:
+        try:
+            given = json.loads(args.arguments)
+        except ValueError as exc:
+            raise _UsageError(f"ARGS_JSON is not JSON: {exc}") from None
+        if isinstance(given, list):
+            call_args = given
+        elif isinstance(given, dict):
+            call_kwargs = given
+        else:
+            raise _UsageError("ARGS_JSON is a JSON array (the positional arguments) or "
+                              "object (the keyword arguments)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as python -m does, for the installed command
+    with _open_to_write(args) as q:
+        try:
+            job = q.put(Job(args.function, *call_args, **call_kwargs), queue=args.queue,
+                        begin_after=args.delay, priority=args.priority, key=args.key)
+        except (TypeError, ValueError) as exc:
+            raise _UsageError(str(exc)) from None
+    if args.json:
+        _print_json(_job_json(job._row))
+    else:
+        print(f"job {job.id} put: {job.name} in queue {job.queue}, due "
+              f"{_format_time(job._row['begin_after'])}")
+    return 0
+
+
+def _watch_frame(q: Queue, job_id: int | None,
+                 now: float) -> tuple[list[str], Any, bool, int]:
+    """The lines to show; what they show, less the passing time, to tell a
+    change; whether the watch is over; and its exit status."""
+    if job_id is None:
+        status = _status(q)
+        lines = _status_text(status)
+        active = q._storage.search(statuses=[ACTIVE], limit=20)
+        if active:
+            lines += ["", "running:"] + [f"  {row['id']:>7}  {row['name']}  "
+                                         f"{_age(row, now)}  {_progress_text(row, 20)}"
+                                         for row in active]
+        state: Any = (status["counts"],
+                      [(pool["id"], pool["state"]) for pool in status["workers"]],
+                      [(row["id"], row["progress"], row["progress_message"])
+                       for row in active])
+        return lines, state, False, 0
+    job = q.get(job_id)
+    row = job._row
+    lines = [f"job {job.id}  {job.status}  {job.name}  {_age(row, now)}"]
+    if row["progress"] is not None:
+        lines.append(f"  {_progress_text(row, 40)}")
+    children = job.children()
+    if children:
+        ended = collections.Counter(child.status for child in children)
+        lines.append("  children: " + ", ".join(f"{count} {status}" for status, count
+                                                 in sorted(ended.items())))
+    if job.status == FAILED and job.error:
+        lines.append(f"  {_last_line(job.error)}")
+    done = job.status in _FINISHED
+    state = (job.status, row["progress"], row["progress_message"],
+             [(child.id, child.status) for child in children])
+    return lines, state, done, 0 if job.status == COMPLETED else 1
+
+
+def _command_watch(args: argparse.Namespace) -> int:
+    live = sys.stdout.isatty()
+    shown: Any = None
+    try:
+        with _open_to_read(args) as q:
+            while True:
+                lines, state, done, status = _watch_frame(q, args.id, time.time())
+                if live:  # redraw in place: home, clear the screen
+                    sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+                    sys.stdout.flush()
+                elif state != shown:
+                    stamp = _format_time(time.time())[11:23]
+                    print(f"{stamp}  " + "\n              ".join(lines), flush=True)
+                shown = state
+                if done:
+                    return status
+                time.sleep(args.interval)
+    except KeyboardInterrupt:
+        if live:
+            print()
+        return 130
+
+
+class _UsageError(LitejobsError):
+    """A command given arguments that do not fit: exit status 2."""
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -5260,9 +5709,16 @@ def _build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--start-method", choices=multiprocessing.get_all_start_methods(),
                         default="spawn",
                         help="how worker processes start (default spawn)")
+    worker.add_argument("--retention", type=_parse_duration, default=DEFAULT_RETENTION,
+                        metavar="DURATION",
+                        help="delete finished jobs this long after they end (default "
+                             f"{_format_duration(DEFAULT_RETENTION)}); 0 keeps them")
     worker.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error", "critical"],
-                        help="log level of the litejobs logger, on stderr (default info)")
+                        help="log level, on stderr, of litejobs and of the jobs (default "
+                             "info)")
+    worker.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="text lines, or one JSON object per line (default text)")
     worker.set_defaults(handler=_command_worker)
 
     workers = commands.add_parser(
@@ -5271,9 +5727,131 @@ def _build_parser() -> argparse.ArgumentParser:
                     "stopped (with why), or gone (no heartbeat within its lease, or no "
                     "process with its pid on this host).  Stopped pools are listed for "
                     "a week.")
-    workers.add_argument("database", metavar="DATABASE", help="the litejobs database file")
+    _database_argument(workers)
+    _json_option(workers)
     workers.set_defaults(handler=_command_workers)
+
+    status = commands.add_parser(
+        "status", help="jobs by queue and status, throughput, and the pools",
+        description="Show how many jobs each queue has in each status, how long the "
+                    "oldest due job has waited, how many jobs ended in the last minute "
+                    "and hour, and every pool with its host, pid, processes, queues, "
+                    "last heartbeat, jobs in flight, and whether it is alive.")
+    _database_argument(status)
+    _json_option(status)
+    status.set_defaults(handler=_command_status)
+
+    listing = commands.add_parser(
+        "list", help="jobs, newest first, with filters",
+        description="List jobs, newest first: id, status, callable, queue, attempt, how "
+                    "long it took, runs or waited, and its progress.  Times are ISO 8601 "
+                    "or durations meaning that long ago (30s, 10m, 2h, 7d).")
+    _database_argument(listing)
+    listing.add_argument("--status", "-s", action="append", choices=STATUSES,
+                         help="only jobs in this status; repeat for several")
+    listing.add_argument("--queue", "-q", help="only jobs of this queue")
+    listing.add_argument("--callable", "-c", metavar="GLOB",
+                         help="only jobs whose callable matches, such as 'myapp.*:render*'")
+    listing.add_argument("--since", type=_moment, metavar="TIME",
+                         help="only jobs put at or after TIME")
+    listing.add_argument("--before", type=_moment, metavar="TIME",
+                         help="only jobs put before TIME")
+    listing.add_argument("--limit", "-n", type=_positive_count, default=50,
+                         help="at most this many (default 50)")
+    _json_option(listing)
+    listing.set_defaults(handler=_command_list)
+
+    show = commands.add_parser(
+        "show", help="everything about one job",
+        description="Show one job: its call (arguments shortened), status, attempts and "
+                    "interruptions, who ran it, its timestamps and history, progress and "
+                    "meta, parent and children (parts, callbacks), result (shortened) "
+                    "and full traceback.  Showing the call and the result unpickles them.")
+    _database_argument(show)
+    show.add_argument("id", type=_positive_count, metavar="ID", help="the job's id")
+    _json_option(show)
+    show.set_defaults(handler=_command_show)
+
+    retry = commands.add_parser(
+        "retry", help="run failed or cancelled jobs again",
+        description="Put failed or cancelled jobs back to pending, from a fresh start; "
+                    "what they went through stays in their history.  A composite runs "
+                    "again the parts that did not complete, then its postprocess.  Exit "
+                    "status 1 if any job could not be retried.")
+    _database_argument(retry)
+    retry.add_argument("ids", type=_positive_count, nargs="*", metavar="ID",
+                       help="the jobs to retry")
+    retry.add_argument("--failed", action="store_true",
+                       help="retry every failed job (not parts: their composites)")
+    retry.add_argument("--queue", "-q", help="with --failed: only this queue's")
+    _json_option(retry)
+    retry.set_defaults(handler=_command_retry)
+
+    cancel = commands.add_parser(
+        "cancel", help="cancel jobs",
+        description="Cancel jobs: one not running never runs; a running one is stopped "
+                    "by its pool.  Cancelling a composite cancels what is under it.  Exit "
+                    "status 1 if a job does not exist.")
+    _database_argument(cancel)
+    cancel.add_argument("ids", type=_positive_count, nargs="+", metavar="ID",
+                        help="the jobs to cancel")
+    _json_option(cancel)
+    cancel.set_defaults(handler=_command_cancel)
+
+    purge = commands.add_parser(
+        "purge", help="delete finished jobs",
+        description="Delete jobs that ended more than --older-than ago, with the jobs "
+                    "under them, in small transactions so that pools are not held up.  "
+                    "Asks first, unless --yes is given or stdin is not a terminal.")
+    _database_argument(purge)
+    purge.add_argument("--older-than", type=_parse_duration, required=True,
+                       metavar="DURATION", help="how long ago they ended, such as 7d")
+    purge.add_argument("--status", choices=sorted(_FINISHED),
+                       help="only jobs that ended in this status")
+    purge.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    _json_option(purge)
+    purge.set_defaults(handler=_command_purge)
+
+    put = commands.add_parser(
+        "put", help="put a job, from the shell or cron",
+        description="Put a call to FUNCTION, an importable 'package.module:function', "
+                    "with ARGS_JSON: a JSON array of positional arguments, or an object "
+                    "of keyword arguments.  The current directory is importable.")
+    _database_argument(put)
+    put.add_argument("function", metavar="FUNCTION", help="package.module:function")
+    put.add_argument("arguments", nargs="?", metavar="ARGS_JSON",
+                     help='such as \'[7, "a4"]\' or \'{"order": 7}\'')
+    put.add_argument("--delay", type=_parse_duration, default=None, metavar="DURATION",
+                     help="not before this long from now, such as 10m")
+    put.add_argument("--queue", "-q", default=DEFAULT_QUEUE,
+                     help=f"the queue (default {DEFAULT_QUEUE!r})")
+    put.add_argument("--priority", type=int, default=0, help="larger runs first (default 0)")
+    put.add_argument("--key", help="put nothing if an unfinished job has this key")
+    _json_option(put)
+    put.set_defaults(handler=_command_put)
+
+    watch = commands.add_parser(
+        "watch", help="follow one job, or the whole database, live",
+        description="Redraw one job's status and progress bar, or the status of the "
+                    "whole database, every --interval until Ctrl-C.  Watching a job "
+                    "ends when it does: exit status 0 if it completed, 1 otherwise.  When "
+                    "stdout is not a terminal, prints a line only when something changes.")
+    _database_argument(watch)
+    watch.add_argument("id", type=_positive_count, nargs="?", metavar="ID",
+                       help="the job to follow (default: the whole database)")
+    watch.add_argument("--interval", type=_duration_type(0, above=True), default=1.0,
+                       metavar="DURATION", help="how often to look (default 1s)")
+    watch.set_defaults(handler=_command_watch)
     return parser
+
+
+def _database_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("database", metavar="DATABASE", help="the litejobs database file")
+
+
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON, with the keys the README documents")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -5285,9 +5863,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args))
+    except _UsageError as exc:
+        print(f"litejobs {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except LitejobsError as exc:
         print(f"litejobs: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 ###############################################################################

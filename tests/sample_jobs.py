@@ -1,6 +1,8 @@
 """Module-level job functions shared by the tests (jobs are stored by name)."""
 
+import logging
 import os
+import time
 
 import litejobs
 
@@ -360,3 +362,21 @@ def return_next_sibling():
     """Returns the serial part after it, which starts only once it has ended."""
     first, second = litejobs.current_job().parent().children()[:2]
     return second
+
+
+def report_progress(steps, pause=0.0, note=None):
+    """Reports its progress at each of ``steps`` steps, and keeps a note in its meta."""
+    job = litejobs.current_job()
+    for step in range(1, steps + 1):
+        if pause:
+            time.sleep(pause)
+        job.set_progress(step / steps, f"step {step} of {steps}")
+    if note is not None:
+        job.update_meta(note=note, steps=steps)
+    return steps
+
+
+def log_a_line(text):
+    """Logs ``text`` on a logger of its own, as job code does."""
+    logging.getLogger("sample_jobs.app").warning("%s", text)
+    return text
