@@ -273,6 +273,24 @@ def pool_parallel(folder: str, processes: int, parts: int) -> float:
         pool.close()
 
 
+def wal_under_load(folder: str, seconds: float) -> tuple[int, int]:
+    """The largest the WAL grew, in bytes, while a pool of 2 drained a steady
+    stream of no-op jobs put in batches for ``seconds``; and the jobs put."""
+    pool = Pool(os.path.join(folder, "pool-wal.db"), 2)
+    wal = pool.queue.path + "-wal"
+    largest = put = 0
+    try:
+        ends = time.monotonic() + seconds
+        while time.monotonic() < ends:
+            pool.queue.put_many(["jobs:noop"] * 200)
+            put += 200
+            largest = max(largest, os.path.getsize(wal) if os.path.exists(wal) else 0)
+            time.sleep(0.02)
+        return largest, put
+    finally:
+        pool.close()
+
+
 def pickup_latency(folder: str, samples: int, durable: bool) -> list[float]:
     """Seconds from put returning to the job starting, on an idle pool.
 
@@ -322,6 +340,7 @@ def main() -> int:
     fan_out = 2_000 if quick else 10_000
     latency_samples = 50 if quick else 300
     idle_seconds = 3.0 if quick else 10.0
+    wal_seconds = 3.0 if quick else 20.0
 
     rows: list[tuple[str, str, str, str]] = []
 
@@ -366,6 +385,11 @@ def main() -> int:
                 rows.append((f"pickup latency {name}, idle pool, {puts} ({latency_samples})",
                              f"{value * 1000:.1f} ms", f"target {target * 1000:.0f} ms",
                              f"{target / value:.0%}" if value else "-"))
+        largest, put = wal_under_load(folder, wal_seconds)
+        limit = litejobs._WAL_SIZE_LIMIT
+        rows.append((f"WAL size, steady load ({put:,} jobs in {wal_seconds:.0f} s)",
+                     f"{largest / 2 ** 20:.1f} MiB", f"limit {limit / 2 ** 20:.0f} MiB",
+                     f"{limit / max(largest, 1):.0%}"))
         cpu = idle_cpu(folder, idle_seconds)
         if cpu:
             used, ratio = f"{cpu:.2%} of a core", f"{0.02 / cpu:.0%}"

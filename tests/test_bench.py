@@ -16,7 +16,8 @@ def test_quick_benchmark_prints_its_table(tmp_path):
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
     assert rows[0].split("|")[1].strip() == "measure"
     measures = [row.split("|")[1].strip() for row in rows[2:]]
-    assert len(measures) == 13
+    assert len(measures) == 14
+    assert any(m.startswith("WAL size, steady load") for m in measures)
     assert any(m.startswith("pool drain") for m in measures)
     assert any(m.startswith("parallel of 2,000 no-op parts") for m in measures)
     assert any(m.startswith("pickup latency p99") for m in measures)
