@@ -467,7 +467,7 @@ WHERE status = 'pending' AND begin_by IS NOT NULL AND begin_by < :now
 RETURNING """ + _ENDED
 
 _EXPIRED_LEASES = """
-SELECT id, lease_token, lease_owner, lease_expires FROM litejobs_jobs
+SELECT id, lease_token, lease_owner, lease_expires, name, attempts FROM litejobs_jobs
 WHERE status = 'active' AND lease_expires < :now
 LIMIT 100
 """
@@ -531,7 +531,7 @@ RETURNING {_ENDED}
 """
 
 _ACTIVE_JOBS_OF = """
-SELECT id, lease_token FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
+SELECT id, lease_token, name, attempts FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
 WHERE status = 'active' AND lease_owner = :owner
 """
 
@@ -1493,12 +1493,13 @@ class _SQLiteStorage:
         return token, claimed
 
     def _recover_expired_leases(self, conn: sqlite3.Connection, now: float) -> None:
-        for job_id, token, owner, expires in conn.execute(
+        for job_id, token, owner, expires, name, attempts in conn.execute(
                 _EXPIRED_LEASES, {"now": now}).fetchall():
             reason = (f"job {job_id} was interrupted: the lease of {owner} ran out at "
                       f"{_format_time(expires)}")
             status = self._interrupt(conn, job_id, token, now, reason)
-            _log.warning("%s; job is now %s", reason, status)
+            _log.warning("%s; job is now %s", reason, status, extra=_job_log(
+                {"id": job_id, "name": name, "attempts": attempts}))
 
     def finish(self, job_id: int, token: str, *, status: str, now: float,
                result: bytes | None = None, error: str | None = None,
@@ -1849,11 +1850,12 @@ class _SQLiteStorage:
                     continue
                 conn.execute(_STOP_WORKER, {"id": row["id"], "now": now, "reason": reason})
                 jobs = conn.execute(_ACTIVE_JOBS_OF, {"owner": row["id"]}).fetchall()
-                for job_id, token in jobs:
+                for job_id, token, name, attempts in jobs:
                     status = self._interrupt(conn, job_id, token, now,
                                              f"job {job_id} was interrupted: {reason}")
                     _log.warning("job %s was interrupted (%s); it is now %s",
-                                 job_id, reason, status)
+                                 job_id, reason, status, extra=_job_log(
+                                     {"id": job_id, "name": name, "attempts": attempts}))
                 reasons.append(reason)
         return reasons
 
@@ -2777,10 +2779,12 @@ class _Reporter:
         with self._lock:
             self._pending = {"progress": row.get("progress"),
                              "message": row.get("progress_message"), "meta": row.get("meta")}
+            if self._timer is not None:
+                return  # the timer writes it, on time
             wait = self._written_at + self._interval - time.monotonic()
             if wait <= 0:
                 self._flush()
-            elif self._timer is None:
+            else:
                 self._timer = threading.Timer(wait, self.flush)
                 self._timer.daemon = True
                 self._timer.start()
@@ -3823,13 +3827,19 @@ class _JsonLogFormatter(logging.Formatter):
     ``duration`` (seconds) and ``traceback``."""
 
     def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        told = getattr(record, "traceback", None)
+        if told and message.endswith("\n" + told):
+            message = message[:-len(told) - 1].rstrip(":")  # the traceback has its own key
         entry = {"time": _format_time(record.created), "level": record.levelname,
                  "logger": record.name, "process": record.processName, "pid": record.process,
-                 "message": record.getMessage()}
+                 "message": message}
         for field in ("job_id", "job", "attempt", "duration"):
             if getattr(record, field, None) is not None:
                 entry[field] = getattr(record, field)
-        if record.exc_info:
+        if told:
+            entry["traceback"] = told
+        elif record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         elif record.exc_text:
             entry["traceback"] = record.exc_text
@@ -3855,7 +3865,8 @@ def _log_outcome(row: Mapping[str, Any], outcome: _Outcome, status: str | None,
                      "attempt owns the job; this outcome was discarded", what, extra=extra)
     elif status == FAILED:
         _log.error("%s %s%s:\n%s", what, "timed out" if timed_out else "failed", took,
-                   (outcome.error or "").rstrip(), extra=extra)
+                   (outcome.error or "").rstrip(),
+                   extra={**extra, "traceback": (outcome.error or "").rstrip()})
     elif status == PENDING:
         _log.log(logging.ERROR if timed_out else logging.WARNING,
                  "%s %s%s and will be retried: %s", what,

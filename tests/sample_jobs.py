@@ -380,3 +380,86 @@ def log_a_line(text):
     """Logs ``text`` on a logger of its own, as job code does."""
     logging.getLogger("sample_jobs.app").warning("%s", text)
     return text
+
+
+# -- progress, logs and retention (tests/test_progress_and_logs.py, test_retention.py) --
+
+
+def call_on_current_job(method, *args, **kwargs):
+    """Call ``current_job().method(*args, **kwargs)`` (set_progress or
+    update_meta); return what the job then holds."""
+    job = litejobs.current_job()
+    getattr(job, method)(*args, **kwargs)
+    return {"progress": job.progress, "message": job.progress_message, "meta": job.meta}
+
+
+def set_progress_on_another_handle():
+    """set_progress on a second Job object for this job's own row, which is
+    not ``current_job()``: the name of the exception it raised, or None."""
+    job = litejobs.current_job()
+    other = litejobs.current_queue().get(job.id)
+    try:
+        other.set_progress(0.5)
+    except litejobs.LitejobsError as exc:
+        return type(exc).__name__
+    return None
+
+
+def spin_progress(seconds):
+    """Call set_progress in a tight loop for ``seconds``, then once more with
+    1.0 and "done"; return how many calls it made."""
+    job = litejobs.current_job()
+    calls = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        calls += 1
+        job.set_progress((calls % 1000) / 1000, f"call {calls}")
+    job.set_progress(1.0, "done")
+    return calls + 1
+
+
+def progress_then_wait(go_path, before, meta=None, after=()):
+    """Report each ``[fraction, message]`` of ``before`` and merge ``meta``
+    into the job's meta, block until ``go_path`` exists, then report each of
+    ``after``; return "through"."""
+    job = litejobs.current_job()
+    for fraction, message in before:
+        job.set_progress(fraction, message)
+    if meta:
+        job.update_meta(**meta)
+    wait_for_file(go_path, timeout=60)
+    for fraction, message in after:
+        job.set_progress(fraction, message)
+    return "through"
+
+
+def append_own_id(path):
+    """Append this job's id to ``path`` (one O_APPEND write)."""
+    _append_with_o_append(path, litejobs.current_job().id)
+
+
+def log_step(log_path, label, gate=None):
+    """Append ``label`` to ``log_path``; then raise if ``gate`` is given and
+    does not exist yet; return ``label``."""
+    _append_with_o_append(log_path, label)
+    if gate is not None and not os.path.exists(gate):
+        raise RuntimeError(f"{label}: {os.path.basename(gate)} is not there yet")
+    return label
+
+
+def log_post(log_path, *parts):
+    """A postprocess: append "post" to ``log_path``; raise unless every part
+    completed; return the parts' results."""
+    _append_with_o_append(log_path, "post")
+    statuses = [part.status for part in parts]
+    if any(status != litejobs.COMPLETED for status in statuses):
+        raise RuntimeError(f"the parts ended {statuses}")
+    return [part.result for part in parts]
+
+
+def update_meta_twice(first, second):
+    """Two update_meta calls: ``first`` then ``second`` (dicts) merged in."""
+    job = litejobs.current_job()
+    job.update_meta(**first)
+    job.update_meta(**second)
+    return job.meta
