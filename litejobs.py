@@ -94,6 +94,7 @@ import logging
 import math
 import multiprocessing
 import multiprocessing.connection
+import operator
 import os
 import pickle
 import random
@@ -375,16 +376,15 @@ SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'litejobs_jobs
            coalesce((SELECT max(id) FROM litejobs_jobs), 0)) + 1
 """
 
-_INSERT_JOB = """
-INSERT INTO litejobs_jobs (
-    id, queue, priority, status, name, payload, key, max_attempts, retry_policy,
-    max_interruptions, timeout, created_at, begin_after, begin_by, parent_id, role,
-    position, composite, waiting_on, followers)
-VALUES (
-    :id, :queue, :priority, :status, :name, :payload, :key, :max_attempts, :retry_policy,
-    :max_interruptions, :timeout, :created_at, :begin_after, :begin_by, :parent_id, :role,
-    :position, :composite, :waiting_on, :followers)
-"""
+_INSERT_COLUMNS = (
+    "id", "queue", "priority", "status", "name", "payload", "key", "max_attempts",
+    "retry_policy", "max_interruptions", "timeout", "created_at", "begin_after", "begin_by",
+    "parent_id", "role", "position", "composite", "waiting_on", "followers",
+)
+# Positional: binding from tuples is a quarter faster than from dicts.
+_INSERT_JOB = (f"INSERT INTO litejobs_jobs ({', '.join(_INSERT_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})")
+_INSERT_VALUES = operator.itemgetter(*_INSERT_COLUMNS)
 
 _FIND_LIVE_KEY = f"""
 SELECT {_JOB_COLUMNS} FROM litejobs_jobs
@@ -922,14 +922,15 @@ _NEW_ROW: dict[str, Any] = {
 }
 
 
-def _number_tree(tree: Sequence[Mapping[str, Any]], first_id: int, now: float, *,
+def _number_tree(tree: Sequence[dict[str, Any]], first_id: int, now: float, *,
                  parent_id: int | None = None, role: str | None = None) -> list[dict[str, Any]]:
-    """Complete the planned rows of one tree for insertion: ids from
-    ``first_id`` on, links between them, and the root under ``parent_id``
-    with ``role``, if given."""
+    """Complete the planned rows of one tree for insertion, in place: ids
+    from ``first_id`` on, links between them, and the root under
+    ``parent_id`` with ``role``, if given.  Planned rows have every column
+    (see `Queue._row_options`)."""
     rows = []
-    for index, planned in enumerate(tree):
-        row = {**_NEW_ROW, **planned, "id": first_id + index, "created_at": now}
+    for index, row in enumerate(tree):
+        row["id"], row["created_at"] = first_id + index, now
         parent = row.pop("parent", None)
         if parent is not None:
             row["parent_id"] = first_id + parent
@@ -995,12 +996,12 @@ class _Storage(Protocol):
     woken: int
 
     def write(self, *, atomic_steps: bool = False) -> ContextManager[Any]: ...
-    def insert(self, trees: Sequence[Sequence[Mapping[str, Any]]], now: float,
+    def insert(self, trees: Sequence[Sequence[dict[str, Any]]], now: float,
                conn: sqlite3.Connection | None = None
                ) -> list[list[tuple[dict[str, Any], bool]]]: ...
     def wait_for(self, job_id: int, token: str, now: float,
-                 follow: int | Sequence[Mapping[str, Any]]) -> str: ...
-    def add_callback(self, job_id: int, tree: Sequence[Mapping[str, Any]], now: float, *,
+                 follow: int | Sequence[dict[str, Any]]) -> str: ...
+    def add_callback(self, job_id: int, tree: Sequence[dict[str, Any]], now: float, *,
                      created_at: float | None = None,
                      conn: sqlite3.Connection | None = None) -> dict[str, Any]: ...
     def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]: ...
@@ -1368,7 +1369,7 @@ class _SQLiteStorage:
 
     # -- jobs ----------------------------------------------------------------
 
-    def insert(self, trees: Sequence[Sequence[Mapping[str, Any]]], now: float,
+    def insert(self, trees: Sequence[Sequence[dict[str, Any]]], now: float,
                conn: sqlite3.Connection | None = None) -> list[list[tuple[dict[str, Any], bool]]]:
         """Insert jobs in one transaction; for each tree, return ``(row, already_there)``
         for each of its rows, in order.
@@ -1398,7 +1399,7 @@ class _SQLiteStorage:
                 if rows[0]["status"] == WAITING:
                     composites.append((len(out), rows[0]["id"], rows[-1]["id"]))
                 out.append([(row, False) for row in rows])
-            conn.executemany(_INSERT_JOB, new_rows)
+            conn.executemany(_INSERT_JOB, map(_INSERT_VALUES, new_rows))
             for row in new_rows:
                 del row["payload"]  # the returned rows are those of bound jobs
             for index, first, last in composites:
@@ -1578,7 +1579,7 @@ class _SQLiteStorage:
                                now, f"job {job_id}: lease {token[:8]} no longer owns the job")
 
     def wait_for(self, job_id: int, token: str, now: float,
-                 follow: int | Sequence[Mapping[str, Any]]) -> str:
+                 follow: int | Sequence[dict[str, Any]]) -> str:
         """Record that a run returned a job instead of a value: the job waits,
         holding no worker, for ``follow`` (the id of a job already put, or a
         planned tree to insert under it), and will end as that job ends.
@@ -1618,11 +1619,11 @@ class _SQLiteStorage:
             else:
                 rows = _number_tree(follow, target, now, parent_id=job_id, role="result")
                 rows[0]["followers"] = 1
-                conn.executemany(_INSERT_JOB, rows)
+                conn.executemany(_INSERT_JOB, map(_INSERT_VALUES, rows))
                 self._activate(conn, target, now)
         return WAITING
 
-    def add_callback(self, job_id: int, tree: Sequence[Mapping[str, Any]], now: float, *,
+    def add_callback(self, job_id: int, tree: Sequence[dict[str, Any]], now: float, *,
                      created_at: float | None = None,
                      conn: sqlite3.Connection | None = None) -> dict[str, Any]:
         """Insert a callback row (a planned one-row tree whose root has its
@@ -1635,7 +1636,7 @@ class _SQLiteStorage:
                 raise JobNotFound(f"no job {job_id} in {self.path}")
             first = int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
             rows = _number_tree(tree, first, now, parent_id=job_id)
-            conn.executemany(_INSERT_JOB, rows)
+            conn.executemany(_INSERT_JOB, map(_INSERT_VALUES, rows))
             if found[0] in _FINISHED:
                 parent = conn.execute(f"SELECT {_ENDED} FROM litejobs_jobs WHERE id = ?",
                                       (job_id,))
@@ -2118,6 +2119,21 @@ def _importable_name(fn: Any) -> str | None:
     return name
 
 
+@functools.lru_cache(maxsize=1024)
+def _check_callable_name(name: str) -> None:
+    """Raise ValueError unless ``name`` imports to a callable.  Only names
+    that pass are cached: one that fails may import later."""
+    try:
+        target = _resolve(name)
+    except Exception as exc:
+        raise ValueError(
+            f"cannot resolve {name!r}: {type(exc).__name__}: {exc}; give an "
+            f"importable 'package.module:function'"
+        ) from None
+    if not callable(target):
+        raise ValueError(f"{name!r} names {_describe(target)}, which is not callable")
+
+
 def _prepare_call(fn: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> tuple[str, bytes | None]:
     """Return the readable name and the payload to store for a call.
@@ -2126,15 +2142,7 @@ def _prepare_call(fn: Any, args: tuple[Any, ...],
     written.
     """
     if isinstance(fn, str):
-        try:
-            target = _resolve(fn)
-        except Exception as exc:
-            raise ValueError(
-                f"cannot resolve {fn!r}: {type(exc).__name__}: {exc}; give an "
-                f"importable 'package.module:function'"
-            ) from None
-        if not callable(target):
-            raise ValueError(f"{fn!r} names {_describe(target)}, which is not callable")
+        _check_callable_name(fn)
         name, stored = fn, None
     elif not callable(fn):
         raise TypeError(f"a job needs a callable, not {_describe(fn)}")
@@ -3117,7 +3125,7 @@ class Queue:
             if timeout == 0:
                 raise ValueError("timeout must be positive")
         _int_in_range(max_interruptions, "max_interruptions", 0, 2 ** 31 - 1)
-        return {"queue": queue, "priority": priority, "key": key,
+        return {**_NEW_ROW, "queue": queue, "priority": priority, "key": key,
                 "max_attempts": retry.attempts if retry else 1,
                 "retry_policy": retry._to_json() if retry else None,
                 "max_interruptions": max_interruptions, "timeout": timeout,
@@ -3431,6 +3439,9 @@ def _plan_tree(item: Any, common: Mapping[str, Any], seen: set[int], *,
     start dormant, and the storage starts them (`_SQLiteStorage._activate`).
     ``seen`` holds the ids of Job objects already planned in this put.
     """
+    if not isinstance(item, (Composite, Job)) and not dormant:  # the common case, quick
+        name, payload = _prepare_call(item, (), {})
+        return [{**common, "name": name, "payload": payload}], []
     if isinstance(item, Composite) and common["begin_by"] is not None:
         raise ValueError("begin_by is not supported for a composite: its parts start "
                          "when their turn comes")
