@@ -799,8 +799,9 @@ _REOPEN = f"""
 UPDATE litejobs_jobs
 SET history = {_HISTORY_ENTRY.format(event="'retried by hand'")},
     status = 'waiting', waiting_on = -1, waiting_for = NULL, attempts = 0,
-    interruptions = 0, cancel_requested = 0, result = NULL, started_at = NULL,
-    finished_at = NULL, begin_after = :now, progress = NULL, progress_message = NULL
+    interruptions = 0, cancel_requested = 0, result = NULL, error = NULL, error_type = NULL,
+    ran_by = NULL, started_at = NULL, finished_at = NULL, begin_after = :now,
+    progress = NULL, progress_message = NULL
 WHERE id = :id AND status IN ('failed', 'cancelled')
 """
 
@@ -5252,6 +5253,10 @@ def _open_to_read(args: argparse.Namespace) -> Queue:
 
 
 def _open_to_write(args: argparse.Namespace) -> Queue:
+    """The queue for a command that changes jobs.  Only ``put`` adds the
+    litejobs tables to a file that has none; the others refuse it."""
+    if args.command != "put":
+        Queue(args.database, read_only=True).close()
     return Queue(args.database, create=False)
 
 
@@ -5290,10 +5295,11 @@ def _pool_json(pool: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any
         "id": pool["id"], "state": state, "alive": pool["alive"], "host": pool["host"],
         "pid": pool["pid"], "processes": pool["processes"], "queues": pool["queues"],
         "lease": pool["lease"], "jobs": pool["jobs"],
-        "started_at": pool["started_at"].isoformat(),
-        "heartbeat_at": pool["heartbeat_at"].isoformat(),
+        "started_at": _format_time(pool["started_at"].timestamp()),
+        "heartbeat_at": _format_time(pool["heartbeat_at"].timestamp()),
         "heartbeat_age": round((now - pool["heartbeat_at"]).total_seconds(), 3),
-        "stopped_at": None if pool["stopped_at"] is None else pool["stopped_at"].isoformat(),
+        "stopped_at": None if pool["stopped_at"] is None
+        else _format_time(pool["stopped_at"].timestamp()),
         "stop_reason": pool["stop_reason"],
     }
 
@@ -5568,8 +5574,13 @@ def _command_purge(args: argparse.Namespace) -> int:
         roots, under = q._storage.purge(before, status=args.status, limit=-1, dry_run=True)
         what = (f"{roots:,} {args.status or 'finished'} jobs that ended before "
                 f"{_format_time(before)}" + (f", and {under:,} jobs under them" if under else ""))
-        if roots and not args.yes and sys.stdin.isatty() and not args.json:
-            answer = input(f"delete {what}? [y/N] ")
+        if roots and not args.yes and sys.stdin.isatty():
+            question = f"delete {what}? [y/N] "
+            if args.json:  # stdout is for the JSON alone
+                sys.stderr.write(question)
+                sys.stderr.flush()
+                question = ""
+            answer = input(question)
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing deleted")
                 return 1
