@@ -310,7 +310,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """
         CREATE INDEX litejobs_jobs_finished
             ON litejobs_jobs (finished_at)
-            WHERE status IN ('completed', 'failed', 'cancelled')
+            WHERE finished_at IS NOT NULL
         """,
         """
         CREATE UNIQUE INDEX litejobs_jobs_live_key
@@ -754,9 +754,10 @@ ORDER BY begin_after, id
 LIMIT 1
 """
 
+# finished_at is set exactly while a job has ended.
 _FINISHED_SINCE = """
 SELECT count(*) FROM litejobs_jobs INDEXED BY litejobs_jobs_finished
-WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at >= :since
+WHERE finished_at IS NOT NULL AND finished_at >= :since
 """
 
 # {where} is built from the filters given, in _SQLiteStorage.search.
@@ -771,7 +772,7 @@ LIMIT :limit
 # only once nothing under it is unfinished: a callback may still be due.
 _PURGEABLE = """
 SELECT id FROM litejobs_jobs AS root INDEXED BY litejobs_jobs_finished
-WHERE status IN ('completed', 'failed', 'cancelled') AND finished_at < :before
+WHERE finished_at IS NOT NULL AND finished_at < :before
     AND (:status IS NULL OR status = :status) AND parent_id IS NULL
     AND NOT EXISTS (
         WITH RECURSIVE tree (id, status) AS (
@@ -784,12 +785,15 @@ ORDER BY finished_at
 LIMIT :limit
 """
 
-_COUNT_UNDER = """
-WITH RECURSIVE tree (id) AS (
-    SELECT id FROM litejobs_jobs WHERE parent_id = :id
+# The jobs under one, deepest first: deleting them in this order needs no
+# cascade, which SQLite would stop at 1000 levels (a long chain of returned jobs).
+_TREE_DEEPEST_FIRST = """
+WITH RECURSIVE tree (id, depth) AS (
+    SELECT id, 1 FROM litejobs_jobs WHERE parent_id = :id
     UNION ALL
-    SELECT child.id FROM litejobs_jobs AS child JOIN tree ON child.parent_id = tree.id)
-SELECT count(*) FROM tree
+    SELECT child.id, tree.depth + 1 FROM litejobs_jobs AS child
+    JOIN tree ON child.parent_id = tree.id)
+SELECT id FROM tree ORDER BY depth DESC
 """
 
 _DELETE_JOB = "DELETE FROM litejobs_jobs WHERE id = ?"
@@ -800,9 +804,19 @@ UPDATE litejobs_jobs
 SET history = {_HISTORY_ENTRY.format(event="'retried by hand'")},
     status = 'waiting', waiting_on = -1, waiting_for = NULL, attempts = 0,
     interruptions = 0, cancel_requested = 0, result = NULL, error = NULL, error_type = NULL,
-    ran_by = NULL, started_at = NULL, finished_at = NULL, begin_after = :now,
+    ran_by = NULL, started_at = NULL, finished_at = NULL, begin_after = :now, begin_by = NULL,
     progress = NULL, progress_message = NULL
 WHERE id = :id AND status IN ('failed', 'cancelled')
+"""
+
+# Work of a job's own still going on: its parts, or the job it returned, and theirs.
+_UNFINISHED_WORK_UNDER = """
+WITH RECURSIVE tree (id, status) AS (
+    SELECT id, status FROM litejobs_jobs WHERE parent_id = :id AND role IN ('part', 'result')
+    UNION ALL
+    SELECT child.id, child.status FROM litejobs_jobs AS child JOIN tree
+        ON child.parent_id = tree.id AND child.role IN ('part', 'result'))
+SELECT count(*) FROM tree WHERE status IN ('pending', 'waiting', 'active')
 """
 
 _UNDONE_PARTS = """
@@ -1924,10 +1938,12 @@ class _SQLiteStorage:
         with (self.read() if dry_run else self.write()) as conn:
             roots = [job_id for job_id, in conn.execute(_PURGEABLE, {
                 "before": before, "status": status, "limit": limit}).fetchall()]
-            under = sum(conn.execute(_COUNT_UNDER, {"id": job_id}).fetchone()[0]
-                        for job_id in roots)
-            if not dry_run:
-                conn.executemany(_DELETE_JOB, ((job_id,) for job_id in roots))
+            under = 0
+            for root in roots:
+                tree = conn.execute(_TREE_DEEPEST_FIRST, {"id": root}).fetchall()
+                under += len(tree)
+                if not dry_run:
+                    conn.executemany(_DELETE_JOB, tree + [(root,)])
         return len(roots), under
 
     def reopen(self, job_id: int, now: float) -> str:
@@ -1947,6 +1963,15 @@ class _SQLiteStorage:
             if row["role"] == "part":
                 raise ValueError(f"job {job_id} is a part of job {row['parent_id']}: retry "
                                  f"that one, which runs again its parts that did not complete")
+            if row["role"] in _CALLBACK_ROLES:
+                parent = conn.execute("SELECT status FROM litejobs_jobs WHERE id = ?",
+                                      (row["parent_id"],)).fetchone()
+                if parent is not None and parent[0] not in _FINISHED:
+                    raise ValueError(f"job {job_id} is a callback of job {row['parent_id']}, "
+                                     f"which has not ended: it runs once that job ends")
+            if conn.execute(_UNFINISHED_WORK_UNDER, {"id": job_id}).fetchone()[0]:
+                raise ValueError(f"job {job_id} still has parts running or being cancelled: "
+                                 f"retry it once they have ended")
             try:
                 self._reopen(conn, job_id, row["error"], now)
                 self._activate(conn, job_id, now)
@@ -2017,6 +2042,7 @@ def _to_datetime(stamp: float | None) -> datetime.datetime | None:
 
 _DEADLINE_TYPE = _qualified_type_name(DeadlineExceeded)
 _INTERRUPTED_TYPE = _qualified_type_name(Interrupted)
+_JOB_TIMEOUT_TYPE = _qualified_type_name(JobTimeout)
 
 
 def current_job() -> Job | None:
@@ -3693,9 +3719,21 @@ class _ChildWork:
         self._send_lock = threading.Lock()
 
     def send(self, messages: list[tuple[Any, ...]]) -> None:
-        if messages:
-            with self._send_lock:
+        if not messages:
+            return
+        with self._send_lock:
+            try:
                 self.conn.send(messages)
+            except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
+                # Pickling failed, so nothing was written: send what pickles,
+                # one by one, so that one bad message never costs an outcome.
+                for message in messages:
+                    try:
+                        self.conn.send([message])
+                    except (pickle.PicklingError, TypeError, AttributeError,
+                            RecursionError):
+                        print(f"litejobs: a worker process could not send "
+                              f"{_describe(message)}", file=sys.stderr)
 
     def _take_outbox(self) -> list[tuple[Any, ...]]:
         messages, self.outbox = self.outbox, []
@@ -3816,14 +3854,20 @@ class _ForwardLogs(logging.Handler):
                 running = int(self.work.running[0])
                 if running:
                     data["job_id"] = running
-            self.work.post(("log", {key: value for key, value in data.items()
-                                    if _pickles_plainly(value)}))
+            self.work.post(("log", {key: _plain(value) for key, value in data.items()}))
         except Exception:
             self.handleError(record)
 
 
-def _pickles_plainly(value: Any) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool, tuple, list, dict))
+def _plain(value: Any) -> Any:
+    """``value`` if it is plain data that pickles anywhere, else its repr."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return {str(key): _plain(item) for key, item in value.items()}
+    return _shortened(repr(value), _REPR_MOST)
 
 
 def _handle_forwarded_log(data: dict[str, Any]) -> None:
@@ -3868,10 +3912,14 @@ def _log_outcome(row: Mapping[str, Any], outcome: _Outcome, status: str | None,
                  duration: float | None) -> None:
     """Log how a run ended, once its outcome is written (``status`` None: the
     lease was lost first)."""
+    timed_out = outcome.error_type == _JOB_TIMEOUT_TYPE
+    level = (logging.ERROR if status == FAILED or (status == PENDING and timed_out) else
+             logging.WARNING if status in (None, PENDING) else logging.INFO)
+    if not _log.isEnabledFor(level):
+        return  # pools call this for every job: do nothing more when it is not logged
     extra = _job_log(row, duration)
     what = f"job {row['id']} ({row['name']}) attempt {row['attempts']}"
     took = "" if duration is None else f" after {duration:.3f}s"
-    timed_out = outcome.error_type == _qualified_type_name(JobTimeout)
     if status is None:
         _log.warning("%s: the lease was lost before its outcome was written, so another "
                      "attempt owns the job; this outcome was discarded", what, extra=extra)
@@ -3880,8 +3928,7 @@ def _log_outcome(row: Mapping[str, Any], outcome: _Outcome, status: str | None,
                    (outcome.error or "").rstrip(),
                    extra={**extra, "traceback": (outcome.error or "").rstrip()})
     elif status == PENDING:
-        _log.log(logging.ERROR if timed_out else logging.WARNING,
-                 "%s %s%s and will be retried: %s", what,
+        _log.log(level, "%s %s%s and will be retried: %s", what,
                  "timed out" if timed_out else "failed", took, _last_line(outcome.error),
                  extra=extra)
     elif status == CANCELLED:
@@ -5179,10 +5226,14 @@ def _parse_duration(text: str) -> float:
     return seconds
 
 
-def _duration_type(minimum: float, above: bool = False) -> Callable[[str], float]:
-    """An argparse type: a duration of at least (or above) ``minimum`` seconds."""
+def _duration_type(minimum: float, above: bool = False,
+                   most: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a duration of at least (or above) ``minimum`` seconds,
+    and at most ``most``."""
     def parse(text: str) -> float:
         seconds = _parse_duration(text)
+        if seconds > most:
+            raise argparse.ArgumentTypeError(f"{text!r} is too long: give at most {most:g}s")
         if seconds < minimum or (above and seconds == minimum):
             raise argparse.ArgumentTypeError(
                 f"{text!r} is too short: give more than {minimum:g}s" if above else
@@ -5197,8 +5248,9 @@ def _positive_count(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 1 or more")
+    if not 1 <= value < _INT64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to "
+                                         f"{_INT64 - 1}")
     return value
 
 
@@ -5240,7 +5292,10 @@ def _job_json(row: Mapping[str, Any]) -> dict[str, Any]:
         out[key] = None if out[key] is None else _format_time(out[key])
     out["composite"] = None if row.get("composite") is None else \
         str(row["composite"]).partition("_")[0]
-    out["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
+    try:
+        out["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
+    except ValueError:  # written by something other than litejobs
+        out["meta"] = {"unreadable": row["meta"]}
     return out
 
 
@@ -5522,8 +5577,10 @@ def _command_retry(args: argparse.Namespace) -> int:
         raise _UsageError("--queue goes with --failed")
     results = []
     with _open_to_write(args) as q:
+        # Parts and returned jobs run again with the job they belong to.
         ids = args.ids or [row["id"] for row in q._storage.search(
-            statuses=[FAILED], queue=args.queue, limit=-1) if row["role"] != "part"]
+            statuses=[FAILED], queue=args.queue, limit=-1)
+            if row["role"] not in ("part", "result")]
         now = time.time()
         for job_id in ids:
             try:
@@ -5872,7 +5929,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _database_argument(watch)
     watch.add_argument("id", type=_positive_count, nargs="?", metavar="ID",
                        help="the job to follow (default: the whole database)")
-    watch.add_argument("--interval", type=_duration_type(0, above=True), default=1.0,
+    watch.add_argument("--interval", type=_duration_type(0, above=True, most=3600),
+                       default=1.0,
                        metavar="DURATION", help="how often to look (default 1s)")
     watch.set_defaults(handler=_command_watch)
     return parser

@@ -463,3 +463,16 @@ def update_meta_twice(first, second):
     job.update_meta(**first)
     job.update_meta(**second)
     return job.meta
+
+
+def chain(length):
+    """Returns a job that returns a job ... ``length`` deep, each waiting on the next."""
+    if length <= 0:
+        return "bottom"
+    return litejobs.Job(chain, length - 1)
+
+
+def log_with_unpicklable_extra():
+    import threading
+    logging.getLogger("sample_jobs.app").warning("odd extra", extra={"ctx": [threading.Lock()]})
+    return "logged"

@@ -593,3 +593,14 @@ def test_the_json_line_of_a_failed_job_has_its_traceback_in_the_traceback_key(q,
     assert "traceback" in failed[0], failed[0]
     assert "Traceback (most recent call last)" in failed[0]["traceback"]
     assert "ValueError: json boom" in failed[0]["traceback"]
+
+
+def test_a_log_record_with_an_extra_that_does_not_pickle_costs_nothing(q, caplog):
+    """Such a record used to sink the batch with the job's outcome in it."""
+    caplog.set_level(logging.INFO)
+    with q.worker(processes=1):
+        job = q.put(Job(sample_jobs.log_with_unpicklable_extra))
+        assert job.wait(timeout=WAIT) == "logged"
+    assert job.attempts == 1
+    (record,) = [r for r in caplog.records if r.getMessage() == "odd extra"]
+    assert record.job_id == job.id and "lock" in str(record.ctx).lower()

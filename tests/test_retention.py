@@ -445,3 +445,43 @@ def test_a_pool_prunes_finished_jobs_under_load_and_keeps_the_wal_bounded(
     assert max(wal_seen) <= litejobs._WAL_SIZE_LIMIT + margin, max(wal_seen)
     print(f"\n{total} jobs put; rows at most {max(rows_seen)}; "
           f"WAL at most {max(wal_seen):,} bytes over {len(wal_seen)} samples")
+
+
+# -- regressions ---------------------------------------------------------------------
+
+
+def test_a_chain_of_returned_jobs_deeper_than_sqlites_cascade_limit_is_purged(q):
+    root = q.put(Job(sample_jobs.chain, 1100))
+    q.run_pending()
+    assert root.refresh().status == COMPLETED and root.result == "bottom"
+    assert q.purge(0) == 1101
+    assert q.jobs(limit=None) == []
+
+
+def test_a_composite_with_a_part_still_being_cancelled_is_not_retried(q, now):
+    part = Job(sample_jobs.add, 1, 2)
+    root = q.put(litejobs.parallel(part, Job(sample_jobs.add, 3, 4)))
+    q._storage.claim(owner="test", queues=None, now=now.timestamp(),
+                     expires=now.timestamp() + 60, limit=1)
+    root.cancel()
+    assert (root.refresh().status, part.refresh().status) == (CANCELLED, ACTIVE)
+    with pytest.raises(ValueError, match="still has parts running"):
+        root.retry()
+
+
+def test_a_callback_is_not_retried_before_its_job_has_ended(q):
+    parent = q.put(Job(sample_jobs.add, 1, 2), begin_after=3600)
+    callback = parent.add_callback(sample_jobs.double)
+    callback.cancel()
+    with pytest.raises(ValueError, match="has not ended"):
+        callback.retry()
+
+
+def test_a_retry_by_hand_drops_the_deadline_that_failed_the_job(q, now):
+    job = q.put(Job(sample_jobs.add, 1, 2), begin_by=1)
+    q.run_pending(now=now + datetime.timedelta(minutes=5))
+    assert job.refresh().error_type == "litejobs.DeadlineExceeded"
+    assert job.retry() == PENDING
+    assert job.begin_by is None
+    q.run_pending(now=now + datetime.timedelta(minutes=6))
+    assert job.refresh().result == 3
