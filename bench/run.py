@@ -1,7 +1,9 @@
-"""Benchmarks: litejobs next to raw SQLite doing the same SQL work, in one run.
+"""Benchmarks: litejobs next to raw SQLite doing the same SQL work, and next to
+huey with its SQLite storage, in one run.
 
-    python bench/run.py            # full sizes
-    python bench/run.py --quick    # small sizes, well under a minute
+    python bench/run.py                           # full sizes (pip install -e ".[bench]")
+    python bench/run.py --quick                   # small sizes, under a minute
+    python bench/run.py --quick --litejobs-only   # no peers: what CI runs
 
 Every row prints litejobs' rate, the baseline's rate measured moments before on
 the same disk, and their ratio.  Machines are noisy: read the ratios, and rerun
@@ -14,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import random
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -239,15 +243,93 @@ class Pool:
             total += int(fields[11]) + int(fields[12])  # utime + stime, in ticks
         return total / os.sysconf("SC_CLK_TCK")
 
+    def rss(self) -> dict[str, int]:
+        """Resident memory, in bytes, of the supervisor and of its largest child."""
+        def resident(pid: int) -> int:
+            with open(f"/proc/{pid}/status") as handle:
+                for line in handle:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+            return 0
+        return {"supervisor": resident(self.process.pid),
+                "child": max(resident(pid) for pid in self.children())}
+
     def close(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=60)
         self.queue.close()
 
 
-def pool_drain(folder: str, processes: int, count: int) -> float:
-    """Jobs per second a pool in its own process drains, put all at once."""
-    pool = Pool(os.path.join(folder, f"pool-drain-{processes}.db"), processes)
+def memory_growth(folder: str, first: int, last: int) -> dict[str, tuple[int, int]]:
+    """RSS of a pool of 2 at job ``first`` and at job ``last``, by process."""
+    pool = Pool(os.path.join(folder, "pool-memory.db"), 2)
+    try:
+        seen = {}
+        done = 0
+        for mark in (first, last):
+            while done < mark:
+                batch = min(10_000, mark - done)
+                jobs = pool.queue.put_many(["jobs:noop"] * batch)
+                jobs[-1].wait(timeout=600)
+                done += batch
+            while pool.queue.counts()["completed"] < done + 2:  # the 2 probes
+                time.sleep(0.01)
+            seen[mark] = pool.rss()
+        return {who: (seen[first][who], seen[last][who]) for who in ("supervisor", "child")}
+    finally:
+        pool.close()
+
+
+# -- peers --------------------------------------------------------------------------
+
+
+def huey_missing() -> str | None:
+    if importlib.util.find_spec("huey") is None:
+        return "huey is not installed: pip install -e '.[bench]'"
+    return None
+
+
+def huey_sqlite(folder: str, count: int, workers: int) -> tuple[float, float]:
+    """huey with SqliteHuey: the enqueue rate of ``count`` no-op tasks, one
+    call each; then the rate its consumer drains them with ``workers``
+    worker processes, timed between a first and a last task that stamp a file."""
+    folder = os.path.abspath(folder)  # the consumer runs in another directory
+    path = os.path.join(folder, "huey.db")
+    os.environ["BENCH_HUEY_DB"] = path
+    import huey_tasks
+    start, end = os.path.join(folder, "huey-start"), os.path.join(folder, "huey-end")
+    huey_tasks.stamp(start)
+    started = time.perf_counter()
+    for _ in range(count):
+        huey_tasks.noop()
+    enqueue = count / (time.perf_counter() - started)
+    huey_tasks.stamp(end)
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "huey.bin.huey_consumer", "huey_tasks.huey", "-k", "process",
+         "-w", str(workers), "-q", "-n"], cwd=BENCH_DIR,
+        env=dict(os.environ, PYTHONPATH=BENCH_DIR), stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not os.path.exists(end) or not os.path.getsize(end):
+            if time.monotonic() > deadline or consumer.poll() is not None:
+                raise RuntimeError("the huey consumer did not drain its queue")
+            time.sleep(0.01)
+    finally:
+        consumer.terminate()
+        consumer.wait(timeout=60)
+    with open(start) as first, open(end) as last:
+        return enqueue, count / (float(last.read()) - float(first.read()))
+
+
+def pool_drain(folder: str, processes: int, count: int, backlog: int = 0) -> float:
+    """Jobs per second a pool in its own process drains, put all at once,
+    with ``backlog`` finished rows in the table."""
+    path = os.path.join(folder, f"pool-drain-{processes}-{backlog}.db")
+    if backlog:
+        litejobs.Queue(path).close()
+        add_finished_backlog(path, backlog)
+    pool = Pool(path, processes)
     try:
         jobs = pool.queue.put_many(["jobs:noop"] * count)
         started = time.perf_counter()
@@ -327,6 +409,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--litejobs-only", action="store_true",
+                        help="skip the peers (huey); litejobs and raw SQLite only")
     parser.add_argument("--dir", help="where to put the databases (default: a temporary "
                                       "folder on the current disk)")
     options = parser.parse_args()
@@ -341,18 +425,23 @@ def main() -> int:
     latency_samples = 50 if quick else 300
     idle_seconds = 3.0 if quick else 10.0
     wal_seconds = 3.0 if quick else 20.0
+    memory_marks = (2_000, 10_000) if quick else (10_000, 100_000)
+    huey_jobs = 500 if quick else 5_000
+    peers = not options.litejobs_only
+    skipped = []
 
     rows: list[tuple[str, str, str, str]] = []
 
     def row(measure: str, ours: float, baseline_name: str, theirs: float,
-            unit: str = "/s") -> None:
+            unit: str = "/s", times: bool = False) -> None:
         ratio = ours / theirs if unit == "/s" else theirs / ours
         rows.append((measure, f"{ours:,.0f}{unit}", f"{baseline_name} {theirs:,.0f}{unit}",
-                     f"{ratio:.0%}"))
+                     f"{ratio:.1f}x" if times else f"{ratio:.0%}"))
         print(f"  {measure}: done", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="litejobs-bench-", dir=options.dir or ".") as folder:
         ours, raw = interleaved_commits(folder, singles_full, durable=True)
+        durable_puts = ours
         row(f"put, durable ({singles_full})", ours, "raw FULL commit", raw)
         ours, raw = interleaved_commits(folder, singles_normal, durable=False)
         row(f"put, durable=False ({singles_normal})", ours, "raw NORMAL commit", raw)
@@ -369,11 +458,27 @@ def main() -> int:
                      f"{full_query * 1e6:.1f} us", f"empty table {empty_query * 1e6:.1f} us",
                      f"{empty_query / full_query:.0%}"))
         raw = raw_claim_complete(folder, pool_jobs, 64)
+        row(f"raw claim+complete, 1 a transaction ({pool_jobs:,})",
+            raw_claim_complete(folder, pool_jobs, 1), "the same, 64 a batch", raw)
         drained = {}
         for processes in (1, 2):
             drained[processes] = pool_drain(folder, processes, pool_jobs)
             row(f"pool drain, no-op jobs, {processes} process{'es' * (processes > 1)} "
                 f"({pool_jobs:,})", drained[processes], "raw claim+complete, 64 a batch", raw)
+        row(f"pool drain, 2 processes, {backlog:,} finished rows ({pool_jobs:,})",
+            pool_drain(folder, 2, pool_jobs, backlog), "pool drain, 2 processes", drained[2])
+        if peers and huey_missing() is None:
+            enqueued, huey_drained = huey_sqlite(folder, huey_jobs, 2)
+            row(f"pool drain, 2 processes ({pool_jobs:,})", drained[2],
+                f"huey SQLite, 2 worker processes ({huey_jobs:,})", huey_drained, times=True)
+            row(f"put, durable ({singles_full})", durable_puts,
+                f"huey SQLite enqueue ({huey_jobs:,})", enqueued, times=True)
+        elif peers:
+            skipped.append(f"huey with SQLite: skipped, {huey_missing()}")
+        if peers:
+            skipped.append("huey or Dramatiq with Redis: skipped, " + (
+                "not written yet" if shutil.which("redis-server") else
+                "no redis-server on PATH"))
         row(f"parallel of {fan_out:,} no-op parts + postprocess, 2 processes",
             pool_parallel(folder, 2, fan_out), "pool drain, 2 processes", drained[2])
         for durable in (False, True):
@@ -398,6 +503,12 @@ def main() -> int:
             used, ratio = f"< {finest:.2%} of a core", f"> {0.02 / finest:.0%}"
         rows.append((f"idle pool CPU, 2 processes ({idle_seconds:.0f} s)", used,
                      "target 2.00% of a core", ratio))
+        first, last = memory_marks
+        for who, (before, after) in memory_growth(folder, first, last).items():
+            growth = after / before - 1
+            rows.append((f"RSS of the {who}, job {first:,} to job {last:,}",
+                         f"{before / 2 ** 20:.1f} to {after / 2 ** 20:.1f} MiB",
+                         "target: grows < 10%", f"{growth:+.1%}"))
 
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     print(f"\nlitejobs {litejobs.__version__}, Python {sys.version.split()[0]}, "
@@ -407,6 +518,8 @@ def main() -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for line in [header, tuple("-" * w for w in widths), *rows]:
         print("| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths)) + " |")
+    for line in skipped:
+        print(line)
     return 0
 
 
