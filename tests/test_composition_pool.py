@@ -44,7 +44,8 @@ import pytest
 
 import litejobs
 import sample_jobs
-from waiting import WAIT, child_pids, process_ended, read_pid, wait_for_pid, wait_until
+from waiting import (WAIT, child_pids, process_ended, read_pid, stop_all, wait_for_pid,
+                     wait_until)
 from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, Job
 
 FINISHED = (COMPLETED, FAILED, CANCELLED)
@@ -137,15 +138,7 @@ def pool(q):
         return worker
 
     yield start
-    problems = []
-    for worker in started:
-        try:
-            worker.stop(grace=0, timeout=30)
-        except Exception as exc:  # stop the others first, then report
-            problems.append(f"{worker!r}: {type(exc).__name__}: {exc}")
-        if worker.alive:
-            problems.append(f"{worker!r} is still alive after stop()")
-    assert problems == []
+    stop_all(started)
 
 
 class CliPool:

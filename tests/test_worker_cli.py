@@ -42,6 +42,7 @@ import pytest
 
 import litejobs
 import sample_jobs
+from waiting import wait_for_pid
 from litejobs import Job
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -135,11 +136,6 @@ def the_row_of(db, pid):
     rows = [row for row in worker_rows(db) if row["pid"] == pid]
     assert len(rows) <= 1, rows
     return rows[0] if rows else None
-
-
-def read_pid(path):
-    with open(path) as handle:
-        return int(handle.read())
 
 
 def run_cli(*args, cwd):
@@ -290,7 +286,7 @@ def test_sigterm_interrupts_a_job_longer_than_the_grace(q, db, tmp_path, start_p
     assert job._row["lease_owner"] is None
     assert q.counts()["active"] == 0
     assert f"job {job.id} ({job.name}) attempt 1 was interrupted" in pool.log()
-    assert process_gone(read_pid(started))  # the child running it was killed
+    assert process_gone(wait_for_pid(started))  # the child running it was killed
 
 
 # -- 4. a second signal stops at once ----------------------------------------------------
@@ -325,7 +321,7 @@ def test_kill_9_of_the_supervisor_then_another_pool_recovers(q, db, tmp_path, st
     job = q.put(Job(sample_jobs.block_first_attempt, str(markers)))
     pool_a = start_pool(db, "-p", "1", "--lease", "2s")
     wait_until((markers / "started-1").exists, WAIT, "attempt 1 to start", pool_a.log)
-    child_pid = read_pid(markers / "started-1")
+    child_pid = wait_for_pid(markers / "started-1")
     row_a = wait_until(lambda: the_row_of(db, pool_a.pid), WAIT, "pool A's row")
 
     pool_a.send(signal.SIGKILL)
@@ -432,7 +428,7 @@ def test_a_paused_pool_whose_job_was_recovered_stops_the_old_run_and_carries_on(
     job = q.put(Job(sample_jobs.block_first_attempt, str(tmp_path)))
     pool = start_pool(db, "-p", "2", "--lease", "1s", "--poll", "100ms")
     wait_until((tmp_path / "started-1").exists, WAIT, "attempt 1 to start", pool.log)
-    old_run = read_pid(tmp_path / "started-1")
+    old_run = wait_for_pid(tmp_path / "started-1")
     stop_outside_a_write(pool, db)
     with contextlib.closing(sqlite3.connect(db, timeout=30, isolation_level=None)) as conn:
         recovered = conn.execute(

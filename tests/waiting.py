@@ -59,3 +59,16 @@ def process_ended(pid):
 def child_pids(worker):
     """The pids of a `litejobs.Worker`'s worker processes, sorted."""
     return sorted(child.process.pid for child in list(worker._children))
+
+
+def stop_all(workers):
+    """Stop every pool, then fail if one would not stop; for fixture teardowns."""
+    problems = []
+    for worker in workers:
+        try:
+            worker.stop(grace=0, timeout=30)
+        except Exception as exc:  # stop the others first, then report
+            problems.append(f"{worker!r}: {type(exc).__name__}: {exc}")
+        if worker.alive:
+            problems.append(f"{worker!r} is still alive after stop()")
+    assert problems == []
