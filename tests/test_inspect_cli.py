@@ -6,7 +6,7 @@ with ``capsys``) and at least once as ``python -m litejobs ...`` in a
 subprocess, with ``PYTHONPATH`` naming the tests folder (for ``sample_jobs``)
 and the repository root, and a timeout on every run and every wait.
 
-JSON output is checked against the key sets the brief documents, written out
+JSON output is checked against the key sets the README documents, written out
 here rather than taken from the library, so that a key added, renamed or
 dropped fails a test.  Jobs that must look old get their ``created_at`` or
 ``finished_at`` moved back with plain SQL: nothing sleeps to make time pass.

@@ -585,7 +585,7 @@ def test_the_worker_command_logs_one_json_object_per_line(q, tmp_path):
 
 
 def test_the_json_line_of_a_failed_job_has_its_traceback_in_the_traceback_key(q, tmp_path):
-    # The brief: JSON lines have "when known ... traceback".  A failed job's
+    # The README: JSON lines have "when known ... traceback".  A failed job's
     # traceback is known when its failure is logged.
     (_, bad, _, _), entries, stderr = run_json_worker(q, tmp_path)
     failed = [e for e in entries if e.get("job_id") == bad.id and e["level"] == "ERROR"]
