@@ -4925,7 +4925,8 @@ class Worker:
                     wait = _PRUNE_PAUSE  # more are due: go on soon
             self._storage.checkpoint()
         except DatabaseError as exc:  # tried again at the next upkeep
-            _log.warning("%s: retention and checkpoint: %s", self.id, exc)
+            _log.log(logging.DEBUG if isinstance(exc, _DatabaseBusy) else logging.WARNING,
+                     "%s: retention and checkpoint: %s", self.id, exc)
         self._next_upkeep = time.monotonic() + wait
 
     def _heartbeat(self, now: float) -> None:
