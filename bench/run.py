@@ -116,15 +116,18 @@ def litejobs_put_many(folder: str, count: int) -> float:
 
 
 def add_finished_backlog(path: str, rows: int) -> None:
+    """``rows`` completed jobs that ended over the last 6 days: within the
+    default retention of 7, so that pools keep them, as in a steady state."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
     conn.execute(
         """
-        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows)
         INSERT INTO litejobs_jobs (queue, priority, status, name, created_at,
                                    begin_after, finished_at, attempts)
-        SELECT 'default', 0, 'completed', 'bench.run:noop', 0, 0, 0, 1 FROM n
-        """, (rows,))
+        SELECT 'default', 0, 'completed', 'bench.run:noop', t, t, t, 1
+        FROM (SELECT :now - 6 * 86400 * (:rows - i) / :rows AS t FROM n)
+        """, {"rows": rows, "now": time.time()})
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
