@@ -819,8 +819,10 @@ WITH RECURSIVE tree (id, status) AS (
 SELECT count(*) FROM tree WHERE status IN ('pending', 'waiting', 'active')
 """
 
+_STATUS_OF = "SELECT status FROM litejobs_jobs WHERE id = ?"
+
 _UNDONE_PARTS = """
-SELECT id FROM litejobs_jobs
+SELECT id, error FROM litejobs_jobs
 WHERE parent_id = :id AND role = 'part' AND status IN ('failed', 'cancelled')
 ORDER BY position
 """
@@ -1537,10 +1539,19 @@ class _SQLiteStorage:
                now: float, lost: str) -> str:
         """Run a fenced statement that may end a job, and what follows its end;
         return the job's status, or raise `LeaseLost` with ``lost``."""
+        status = self._end(conn, statement, params, now)
+        if status is None:
+            raise LeaseLost(lost)
+        return status
+
+    def _end(self, conn: sqlite3.Connection, statement: str, params: Mapping[str, Any],
+             now: float) -> str | None:
+        """Run a statement that may end a job (returning ``_ENDED``) and what
+        follows its end; return the job's status, or None if it matched nothing."""
         cursor = conn.execute(statement, params)
         row = cursor.fetchone()
         if row is None:
-            raise LeaseLost(lost)
+            return None
         ended = _as_dict(cursor, row)
         self._after_end(conn, [ended], now)
         return str(ended["status"])
@@ -1577,14 +1588,8 @@ class _SQLiteStorage:
         the status after, or None if the job had already ended (or, given
         ``created_at``, is not the job created then)."""
         with self._transaction(conn) as conn:
-            cursor = conn.execute(_CANCEL_JOB, {"id": job_id, "now": now,
-                                                "created_at": created_at})
-            found = cursor.fetchone()
-            if found is None:
-                return None
-            ended = _as_dict(cursor, found)
-            self._after_end(conn, [ended], now)
-            return str(ended["status"])
+            return self._end(conn, _CANCEL_JOB, {"id": job_id, "now": now,
+                                                 "created_at": created_at}, now)
 
     def release(self, job_id: int, token: str, now: float) -> str:
         """Give back a claimed job that never started: pending again (or
@@ -1964,8 +1969,7 @@ class _SQLiteStorage:
                 raise ValueError(f"job {job_id} is a part of job {row['parent_id']}: retry "
                                  f"that one, which runs again its parts that did not complete")
             if row["role"] in _CALLBACK_ROLES:
-                parent = conn.execute("SELECT status FROM litejobs_jobs WHERE id = ?",
-                                      (row["parent_id"],)).fetchone()
+                parent = conn.execute(_STATUS_OF, (row["parent_id"],)).fetchone()
                 if parent is not None and parent[0] not in _FINISHED:
                     raise ValueError(f"job {job_id} is a callback of job {row['parent_id']}, "
                                      f"which has not ended: it runs once that job ends")
@@ -1978,15 +1982,12 @@ class _SQLiteStorage:
             except sqlite3.IntegrityError:
                 raise ValueError(f"job {job_id} has the key {row['key']!r}, which an "
                                  f"unfinished job holds now") from None
-            return str(conn.execute("SELECT status FROM litejobs_jobs WHERE id = ?",
-                                    (job_id,)).fetchone()[0])
+            return str(conn.execute(_STATUS_OF, (job_id,)).fetchone()[0])
 
     def _reopen(self, conn: sqlite3.Connection, job_id: int, error: str | None,
                 now: float) -> None:
         conn.execute(_REOPEN, {"id": job_id, "now": now, "error_line": _last_line(error)})
-        for part_id, in conn.execute(_UNDONE_PARTS, {"id": job_id}).fetchall():
-            part_error = conn.execute("SELECT error FROM litejobs_jobs WHERE id = ?",
-                                      (part_id,)).fetchone()[0]
+        for part_id, part_error in conn.execute(_UNDONE_PARTS, {"id": job_id}).fetchall():
             self._reopen(conn, part_id, part_error, now)
 
 
@@ -5379,8 +5380,8 @@ def _command_workers(args: argparse.Namespace) -> int:
         _print_json(pools)
     elif not pools:
         print(f"no worker pool has run on {q.path}")
-    for pool in [] if args.json else pools:
-        print(_pool_line(pool))
+    else:
+        print("\n".join(_pool_line(pool) for pool in pools))
     return 0
 
 
@@ -5591,11 +5592,13 @@ def _command_retry(args: argparse.Namespace) -> int:
                 results.append({"id": job_id, "status": None, "error": str(exc)})
     if args.json:
         _print_json(results)
-    for result in [] if args.json else results:
-        print(f"job {result['id']}: " + (f"not retried: {result['error']}" if result["error"]
-                                         else f"{result['status']} again"))
-    if not results and not args.json:
+    elif not results:
         print("no failed job to retry")
+    else:
+        for result in results:
+            print(f"job {result['id']}: " + (f"not retried: {result['error']}"
+                                             if result["error"] else
+                                             f"{result['status']} again"))
     return 1 if any(result["error"] for result in results) else 0
 
 
@@ -5614,16 +5617,19 @@ def _command_cancel(args: argparse.Namespace) -> int:
                             "cancelled": after is not None})
     if args.json:
         _print_json(results)
-    for result in [] if args.json else results:
-        if result["error"]:
-            print(f"job {result['id']}: {result['error']}")
-        elif not result["cancelled"]:
-            print(f"job {result['id']}: had already ended, {result['status']}")
-        elif result["status"] == ACTIVE:
-            print(f"job {result['id']}: running; its pool stops it and it ends cancelled")
-        else:
-            print(f"job {result['id']}: cancelled")
+    else:
+        print("\n".join(_cancel_line(result) for result in results))
     return 1 if any(result["error"] for result in results) else 0
+
+
+def _cancel_line(result: Mapping[str, Any]) -> str:
+    if result["error"]:
+        return f"job {result['id']}: {result['error']}"
+    if not result["cancelled"]:
+        return f"job {result['id']}: had already ended, {result['status']}"
+    if result["status"] == ACTIVE:
+        return f"job {result['id']}: running; its pool stops it and it ends cancelled"
+    return f"job {result['id']}: cancelled"
 
 
 def _command_purge(args: argparse.Namespace) -> int:
