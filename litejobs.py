@@ -48,6 +48,7 @@ __all__ = [
     "DEFAULT_POLL",
     "DEFAULT_QUEUE",
     "DEFAULT_RETENTION",
+    "DEFAULT_SIZE_LIMIT",
     "DatabaseError",
     "DeadlineExceeded",
     "FAILED",
@@ -62,10 +63,12 @@ __all__ = [
     "LitejobsError",
     "PENDING",
     "PartsFailed",
+    "PayloadTooLarge",
     "Queue",
     "Retry",
     "STATUSES",
     "SchemaVersionError",
+    "SignatureError",
     "WAITING",
     "WaitTimeout",
     "Worker",
@@ -80,14 +83,18 @@ __all__ = [
 
 import argparse
 import atexit
+import builtins
 import collections
 import contextlib
 import contextvars
 import dataclasses
 import datetime
 import functools
+import hashlib
+import hmac
 import importlib
 import inspect
+import io
 import itertools
 import json
 import logging
@@ -98,6 +105,7 @@ import operator
 import os
 import pickle
 import random
+import reprlib
 import selectors
 import shutil
 import signal
@@ -147,6 +155,15 @@ _MESSAGE_MOST = 1000  # characters of a progress message kept
 _UPKEEP_INTERVAL = 10.0  # seconds between a pool's retention and checkpoint rounds
 _PRUNE_BATCH = 1000  # finished jobs deleted per transaction
 _PRUNE_PAUSE = 0.05  # seconds between batches while more are due
+DEFAULT_SIZE_LIMIT = 4 * 2 ** 20  # bytes a job's pickled call, or its pickled result, may take
+_SECRET_ENV = "LITEJOBS_SECRET"  # comma-separated; the first signs, any verifies
+_SIGNED_CALL = b"litejobs call"  # what a signature covers is kept apart by kind
+_SIGNED_RESULT = b"litejobs result"
+# Tests of the failure model make a process die at one named point of a
+# job's life (see _crash_point); unset in normal use.
+_CRASH_POINT = os.environ.get("LITEJOBS_TEST_CRASH_POINT")
+_CRASH_POINTS = ("before-claim", "in-claim", "after-claim", "in-job", "after-job",
+                 "in-finish", "after-finish")
 _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []
 
 _log = logging.getLogger("litejobs")
@@ -231,6 +248,20 @@ class PartsFailed(LitejobsError):
     some of its parts did not complete; the message names each of them."""
 
 
+class PayloadTooLarge(LitejobsError, ValueError):
+    """A job's pickled call, or its pickled result, is over the queue's
+    ``size_limit``.  `Queue.put` raises it, writing nothing; a result over the
+    limit fails its job with it."""
+
+
+class SignatureError(LitejobsError):
+    """A job or a result is not signed with any of the queue's secrets.
+
+    A runner with a secret fails such a job with this error, without
+    importing or unpickling anything of it; reading such a result raises it.
+    """
+
+
 ###############################################################################
 # SQL and schema
 ###############################################################################
@@ -273,6 +304,7 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             waiting_for       INTEGER,
             followers         INTEGER NOT NULL DEFAULT 0,
             result            BLOB,
+            result_signature  BLOB,
             error             TEXT,
             error_type        TEXT,
             progress          REAL,
@@ -377,7 +409,7 @@ SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'litejobs_jobs
 """
 
 _INSERT_COLUMNS = (
-    "id", "queue", "priority", "status", "name", "payload", "key", "max_attempts",
+    "id", "queue", "priority", "status", "name", "payload", "signature", "key", "max_attempts",
     "retry_policy", "max_interruptions", "timeout", "created_at", "begin_after", "begin_by",
     "parent_id", "role", "position", "composite", "waiting_on", "followers",
 )
@@ -385,6 +417,7 @@ _INSERT_COLUMNS = (
 _INSERT_JOB = (f"INSERT INTO litejobs_jobs ({', '.join(_INSERT_COLUMNS)}) "
                f"VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})")
 _INSERT_VALUES = operator.itemgetter(*_INSERT_COLUMNS)
+_PAYLOAD_OF = operator.itemgetter("payload")
 
 _FIND_LIVE_KEY = f"""
 SELECT {_JOB_COLUMNS} FROM litejobs_jobs
@@ -394,8 +427,8 @@ WHERE key = ? AND status IN ('pending', 'waiting', 'active')
 _SELECT_JOB_RANGE = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id BETWEEN ? AND ? ORDER BY id"
 
 _SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
-_SELECT_PAYLOAD = "SELECT payload FROM litejobs_jobs WHERE id = ?"
-_SELECT_RESULT = "SELECT result FROM litejobs_jobs WHERE id = ?"
+_SELECT_PAYLOAD = "SELECT payload, signature FROM litejobs_jobs WHERE id = ?"
+_SELECT_RESULT = "SELECT result, result_signature FROM litejobs_jobs WHERE id = ?"
 
 _SELECT_JOBS = f"""
 SELECT {_JOB_COLUMNS} FROM litejobs_jobs
@@ -486,6 +519,7 @@ _FINISH_JOB = f"""
 UPDATE litejobs_jobs
 SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE :status END,
     result = CASE WHEN cancel_requested THEN NULL ELSE :result END,
+    result_signature = CASE WHEN cancel_requested THEN NULL ELSE :result_signature END,
     error = :error, error_type = :error_type,
     history = CASE WHEN :status = 'pending' AND NOT cancel_requested
                    THEN {_HISTORY_ENTRY.format(event="'retried'")} ELSE history END,
@@ -690,8 +724,9 @@ RETURNING {_ENDED}
 # A job that waited on a job it returned ends as that job ended.
 _TAKE_OUTCOME = f"""
 UPDATE litejobs_jobs
-SET (status, result, error, error_type) = (
-        SELECT status, result, error, error_type FROM litejobs_jobs WHERE id = :source),
+SET (status, result, result_signature, error, error_type) = (
+        SELECT status, result, result_signature, error, error_type
+        FROM litejobs_jobs WHERE id = :source),
     finished_at = :now, waiting_on = 0
 WHERE waiting_for = :source AND status = 'waiting'
 RETURNING {_ENDED}
@@ -803,7 +838,8 @@ _REOPEN = f"""
 UPDATE litejobs_jobs
 SET history = {_HISTORY_ENTRY.format(event="'retried by hand'")},
     status = 'waiting', waiting_on = -1, waiting_for = NULL, attempts = 0,
-    interruptions = 0, cancel_requested = 0, result = NULL, error = NULL, error_type = NULL,
+    interruptions = 0, cancel_requested = 0, result = NULL, result_signature = NULL,
+    error = NULL, error_type = NULL,
     ran_by = NULL, started_at = NULL, finished_at = NULL, begin_after = :now, begin_by = NULL,
     progress = NULL, progress_message = NULL
 WHERE id = :id AND status IN ('failed', 'cancelled')
@@ -932,7 +968,7 @@ def _deadline_statement(queue_count: int | None) -> str:
 _NEW_ROW: dict[str, Any] = {
     "status": "pending", "key": None, "attempts": 0, "interruptions": 0,
     "started_at": None, "finished_at": None, "lease_owner": None, "lease_expires": None,
-    "cancel_requested": 0, "parent_id": None, "role": None, "position": None,
+    "signature": None, "cancel_requested": 0, "parent_id": None, "role": None, "position": None,
     "composite": None, "waiting_on": 0, "waiting_for": None, "followers": 0,
     "error": None, "error_type": None, "progress": None, "progress_message": None,
     "meta": None, "ran_by": None, "history": None,
@@ -997,6 +1033,53 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+def _crash_point(point: str) -> None:
+    """Die here, as a crash or kill -9 would, when the failure-model tests ask
+    for this point (``LITEJOBS_TEST_CRASH_POINT``).  With
+    ``LITEJOBS_TEST_CRASH_ONCE`` naming a file, only the process that creates
+    that file dies, so the run after the crash goes through."""
+    if _CRASH_POINT != point:
+        return
+    once = os.environ.get("LITEJOBS_TEST_CRASH_ONCE")
+    if once:
+        try:
+            os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return
+    os._exit(70)
+
+
+def _secrets_from(secret: str | bytes | Sequence[str | bytes] | None) -> tuple[bytes, ...]:
+    """The signing keys from a ``secret`` option, or from ``LITEJOBS_SECRET``
+    (comma-separated) when it is None; the first key signs."""
+    if secret is None:
+        secret = [part for part in os.environ.get(_SECRET_ENV, "").split(",") if part]
+    elif isinstance(secret, (str, bytes)):
+        secret = [secret]
+    keys = []
+    for key in secret:
+        if isinstance(key, str):
+            key = key.encode()
+        if not isinstance(key, bytes):
+            raise TypeError(f"a secret is a str or bytes, not {_describe(key)}")
+        if len(key) < 16:
+            raise ValueError("a secret must be at least 16 bytes long")
+        keys.append(key)
+    return tuple(keys)
+
+
+def _sign(keys: Sequence[bytes], *parts: bytes) -> bytes:
+    return hmac.new(keys[0], b"\x00".join(parts), hashlib.sha256).digest()
+
+
+def _signed_by_one_of(keys: Sequence[bytes], signature: bytes | None, *parts: bytes) -> bool:
+    if signature is None:
+        return False
+    message = b"\x00".join(parts)
+    return any(hmac.compare_digest(hmac.new(key, message, hashlib.sha256).digest(), signature)
+               for key in keys)
+
+
 class _Storage(Protocol):
     """What ``Job``, ``Queue`` and the workers need from a database.
 
@@ -1010,6 +1093,8 @@ class _Storage(Protocol):
     """
 
     path: str
+    secrets: tuple[bytes, ...]
+    size_limit: int | None
     woken: int
 
     def write(self, *, atomic_steps: bool = False) -> ContextManager[Any]: ...
@@ -1023,7 +1108,7 @@ class _Storage(Protocol):
                      conn: sqlite3.Connection | None = None) -> dict[str, Any]: ...
     def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]: ...
     def fetch(self, job_id: int) -> dict[str, Any] | None: ...
-    def fetch_blob(self, job_id: int, column: str) -> bytes | None: ...
+    def fetch_blob(self, job_id: int, column: str) -> tuple[bytes | None, bytes | None]: ...
     def fetch_many(self, *, status: str | None, queue: str | None,
                    limit: int) -> list[dict[str, Any]]: ...
     def counts(self, queue: str | None) -> dict[str, int]: ...
@@ -1075,9 +1160,12 @@ class _SQLiteStorage:
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
                  create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-                 busy_retries: int = _BUSY_RETRIES, read_only: bool = False):
+                 busy_retries: int = _BUSY_RETRIES, read_only: bool = False,
+                 secrets: tuple[bytes, ...] = (), size_limit: int | None = DEFAULT_SIZE_LIMIT):
         self.path = os.path.abspath(os.fspath(path))
         self.durable = durable
+        self.secrets = secrets  # the first signs; any of them verifies
+        self.size_limit = size_limit
         self.read_only = read_only
         self.create = create and not read_only
         self.busy_timeout = busy_timeout
@@ -1416,7 +1504,7 @@ class _SQLiteStorage:
                 if rows[0]["status"] == WAITING:
                     composites.append((len(out), rows[0]["id"], rows[-1]["id"]))
                 out.append([(row, False) for row in rows])
-            conn.executemany(_INSERT_JOB, map(_INSERT_VALUES, new_rows))
+            self._insert_rows(conn, new_rows)
             for row in new_rows:
                 del row["payload"]  # the returned rows are those of bound jobs
             for index, first, last in composites:
@@ -1424,6 +1512,23 @@ class _SQLiteStorage:
                 cursor = conn.execute(_SELECT_JOB_RANGE, (first, last))
                 out[index] = [(_as_dict(cursor, row), False) for row in cursor.fetchall()]
         return out
+
+    def _insert_rows(self, conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+        """Insert numbered rows, each checked against the size limit and, with
+        secrets, signed; raises `PayloadTooLarge` before writing any."""
+        if self.size_limit is not None:
+            largest = max(map(len, filter(None, map(_PAYLOAD_OF, rows))), default=0)
+            if largest > self.size_limit:
+                row = next(row for row in rows if len(row["payload"] or b"") == largest)
+                raise PayloadTooLarge(
+                    f"job {row['name']} takes {largest:,} bytes pickled, over the size "
+                    f"limit of {self.size_limit:,}: pass a path or an id, and let the job "
+                    f"load the data itself (or raise the queue's size_limit)")
+        if self.secrets:
+            for row in rows:
+                row["signature"] = _sign(self.secrets, _SIGNED_CALL, row["name"].encode(),
+                                         row["payload"] or b"")
+        conn.executemany(_INSERT_JOB, map(_INSERT_VALUES, rows))
 
     def _transaction(self, conn: sqlite3.Connection | None) -> ContextManager[Any]:
         return self.write() if conn is None else self._joined(conn)
@@ -1460,13 +1565,14 @@ class _SQLiteStorage:
             row = cursor.fetchone()
             return None if row is None else _as_dict(cursor, row)
 
-    def fetch_blob(self, job_id: int, column: str) -> bytes | None:
+    def fetch_blob(self, job_id: int, column: str) -> tuple[bytes | None, bytes | None]:
+        """A job's pickled ``"payload"`` or ``"result"``, and its signature."""
         statement = {"payload": _SELECT_PAYLOAD, "result": _SELECT_RESULT}[column]
         with self.read() as conn:
             row = conn.execute(statement, (job_id,)).fetchone()
         if row is None:
             raise JobNotFound(f"no job {job_id} in {self.path}")
-        return row[0]
+        return row[0], row[1]
 
     def fetch_many(self, *, status: str | None, queue: str | None,
                    limit: int) -> list[dict[str, Any]]:
@@ -1498,6 +1604,7 @@ class _SQLiteStorage:
         for index, name in enumerate(queues or ()):
             params[f"queue{index}"] = name
         queue_count = None if queues is None else len(queues)
+        _crash_point("before-claim")
         with self.write() as conn:
             self._recover_expired_leases(conn, now)
             cursor = conn.execute(_deadline_statement(queue_count), params)
@@ -1506,6 +1613,8 @@ class _SQLiteStorage:
                 return token, []
             cursor = conn.execute(_claim_statement(queue_count), params)
             claimed = [_as_dict(cursor, row) for row in cursor.fetchall()]
+            if claimed:
+                _crash_point("in-claim")
         # RETURNING gives no order: https://sqlite.org/lang_returning.html
         claimed.sort(key=lambda r: (-r["priority"], r["begin_after"], r["id"]))
         return token, claimed
@@ -1529,11 +1638,15 @@ class _SQLiteStorage:
         status written, which is ``CANCELLED`` when a cancel came meanwhile."""
         params = {"id": job_id, "token": token, "status": status, "now": now,
                   "result": result, "error": error, "error_type": error_type,
+                  "result_signature": None if result is None or not self.secrets
+                  else _sign(self.secrets, _SIGNED_RESULT, result),
                   "begin_after": begin_after, "error_line": _last_line(error)}
         with self.write() as conn:
-            return self._ended(conn, _FINISH_JOB, params, now,
-                               f"job {job_id}: lease {token[:8]} no longer owns the job; "
-                               f"its result was discarded")
+            status = self._ended(conn, _FINISH_JOB, params, now,
+                                 f"job {job_id}: lease {token[:8]} no longer owns the job; "
+                                 f"its result was discarded")
+            _crash_point("in-finish")
+            return status
 
     def _ended(self, conn: sqlite3.Connection, statement: str, params: Mapping[str, Any],
                now: float, lost: str) -> str:
@@ -1619,8 +1732,8 @@ class _SQLiteStorage:
                     error = _format_exception_only(LitejobsError(problem))
                     return self._ended(conn, _FINISH_JOB, {
                         "id": job_id, "token": token, "status": FAILED, "now": now,
-                        "result": None, "error": error, "begin_after": None,
-                        "error_line": problem,
+                        "result": None, "result_signature": None, "error": error,
+                        "begin_after": None, "error_line": problem,
                         "error_type": _qualified_type_name(LitejobsError)}, now, lost)
             else:
                 target = int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
@@ -1639,7 +1752,7 @@ class _SQLiteStorage:
             else:
                 rows = _number_tree(follow, target, now, parent_id=job_id, role="result")
                 rows[0]["followers"] = 1
-                conn.executemany(_INSERT_JOB, map(_INSERT_VALUES, rows))
+                self._insert_rows(conn, rows)
                 self._activate(conn, target, now)
         return WAITING
 
@@ -1656,7 +1769,7 @@ class _SQLiteStorage:
                 raise JobNotFound(f"no job {job_id} in {self.path}")
             first = int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
             rows = _number_tree(tree, first, now, parent_id=job_id)
-            conn.executemany(_INSERT_JOB, map(_INSERT_VALUES, rows))
+            self._insert_rows(conn, rows)
             if found[0] in _FINISHED:
                 parent = conn.execute(f"SELECT {_ENDED} FROM litejobs_jobs WHERE id = ?",
                                       (job_id,))
@@ -2207,12 +2320,37 @@ def _unpicklable_part(stored: Any, args: tuple[Any, ...],
     return (stored, args, kwargs), "the call"
 
 
-def _load_call(name: str, payload: bytes | None) -> tuple[Callable[..., Any],
-                                                          tuple[Any, ...], dict[str, Any]]:
+def _load_call(name: str, payload: bytes | None, signature: bytes | None,
+               keys: Sequence[bytes], job_id: int | None
+               ) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """Import and unpickle a stored call; with ``keys``, only once its
+    signature is checked."""
+    _check_call_signature(name, payload, signature, keys, job_id)
     if payload is None:
         return _resolve(name), (), {}
     stored, args, kwargs = pickle.loads(payload)
     return (stored if stored is not None else _resolve(name)), args, kwargs
+
+
+def _check_call_signature(name: str, payload: bytes | None, signature: bytes | None,
+                          keys: Sequence[bytes], job_id: int | None) -> None:
+    if keys and not _signed_by_one_of(keys, signature, _SIGNED_CALL, name.encode(),
+                                      payload or b""):
+        how = "has no signature" if signature is None else "has a signature that matches " \
+            "none of the secrets"
+        raise SignatureError(
+            f"job {job_id} ({_shortened(name, 200)}) {how}: it was not put by a queue "
+            f"holding this secret, or its row was changed since; nothing of it was "
+            f"imported or unpickled")
+
+
+def _check_result_signature(result: bytes, signature: bytes | None, keys: Sequence[bytes],
+                            job_id: int | None) -> None:
+    if keys and not _signed_by_one_of(keys, signature, _SIGNED_RESULT, result):
+        raise SignatureError(
+            f"the result of job {job_id} is not signed with any of the secrets: it was "
+            f"written by a runner without this secret, or changed since; it was not "
+            f"unpickled")
 
 
 # -- options -------------------------------------------------------------------
@@ -2401,8 +2539,9 @@ class Job:
     def _loaded_call(self) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
         if self._call is None:
             queue = self._require_queue()
-            payload = queue._storage.fetch_blob(self._require_id(), "payload")
-            self._call = _load_call(self.name, payload)
+            payload, signature = queue._storage.fetch_blob(self._require_id(), "payload")
+            self._call = _load_call(self.name, payload, signature, queue._storage.secrets,
+                                    self.id)
         return self._call
 
     @property
@@ -2572,7 +2711,10 @@ class Job:
         if self.status != COMPLETED:
             return None
         if self._result_cache is None:
-            data = self._require_queue()._storage.fetch_blob(self._require_id(), "result")
+            storage = self._require_queue()._storage
+            data, signature = storage.fetch_blob(self._require_id(), "result")
+            if data is not None:
+                _check_result_signature(data, signature, storage.secrets, self.id)
             self._result_cache = (None if data is None else pickle.loads(data),)
         return self._result_cache[0]
 
@@ -2848,7 +2990,7 @@ class _Reporter:
             self._flush()
 
 
-def _execute(job: Job, payload: bytes | None,
+def _execute(job: Job, payload: bytes | None, signature: bytes | None,
              report: Callable[[dict[str, Any]], None] | None = None) -> _Outcome:
     """Run one claimed job in this process and capture its outcome.
 
@@ -2857,11 +2999,13 @@ def _execute(job: Job, payload: bytes | None,
     everything else the job raises, including a function that no longer
     imports, becomes a failure with its traceback.
     """
+    storage = job._require_queue()._storage
     reporter = job._reporter = None if report is None else _Reporter(report)
     reset = _CURRENT_JOB.set(job)
     fn: Any = None
     try:
-        fn, args, kwargs = _load_call(job.name, payload)
+        fn, args, kwargs = _load_call(job.name, payload, signature, storage.secrets, job.id)
+        _crash_point("in-job")
         value = fn(*args, *_inputs_from_the_database(job), **kwargs)
         follow = _follow_up(job, value) if isinstance(value, (Job, Composite)) else None
     except KeyboardInterrupt:
@@ -2882,12 +3026,17 @@ def _execute(job: Job, payload: bytes | None,
     if value is None:
         return _Outcome(ok=True)
     try:
-        return _Outcome(ok=True, result=pickle.dumps(value, protocol=_PICKLE_PROTOCOL))
+        result = pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
     except Exception as exc:
-        problem = TypeError(
+        return _Outcome.failure(TypeError(
             f"the result of job {job.id} ({job.name}), {_describe(value)}, cannot be "
-            f"pickled: {type(exc).__name__}: {exc}; return plain data instead")
-        return _Outcome.failure(problem)
+            f"pickled: {type(exc).__name__}: {exc}; return plain data instead"))
+    if storage.size_limit is not None and len(result) > storage.size_limit:
+        return _Outcome.failure(PayloadTooLarge(
+            f"the result of job {job.id} ({job.name}), {_describe(value)}, takes "
+            f"{len(result):,} bytes pickled, over the size limit of "
+            f"{storage.size_limit:,}: write large data to a file and return its path"))
+    return _Outcome(ok=True, result=result)
 
 
 def _record(storage: _Storage, row: Mapping[str, Any], token: str,
@@ -2980,9 +3129,21 @@ class Queue:
     connection's write lock; litejobs tries a few such rounds before it
     raises `DatabaseError`.
 
-    A Queue may be shared by threads, and pickles as its path and options, so
-    it can be passed to other processes; each process and thread opens its
-    own connection.
+    ``size_limit`` is how many bytes a job's pickled call, and its pickled
+    result, may take (default `DEFAULT_SIZE_LIMIT`, 4 MiB; None for no limit):
+    a larger put raises `PayloadTooLarge`, and a larger result fails its job.
+
+    ``secret`` (a str or bytes of 16 bytes or more, or a list of them) signs
+    every job put with an HMAC-SHA256, and makes this queue refuse, before
+    unpickling anything, jobs and results not signed with one of them.  The
+    first secret signs; the others still verify, so keys can be rotated.
+    Without ``secret``, the ``LITEJOBS_SECRET`` environment variable is read
+    (secrets separated by commas).  Give every process using the file the
+    same secret.
+
+    A Queue may be shared by threads, and pickles as its path and options
+    (never its secret), so it can be passed to other processes; each process
+    and thread opens its own connection.
 
     >>> q = Queue("app.db")                             # doctest: +SKIP
     >>> job = q.put(Job(render_pdf, 7), queue="pdf")    # doctest: +SKIP
@@ -2990,11 +3151,17 @@ class Queue:
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
                  create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-                 read_only: bool = False):
+                 read_only: bool = False,
+                 secret: str | bytes | Sequence[str | bytes] | None = None,
+                 size_limit: int | None = DEFAULT_SIZE_LIMIT):
         busy_timeout = _seconds(busy_timeout, "busy_timeout")
+        if size_limit is not None:
+            size_limit = _positive_int(size_limit, "size_limit")
         self._storage: _Storage = _SQLiteStorage(path, durable=durable, create=create,
                                                  busy_timeout=busy_timeout,
-                                                 read_only=read_only)
+                                                 read_only=read_only,
+                                                 secrets=_secrets_from(secret),
+                                                 size_limit=size_limit)
         self.read_only = read_only
         self.busy_timeout = busy_timeout
         self.create = create
@@ -3003,7 +3170,7 @@ class Queue:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen_queue, (self.path, self.durable, self.create, self.busy_timeout,
-                                self.read_only))
+                                self.read_only, self._storage.size_limit))
 
     def __repr__(self) -> str:
         return f"<litejobs.Queue {self.path}>"
@@ -3278,6 +3445,7 @@ class Queue:
                                                      now=clock(), expires=expiry(), limit=1)
                 if not claimed:
                     break
+                _crash_point("after-claim")
                 for row in claimed:
                     self._run_claimed(row, token, clock, keeper)
                     ran += 1
@@ -3299,8 +3467,7 @@ class Queue:
 
     def _run_claimed(self, claimed: dict[str, Any], token: str,
                      clock: Callable[[], float], keeper: _LeaseKeeper) -> None:
-        payload = claimed.pop("payload")
-        claimed.pop("signature")
+        payload, signature = claimed.pop("payload"), claimed.pop("signature")
         job = Job._bound(self, claimed)
         job_id = job._require_id()
         keeper.hold(job_id, token)
@@ -3308,8 +3475,9 @@ class Queue:
                    job.attempts, extra=_job_log(claimed))
         started = time.perf_counter()
         try:
-            outcome = _execute(job, payload, lambda fields: self._storage.report(
+            outcome = _execute(job, payload, signature, lambda fields: self._storage.report(
                 [(job_id, token, fields)]))
+            _crash_point("after-job")
         except KeyboardInterrupt:
             with contextlib.suppress(LeaseLost):
                 self._storage.interrupt(job._require_id(), token, clock(),
@@ -3320,6 +3488,7 @@ class Queue:
         duration = time.perf_counter() - started
         try:
             status: str | None = _record(self._storage, job._row, token, outcome, clock())
+            _crash_point("after-finish")
         except LeaseLost:
             status = None
         except DatabaseError as exc:
@@ -3333,9 +3502,9 @@ class Queue:
 
 
 def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float,
-                  read_only: bool = False) -> Queue:
+                  read_only: bool = False, size_limit: int | None = DEFAULT_SIZE_LIMIT) -> Queue:
     return Queue(path, durable=durable, create=create, busy_timeout=busy_timeout,
-                 read_only=read_only)
+                 read_only=read_only, size_limit=size_limit)
 
 
 ###############################################################################
@@ -3539,7 +3708,9 @@ def _run_matching_side(success: tuple[str, bytes | None], failure: tuple[str, by
                        outcome: Any) -> Any:
     """The call stored for `Job.add_callbacks` with both sides."""
     name, payload = failure if isinstance(outcome, Failure) else success
-    fn, args, kwargs = _load_call(name, payload)
+    # Both sides are inside this job's own payload, whose signature, if any,
+    # was checked before it was unpickled.
+    fn, args, kwargs = _load_call(name, payload, None, (), None)
     return fn(*args, outcome, **kwargs)
 
 
@@ -3712,7 +3883,7 @@ class _ChildWork:
         self.conn = conn
         self.running = running
         self.lock = threading.Condition()  # guards the attributes below
-        self.pending: collections.deque[tuple[int, dict[str, Any], bytes | None]] = \
+        self.pending: collections.deque[tuple[int, dict[str, Any], bytes | None, bytes | None]] = \
             collections.deque()
         self.outbox: list[tuple[Any, ...]] = []
         self.held_since = 0.0
@@ -3756,7 +3927,7 @@ class _ChildWork:
                     self.pending.extend(message[1])
                 elif kind in ("skip", "drain"):
                     unwanted = None if kind == "drain" else set(message[1])
-                    kept: collections.deque[tuple[int, dict[str, Any], bytes | None]] = \
+                    kept: collections.deque[tuple[int, dict[str, Any], bytes | None, bytes | None]] = \
                         collections.deque()
                     for item in self.pending:
                         if unwanted is not None and item[0] not in unwanted:
@@ -3785,7 +3956,7 @@ class _ChildWork:
                 messages = self._take_outbox()
             self.send(messages)
 
-    def next_job(self) -> tuple[int, dict[str, Any], bytes | None] | None:
+    def next_job(self) -> tuple[int, dict[str, Any], bytes | None, bytes | None] | None:
         """The next job to run, marked as running; None once told to stop."""
         with self.lock:
             while not self.pending and not self.stopping:
@@ -3940,6 +4111,14 @@ def _log_outcome(row: Mapping[str, Any], outcome: _Outcome, status: str | None,
         _log.info("%s completed%s", what, took, extra=extra)
 
 
+def _limit_memory(most: int) -> None:
+    import resource  # Unix only, and only children with a limit need it
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY:
+        most = min(most, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (most, hard))
+
+
 def _post_progress(work: _ChildWork, job_id: int, fields: dict[str, Any]) -> None:
     work.post(("progress", job_id, fields))
 
@@ -3958,7 +4137,10 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     root.handlers[:] = [_ForwardLogs(work)]
     root.setLevel(options["log_levels"][0])
     _log.setLevel(options["log_levels"][1])
-    queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"])
+    if options["memory_limit"] is not None:
+        _limit_memory(options["memory_limit"])
+    queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"],
+                  secret=options["secrets"], size_limit=options["size_limit"])
     work.send([("ready", os.getpid())])
     for target, name in ((work.read, "reader"), (work.flush_held, "flusher")):
         threading.Thread(target=target, daemon=True, name=f"litejobs-child-{name}").start()
@@ -3966,14 +4148,15 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
         item = work.next_job()
         if item is None:
             break
-        job_id, row, payload = item
+        job_id, row, payload, signature = item
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug("job %s (%s) attempt %d started in process %d", job_id, row["name"],
                        row["attempts"], os.getpid(), extra=_job_log(row))
         started = time.perf_counter()
         try:
-            outcome = _execute(Job._bound(queue, row), payload,
+            outcome = _execute(Job._bound(queue, row), payload, signature,
                                functools.partial(_post_progress, work, job_id))
+            _crash_point("after-job")
         except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
             outcome = _Outcome.failure(exc)
         work.finished(job_id, outcome, time.perf_counter() - started,
@@ -4067,14 +4250,19 @@ class Worker:
       processes are killed and the jobs released to run again.
     - ``max_jobs_per_child``: replace each child after this many jobs, to
       contain memory leaks in job code.
+    - ``memory_limit``: bytes of address space each child may use (Linux
+      ``RLIMIT_AS``).  A job that goes past it gets a `MemoryError`, which
+      fails it (or retries it, as its `Retry` says) with its traceback; the
+      child is then replaced.  If the kernel kills a child instead, the run
+      is an interruption.  Default: no limit.
     - ``start_method``: how children start, ``"spawn"`` (the default, safe
       everywhere), ``"forkserver"`` or ``"fork"`` (only with `run` in a
       process without other threads: a fork copies their locks).
     - ``burst``: run what is due, then stop.
     - ``retention``: seconds finished jobs are kept (default 7 days); the
       pool deletes older ones in small batches as it goes.  None keeps them.
-    - ``create`` and ``busy_timeout``: as for `Queue`; a `Queue` passed in
-      gives its own.
+    - ``create``, ``busy_timeout``, ``secret`` and ``size_limit``: as for
+      `Queue`; a `Queue` passed in gives its own.
 
     Under ``spawn``, children import the main module again, so a script that
     starts a pool needs the usual ``if __name__ == "__main__":`` guard.
@@ -4090,12 +4278,21 @@ class Worker:
                  grace: float = DEFAULT_GRACE, max_jobs_per_child: int | None = None,
                  start_method: str = "spawn", burst: bool = False, create: bool = True,
                  busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-                 retention: float | None = DEFAULT_RETENTION):
+                 retention: float | None = DEFAULT_RETENTION,
+                 memory_limit: int | None = None,
+                 secret: str | bytes | Sequence[str | bytes] | None = None,
+                 size_limit: int | None = DEFAULT_SIZE_LIMIT):
         if isinstance(queue, Queue):
             path: str = queue.path
             busy_timeout = queue.busy_timeout
+            secrets, size_limit = queue._storage.secrets, queue._storage.size_limit
         else:
             path = os.fspath(queue)
+            secrets = _secrets_from(secret)
+            if size_limit is not None:
+                size_limit = _positive_int(size_limit, "size_limit")
+        self.memory_limit = (None if memory_limit is None
+                             else _positive_int(memory_limit, "memory_limit"))
         self.processes = _positive_int(processes if processes is not None
                                        else os.cpu_count() or 1, "processes")
         if isinstance(queues, str):
@@ -4126,7 +4323,8 @@ class Worker:
         # renew leases.  It retries soon instead, keeping what it must write.
         self._storage: _Storage = _SQLiteStorage(
             path, durable=False, create=create, busy_retries=1,
-            busy_timeout=min(busy_timeout, self.lease / 6, _SUPERVISOR_BUSY_TIMEOUT))
+            busy_timeout=min(busy_timeout, self.lease / 6, _SUPERVISOR_BUSY_TIMEOUT),
+            secrets=secrets, size_limit=size_limit)
         self.path = self._storage.path
         self._busy_timeout = busy_timeout
         self._file_identity = self._identify_file()
@@ -4468,7 +4666,9 @@ class Worker:
         ours, theirs = self._ctx.Pipe(duplex=True)
         running = self._ctx.RawArray("d", 2)
         options = {"path": self.path, "busy_timeout": self._busy_timeout,
-                   "log_levels": (logging.getLogger().getEffectiveLevel(), _log.level)}
+                   "log_levels": (logging.getLogger().getEffectiveLevel(), _log.level),
+                   "secrets": self._storage.secrets, "size_limit": self._storage.size_limit,
+                   "memory_limit": self.memory_limit}
         process = self._ctx.Process(target=_child_main, args=(theirs, options, running),
                                     name=f"litejobs-child-{number}")
         process.start()
@@ -4513,6 +4713,8 @@ class Worker:
                     continue
                 _, _, ok, result, error, error_type, exc_mro, follow, seconds = message
                 assignment.seconds = seconds
+                if error_type == "builtins.MemoryError" and self.memory_limit is not None:
+                    child.retiring = True  # its heap may be left in pieces: start afresh
                 child.done += 1
                 self._note_duration(seconds)
                 self._outcomes.append((assignment, _Outcome(ok, result, error, error_type,
@@ -4698,6 +4900,11 @@ class Worker:
             results = self._write_each(writes, now)
             self._retry_writes_at = max(self._retry_writes_at, time.monotonic() + 1.0)
             want = 0
+        if _CRASH_POINT is not None:
+            if claimed:
+                _crash_point("after-claim")
+            if any(kind == "outcome" for kind, _, _ in writes):
+                _crash_point("after-finish")
         self._after_writes(results)
         if want:
             self._after_claim(want, token, claimed)
@@ -4849,10 +5056,9 @@ class Worker:
             with contextlib.suppress(LitejobsError):
                 self._storage.release(row["id"], token, time.time())
         for child, planned in plan.items():
-            batch: list[tuple[int, dict[str, Any], bytes | None]] = []
+            batch: list[tuple[int, dict[str, Any], bytes | None, bytes | None]] = []
             for row in planned:
-                payload = row.pop("payload")
-                row.pop("signature")
+                payload, signature = row.pop("payload"), row.pop("signature")
                 stale = self._in_flight.get(row["id"])
                 if stale is not None:
                     # This pool lost the job's lease (it was paused, say), and
@@ -4863,7 +5069,7 @@ class Worker:
                 assignment = _Assignment(row["id"], token, row, child)
                 child.assigned.append(assignment)
                 self._in_flight[row["id"]] = assignment
-                batch.append((row["id"], row, payload))
+                batch.append((row["id"], row, payload, signature))
                 _log.debug("job %s (%s) attempt %d claimed for child %d", row["id"],
                            row["name"], row["attempts"], child.number, extra=_job_log(row))
             if batch:
@@ -5488,18 +5694,121 @@ def _loaded(load: Callable[[], Any]) -> str:
         return f"(cannot be shown here: {type(exc).__name__}: {exc})"
 
 
+class _Opaque:
+    """Stands in, in what `show` prints, for an object of a class that
+    litejobs will not import: it keeps what the pickle gave it, to print."""
+
+    _origin = "?"
+    _given: list[Any]
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Opaque:
+        self = object.__new__(cls)
+        self._given = [*args, kwargs] if kwargs else list(args)
+        return self
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self._given.append(state)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._given.append((key, value))
+
+    def append(self, item: Any) -> None:
+        self._given.append(item)
+
+    def extend(self, items: Iterable[Any]) -> None:
+        self._given.extend(items)
+
+
+class _BoundedRepr(reprlib.Repr):
+    """A repr of bounded size and depth, whatever the pickle built, sharing
+    included (a list holding itself twice, 50 levels deep, stays short)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Long strings are cut at the end, by _loaded, not in the middle.
+        self.maxlevel, self.maxstring, self.maxother = 4, 2 * _REPR_MOST, 2 * _REPR_MOST
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = 12
+        self.maxfrozenset = self.maxdeque = 12
+
+    def repr1(self, x: Any, level: int) -> str:
+        if isinstance(x, _Opaque):
+            if level <= 0:
+                return f"{x._origin}(...)"
+            given = x._given[:self.maxtuple]
+            more = ", ..." if len(x._given) > self.maxtuple else ""
+            return (f"{x._origin}({', '.join(self.repr1(item, level - 1) for item in given)}"
+                    f"{more})")
+        return super().repr1(x, level)
+
+
+# Classes `show` may build for real: harmless to create, and already imported.
+_SHOWN_FOR_REAL = {
+    ("builtins", name): getattr(builtins, name)
+    for name in ("set", "frozenset", "bytearray", "complex", "range", "slice")
+} | {
+    ("datetime", name): getattr(datetime, name)
+    for name in ("date", "time", "datetime", "timedelta", "timezone")
+} | {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "deque"): collections.deque,
+    ("uuid", "UUID"): uuid.UUID,
+}
+
+
+class _ShowingUnpickler(pickle.Unpickler):
+    """Unpickles only to print: it imports nothing and calls nothing but the
+    harmless classes above; every other global becomes an `_Opaque`."""
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self._stand_ins: dict[tuple[str, str], type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        real = _SHOWN_FOR_REAL.get((module, name))
+        if real is not None:
+            return real
+        key = (module, name)
+        if key not in self._stand_ins:
+            self._stand_ins[key] = type(name, (_Opaque,), {"_origin": f"{module}.{name}"})
+        return self._stand_ins[key]
+
+
+def _shown(data: bytes) -> Any:
+    return _ShowingUnpickler(data).load()
+
+
 def _show(q: Queue, job_id: int) -> dict[str, Any]:
     job = q.get(job_id)
     row = job._row
     out = _job_json(row)
+    storage = q._storage
+    bounded = _BoundedRepr()
 
     def call() -> str:
-        fn, args, kwargs = job._loaded_call()
-        parts = [repr(arg) for arg in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
-        return f"{_name_of(fn) if not isinstance(fn, str) else fn}({', '.join(parts)})"
+        # Never unpickled for real here: the call is printed from a pickle
+        # that imports nothing, once its signature, if secrets are set, holds.
+        payload, signature = storage.fetch_blob(job_id, "payload")
+        _check_call_signature(job.name, payload, signature, storage.secrets, job.id)
+        args: Any = ()
+        kwargs: Any = {}
+        if payload is not None:
+            _, args, kwargs = _shown(payload)
+        parts = [bounded.repr(arg) for arg in args]
+        parts += [f"{key}={bounded.repr(value)}" for key, value in kwargs.items()]
+        return f"{job.name}({', '.join(parts)})"
+
+    def result() -> str:
+        data, signature = storage.fetch_blob(job_id, "result")
+        if data is None:
+            return "None"
+        _check_result_signature(data, signature, storage.secrets, job.id)
+        return bounded.repr(_shown(data))
 
     out["call"] = _loaded(lambda: _Shown(call()))
-    out["result"] = _loaded(lambda: job.result) if job.status == COMPLETED else None
+    out["result"] = _loaded(lambda: _Shown(result())) if job.status == COMPLETED else None
     out["error"] = row["error"]
     out["history"] = [{**entry, "at": _format_time(entry["at"])}
                       for entry in json.loads(row.get("history") or "[]")]
