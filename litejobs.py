@@ -5462,6 +5462,22 @@ def _positive_count(text: str) -> int:
     return value
 
 
+_SIZE_UNITS = {"": 1, "k": 2 ** 10, "m": 2 ** 20, "g": 2 ** 30, "t": 2 ** 40}
+
+
+def _parse_size(text: str) -> int:
+    """``"512M"``, ``"2G"``, ``"64k"`` or bytes; binary units."""
+    value = text.strip().lower().removesuffix("b").removesuffix("i")
+    unit = value[-1:] if value[-1:] in _SIZE_UNITS else ""
+    try:
+        size = int(float(value[:len(value) - len(unit)]) * _SIZE_UNITS[unit])
+    except (ValueError, OverflowError):
+        size = 0
+    if not 1 <= size < _INT64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size such as 512M, 2G or 65536")
+    return size
+
+
 def _command_worker(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(_JsonLogFormatter() if args.log_format == "json"
@@ -5471,7 +5487,8 @@ def _command_worker(args: argparse.Namespace) -> int:
                     lease=args.lease, poll=args.poll, grace=args.grace,
                     max_jobs_per_child=args.max_jobs_per_child,
                     start_method=args.start_method, burst=args.burst, create=False,
-                    retention=args.retention or None)
+                    retention=args.retention or None, memory_limit=args.memory_limit,
+                    size_limit=args.size_limit)
     worker.run()
     return 0
 
@@ -6110,6 +6127,13 @@ def _build_parser() -> argparse.ArgumentParser:
                         metavar="N",
                         help="replace each worker process after N jobs, to contain "
                              "memory leaks in job code")
+    worker.add_argument("--memory-limit", type=_parse_size, default=None, metavar="SIZE",
+                        help="address space each worker process may use, such as 2G; a "
+                             "job going past it fails with MemoryError (default: none)")
+    worker.add_argument("--size-limit", type=_parse_size, default=DEFAULT_SIZE_LIMIT,
+                        metavar="SIZE",
+                        help="the largest pickled result a job may return (default "
+                             f"{DEFAULT_SIZE_LIMIT // 2 ** 20}M)")
     worker.add_argument("--burst", action="store_true",
                         help="run the jobs that are due, then exit 0")
     worker.add_argument("--start-method", choices=multiprocessing.get_all_start_methods(),
