@@ -4328,6 +4328,12 @@ class Worker:
         self.path = self._storage.path
         self._busy_timeout = busy_timeout
         self._file_identity = self._identify_file()
+        mode = os.stat(self.path).st_mode
+        if mode & 0o022 and not secrets:
+            # Whoever can write the file can make this pool run code: jobs are pickles.
+            _log.warning("%s is writable by %s (mode %o): anyone who can write it can make "
+                         "this pool run code; chmod 600 it, or sign jobs with a secret",
+                         self.path, "everyone" if mode & 0o002 else "its group", mode & 0o777)
         #: Unexpected deaths of child processes, one line each (the latest 1000).
         self.crashes: list[str] = []
         #: Jobs this pool has recorded an outcome for, by status.
