@@ -83,7 +83,6 @@ __all__ = [
 
 import argparse
 import atexit
-import builtins
 import collections
 import contextlib
 import contextvars
@@ -157,6 +156,7 @@ _PRUNE_BATCH = 1000  # finished jobs deleted per transaction
 _PRUNE_PAUSE = 0.05  # seconds between batches while more are due
 DEFAULT_SIZE_LIMIT = 4 * 2 ** 20  # bytes a job's pickled call, or its pickled result, may take
 _SECRET_ENV = "LITEJOBS_SECRET"  # comma-separated; the first signs, any verifies
+_SHORTEST_SECRET = 16  # bytes: the shortest secret accepted
 _SIGNED_CALL = b"litejobs call"  # what a signature covers is kept apart by kind
 _SIGNED_RESULT = b"litejobs result"
 # Tests of the failure model make a process die at one named point of a
@@ -1033,6 +1033,19 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+def _check_sizes(rows: Sequence[dict[str, Any]], limit: int | None) -> None:
+    """Raise `PayloadTooLarge` if a planned row's pickled call is over ``limit``."""
+    if limit is None:
+        return
+    largest = max(map(len, filter(None, map(_PAYLOAD_OF, rows))), default=0)
+    if largest > limit:
+        row = next(row for row in rows if len(row["payload"] or b"") == largest)
+        raise PayloadTooLarge(
+            f"job {row['name']} takes {largest:,} bytes pickled, over the size limit of "
+            f"{limit:,}: pass a path or an id, and let the job load the data itself (or "
+            f"raise the queue's size_limit)")
+
+
 def _crash_point(point: str) -> None:
     """Die here, as a crash or kill -9 would, when the failure-model tests ask
     for this point (``LITEJOBS_TEST_CRASH_POINT``).  With
@@ -1051,20 +1064,31 @@ def _crash_point(point: str) -> None:
 
 def _secrets_from(secret: str | bytes | Sequence[str | bytes] | None) -> tuple[bytes, ...]:
     """The signing keys from a ``secret`` option, or from ``LITEJOBS_SECRET``
-    (comma-separated) when it is None; the first key signs."""
+    (comma-separated) when it is None; the first key signs.  An empty or unset
+    variable means no signing; a given secret that holds no key is refused."""
     if secret is None:
-        secret = [part for part in os.environ.get(_SECRET_ENV, "").split(",") if part]
-    elif isinstance(secret, (str, bytes)):
-        secret = [secret]
+        text = os.environ.get(_SECRET_ENV, "").strip()
+        if not text:
+            return ()
+        keys = [part.strip().encode() for part in text.split(",") if part.strip()]
+        if not keys or not all(len(key) >= _SHORTEST_SECRET for key in keys):
+            raise LitejobsError(
+                f"{_SECRET_ENV} must hold secrets of at least {_SHORTEST_SECRET} bytes "
+                f"each, separated by commas; it holds {len(keys)}, not all that long")
+        return tuple(keys)
+    given = [secret] if isinstance(secret, (str, bytes, bytearray)) else secret
+    if not isinstance(given, (list, tuple)) or not given:
+        raise TypeError(f"secret must be a str or bytes of at least {_SHORTEST_SECRET} "
+                        f"bytes, or a non-empty list of them, not {_describe(secret)}")
     keys = []
-    for key in secret:
+    for key in given:
         if isinstance(key, str):
             key = key.encode()
-        if not isinstance(key, bytes):
+        if not isinstance(key, (bytes, bytearray)):
             raise TypeError(f"a secret is a str or bytes, not {_describe(key)}")
-        if len(key) < 16:
-            raise ValueError("a secret must be at least 16 bytes long")
-        keys.append(key)
+        if len(key) < _SHORTEST_SECRET:
+            raise ValueError(f"a secret must be at least {_SHORTEST_SECRET} bytes long")
+        keys.append(bytes(key))
     return tuple(keys)
 
 
@@ -1142,7 +1166,7 @@ class _Storage(Protocol):
     def purge(self, before: float, *, status: str | None = None, limit: int = 500,
               dry_run: bool = False) -> tuple[int, int]: ...
     def reopen(self, job_id: int, now: float) -> str: ...
-    def checkpoint(self) -> tuple[int, int]: ...
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]: ...
     def close(self) -> None: ...
     def close_thread_connection(self) -> None: ...
 
@@ -1516,14 +1540,7 @@ class _SQLiteStorage:
     def _insert_rows(self, conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
         """Insert numbered rows, each checked against the size limit and, with
         secrets, signed; raises `PayloadTooLarge` before writing any."""
-        if self.size_limit is not None:
-            largest = max(map(len, filter(None, map(_PAYLOAD_OF, rows))), default=0)
-            if largest > self.size_limit:
-                row = next(row for row in rows if len(row["payload"] or b"") == largest)
-                raise PayloadTooLarge(
-                    f"job {row['name']} takes {largest:,} bytes pickled, over the size "
-                    f"limit of {self.size_limit:,}: pass a path or an id, and let the job "
-                    f"load the data itself (or raise the queue's size_limit)")
+        _check_sizes(rows, self.size_limit)
         if self.secrets:
             for row in rows:
                 row["signature"] = _sign(self.secrets, _SIGNED_CALL, row["name"].encode(),
@@ -2003,13 +2020,16 @@ class _SQLiteStorage:
             for job_id, token, fields in reports:
                 conn.execute(_REPORT, {**fields, "id": job_id, "token": token})
 
-    def checkpoint(self) -> tuple[int, int]:
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]:
         """Copy what the WAL holds into the database, as far as readers allow,
         without waiting for anyone; the WAL then restarts from its beginning,
-        cut to ``_WAL_SIZE_LIMIT``.  Returns the WAL's pages and those copied.
+        cut to ``_WAL_SIZE_LIMIT``.  ``"TRUNCATE"`` waits for readers and
+        empties the WAL file.  Returns the WAL's pages and those copied.
         https://sqlite.org/pragma.html#pragma_wal_checkpoint"""
+        if mode not in ("PASSIVE", "TRUNCATE"):
+            raise ValueError(f"unknown checkpoint mode {mode!r}")
         with self.read() as conn:
-            _, pages, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            _, pages, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         return int(pages), int(copied)
 
     def overview(self, now: float) -> dict[str, Any]:
@@ -3738,7 +3758,10 @@ def _follow_up(job: Job, returned: Job | Composite) -> int | list[dict[str, Any]
         return returned.id
     common = Queue._row_options(_CLOCK.get()(), key=None, begin_by=None, **_with_put_defaults(
         {"queue": job.queue, "priority": job.priority}))
-    return _plan_tree(returned, common, set(), dormant=True)[0]
+    rows = _plan_tree(returned, common, set(), dormant=True)[0]
+    # Checked here, so that the run fails with it; the fenced write checks again.
+    _check_sizes(rows, job._require_queue()._storage.size_limit)
+    return rows
 
 
 ###############################################################################
@@ -4140,7 +4163,8 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     if options["memory_limit"] is not None:
         _limit_memory(options["memory_limit"])
     queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"],
-                  secret=options["secrets"], size_limit=options["size_limit"])
+                  size_limit=options["size_limit"])
+    queue._storage.secrets = options["secrets"]  # the pool's, even none at all
     work.send([("ready", os.getpid())])
     for target, name in ((work.read, "reader"), (work.flush_held, "flusher")):
         threading.Thread(target=target, daemon=True, name=f"litejobs-child-{name}").start()
@@ -4899,7 +4923,7 @@ class Worker:
             self._keep_for_later(writes)
             self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
             return
-        except DatabaseError as exc:
+        except (DatabaseError, PayloadTooLarge) as exc:
             self._check_file()
             _log.error("%s could not write %d records and claims together: %s; writing "
                        "each on its own", self.id, len(writes), exc)
@@ -4975,7 +4999,7 @@ class Worker:
                 self._keep_for_later(writes[index:])
                 self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
                 break
-            except DatabaseError as exc:
+            except (DatabaseError, PayloadTooLarge) as exc:
                 if kind == "report":
                     continue  # progress is advisory; the next report replaces it
                 if kind != "outcome":
@@ -4997,7 +5021,7 @@ class Worker:
             results.append((kind, assignment, detail, status))
         return results
 
-    def _drop(self, assignment: _Assignment, exc: DatabaseError) -> None:
+    def _drop(self, assignment: _Assignment, exc: LitejobsError) -> None:
         self.dropped += 1
         _log.error("job %s (%s): what happened to it could not be written (%s); it runs "
                    "again once its lease runs out", assignment.job_id,
@@ -5219,11 +5243,25 @@ class Worker:
         try:
             identity = self._identify_file()
         except FileNotFoundError:
+            self._empty_wal_of_moved_file()
             raise _FileGone(f"{self.path} was deleted while the pool was running; "
                             f"stopping rather than write to a file nobody sees") from None
         if identity != self._file_identity:
+            self._empty_wal_of_moved_file()
             raise _FileGone(f"{self.path} was replaced by another file while the pool "
                             f"was running; stopping")
+
+    def _empty_wal_of_moved_file(self) -> None:
+        # The -wal beside the path still belongs to the old file.  SQLite
+        # leaves it on close once the file has moved, and whoever opens the
+        # path next would replay its pages onto the new file.  Checkpointed
+        # into the old file, it is empty.
+        try:
+            self._storage.checkpoint("TRUNCATE")
+        except (LitejobsError, sqlite3.Error) as exc:
+            _log.error("%s: could not empty the WAL of the old file (%s); remove %s-wal "
+                       "and %s-shm before opening the new one", self.id, exc, self.path,
+                       self.path)
 
     def _begin_stop(self) -> None:
         grace = self._stop_requested or 0.0
@@ -5767,11 +5805,11 @@ class _BoundedRepr(reprlib.Repr):
         return super().repr1(x, level)
 
 
-# Classes `show` may build for real: harmless to create, and already imported.
+# Classes `show` builds for real: already imported, and a pickle cannot make
+# them allocate more than it holds itself.  Sets and bytearrays need none:
+# pickles of protocol 4 and later build them with opcodes of their own, and
+# `set(range(10 ** 12))` in a ten-byte pickle must not be built.
 _SHOWN_FOR_REAL = {
-    ("builtins", name): getattr(builtins, name)
-    for name in ("set", "frozenset", "bytearray", "complex", "range", "slice")
-} | {
     ("datetime", name): getattr(datetime, name)
     for name in ("date", "time", "datetime", "timedelta", "timezone")
 } | {
