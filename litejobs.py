@@ -564,6 +564,19 @@ WHERE id = :id AND status = 'active' AND lease_token = :token
 RETURNING {_ENDED}
 """
 
+# A run that ended but whose outcome died with its process, killed by another
+# job: the attempt counts and the history says so, but the job is not blamed
+# with an interruption.  Fenced like every worker write.
+_OUTCOME_LOST = f"""
+UPDATE litejobs_jobs
+SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
+    finished_at = CASE WHEN cancel_requested THEN :now END,
+    history = {_HISTORY_ENTRY.format(event="'outcome lost'")},
+    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
+WHERE id = :id AND status = 'active' AND lease_token = :token
+RETURNING {_ENDED}
+"""
+
 _ACTIVE_JOBS_OF = """
 SELECT id, lease_token, name, attempts FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
 WHERE status = 'active' AND lease_owner = :owner
@@ -1146,6 +1159,7 @@ class _Storage(Protocol):
     def cancel(self, job_id: int, now: float, *, created_at: float | None = None,
                conn: sqlite3.Connection | None = None) -> str | None: ...
     def release(self, job_id: int, token: str, now: float) -> str: ...
+    def outcome_lost(self, job_id: int, token: str, now: float, reason: str) -> str: ...
     def cancels_requested(self, owner: str) -> list[int]: ...
     def next_due(self, queues: Sequence[str] | None) -> float | None: ...
     def data_version(self) -> int: ...
@@ -1728,6 +1742,15 @@ class _SQLiteStorage:
             return self._ended(conn, _RELEASE_JOB, {"id": job_id, "token": token, "now": now},
                                now, f"job {job_id}: lease {token[:8]} no longer owns the job")
 
+    def outcome_lost(self, job_id: int, token: str, now: float, reason: str) -> str:
+        """Record a run that ended, but whose outcome was lost with its
+        process when another job killed it: pending again, the attempt
+        counted and in the history, no interruption counted.  Fenced."""
+        with self.write() as conn:
+            return self._ended(conn, _OUTCOME_LOST, {"id": job_id, "token": token, "now": now,
+                                                     "error_line": reason},
+                               now, f"job {job_id}: lease {token[:8]} no longer owns the job")
+
     def wait_for(self, job_id: int, token: str, now: float,
                  follow: int | Sequence[dict[str, Any]]) -> str:
         """Record that a run returned a job instead of a value: the job waits,
@@ -1771,6 +1794,7 @@ class _SQLiteStorage:
                 rows[0]["followers"] = 1
                 self._insert_rows(conn, rows)
                 self._activate(conn, target, now)
+            _crash_point("in-finish")
         return WAITING
 
     def add_callback(self, job_id: int, tree: Sequence[dict[str, Any]], now: float, *,
@@ -2679,8 +2703,9 @@ class Job:
     @property
     def history(self) -> list[dict[str, Any]]:
         """What the status alone no longer shows: each attempt that ended
-        without ending the job (``"retried"``, ``"interrupted"``) and each
-        ``"retried by hand"``, as dicts with ``at`` (an aware datetime),
+        without ending the job (``"retried"``, ``"interrupted"``, and
+        ``"outcome lost"`` for a run whose outcome died with its process when
+        another job killed it) and each ``"retried by hand"``, as dicts with ``at`` (an aware datetime),
         ``event``, ``attempt``, ``by`` and ``error`` (its last line)."""
         entries = json.loads(self._row.get("history") or "[]")
         return [{**entry, "at": _to_datetime(entry["at"])} for entry in entries]
@@ -3356,7 +3381,7 @@ class Queue:
         return Job._bound(self, row)
 
     def jobs(self, status: str | None = None, queue: str | None = None,
-             limit: int = 100) -> list[Job]:
+             limit: int | None = 100) -> list[Job]:
         """Jobs, newest first, optionally only those in ``status`` and
         ``queue``; at most ``limit`` of them (None: all)."""
         if limit is not None:
@@ -3897,9 +3922,10 @@ class _ChildWork:
       a quick job's result never waits for the slow job after it.
 
     ``running`` is shared memory the supervisor reads: the id of the job
-    running now (0 for none) and when it started on the monotonic clock,
-    which on Linux and macOS is the same for every process.  With it the
-    supervisor kills, times and blames the right job.
+    running now (0 for none), when it started on the monotonic clock, which
+    on Linux and macOS is the same for every process, and the id of the last
+    job started.  With it the supervisor kills, times and blames the right
+    job, and knows, when a child dies, which of its jobs had run.
     """
 
     def __init__(self, conn: Any, running: Any):
@@ -3996,6 +4022,7 @@ class _ChildWork:
                 return None
             item = self.pending.popleft()
             self.running[1] = time.monotonic()
+            self.running[2] = item[0]
             self.running[0] = item[0]  # written last: the start above is then valid
             held = []
             if item[1]["timeout"] is not None:  # wake the supervisor to time it
@@ -4237,6 +4264,10 @@ class _Child:
 
     def running_since(self) -> float:
         return float(self.running[1])
+
+    def last_started(self) -> int:
+        """The id of the last job the child started, or 0."""
+        return int(self.running[2])
 
     def send(self, message: tuple[Any, ...]) -> bool:
         try:
@@ -4694,7 +4725,7 @@ class Worker:
     def _start_child(self) -> None:
         number = next(self._child_numbers)
         ours, theirs = self._ctx.Pipe(duplex=True)
-        running = self._ctx.RawArray("d", 2)
+        running = self._ctx.RawArray("d", 3)
         options = {"path": self.path, "busy_timeout": self._busy_timeout,
                    "log_levels": (logging.getLogger().getEffectiveLevel(), _log.level),
                    "secrets": self._storage.secrets, "size_limit": self._storage.size_limit,
@@ -4783,13 +4814,25 @@ class Worker:
         how = _describe_exit(child.process.exitcode)
         reason, reason_job = child.kill_reason or (None, None)
         expected = reason is not None or (child.stop_sent and child.process.exitcode == 0)
+        # A child runs its jobs in the order they were sent, so those up to the
+        # last it started have run, and an outcome the child still held died
+        # with it.  Such a run counts as an attempt, but not as an
+        # interruption: the job that killed the child is blamed, not these.
+        # The jobs after it never started, and are given back.
+        last = child.last_started()
+        ids = [assignment.job_id for assignment in child.assigned]
+        started = len(ids) - ids[::-1].index(last) if last in ids else 0
         victim = None
-        for assignment in child.assigned:
+        for index, assignment in enumerate(child.assigned):
             self._forget(assignment)
             if assignment.job_id == running and victim is None:
                 victim = assignment
                 self._settle_killed(assignment, child, reason, reason_job, how)
-            else:  # never started, or ran but its outcome died with the child
+            elif index < started:
+                self._endings.append((assignment, "lost", (
+                    f"child {child.number} (pid {child.process.pid}) {how} before "
+                    f"sending the outcome")))
+            else:
                 self._releases.append(assignment)
         if not expected:
             line = (f"child {child.number} (pid {child.process.pid}) {how}"
@@ -4980,6 +5023,8 @@ class Worker:
             if kind == CANCELLED:
                 return self._storage.finish(job_id, token, status=CANCELLED, now=now,
                                             error=detail + "\n")
+            if kind == "lost":
+                return self._storage.outcome_lost(job_id, token, now, detail)
             return self._storage.release(job_id, token, now)
         except LeaseLost:
             return None

@@ -726,13 +726,15 @@ def test_a_second_pool_starts_and_runs_jobs_after_the_first_stopped(q, pool):
 # supervisor knows which of them is running, whatever order outcomes come in.
 
 
-def test_a_poison_job_is_blamed_not_the_quick_jobs_sent_before_it(q, pool):
+def test_a_poison_job_is_blamed_not_the_quick_jobs_sent_before_it(q, pool, tmp_path):
     worker = pool(processes=1)
     warm_up(q, worker)
+    runs = tmp_path / "runs"
     # One put_many, so the six are claimed together and sent to the one child
     # in one batch: it runs the quick ones (its outcomes still held, a few ms)
     # and then dies on the poison job.
-    *quick, poison = q.put_many([Job(sample_jobs.add, i, 100) for i in range(5)]
+    *quick, poison = q.put_many([Job(sample_jobs.append_line, runs, f"quick {i}")
+                                 for i in range(5)]
                                 + [Job(sample_jobs.kill_myself)], max_interruptions=2)
 
     with pytest.raises(litejobs.JobFailed) as failure:
@@ -740,14 +742,39 @@ def test_a_poison_job_is_blamed_not_the_quick_jobs_sent_before_it(q, pool):
 
     assert failure.value.exc_type == "litejobs.Interrupted"
     assert (poison.status, poison.attempts, poison.interruptions) == (FAILED, 3, 3)
-    assert [job.wait(timeout=WAIT) for job in quick] == [100, 101, 102, 103, 104]
-    for job in quick:
-        # Their outcomes may have died with the child: then they were given
-        # back unstarted (the claim's attempt not counted) and ran again.
-        assert (job.status, job.attempts, job.interruptions) == (COMPLETED, 1, 0)
+    assert [job.wait(timeout=WAIT) for job in quick] == [f"quick {i}" for i in range(5)]
+    ran = runs.read_text().splitlines()
+    for i, job in enumerate(quick):
+        # An outcome that died with the child is a run all the same: it
+        # counts as an attempt, and the history says so; but the poison job
+        # is blamed with the interruptions, not these.
+        assert (job.status, job.interruptions) == (COMPLETED, 0)
+        assert ran.count(f"quick {i}") == job.attempts, (ran, job)
+        assert [entry["event"] for entry in job.history] == \
+            ["outcome lost"] * (job.attempts - 1)
     assert len(worker.crashes) == 3, worker.crashes
     assert all(f"while running job {poison.id} (" in line for line in worker.crashes), \
         worker.crashes
+
+
+def test_a_run_whose_outcome_died_with_its_process_counts_as_an_attempt(q, pool, tmp_path):
+    """A job that ran, but whose outcome was still held by its process when a
+    later job killed it, runs again as the next attempt: never twice as the
+    same attempt, unrecorded."""
+    worker = pool(processes=1)
+    warm_up(q, worker)
+    runs = tmp_path / "runs"
+    with q.transaction():
+        ran = q.put(Job(sample_jobs.append_line, runs, "ran"))
+        killer = q.put(Job(sample_jobs.kill_myself), max_interruptions=0)
+
+    assert ran.wait(timeout=WAIT) == "ran"
+    with pytest.raises(litejobs.JobFailed):
+        killer.wait(timeout=WAIT)
+    assert runs.read_text().splitlines().count("ran") == ran.attempts
+    assert ran.interruptions == 0
+    assert [(entry["event"], entry["attempt"]) for entry in ran.history] == \
+        [("outcome lost", attempt) for attempt in range(1, ran.attempts)]
 
 
 def test_a_quick_result_is_not_held_behind_a_slow_job_of_the_same_batch(q, pool):
