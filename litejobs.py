@@ -1075,6 +1075,29 @@ def _crash_point(point: str) -> None:
     os._exit(70)
 
 
+# The secrets given in code, by database path, in this process.  A Queue
+# rebuilt from a pickle (a job's argument, a pool's child's queue) uses them:
+# a pickle never carries a secret, and the environment may hold none.
+_SECRETS_BY_PATH: dict[str, tuple[bytes, ...]] = {}
+
+
+class _Keys(tuple):
+    """Secrets already checked, perhaps none: given as ``secret``, they are
+    used as they are, and the environment is not read."""
+
+
+def _secrets_for(path: str, secret: str | bytes | Sequence[str | bytes] | None
+                 ) -> tuple[bytes, ...]:
+    """The signing keys of a queue on ``path`` (absolute): those given, which
+    this process's rebuilt queues on the file then use, or else
+    ``LITEJOBS_SECRET``'s."""
+    if secret is None:
+        return _secrets_from(None)
+    keys = tuple(secret) if isinstance(secret, _Keys) else _secrets_from(secret)
+    _SECRETS_BY_PATH[path] = keys
+    return keys
+
+
 def _secrets_from(secret: str | bytes | Sequence[str | bytes] | None) -> tuple[bytes, ...]:
     """The signing keys from a ``secret`` option, or from ``LITEJOBS_SECRET``
     (comma-separated) when it is None; the first key signs.  An empty or unset
@@ -3188,7 +3211,8 @@ class Queue:
 
     A Queue may be shared by threads, and pickles as its path and options
     (never its secret), so it can be passed to other processes; each process
-    and thread opens its own connection.
+    and thread opens its own connection.  Rebuilt from a pickle, it uses the
+    secret given in code for the same file in that process, if any.
 
     >>> q = Queue("app.db")                             # doctest: +SKIP
     >>> job = q.put(Job(render_pdf, 7), queue="pdf")    # doctest: +SKIP
@@ -3205,7 +3229,8 @@ class Queue:
         self._storage: _Storage = _SQLiteStorage(path, durable=durable, create=create,
                                                  busy_timeout=busy_timeout,
                                                  read_only=read_only,
-                                                 secrets=_secrets_from(secret),
+                                                 secrets=_secrets_for(
+                                                     os.path.abspath(os.fspath(path)), secret),
                                                  size_limit=size_limit)
         self.read_only = read_only
         self.busy_timeout = busy_timeout
@@ -3548,8 +3573,10 @@ class Queue:
 
 def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float,
                   read_only: bool = False, size_limit: int | None = DEFAULT_SIZE_LIMIT) -> Queue:
+    keys = _SECRETS_BY_PATH.get(os.path.abspath(path))
     return Queue(path, durable=durable, create=create, busy_timeout=busy_timeout,
-                 read_only=read_only, size_limit=size_limit)
+                 read_only=read_only, size_limit=size_limit,
+                 secret=None if keys is None else _Keys(keys))
 
 
 ###############################################################################
@@ -4189,9 +4216,10 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     _log.setLevel(options["log_levels"][1])
     if options["memory_limit"] is not None:
         _limit_memory(options["memory_limit"])
+    # The pool's secrets, even none at all, here and for the Jobs and Queues
+    # that jobs get as arguments.
     queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"],
-                  size_limit=options["size_limit"])
-    queue._storage.secrets = options["secrets"]  # the pool's, even none at all
+                  size_limit=options["size_limit"], secret=_Keys(options["secrets"]))
     work.send([("ready", os.getpid())])
     for target, name in ((work.read, "reader"), (work.flush_held, "flusher")):
         threading.Thread(target=target, daemon=True, name=f"litejobs-child-{name}").start()
@@ -4338,12 +4366,15 @@ class Worker:
                  secret: str | bytes | Sequence[str | bytes] | None = None,
                  size_limit: int | None = DEFAULT_SIZE_LIMIT):
         if isinstance(queue, Queue):
+            if secret is not None or size_limit != DEFAULT_SIZE_LIMIT:
+                raise TypeError("a pool on a Queue takes its secret and size_limit from "
+                                "it: give them to the Queue, or give the pool a path")
             path: str = queue.path
             busy_timeout = queue.busy_timeout
             secrets, size_limit = queue._storage.secrets, queue._storage.size_limit
         else:
             path = os.fspath(queue)
-            secrets = _secrets_from(secret)
+            secrets = _secrets_for(os.path.abspath(path), secret)
             if size_limit is not None:
                 size_limit = _positive_int(size_limit, "size_limit")
         self.memory_limit = (None if memory_limit is None
@@ -5809,7 +5840,7 @@ class _Opaque:
 
     def __new__(cls, *args: Any, **kwargs: Any) -> _Opaque:
         self = object.__new__(cls)
-        self._given = [*args, kwargs] if kwargs else list(args)
+        self._given = [*args, _ShownDict(kwargs.items())] if kwargs else list(args)
         return self
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -5828,45 +5859,73 @@ class _Opaque:
         self._given.extend(items)
 
 
+class _ShownSet(list):
+    """A set or frozenset as `show` keeps it: a list, so nothing is hashed
+    (hashing a tuple the pickle nested and shared can take for ever)."""
+
+    add = list.append
+
+
+class _ShownDict(list):
+    """A dict as `show` keeps it: its pairs in a list, nothing hashed."""
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.append((key, value))
+
+    def items(self) -> Iterator[tuple[Any, Any]]:
+        return iter(self)
+
+
 class _BoundedRepr(reprlib.Repr):
     """A repr of bounded size and depth, whatever the pickle built, sharing
     included (a list holding itself twice, 50 levels deep, stays short)."""
 
     def __init__(self) -> None:
         super().__init__()
-        # Long strings are cut at the end, by _loaded, not in the middle.
-        self.maxlevel, self.maxstring, self.maxother = 4, 2 * _REPR_MOST, 2 * _REPR_MOST
-        self.maxlist = self.maxtuple = self.maxdict = self.maxset = 12
-        self.maxfrozenset = self.maxdeque = 12
+        self.maxlevel, self.maxstring, self.maxother = 4, 200, 200
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = 8
+        self.maxfrozenset = self.maxdeque = 8
 
     def repr1(self, x: Any, level: int) -> str:
         if isinstance(x, _Opaque):
-            if level <= 0:
-                return f"{x._origin}(...)"
-            given = x._given[:self.maxtuple]
-            more = ", ..." if len(x._given) > self.maxtuple else ""
-            return (f"{x._origin}({', '.join(self.repr1(item, level - 1) for item in given)}"
-                    f"{more})")
+            return self._items(x._given, level, f"{x._origin}(", ")", self.repr1)
+        if isinstance(x, _ShownDict):
+            return self._items(x, level, "{", "}", lambda pair, inner: (
+                f"{self.repr1(pair[0], inner)}: {self.repr1(pair[1], inner)}"))
+        if isinstance(x, _ShownSet):
+            return self._items(x, level, "{", "}", self.repr1) if x else "set()"
         return super().repr1(x, level)
+
+    def _items(self, items: Sequence[Any], level: int, left: str, right: str,
+               show: Callable[[Any, int], str]) -> str:
+        if level <= 0:
+            return f"{left}...{right}"
+        shown = [show(item, level - 1) for item in items[:self.maxlist]]
+        if len(items) > self.maxlist:
+            shown.append("...")
+        return f"{left}{', '.join(shown)}{right}"
 
 
 # Classes `show` builds for real: already imported, and a pickle cannot make
-# them allocate more than it holds itself.  Sets and bytearrays need none:
-# pickles of protocol 4 and later build them with opcodes of their own, and
-# `set(range(10 ** 12))` in a ten-byte pickle must not be built.
-_SHOWN_FOR_REAL = {
-    ("datetime", name): getattr(datetime, name)
-    for name in ("date", "time", "datetime", "timedelta", "timezone")
-} | {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("collections", "deque"): collections.deque,
-    ("uuid", "UUID"): uuid.UUID,
-}
+# them take more time or memory than its own size.  Sets, frozensets and
+# bytearrays need none: pickles of protocol 4 and later build them with
+# opcodes of their own.
+_SHOWN_FOR_REAL = {("datetime", name): getattr(datetime, name)
+                   for name in ("date", "time", "datetime", "timedelta", "timezone")}
 
 
-class _ShowingUnpickler(pickle.Unpickler):
-    """Unpickles only to print: it imports nothing and calls nothing but the
-    harmless classes above; every other global becomes an `_Opaque`."""
+# The pure-Python unpickler, whose opcodes a subclass can take over.
+_PurePythonUnpickler: Any = getattr(pickle, "_Unpickler")
+
+
+class _ShowingUnpickler(_PurePythonUnpickler):
+    """Unpickles only to print.  It imports nothing and calls nothing but the
+    datetime classes above; every other global becomes an `_Opaque`.  It is
+    the pure-Python unpickler, whose memo is a dict: the C one allocates a
+    memo as large as the highest index a pickle names, 2 GiB for 12 bytes.
+    Dicts and sets become lists, so nothing is hashed."""
+
+    dispatch = dict(_PurePythonUnpickler.dispatch)
 
     def __init__(self, data: bytes):
         super().__init__(io.BytesIO(data))
@@ -5878,8 +5937,40 @@ class _ShowingUnpickler(pickle.Unpickler):
             return real
         key = (module, name)
         if key not in self._stand_ins:
-            self._stand_ins[key] = type(name, (_Opaque,), {"_origin": f"{module}.{name}"})
+            origin = f"{module}.{name}"
+            if not origin.isprintable():  # a name must not write to the terminal
+                origin = repr(origin)
+            self._stand_ins[key] = type("_Opaque", (_Opaque,), {"_origin": origin})
         return self._stand_ins[key]
+
+    def _load_empty_dict(self) -> None:
+        self.append(_ShownDict())
+
+    def _load_dict(self) -> None:
+        items = self.pop_mark()
+        self.append(_ShownDict(zip(items[::2], items[1::2])))
+
+    def _load_empty_set(self) -> None:
+        self.append(_ShownSet())
+
+    def _load_frozenset(self) -> None:
+        self.append(_ShownSet(self.pop_mark()))
+
+    def _load_additems(self) -> None:
+        items = self.pop_mark()
+        self.stack[-1].extend(items)
+
+    dispatch[pickle.EMPTY_DICT[0]] = _load_empty_dict
+    dispatch[pickle.DICT[0]] = _load_dict
+    dispatch[pickle.EMPTY_SET[0]] = _load_empty_set
+    dispatch[pickle.FROZENSET[0]] = _load_frozenset
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
+
+
+@dataclasses.dataclass
+class _Keyword:
+    key: Any
+    value: Any
 
 
 def _shown(data: bytes) -> Any:
@@ -5902,16 +5993,29 @@ def _show(q: Queue, job_id: int) -> dict[str, Any]:
         kwargs: Any = {}
         if payload is not None:
             _, args, kwargs = _shown(payload)
-        parts = [bounded.repr(arg) for arg in args]
-        parts += [f"{key}={bounded.repr(value)}" for key, value in kwargs.items()]
+        parts: list[str] = []
+        shown = 0
+        for part in itertools.chain(args, (_Keyword(key, value) for key, value in kwargs.items())):
+            if shown > _REPR_MOST:  # enough for _loaded's cut: build no more
+                parts.append("...")
+                break
+            parts.append(f"{part.key}={shown_repr(part.value)}" if isinstance(part, _Keyword)
+                         else shown_repr(part))
+            shown += len(parts[-1]) + 2
         return f"{job.name}({', '.join(parts)})"
+
+    def shown_repr(value: Any) -> str:
+        # A long string is cut at the end, by _loaded, not in the middle.
+        if isinstance(value, (str, bytes)):
+            return repr(value[:2 * _REPR_MOST])
+        return bounded.repr(value)
 
     def result() -> str:
         data, signature = storage.fetch_blob(job_id, "result")
         if data is None:
             return "None"
         _check_result_signature(data, signature, storage.secrets, job.id)
-        return bounded.repr(_shown(data))
+        return shown_repr(_shown(data))
 
     out["call"] = _loaded(lambda: _Shown(call()))
     out["result"] = _loaded(lambda: _Shown(result())) if job.status == COMPLETED else None

@@ -71,6 +71,11 @@ def describe(*args, **kwargs):
     return repr((args, kwargs))
 
 
+def result_of(job):
+    """The result of ``job``, a `litejobs.Job` given as an argument."""
+    return job.refresh().result
+
+
 # -- hostile pickles ----------------------------------------------------------------------
 
 

@@ -628,7 +628,7 @@ def test_show_shortens_a_huge_result_and_a_huge_call(q, db, capsys):
     shown = cli_json(capsys, "show", db, long_call.id)
     assert shown["call"].startswith("sample_jobs:echo('yyyy") and shown["call"].endswith("...")
     assert len(shown["call"]) <= 500
-    assert shown["result"].endswith("...") and len(shown["result"]) <= 500
+    assert "..." in shown["result"] and len(shown["result"]) <= 500
     code, out, err = cli(capsys, "show", db, big.id)
     assert code == 0 and err == ""
     (result_line,) = [line for line in out.splitlines() if line.startswith("  result ")]

@@ -25,6 +25,7 @@ import pickle
 import resource
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import time
@@ -407,10 +408,18 @@ def test_a_pickled_queue_does_not_carry_its_secret(db):
         assert key not in data
     assert SECRET not in repr(q)
 
-    copy = pickle.loads(data)  # no LITEJOBS_SECRET here: the copy does not sign
-    unsigned = copy.put(Job(sample_jobs.add, 3, 4))
+    # Unpickled in this process, the copy uses the secret given here ...
+    signed = pickle.loads(data).put(Job(sample_jobs.add, 5, 6))
+    assert row_of(db, signed.id)["signature"] is not None
+    # ... and in another process, without LITEJOBS_SECRET, it has none.
+    script = ("import pickle, sys; from litejobs import Job; import sample_jobs; "
+              "print(pickle.loads(sys.stdin.buffer.read()).put(Job(sample_jobs.add, 3, 4)).id)")
+    done = subprocess.run([sys.executable, "-c", script], input=data, capture_output=True,
+                          env=cli_env(), timeout=60, check=True)
+    unsigned = q.get(int(done.stdout))
     assert row_of(db, unsigned.id)["signature"] is None
     q.run_pending()
+    assert q.get(signed.id).result == 11
     assert_refused_unloaded(q.get(unsigned.id), unsigned=True)
 
 
@@ -644,6 +653,113 @@ def test_show_does_not_build_what_a_tiny_pickle_asks_for(db, tmp_path, hostile):
     assert done.returncode == 0, done.stderr
     assert "MemoryError" not in done.stdout, done.stdout
     assert seconds < 10
+
+
+def _get(index):
+    return pickle.LONG_BINGET + struct.pack("<I", index)
+
+
+def _call_of(*ops):
+    """The payload of a call by name whose one argument the opcodes ``ops`` push."""
+    return b"".join([pickle.PROTO, b"\x04", pickle.NONE, pickle.MARK, *ops, pickle.TUPLE,
+                     pickle.EMPTY_DICT, pickle.TUPLE3, pickle.STOP])
+
+
+def _shared_tuples(depth):
+    """Opcodes pushing a tuple holding the one below twice, ``depth`` deep: a
+    few bytes a level, and 2 ** depth steps to hash."""
+    ops = [pickle.EMPTY_TUPLE, pickle.MEMOIZE, pickle.POP]
+    for level in range(depth):
+        ops += [_get(level), pickle.DUP, pickle.TUPLE2, pickle.MEMOIZE, pickle.POP]
+    return [*ops, _get(depth)]
+
+
+def _ordered_dict_of(*ops):
+    return [pickle.GLOBAL, b"collections\nOrderedDict\n", pickle.EMPTY_TUPLE, pickle.REDUCE,
+            pickle.MARK, pickle.BINUNICODE, struct.pack("<I", 1), b"a", *ops, pickle.SETITEMS]
+
+
+HOSTILE_CALLS = {
+    # hashing a shared nest of tuples, as a set item or a dict key, never ends
+    "shared-tuples-in-a-set": _call_of(pickle.EMPTY_SET, pickle.MARK, *_shared_tuples(60),
+                                       pickle.ADDITEMS),
+    "shared-tuples-as-a-key": _call_of(pickle.EMPTY_DICT, *_shared_tuples(60), pickle.NONE,
+                                       pickle.SETITEM),
+    "shared-tuples-in-a-frozenset": _call_of(pickle.MARK, *_shared_tuples(60),
+                                             pickle.FROZENSET),
+    # hashing a tuple nested a million deep overflows the C stack
+    "deep-tuple-in-a-set": _call_of(pickle.EMPTY_SET, pickle.MARK, pickle.EMPTY_TUPLE,
+                                    pickle.TUPLE1 * 10 ** 6, pickle.ADDITEMS),
+    # an OrderedDict's own repr walks the shared nest in full
+    "shared-nest-in-an-ordered-dict": _call_of(*_ordered_dict_of(*_shared_tuples(60))),
+    # the C unpickler allocates a memo as large as the highest index named
+    "memo-index-2-to-the-27": _call_of(pickle.NONE, pickle.LONG_BINPUT,
+                                       struct.pack("<I", 2 ** 27)),
+    # thousands of arguments, each a bounded but wide nest
+    "5000-wide-arguments": b"".join([
+        pickle.PROTO, b"\x04", pickle.NONE, pickle.MARK, *_shared_tuples(30),
+        (_get(30) * 5000), pickle.TUPLE, pickle.EMPTY_DICT, pickle.TUPLE3, pickle.STOP]),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_CALLS)
+def test_show_is_quick_and_small_on_hostile_pickles(db, tmp_path, name):
+    payload = HOSTILE_CALLS[name]
+    assert len(payload) < 1_100_000
+    job_id = completed_row(db, payload, payload)
+    seconds, done = timed_show(db, job_id, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert seconds < 10
+    lines = done.stdout.splitlines()
+    call = next(line for line in lines if line.startswith("  call "))
+    assert call.startswith("  call       sample_jobs:echo("), call
+    assert len(call) <= 600 and len(done.stdout) < 5000
+
+
+def test_show_escapes_class_names_that_would_write_to_the_terminal(db, tmp_path):
+    forged = "m\n  result     'all good'\n\x1b[2J"
+    module = forged.encode()
+    payload = _call_of(pickle.BINUNICODE, struct.pack("<I", len(module)), module,
+                       pickle.BINUNICODE, struct.pack("<I", 1), b"x", pickle.STACK_GLOBAL,
+                       pickle.EMPTY_TUPLE, pickle.REDUCE)
+    job_id = completed_row(db, payload, pickle.dumps("the real result"))
+    done = run_cli("show", db, job_id, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout
+    assert [line for line in done.stdout.splitlines() if line.startswith("  result ")] == \
+        ["  result     'the real result'"]
+
+
+def test_a_job_given_a_job_reads_its_result_with_the_secret_given_in_code(db, markers):
+    """A Job (or a Queue) that a job gets as an argument is rebuilt from its
+    pickle, which never carries the secret; it still uses the secret this
+    process was given for the file, so a forged result is refused."""
+    q = litejobs.Queue(db, secret=SECRET)
+    source = q.put(Job(sample_jobs.add, 1, 2))
+    q.run_pending()
+    marker = markers / "forged-result"
+    sql(db, "UPDATE litejobs_jobs SET result = ? WHERE id = ?",
+        (pickle.dumps(hostile_jobs.OpenMarker(marker)), source.id))
+    reader = q.put(Job(hostile_jobs.result_of, source))  # a Job as an argument
+    q.run_pending()
+    reader.refresh()
+    assert (reader.status, reader.error_type) == (litejobs.FAILED, "litejobs.SignatureError")
+    assert not marker.exists()
+
+
+def test_a_pool_given_its_secret_in_code_ignores_a_bad_litejobs_secret(db, monkeypatch):
+    q = litejobs.Queue(db, secret=SECRET)
+    job = q.put(Job(sample_jobs.add, 2, 3))
+    monkeypatch.setenv("LITEJOBS_SECRET", "short")  # the children must not read it
+    with litejobs.Worker(db, processes=1, secret=SECRET).start():
+        assert job.wait(timeout=WAIT) == 5
+
+
+def test_a_pool_on_a_queue_refuses_a_secret_or_size_limit_of_its_own(db):
+    q = litejobs.Queue(db)
+    for options in ({"secret": SECRET}, {"size_limit": 10}):
+        with pytest.raises(TypeError, match="give them to the Queue"):
+            litejobs.Worker(q, processes=1, **options)
 
 
 def test_show_with_litejobs_secret_shows_only_intact_rows(db, tmp_path, markers):
