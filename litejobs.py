@@ -1110,7 +1110,8 @@ def _secrets_from(secret: str | bytes | Sequence[str | bytes] | None) -> tuple[b
         if not keys or not all(len(key) >= _SHORTEST_SECRET for key in keys):
             raise LitejobsError(
                 f"{_SECRET_ENV} must hold secrets of at least {_SHORTEST_SECRET} bytes "
-                f"each, separated by commas; it holds {len(keys)}, not all that long")
+                f"each, separated by commas; " + ("it holds none" if not keys else
+                                                  "one of them is shorter"))
         return tuple(keys)
     given = [secret] if isinstance(secret, (str, bytes, bytearray)) else secret
     if not isinstance(given, (list, tuple)) or not given:
@@ -2728,8 +2729,9 @@ class Job:
         """What the status alone no longer shows: each attempt that ended
         without ending the job (``"retried"``, ``"interrupted"``, and
         ``"outcome lost"`` for a run whose outcome died with its process when
-        another job killed it) and each ``"retried by hand"``, as dicts with ``at`` (an aware datetime),
-        ``event``, ``attempt``, ``by`` and ``error`` (its last line)."""
+        another job killed it) and each ``"retried by hand"``, as dicts with
+        ``at`` (an aware datetime), ``event``, ``attempt``, ``by`` and
+        ``error`` (its last line)."""
         entries = json.loads(self._row.get("history") or "[]")
         return [{**entry, "at": _to_datetime(entry["at"])} for entry in entries]
 
@@ -3935,6 +3937,10 @@ class _WalWatch:
 # -- child processes -------------------------------------------------------------
 
 
+# What a child gets for each job: its id, row, pickled call and signature.
+_JobToRun = tuple[int, dict[str, Any], bytes | None, bytes | None]
+
+
 class _ChildWork:
     """A worker process's state, shared by its three threads.
 
@@ -3959,8 +3965,7 @@ class _ChildWork:
         self.conn = conn
         self.running = running
         self.lock = threading.Condition()  # guards the attributes below
-        self.pending: collections.deque[tuple[int, dict[str, Any], bytes | None, bytes | None]] = \
-            collections.deque()
+        self.pending: collections.deque[_JobToRun] = collections.deque()
         self.outbox: list[tuple[Any, ...]] = []
         self.held_since = 0.0
         self.stopping = False
@@ -4003,7 +4008,7 @@ class _ChildWork:
                     self.pending.extend(message[1])
                 elif kind in ("skip", "drain"):
                     unwanted = None if kind == "drain" else set(message[1])
-                    kept: collections.deque[tuple[int, dict[str, Any], bytes | None, bytes | None]] = \
+                    kept: collections.deque[_JobToRun] = \
                         collections.deque()
                     for item in self.pending:
                         if unwanted is not None and item[0] not in unwanted:
@@ -4032,7 +4037,7 @@ class _ChildWork:
                 messages = self._take_outbox()
             self.send(messages)
 
-    def next_job(self) -> tuple[int, dict[str, Any], bytes | None, bytes | None] | None:
+    def next_job(self) -> _JobToRun | None:
         """The next job to run, marked as running; None once told to stop."""
         with self.lock:
             while not self.pending and not self.stopping:
@@ -5162,7 +5167,7 @@ class Worker:
             with contextlib.suppress(LitejobsError):
                 self._storage.release(row["id"], token, time.time())
         for child, planned in plan.items():
-            batch: list[tuple[int, dict[str, Any], bytes | None, bytes | None]] = []
+            batch: list[_JobToRun] = []
             for row in planned:
                 payload, signature = row.pop("payload"), row.pop("signature")
                 stale = self._in_flight.get(row["id"])
