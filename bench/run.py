@@ -337,11 +337,27 @@ def pool_drain(folder: str, processes: int, count: int, backlog: int = 0) -> flo
         jobs = pool.queue.put_many(["jobs:noop"] * count)
         started = time.perf_counter()
         jobs[-1].wait(timeout=600)
-        while pool.queue.counts()["completed"] < count + processes:
+        while completed_between(path, jobs[0].id, jobs[-1].id) < count:
             time.sleep(0.005)
         return count / (time.perf_counter() - started)
     finally:
         pool.close()
+
+
+def completed_between(path: str, first: int, last: int) -> int:
+    """How many of the jobs with ids ``first`` to ``last`` have completed.
+
+    A range of the rowid: its cost does not grow with the finished rows
+    around it, where `Queue.counts` reads the whole table (about 0.3 s with a
+    million rows, which the drain's time would include).
+    """
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(
+            "SELECT count(*) FROM litejobs_jobs WHERE id BETWEEN ? AND ? AND status = 'completed'",
+            (first, last)).fetchone()[0]
+    finally:
+        conn.close()
 
 
 def pool_parallel(folder: str, processes: int, parts: int) -> float:

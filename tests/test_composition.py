@@ -1016,6 +1016,25 @@ def test_cancelling_a_composite_while_a_part_runs_waits_for_that_part_to_end(q, 
     assert "cancelled" in str(callback.refresh().result)
 
 
+def test_parts_of_a_parallel_recorded_together_are_counted_together(q, now):
+    """A pool records a batch of runs at once: the parts of one parallel among
+    them are counted in it together, and it becomes due once its last part
+    has ended, as when each part is recorded alone."""
+    parts = [Job(sample_jobs.sleep_then, 0) for _ in range(5)]
+    root = q.put(parallel(*parts, postprocess=sample_jobs.describe_parts))
+    t = now.timestamp()
+    token, claimed = q._storage.claim(owner="pool", queues=None, now=t, expires=t + 60,
+                                      limit=5)
+    assert sorted(row["id"] for row in claimed) == ids(parts)
+    assert q._storage.complete([(part.id, token) for part in parts[:3]], t) == {
+        (part.id, token): COMPLETED for part in parts[:3]}
+    assert statuses(root, *parts) == [WAITING] + [COMPLETED] * 3 + [ACTIVE] * 2
+    q._storage.complete([(part.id, token) for part in parts[3:]], t)
+    assert statuses(root, *parts) == [PENDING] + [COMPLETED] * 5
+    assert q.run_pending(now=now) == 1
+    assert root.wait(timeout=1) == sample_jobs.describe_parts(*parts)
+
+
 @pytest.mark.parametrize("case", ["own composite", "each other", "own callback",
                                   "next serial part"])
 def test_a_job_that_returns_a_job_which_waits_on_it_fails_instead_of_waiting_forever(q, case):

@@ -3,6 +3,7 @@
 import datetime
 import functools
 import pickle
+import sqlite3
 import threading
 import time
 
@@ -169,6 +170,35 @@ def test_a_stale_attempt_cannot_overwrite_the_newer_one(q, now):
     assert job.refresh().result == "fresh"
     with pytest.raises(litejobs.LeaseLost):
         storage.interrupt(job.id, fresh, later, "too late")
+
+
+def test_runs_completed_together_are_each_fenced(q, now):
+    """A pool records the runs that returned nothing with one statement per
+    claim: each run is still fenced by its own token, a cancel asked for
+    meanwhile still wins, and a run that lost its lease changes nothing."""
+    kept, cancelled, lost = q.put_many([Job(sample_jobs.add, i, i) for i in range(3)])
+    other = q.put(Job(sample_jobs.add, 5, 5))
+    storage = q._storage
+    t = now.timestamp()
+    first, _ = storage.claim(owner="pool", queues=None, now=t, expires=t + 5, limit=3)
+    second, _ = storage.claim(owner="pool", queues=None, now=t, expires=t + 5, limit=1)
+    cancelled.cancel()
+    db = sqlite3.connect(q.path)
+    try:
+        with db:  # another claim took it meanwhile
+            db.execute("UPDATE litejobs_jobs SET lease_token = 'theirs' WHERE id = ?", (lost.id,))
+    finally:
+        db.close()
+    statuses = storage.complete([(kept.id, first), (cancelled.id, first), (lost.id, first),
+                                 (other.id, second), (other.id, first)], t + 1)
+    assert statuses == {(kept.id, first): COMPLETED, (cancelled.id, first): CANCELLED,
+                        (other.id, second): COMPLETED}
+    for job, status in ((kept, COMPLETED), (cancelled, CANCELLED), (other, COMPLETED)):
+        job.refresh()
+        assert (job.status, job.error) == (status, None)
+        assert job.finished_at.timestamp() == pytest.approx(t + 1, abs=1e-5)
+    assert kept.result is None and other.wait(timeout=1) is None
+    assert lost.refresh().status == ACTIVE and lost.finished_at is None
 
 
 def test_wait_times_out_on_a_job_nobody_runs(q):
