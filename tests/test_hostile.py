@@ -33,7 +33,7 @@ import pytest
 import hostile_jobs
 import litejobs
 import sample_jobs
-from hostile_jobs import CliPools, run_cli
+from hostile_jobs import run_cli
 from litejobs import Job
 from waiting import WAIT, child_pids, wait_until
 
@@ -43,16 +43,6 @@ GIB = 2 ** 30
 @pytest.fixture(autouse=True)
 def no_secret_in_the_environment(monkeypatch):
     monkeypatch.delenv("LITEJOBS_SECRET", raising=False)
-
-
-@pytest.fixture
-def cli_pools(tmp_path):
-    pools = CliPools(tmp_path)
-    try:
-        yield pools
-    finally:
-        still = pools.kill_all()
-        assert not still, f"pools still running after SIGKILL: {still}"
 
 
 def sha256(path):

@@ -36,7 +36,7 @@ import pytest
 import hostile_jobs
 import litejobs
 import sample_jobs
-from hostile_jobs import CliPools, call_pickle, cli_env, run_cli
+from hostile_jobs import call_pickle, cli_env, run_cli
 from litejobs import Job
 from waiting import WAIT, child_pids, wait_until
 
@@ -82,16 +82,6 @@ def modules(tmp_path, monkeypatch):
     yield make
     for name in names:
         sys.modules.pop(name, None)
-
-
-@pytest.fixture
-def cli_pools(tmp_path):
-    pools = CliPools(tmp_path)
-    try:
-        yield pools
-    finally:
-        still = pools.kill_all()
-        assert not still, f"pools still running after SIGKILL: {still}"
 
 
 def sql(db, statement, params=()):
