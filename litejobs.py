@@ -6588,7 +6588,9 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Show one job: its call (arguments shortened), status, attempts and "
                     "interruptions, who ran it, its timestamps and history, progress and "
                     "meta, parent and children (parts, callbacks), result (shortened) "
-                    "and full traceback.  Showing the call and the result unpickles them.")
+                    "and full traceback.  The call and the result are printed without "
+                    "importing or running anything of them; with LITEJOBS_SECRET set, "
+                    "only what is signed with it.")
     _database_argument(show)
     show.add_argument("id", type=_positive_count, metavar="ID", help="the job's id")
     _json_option(show)
