@@ -69,7 +69,7 @@ import pytest
 import crash_jobs
 import litejobs
 from litejobs import ACTIVE, COMPLETED, FAILED, PENDING, WAITING, Job, parallel, serial
-from waiting import WAIT, process_ended, wait_until
+from waiting import WAIT, live_in_session, process_ended, wait_until
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS_DIR)
@@ -172,22 +172,6 @@ def assert_settled(q):
     assert (counts[PENDING], counts[WAITING], counts[ACTIVE]) == (0, 0, 0), counts
     with contextlib.closing(sqlite3.connect(q.path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-
-
-def live_in_session(sid):
-    """Pids of the live processes in session ``sid``, where /proc shows them."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
-            pids.append(int(entry))
-    return pids
 
 
 class Pool:

@@ -42,7 +42,7 @@ import pytest
 
 import litejobs
 import sample_jobs
-from waiting import wait_for_pid
+from waiting import pid_alive, process_ended, stat_fields, wait_for_pid
 from litejobs import Job
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -106,23 +106,10 @@ def process_state(pid):
     """The state letter of process ``pid`` (R, S, T, Z, ...), or None if no
     process has that pid."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-    except FileNotFoundError:
-        return None
+        fields = stat_fields(pid)
     except OSError:  # no /proc here: all os.kill can tell is whether it exists
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return "?"
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def process_gone(pid):
-    """No process has ``pid``, or it is a zombie: it has exited, and only
-    its parent (init, for an orphan) has yet to reap it."""
-    return process_state(pid) in (None, "Z", "X")
+        return "?" if pid_alive(pid) else None
+    return None if fields is None else fields[0]
 
 
 def worker_rows(db):
@@ -286,7 +273,7 @@ def test_sigterm_interrupts_a_job_longer_than_the_grace(q, db, tmp_path, start_p
     assert job._row["lease_owner"] is None
     assert q.counts()["active"] == 0
     assert f"job {job.id} ({job.name}) attempt 1 was interrupted" in pool.log()
-    assert process_gone(wait_for_pid(started))  # the child running it was killed
+    assert process_ended(wait_for_pid(started))  # the child running it was killed
 
 
 # -- 4. a second signal stops at once ----------------------------------------------------
@@ -328,7 +315,7 @@ def test_kill_9_of_the_supervisor_then_another_pool_recovers(q, db, tmp_path, st
     assert pool_a.wait_exit() == -signal.SIGKILL
     # The child is no longer ours to reap: it was reparented.  It must exit
     # by itself, having noticed its supervisor is gone.
-    wait_until(lambda: process_gone(child_pid), 10, f"orphaned child {child_pid} to exit",
+    wait_until(lambda: process_ended(child_pid), 10, f"orphaned child {child_pid} to exit",
                lambda: f"state {process_state(child_pid)}")
 
     pool_b = start_pool(db, "-p", "1", "--lease", "2s")
@@ -442,7 +429,7 @@ def test_a_paused_pool_whose_job_was_recovered_stops_the_old_run_and_carries_on(
                "attempt 2 to complete", pool.log)
     final = q.get(job.id)
     assert final.result[0] == 2 and (final.attempts, final.interruptions) == (2, 1)
-    wait_until(lambda: process_gone(old_run), WAIT, "the stale run to be stopped")
+    wait_until(lambda: process_ended(old_run), WAIT, "the stale run to be stopped")
     assert "lease was lost" in pool.log()
     assert q.put(Job(sample_jobs.add, 2, 2)).wait(timeout=WAIT) == 4  # still serving
     pool.send(signal.SIGTERM)

@@ -43,17 +43,41 @@ def pid_alive(pid):
     return True
 
 
+def stat_fields(pid):
+    """The fields of ``/proc/PID/stat`` after the command name (state first,
+    then ppid, pgrp, session, ...), or None if no process has ``pid``.
+    Raises OSError where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+
+
 def process_ended(pid):
     """Whether process ``pid`` has exited: no process has the pid, or it is a
     zombie its parent has yet to reap, which `pid_alive` would still count as
     alive."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
+        fields = stat_fields(pid)
     except OSError:  # no /proc here
         return not pid_alive(pid)
+    return fields is None or fields[0] in ("Z", "X")
+
+
+def live_in_session(sid):
+    """Pids of the live processes in session ``sid``, where /proc shows them."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = stat_fields(int(entry))
+        except OSError:
+            continue
+        if fields is not None and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+            pids.append(int(entry))
+    return pids
 
 
 def child_pids(worker):
