@@ -49,6 +49,8 @@ __all__ = [
     "DEFAULT_QUEUE",
     "DEFAULT_RETENTION",
     "DEFAULT_SIZE_LIMIT",
+    "DEFAULT_STOP_GRACE",
+    "DatabaseBusy",
     "DatabaseError",
     "DeadlineExceeded",
     "FAILED",
@@ -74,6 +76,7 @@ __all__ = [
     "Worker",
     "current_job",
     "current_queue",
+    "job",
     "main",
     "parallel",
     "serial",
@@ -88,6 +91,7 @@ import contextlib
 import contextvars
 import dataclasses
 import datetime
+import enum
 import functools
 import hashlib
 import hmac
@@ -142,10 +146,10 @@ DEFAULT_MAX_INTERRUPTIONS = 3
 DEFAULT_GRACE = 30.0  # seconds running jobs get to finish when a pool stops
 DEFAULT_POLL = 1.0  # the longest an idle pool waits before looking for due jobs
 DEFAULT_RETENTION = 7 * 86400.0  # seconds pools keep finished jobs
+DEFAULT_STOP_GRACE = 30.0  # seconds a job asked to stop gets before its pool stops it
 
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
-_BUSY_RETRIES = 5  # rounds of busy_timeout before a lock error reaches a user
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _QUICK_CHECK_LIMIT = 256 * 2 ** 20  # bytes; larger files get only the header checks
 _WAL_SIZE_LIMIT = 64 * 2 ** 20  # bytes a WAL file keeps after a checkpoint
@@ -166,6 +170,26 @@ _CRASH_POINT = os.environ.get("LITEJOBS_TEST_CRASH_POINT")
 _CRASH_POINTS = ("before-claim", "in-claim", "after-claim", "in-job", "after-job",
                  "in-finish", "after-finish")
 _ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []
+# max_interruptions as stored for "retry interruptions for ever", the default
+# of callbacks and postprocesses; such a job waits longer after each one.
+_UNLIMITED = -1
+_INTERRUPTION_BACKOFF = (1.0, 300.0)  # seconds: the first wait, and the longest
+_REFUSAL_PAUSE = 60.0  # seconds a runner leaves a callable it could not import to others
+_NEWS_INTERVAL = 0.5  # seconds between looks at a running job's stop request and meta
+_OPTIONS_ATTRIBUTE = "__litejobs_options__"  # a function's defaults, set by `job`
+
+
+class _Default(enum.Enum):
+    """The value of an option of `Queue.put` that was not given: the job
+    function's own default (see `job`), or else litejobs'."""
+
+    DEFAULT = "default"
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+
+_DEFAULT = _Default.DEFAULT
 
 _log = logging.getLogger("litejobs")
 _log.addHandler(logging.NullHandler())  # the application decides where logs go
@@ -180,8 +204,10 @@ class DatabaseError(LitejobsError):
     """The database file cannot be used: missing, read-only, corrupt, not SQLite, or full."""
 
 
-class _DatabaseBusy(DatabaseError):
-    """Another connection held the write lock past the busy timeout."""
+class DatabaseBusy(DatabaseError):
+    """Another connection held the database's write lock for longer than the
+    queue's ``busy_timeout``.  The message names the process holding it, where
+    the system tells (Linux)."""
 
 
 class SchemaVersionError(DatabaseError):
@@ -375,6 +401,14 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    (
+        # Runs a stopping pool handed back: they count neither as attempts
+        # for the Retry policy nor as interruptions.
+        "ALTER TABLE litejobs_jobs ADD COLUMN handbacks INTEGER NOT NULL DEFAULT 0",
+        # When a job asked to stop (request_stop) must have stopped by, in Unix
+        # seconds: the running job sees the request, and its pool stops it then.
+        "ALTER TABLE litejobs_jobs ADD COLUMN stop_requested REAL",
+    ),
 )
 
 _SCHEMA_VERSION = len(_MIGRATIONS)
@@ -394,8 +428,8 @@ _RECORD_VERSION = "INSERT INTO litejobs_schema (version, applied_at) VALUES (?, 
 # Every column but payload and result, which are read only when asked for.
 _JOB_COLUMNS = (
     "id, queue, priority, status, name, key, attempts, max_attempts, retry_policy,"
-    " interruptions, max_interruptions, timeout, created_at, begin_after, begin_by,"
-    " started_at, finished_at, lease_owner, lease_expires, cancel_requested,"
+    " interruptions, max_interruptions, handbacks, timeout, created_at, begin_after, begin_by,"
+    " started_at, finished_at, lease_owner, lease_expires, cancel_requested, stop_requested,"
     " parent_id, role, position, composite, waiting_on, waiting_for, followers,"
     " error, error_type, progress, progress_message, meta, ran_by, history"
 )
@@ -461,13 +495,6 @@ _SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
 _SELECT_PAYLOAD = "SELECT payload, signature FROM litejobs_jobs WHERE id = ?"
 _SELECT_RESULT = "SELECT result, result_signature FROM litejobs_jobs WHERE id = ?"
 
-_SELECT_JOBS = f"""
-SELECT {_JOB_COLUMNS} FROM litejobs_jobs
-WHERE (:status IS NULL OR status = :status) AND (:queue IS NULL OR queue = :queue)
-ORDER BY id DESC
-LIMIT :limit
-"""
-
 _COUNT_JOBS = """
 SELECT status, count(*) FROM litejobs_jobs
 WHERE (:queue IS NULL OR queue = :queue)
@@ -494,7 +521,7 @@ _DUE = "begin_after <= :now AND (begin_by IS NULL OR begin_by >= :now OR attempt
 
 _CLAIM_ANY_QUEUE = f"""
 SELECT id, priority, begin_after FROM litejobs_jobs INDEXED BY litejobs_jobs_ready
-WHERE status = 'pending' AND {_DUE}{{queues}}
+WHERE status = 'pending' AND {_DUE}{{queues}}{{filters}}
 ORDER BY priority DESC, begin_after, id
 LIMIT :limit
 """
@@ -502,7 +529,7 @@ LIMIT :limit
 _CLAIM_ONE_QUEUE = f"""
 SELECT * FROM (
     SELECT id, priority, begin_after FROM litejobs_jobs INDEXED BY litejobs_jobs_ready_by_queue
-    WHERE status = 'pending' AND queue = :queue{{index}} AND {_DUE}
+    WHERE status = 'pending' AND queue = :queue{{index}} AND {_DUE}{{filters}}
     ORDER BY priority DESC, begin_after, id
     LIMIT :limit)
 """
@@ -510,6 +537,11 @@ SELECT * FROM (
 # Above this many named queues, one filtered scan beats a seek per queue (and
 # SQLite allows at most 500 terms in a compound SELECT).
 _MAX_QUEUE_RANGES = 16
+
+# What a runner leaves to others (see `_claim_filters`): signed jobs, when it
+# has no secret to check them with, and callables it could not import.
+_UNSIGNED_ONLY = " AND signature IS NULL"
+_AVOIDING_NAMES = " AND name NOT IN (SELECT value FROM json_each(:avoid))"
 
 _WORKER_ROWS_KEPT = 7 * 86400.0  # seconds a stopped pool's row is kept
 
@@ -544,18 +576,25 @@ _HISTORY_ENTRY = (
     " 'attempt', attempts, 'by', ran_by, 'error', :error_line))"
 )
 
+# A job asked to stop (request_stop) that still had to run again ends
+# cancelled instead: it was asked not to go on.
+_STOPPING = "(cancel_requested OR stop_requested IS NOT NULL)"
+
 # The fence: a worker's write lands only while the job is still active under
-# the token of its own claim.  A cancel requested meanwhile wins over the result.
+# the token of its own claim.  A cancel requested meanwhile wins over the
+# result; a stop requested meanwhile keeps the result, but ends retries.
 _FINISH_JOB = f"""
 UPDATE litejobs_jobs
-SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE :status END,
+SET status = CASE WHEN cancel_requested THEN 'cancelled'
+                  WHEN :status = 'pending' AND stop_requested IS NOT NULL THEN 'cancelled'
+                  ELSE :status END,
     result = CASE WHEN cancel_requested THEN NULL ELSE :result END,
     result_signature = CASE WHEN cancel_requested THEN NULL ELSE :result_signature END,
     error = :error, error_type = :error_type,
-    history = CASE WHEN :status = 'pending' AND NOT cancel_requested
+    history = CASE WHEN :status = 'pending' AND NOT {_STOPPING}
                    THEN {_HISTORY_ENTRY.format(event="'retried'")} ELSE history END,
     begin_after = coalesce(:begin_after, begin_after),
-    finished_at = CASE WHEN cancel_requested OR :status != 'pending' THEN :now END,
+    finished_at = CASE WHEN {_STOPPING} OR :status != 'pending' THEN :now END,
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
 WHERE id = :id AND status = 'active' AND lease_token = :token
 RETURNING {_ENDED}
@@ -566,21 +605,31 @@ _FINISH_JOBS = _FINISH_JOB.replace("WHERE id = :id AND",
                                    "WHERE id IN (SELECT value FROM json_each(:ids)) AND")
 assert _FINISH_JOBS != _FINISH_JOB
 
+# Whether an interruption uses up the last one a job may have (a negative
+# max_interruptions, _UNLIMITED, allows any number).
+_LAST_INTERRUPTION = "(max_interruptions >= 0 AND interruptions + 1 > max_interruptions)"
+
+# A job that retries interruptions for ever (callbacks, postprocesses) runs
+# again at once after its first, like any job, then waits :backoff, twice as
+# long after each further one, up to :backoff_most: one that kills its
+# process every time cannot keep a pool busy restarting processes.
 _INTERRUPT_JOB = f"""
 UPDATE litejobs_jobs
 SET interruptions = interruptions + 1,
-    status = CASE WHEN cancel_requested THEN 'cancelled'
-                  WHEN interruptions + 1 > max_interruptions THEN 'failed'
+    status = CASE WHEN {_STOPPING} THEN 'cancelled'
+                  WHEN {_LAST_INTERRUPTION} THEN 'failed'
                   ELSE 'pending' END,
-    error = CASE WHEN interruptions + 1 > max_interruptions THEN :error ELSE error END,
-    error_type = CASE WHEN interruptions + 1 > max_interruptions
-                      THEN :error_type ELSE error_type END,
-    finished_at = CASE WHEN cancel_requested OR interruptions + 1 > max_interruptions
-                       THEN :now END,
+    error = CASE WHEN {_LAST_INTERRUPTION} THEN :error ELSE error END,
+    error_type = CASE WHEN {_LAST_INTERRUPTION} THEN :error_type ELSE error_type END,
+    finished_at = CASE WHEN {_STOPPING} OR {_LAST_INTERRUPTION} THEN :now END,
+    begin_after = CASE WHEN max_interruptions < 0 AND interruptions > 0
+                       THEN :now + min(:backoff_most,
+                                       :backoff * (1 << min(interruptions - 1, 30)))
+                       ELSE begin_after END,
     history = {_HISTORY_ENTRY.format(event="'interrupted'")},
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
 WHERE id = :id AND status = 'active' AND lease_token = :token
-RETURNING {_ENDED}
+RETURNING {_ENDED}, begin_after, name, max_interruptions
 """
 
 _RENEW_LEASE = """
@@ -588,44 +637,65 @@ UPDATE litejobs_jobs SET lease_expires = :expires
 WHERE id = :id AND status = 'active' AND lease_token = :token
 """
 
-# A claimed job that a pool never started goes back as if never claimed: the
-# claim's attempt is given back.  Fenced like every worker write.
-_RELEASE_JOB = f"""
+
+def _back_to_pending(also: str) -> str:
+    """A fenced UPDATE that puts a claimed job back to pending (or ends it
+    cancelled, if asked to end meanwhile), setting ``also`` too."""
+    return f"""
 UPDATE litejobs_jobs
-SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
-    attempts = attempts - 1, started_at = NULL,
-    finished_at = CASE WHEN cancel_requested THEN :now END,
+SET status = CASE WHEN {_STOPPING} THEN 'cancelled' ELSE 'pending' END,
+    finished_at = CASE WHEN {_STOPPING} THEN :now END,
+    {also},
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
 WHERE id = :id AND status = 'active' AND lease_token = :token
 RETURNING {_ENDED}
 """
 
+
+# A claimed job that a pool never started goes back as if never claimed: the
+# claim's attempt is given back.  Fenced like every worker write.
+_RELEASE_JOB = _back_to_pending("attempts = attempts - 1, started_at = NULL")
+
+# `_RELEASE_JOB` for a job its runner could not run (it could not import the
+# callable, or has no secret to check a signed job): that is the runner's
+# problem, not the job's, so it is given back to run elsewhere or later, and
+# its history says why.
+_REFUSE_JOB = _back_to_pending(
+    "attempts = attempts - 1, started_at = NULL, "
+    f"history = {_HISTORY_ENTRY.format(event=repr('refused'))}")
+
+# A run a stopping pool killed after its grace (a deploy, say) is not the
+# job's fault: it runs again, and the run counts neither as an attempt for
+# its Retry policy nor as an interruption.  Fenced like every worker write.
+_HAND_BACK_JOB = _back_to_pending(
+    f"handbacks = handbacks + 1, history = {_HISTORY_ENTRY.format(event=repr('handed back'))}")
+
 # A run that ended but whose outcome died with its process, killed by another
 # job: the attempt counts and the history says so, but the job is not blamed
 # with an interruption.  Fenced like every worker write.
-_OUTCOME_LOST = f"""
-UPDATE litejobs_jobs
-SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'pending' END,
-    finished_at = CASE WHEN cancel_requested THEN :now END,
-    history = {_HISTORY_ENTRY.format(event="'outcome lost'")},
-    lease_owner = NULL, lease_token = NULL, lease_expires = NULL
-WHERE id = :id AND status = 'active' AND lease_token = :token
-RETURNING {_ENDED}
-"""
+_OUTCOME_LOST = _back_to_pending(
+    f"history = {_HISTORY_ENTRY.format(event=repr('outcome lost'))}")
 
 _ACTIVE_JOBS_OF = """
 SELECT id, lease_token, name, attempts FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
 WHERE status = 'active' AND lease_owner = :owner
 """
 
-_CANCELS_REQUESTED = """
-SELECT id FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
-WHERE status = 'active' AND cancel_requested AND lease_owner = :owner
+# The running jobs of a pool that were asked to end: cancelled (stopped at
+# once) or asked to stop (stopped by stop_requested, if still running).
+_STOPS_REQUESTED = """
+SELECT id, cancel_requested, stop_requested FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
+WHERE status = 'active' AND lease_owner = :owner
+    AND (cancel_requested OR stop_requested IS NOT NULL)
 """
+
+# What a running job reads of itself while it runs: what others put in its
+# meta, and whether it was asked to stop.
+_NEWS_OF_JOB = "SELECT meta, stop_requested FROM litejobs_jobs WHERE id = ?"
 
 _NEXT_DUE = """
 SELECT min(begin_after) FROM litejobs_jobs INDEXED BY litejobs_jobs_ready
-WHERE status = 'pending'{queues}
+WHERE status = 'pending'{queues}{filters}
 """
 
 _REGISTER_WORKER = """
@@ -673,6 +743,21 @@ UPDATE litejobs_jobs
 SET status = CASE WHEN status = 'active' THEN status ELSE 'cancelled' END,
     finished_at = CASE WHEN status = 'active' THEN finished_at ELSE :now END,
     cancel_requested = 1
+WHERE id = :id AND status IN ('pending', 'waiting', 'active')
+    AND (:created_at IS NULL OR created_at = :created_at)
+RETURNING {_ENDED}
+"""
+
+# Asks a running job to stop by :deadline (it sees stop_requested and may
+# return early; its pool stops it then); a job not running is cancelled at once.
+_STOP_JOB = f"""
+UPDATE litejobs_jobs
+SET status = CASE WHEN status = 'active' THEN status ELSE 'cancelled' END,
+    finished_at = CASE WHEN status = 'active' THEN finished_at ELSE :now END,
+    cancel_requested = CASE WHEN status = 'active' THEN cancel_requested ELSE 1 END,
+    stop_requested = CASE WHEN status = 'active'
+                          THEN coalesce(min(stop_requested, :deadline), :deadline)
+                          ELSE stop_requested END
 WHERE id = :id AND status IN ('pending', 'waiting', 'active')
     AND (:created_at IS NULL OR created_at = :created_at)
 RETURNING {_ENDED}
@@ -750,19 +835,32 @@ RETURNING {_ENDED}
 
 # Everything under a cancelled job that has not ended: its parts, theirs, and
 # a job it returned.  Callbacks are not included: they run, told of the cancel.
-_CANCEL_DESCENDANTS = f"""
+# A running job under it that was asked to stop (`_STOP_DESCENDANTS`) keeps
+# its time to stop.
+_WORK_UNDER = """
 WITH RECURSIVE tree (id) AS (
     SELECT id FROM litejobs_jobs
     WHERE parent_id = :id AND role IN ('part', 'result')
     UNION ALL
     SELECT child.id FROM litejobs_jobs AS child JOIN tree ON child.parent_id = tree.id
     WHERE child.role IN ('part', 'result'))
+"""
+_CANCEL_DESCENDANTS = _WORK_UNDER + f"""
 UPDATE litejobs_jobs
 SET status = CASE WHEN status = 'active' THEN status ELSE 'cancelled' END,
     finished_at = CASE WHEN status = 'active' THEN finished_at ELSE :now END,
-    cancel_requested = 1
+    cancel_requested = CASE WHEN status = 'active' AND stop_requested IS NOT NULL
+                            THEN cancel_requested ELSE 1 END
 WHERE id IN tree AND status IN ('pending', 'waiting', 'active')
 RETURNING {_ENDED}
+"""
+
+# Before a composite stopped by `_STOP_JOB` is cancelled: its running parts
+# are asked to stop by :deadline rather than stopped at once.
+_STOP_DESCENDANTS = _WORK_UNDER + """
+UPDATE litejobs_jobs
+SET stop_requested = coalesce(min(stop_requested, :deadline), :deadline)
+WHERE id IN tree AND status = 'active'
 """
 
 _DORMANT_CALLBACKS = f"""
@@ -831,9 +929,20 @@ ORDER BY role != 'part', role != 'result', position, id
 # -- progress, inspection and retention ---------------------------------------
 
 _REPORT = """
-UPDATE litejobs_jobs SET progress = :progress, progress_message = :message, meta = :meta
+UPDATE litejobs_jobs SET progress = :progress, progress_message = :message
 WHERE id = :id AND status = 'active' AND lease_token = :token
 """
+
+# Meta is merged, key by key, inside the write transaction: a running job and
+# others (`Job.update_meta` from outside) may each set keys of it.  The fenced
+# read fences the write after it.
+_META_OF_RUN = """
+SELECT meta FROM litejobs_jobs WHERE id = ? AND status = 'active' AND lease_token = ?
+"""
+_META_OF_JOB = """
+SELECT meta FROM litejobs_jobs WHERE id = :id AND (:created_at IS NULL OR created_at = :created_at)
+"""
+_SET_META = "UPDATE litejobs_jobs SET meta = ? WHERE id = ?"
 
 _COUNT_BY_QUEUE = """
 SELECT queue, status, count(*) FROM litejobs_jobs GROUP BY queue, status ORDER BY queue
@@ -895,7 +1004,8 @@ _REOPEN = f"""
 UPDATE litejobs_jobs
 SET history = {_HISTORY_ENTRY.format(event="'retried by hand'")},
     status = 'waiting', waiting_on = -1, waiting_for = NULL, attempts = 0,
-    interruptions = 0, cancel_requested = 0, result = NULL, result_signature = NULL,
+    interruptions = 0, handbacks = 0, cancel_requested = 0, stop_requested = NULL,
+    result = NULL, result_signature = NULL,
     error = NULL, error_type = NULL,
     ran_by = NULL, started_at = NULL, finished_at = NULL, begin_after = :now, begin_by = NULL,
     progress = NULL, progress_message = NULL
@@ -903,13 +1013,9 @@ WHERE id = :id AND status IN ('failed', 'cancelled')
 """
 
 # Work of a job's own still going on: its parts, or the job it returned, and theirs.
-_UNFINISHED_WORK_UNDER = """
-WITH RECURSIVE tree (id, status) AS (
-    SELECT id, status FROM litejobs_jobs WHERE parent_id = :id AND role IN ('part', 'result')
-    UNION ALL
-    SELECT child.id, child.status FROM litejobs_jobs AS child JOIN tree
-        ON child.parent_id = tree.id AND child.role IN ('part', 'result'))
-SELECT count(*) FROM tree WHERE status IN ('pending', 'waiting', 'active')
+_UNFINISHED_WORK_UNDER = _WORK_UNDER + """
+SELECT count(*) FROM litejobs_jobs
+WHERE id IN tree AND status IN ('pending', 'waiting', 'active')
 """
 
 _STATUS_OF = "SELECT status FROM litejobs_jobs WHERE id = ?"
@@ -970,13 +1076,53 @@ def _unreadable_file(path: str, exc: sqlite3.DatabaseError) -> DatabaseError:
     return _translate_sqlite_error(exc, path)
 
 
+_WAL_WRITE_LOCK_BYTE = 120  # in the -shm file: https://sqlite.org/walformat.html, 2.3.1
+
+
+def _write_lock_holder(path: str) -> str:
+    """Who holds the write lock of the database at ``path``, as a clause for an
+    error message, where Linux's /proc/locks tells (the WAL write lock is a
+    POSIX lock on one byte of the -shm file); else "".  Nothing is opened
+    on the database's files: closing a descriptor of them would drop
+    SQLite's own locks (see `_unreadable_file`)."""
+    try:
+        shm = os.stat(path + "-shm")
+        with open("/proc/locks") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return ""
+    device = f"{os.major(shm.st_dev):02x}:{os.minor(shm.st_dev):02x}:{shm.st_ino}"
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8 or fields[1] == "->" or fields[3] != "WRITE" or fields[5] != device:
+            continue
+        end = math.inf if fields[7] == "EOF" else int(fields[7])
+        if not int(fields[6]) <= _WAL_WRITE_LOCK_BYTE <= end:
+            continue
+        pid = int(fields[4])
+        if pid == os.getpid():
+            return (f"; the lock is held by this very process (pid {pid}): if this thread "
+                    f"has a transaction open on a connection of its own to the file, "
+                    f"commit it first, or pass that connection as conn= so that litejobs "
+                    f"writes inside it")
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            command = ""
+        return f"; the lock is held by process {pid}" + (f" ({_shortened(command, 120)})"
+                                                         if command else "")
+    return ""
+
+
 def _translate_sqlite_error(exc: sqlite3.Error, path: str) -> DatabaseError:
     text = str(exc)
     lowered = text.lower()
     if "locked" in lowered or "busy" in lowered:
-        return _DatabaseBusy(
-            f"{path} stayed locked by another connection past the busy timeout ({text}); "
-            f"keep write transactions short, or raise busy_timeout"
+        return DatabaseBusy(
+            f"{path} stayed locked by another connection for longer than the busy timeout "
+            f"({text}){_write_lock_holder(path)}; keep write transactions short, or give "
+            f"the queue a longer busy_timeout"
         )
     if "readonly" in lowered or "read-only" in lowered:
         return DatabaseError(
@@ -1005,14 +1151,24 @@ def _queue_names_filter(queue_count: int | None) -> str:
     return f" AND queue IN ({names})"
 
 
+def _claim_filters(unsigned_only: bool, avoiding: bool) -> str:
+    """The terms that leave jobs to other runners: signed ones, for a runner
+    without a secret, and those whose callable is in ``:avoid`` (a JSON array)."""
+    return (_UNSIGNED_ONLY if unsigned_only else "") + (_AVOIDING_NAMES if avoiding else "")
+
+
 @functools.lru_cache(maxsize=64)
-def _claim_statement(queue_count: int | None) -> str:
-    """The claim for every queue (None) or for ``queue_count`` named ones."""
+def _claim_statement(queue_count: int | None, unsigned_only: bool = False,
+                     avoiding: bool = False) -> str:
+    """The claim for every queue (None) or for ``queue_count`` named ones,
+    with `_claim_filters`."""
+    filters = _claim_filters(unsigned_only, avoiding)
     if queue_count is not None and 0 < queue_count <= _MAX_QUEUE_RANGES:
-        source = " UNION ALL ".join(_CLAIM_ONE_QUEUE.format(index=i)
+        source = " UNION ALL ".join(_CLAIM_ONE_QUEUE.format(index=i, filters=filters)
                                     for i in range(queue_count))
     else:
-        source = _CLAIM_ANY_QUEUE.format(queues=_queue_names_filter(queue_count))
+        source = _CLAIM_ANY_QUEUE.format(queues=_queue_names_filter(queue_count),
+                                         filters=filters)
     return _CLAIM_JOBS.format(source=source, columns=_JOB_COLUMNS)
 
 
@@ -1028,7 +1184,7 @@ _NEW_ROW: dict[str, Any] = {
     "signature": None, "cancel_requested": 0, "parent_id": None, "role": None, "position": None,
     "composite": None, "waiting_on": 0, "waiting_for": None, "followers": 0,
     "error": None, "error_type": None, "progress": None, "progress_message": None,
-    "meta": None, "ran_by": None, "history": None,
+    "meta": None, "ran_by": None, "history": None, "handbacks": 0, "stop_requested": None,
 }
 
 
@@ -1107,6 +1263,27 @@ def _check_sizes(rows: Sequence[dict[str, Any]], limit: int | None) -> None:
             f"job {row['name']} takes {largest:,} bytes pickled, over the size limit of "
             f"{limit:,}: pass a path or an id, and let the job load the data itself (or "
             f"raise the queue's size_limit)")
+
+
+def _lease_lost_text(job_id: int, token: str, consequence: str = "") -> str:
+    """The message of a `LeaseLost`: a write of a run that no longer owns its job."""
+    return (f"job {job_id}: lease {token[:8]} no longer owns the job"
+            + (f"; {consequence}" if consequence else ""))
+
+
+def _merged_meta(text: str | None, items: Mapping[str, Any]) -> str:
+    """A job's meta (JSON ``text``, or None) with ``items`` merged in, as JSON.
+    Raises TypeError for a value that is not JSON, and ValueError when the
+    result is over ``_META_MOST``."""
+    merged = {**(json.loads(text) if text else {}), **items}
+    try:
+        merged_text = json.dumps(merged, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"meta values must be JSON: {exc}") from None
+    if len(merged_text) > _META_MOST:
+        raise ValueError(f"meta would take {len(merged_text):,} bytes as JSON; the limit is "
+                         f"{_META_MOST:,}: keep larger data in the result or a file")
+    return merged_text
 
 
 def _crash_point(point: str) -> None:
@@ -1220,11 +1397,10 @@ class _Storage(Protocol):
     def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]: ...
     def fetch(self, job_id: int) -> dict[str, Any] | None: ...
     def fetch_blob(self, job_id: int, column: str) -> tuple[bytes | None, bytes | None]: ...
-    def fetch_many(self, *, status: str | None, queue: str | None,
-                   limit: int) -> list[dict[str, Any]]: ...
     def counts(self, queue: str | None) -> dict[str, int]: ...
     def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
-              expires: float, limit: int) -> tuple[str, list[dict[str, Any]]]: ...
+              expires: float, limit: int, unsigned_only: bool = False,
+              avoid: Collection[str] = ()) -> tuple[str, list[dict[str, Any]]]: ...
     def finish(self, job_id: int, token: str, *, status: str, now: float,
                result: bytes | None = None, error: str | None = None,
                error_type: str | None = None, begin_after: float | None = None) -> str: ...
@@ -1235,9 +1411,17 @@ class _Storage(Protocol):
     def cancel(self, job_id: int, now: float, *, created_at: float | None = None,
                conn: sqlite3.Connection | None = None) -> str | None: ...
     def release(self, job_id: int, token: str, now: float) -> str: ...
+    def refuse(self, job_id: int, token: str, now: float, reason: str) -> str: ...
+    def hand_back(self, job_id: int, token: str, now: float, reason: str) -> str: ...
     def outcome_lost(self, job_id: int, token: str, now: float, reason: str) -> str: ...
-    def cancels_requested(self, owner: str) -> list[int]: ...
-    def next_due(self, queues: Sequence[str] | None) -> float | None: ...
+    def request_stop(self, job_id: int, now: float, deadline: float, *,
+                     created_at: float | None = None) -> str | None: ...
+    def update_meta(self, job_id: int, items: Mapping[str, Any], *,
+                    created_at: float | None = None) -> str: ...
+    def news_of(self, job_id: int) -> tuple[str | None, float | None]: ...
+    def stops_requested(self, owner: str) -> list[tuple[int, bool, float | None]]: ...
+    def next_due(self, queues: Sequence[str] | None, *, unsigned_only: bool = False,
+                 avoid: Collection[str] = ()) -> float | None: ...
     def data_version(self) -> int: ...
     def register_worker(self, worker_id: str, *, host: str, pid: int, processes: int,
                         queues: Sequence[str] | None, lease: float, now: float) -> None: ...
@@ -1255,6 +1439,7 @@ class _Storage(Protocol):
                before: float | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
     def purge(self, before: float, *, status: str | None = None, limit: int = 500,
               dry_run: bool = False) -> tuple[int, int]: ...
+    def unfinished_under(self, job_id: int) -> int: ...
     def reopen(self, job_id: int, now: float) -> str: ...
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]: ...
     def close(self) -> None: ...
@@ -1329,7 +1514,7 @@ class _SQLiteStorage:
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
                  create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-                 busy_retries: int = _BUSY_RETRIES, read_only: bool = False,
+                 read_only: bool = False,
                  secrets: tuple[bytes, ...] = (), size_limit: int | None = DEFAULT_SIZE_LIMIT):
         self.path = os.path.abspath(os.fspath(path))
         self.durable = durable
@@ -1338,7 +1523,6 @@ class _SQLiteStorage:
         self.read_only = read_only
         self.create = create and not read_only
         self.busy_timeout = busy_timeout
-        self.busy_retries = busy_retries
         self._pid = os.getpid()
         self._connections: dict[int, sqlite3.Connection] = {}
         self._writing: dict[int, bool] = {}  # threads inside write(): atomic_steps
@@ -1369,7 +1553,8 @@ class _SQLiteStorage:
         if os.path.isdir(self.path):
             raise DatabaseError(f"{self.path} is a directory, not a database file")
         if not os.path.exists(self.path) and not self.create:
-            raise DatabaseError(f"no database at {self.path}: check the path")
+            raise DatabaseError(f"no database at {self.path}: check the path, or create "
+                                f"it with: python -m litejobs init {self.path}")
         if self.read_only:
             if not os.access(self.path, os.R_OK):
                 raise DatabaseError(f"cannot read {self.path}: permission denied")
@@ -1581,14 +1766,28 @@ class _SQLiteStorage:
                 conn.execute("ROLLBACK")
 
     def _begin(self, conn: sqlite3.Connection) -> None:
-        for attempt in range(self.busy_retries):
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc) or attempt == self.busy_retries - 1:
-                    raise
-                time.sleep(random.uniform(0.001, 0.05))
+        """BEGIN IMMEDIATE, waiting for the write lock ``busy_timeout`` seconds in
+        all.  SQLite's busy handler waits within one try, but a try may also
+        fail at once (while another connection recovers the WAL, say): it is
+        tried again, with jitter, for what is left of the time."""
+        deadline = time.monotonic() + self.busy_timeout
+        shortened = False
+        try:
+            while True:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    left = deadline - time.monotonic()
+                    if not _is_busy(exc) or left <= 0:
+                        raise
+                time.sleep(min(left, random.uniform(0.001, 0.05)))
+                left = deadline - time.monotonic()
+                conn.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+                shortened = True
+        finally:
+            if shortened:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -1740,22 +1939,18 @@ class _SQLiteStorage:
             raise JobNotFound(f"no job {job_id} in {self.path}")
         return row[0], row[1]
 
-    def fetch_many(self, *, status: str | None, queue: str | None,
-                   limit: int) -> list[dict[str, Any]]:
-        with self.read() as conn:
-            cursor = conn.execute(_SELECT_JOBS, {"status": status, "queue": queue,
-                                                 "limit": limit})
-            return _as_dicts(cursor)
-
     def counts(self, queue: str | None) -> dict[str, int]:
         with self.read() as conn:
             rows = conn.execute(_COUNT_JOBS, {"queue": queue}).fetchall()
         return dict(rows)
 
     def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
-              expires: float, limit: int) -> tuple[str, list[dict[str, Any]]]:
+              expires: float, limit: int, unsigned_only: bool = False,
+              avoid: Collection[str] = ()) -> tuple[str, list[dict[str, Any]]]:
         """Claim up to ``limit`` jobs due at ``now`` for ``owner``, leased until
         ``expires``; return the lease token and the claimed rows in claim order.
+        With ``unsigned_only``, signed jobs are left to others, and so are
+        jobs whose callable is named in ``avoid``.
 
         In the same transaction, jobs still pending past their ``begin_by``
         deadline fail instead of being claimed, and active jobs whose lease
@@ -1766,7 +1961,7 @@ class _SQLiteStorage:
         token = uuid.uuid4().hex
         params: dict[str, Any] = {"now": now, "owner": owner, "token": token,
                                   "expires": expires, "limit": limit,
-                                  "error_type": _DEADLINE_TYPE}
+                                  "error_type": _DEADLINE_TYPE, "avoid": json.dumps(list(avoid))}
         for index, name in enumerate(queues or ()):
             params[f"queue{index}"] = name
         queue_count = None if queues is None else len(queues)
@@ -1777,7 +1972,8 @@ class _SQLiteStorage:
             self._after_end(conn, _as_dicts(cursor), now)
             if queue_count == 0:
                 return token, []
-            cursor = conn.execute(_claim_statement(queue_count), params)
+            cursor = conn.execute(_claim_statement(queue_count, unsigned_only, bool(avoid)),
+                                  params)
             claimed = _as_dicts(cursor)
             if claimed:
                 _crash_point("in-claim")
@@ -1809,8 +2005,7 @@ class _SQLiteStorage:
                   "begin_after": begin_after, "error_line": _last_line(error)}
         with self.write() as conn:
             status = self._ended(conn, _FINISH_JOB, params, now,
-                                 f"job {job_id}: lease {token[:8]} no longer owns the job; "
-                                 f"its result was discarded")
+                                 _lease_lost_text(job_id, token, "its result was discarded"))
             _crash_point("in-finish")
             return status
 
@@ -1866,10 +2061,22 @@ class _SQLiteStorage:
     def _interrupt(self, conn: sqlite3.Connection, job_id: int, token: str,
                    now: float, reason: str) -> str:
         error = _format_exception_only(Interrupted(reason))
-        return self._ended(conn, _INTERRUPT_JOB, {
+        cursor = conn.execute(_INTERRUPT_JOB, {
             "id": job_id, "token": token, "now": now, "error": error,
-            "error_type": _INTERRUPTED_TYPE, "error_line": reason},
-            now, f"job {job_id}: lease {token[:8]} no longer owns the job")
+            "error_type": _INTERRUPTED_TYPE, "error_line": reason,
+            "backoff": _INTERRUPTION_BACKOFF[0], "backoff_most": _INTERRUPTION_BACKOFF[1]})
+        found = cursor.fetchone()
+        if found is None:
+            raise LeaseLost(_lease_lost_text(job_id, token))
+        row = _as_dict(cursor, found)
+        self._after_end(conn, [row], now)
+        if row["max_interruptions"] == _UNLIMITED and row["status"] == PENDING:
+            wait = row["begin_after"] - now
+            _log.warning("job %s (%s) was interrupted (%s); it retries interruptions for "
+                         "ever, as callbacks and postprocesses do by default, and runs "
+                         "again %s", job_id, row["name"], reason,
+                         f"in {_format_duration(wait)}" if wait > 0 else "at once")
+        return str(row["status"])
 
     def renew(self, leases: Iterable[tuple[int, str]], expires: float) -> list[int]:
         """Extend the given ``(job_id, token)`` leases; return the ids whose
@@ -1896,18 +2103,64 @@ class _SQLiteStorage:
     def release(self, job_id: int, token: str, now: float) -> str:
         """Give back a claimed job that never started: pending again (or
         cancelled, if that was asked), its attempt not counted.  Fenced."""
-        with self.write() as conn:
-            return self._ended(conn, _RELEASE_JOB, {"id": job_id, "token": token, "now": now},
-                               now, f"job {job_id}: lease {token[:8]} no longer owns the job")
+        return self._fenced_end(_RELEASE_JOB, job_id, token, now)
+
+    def refuse(self, job_id: int, token: str, now: float, reason: str) -> str:
+        """`release` a job its runner cannot run (see `_REFUSE_JOB`), saying
+        why in its history."""
+        return self._fenced_end(_REFUSE_JOB, job_id, token, now, reason)
+
+    def hand_back(self, job_id: int, token: str, now: float, reason: str) -> str:
+        """Record a run that a stopping pool ended after its grace: pending
+        again, counted neither as an attempt nor as an interruption, and in
+        the history.  Fenced."""
+        return self._fenced_end(_HAND_BACK_JOB, job_id, token, now, reason)
 
     def outcome_lost(self, job_id: int, token: str, now: float, reason: str) -> str:
         """Record a run that ended, but whose outcome was lost with its
         process when another job killed it: pending again, the attempt
         counted and in the history, no interruption counted.  Fenced."""
+        return self._fenced_end(_OUTCOME_LOST, job_id, token, now, reason)
+
+    def _fenced_end(self, statement: str, job_id: int, token: str, now: float,
+                    reason: str | None = None) -> str:
         with self.write() as conn:
-            return self._ended(conn, _OUTCOME_LOST, {"id": job_id, "token": token, "now": now,
-                                                     "error_line": reason},
-                               now, f"job {job_id}: lease {token[:8]} no longer owns the job")
+            return self._ended(conn, statement, {"id": job_id, "token": token, "now": now,
+                                                 "error_line": reason},
+                               now, _lease_lost_text(job_id, token))
+
+    def request_stop(self, job_id: int, now: float, deadline: float, *,
+                     created_at: float | None = None) -> str | None:
+        """Ask a running job to stop by ``deadline``: it sees `Job.stop_requested`
+        and may return early, and its pool stops it at the deadline (it then
+        ends cancelled).  A job not running is cancelled at once; the running
+        jobs under a composite are asked to stop in the same way.  Returns the
+        status after, or None if the job had already ended."""
+        with self.write() as conn:
+            conn.execute(_STOP_DESCENDANTS, {"id": job_id, "deadline": deadline})
+            return self._end(conn, _STOP_JOB, {"id": job_id, "now": now, "deadline": deadline,
+                                               "created_at": created_at}, now)
+
+    def update_meta(self, job_id: int, items: Mapping[str, Any], *,
+                    created_at: float | None = None) -> str:
+        """Merge ``items`` into a job's meta, whatever its status; return the
+        meta written, as JSON.  Raises `JobNotFound`, or ValueError when the
+        meta would grow over its limit."""
+        with self.write() as conn:
+            found = conn.execute(_META_OF_JOB, {"id": job_id,
+                                                "created_at": created_at}).fetchone()
+            if found is None:
+                raise JobNotFound(f"no job {job_id} in {self.path}")
+            text = _merged_meta(found[0], items)
+            conn.execute(_SET_META, (text, job_id))
+        return text
+
+    def news_of(self, job_id: int) -> tuple[str | None, float | None]:
+        """What a running job reads of itself: its meta (JSON), and the time it
+        was asked to stop by, if it was."""
+        with self.read() as conn:
+            found = conn.execute(_NEWS_OF_JOB, (job_id,)).fetchone()
+        return (None, None) if found is None else (found[0], found[1])
 
     def wait_for(self, job_id: int, token: str, now: float,
                  follow: int | list[dict[str, Any]]) -> str:
@@ -1915,8 +2168,7 @@ class _SQLiteStorage:
         holding no worker, for ``follow`` (the id of a job already put, or a
         planned tree to insert under it), and will end as that job ends.
         Fenced like `finish`; returns the status written."""
-        lost = f"job {job_id}: lease {token[:8]} no longer owns the job; the job it " \
-               f"returned was not stored"
+        lost = _lease_lost_text(job_id, token, "the job it returned was not stored")
         with self.write() as conn:
             if isinstance(follow, int):
                 target = follow
@@ -2140,16 +2392,22 @@ class _SQLiteStorage:
         conn.execute(_MAKE_READY, {"id": job_id, "now": now})
         self.woken += 1
 
-    def cancels_requested(self, owner: str) -> list[int]:
-        """Ids of jobs ``owner`` is running whose cancel was asked for."""
+    def stops_requested(self, owner: str) -> list[tuple[int, bool, float | None]]:
+        """The jobs ``owner`` is running that were cancelled or asked to stop:
+        ``(job_id, cancelled, stop_by)``."""
         with self.read() as conn:
-            return [row[0] for row in conn.execute(_CANCELS_REQUESTED, {"owner": owner})]
+            return [(job_id, bool(cancelled), stop_by) for job_id, cancelled, stop_by
+                    in conn.execute(_STOPS_REQUESTED, {"owner": owner}).fetchall()]
 
-    def next_due(self, queues: Sequence[str] | None) -> float | None:
-        """The earliest ``begin_after`` of pending jobs in ``queues`` (None: all)."""
-        params = {f"queue{i}": name for i, name in enumerate(queues or ())}
+    def next_due(self, queues: Sequence[str] | None, *, unsigned_only: bool = False,
+                 avoid: Collection[str] = ()) -> float | None:
+        """The earliest ``begin_after`` of pending jobs in ``queues`` (None: all),
+        of those a `claim` with the same filters would take."""
+        params: dict[str, Any] = {f"queue{i}": name for i, name in enumerate(queues or ())}
+        params["avoid"] = json.dumps(list(avoid))
         statement = _NEXT_DUE.format(
-            queues=_queue_names_filter(None if queues is None else len(queues)))
+            queues=_queue_names_filter(None if queues is None else len(queues)),
+            filters=_claim_filters(unsigned_only, bool(avoid)))
         with self.read() as conn:
             found = conn.execute(statement, params).fetchone()[0]
         return None if found is None else float(found)
@@ -2220,12 +2478,24 @@ class _SQLiteStorage:
     # -- progress, inspection and retention ------------------------------------
 
     def report(self, reports: Iterable[tuple[int, str, Mapping[str, Any]]]) -> None:
-        """Write the progress, progress message and meta of running jobs, each
-        as ``(job_id, token, {"progress", "message", "meta"})``; fenced, so a
-        report of a run that lost its lease changes nothing."""
+        """Write the progress and progress message of running jobs, and merge
+        into their meta the keys they set, each as ``(job_id, token,
+        {"progress", "message", "meta"})`` (``meta`` a dict of the keys set
+        since the last report); fenced, so a report of a run that lost its
+        lease changes nothing."""
         with self.write() as conn:
             for job_id, token, fields in reports:
-                conn.execute(_REPORT, {**fields, "id": job_id, "token": token})
+                if fields.get("meta"):
+                    found = conn.execute(_META_OF_RUN, (job_id, token)).fetchone()
+                    if found is None:
+                        continue  # the run lost its lease: fenced off
+                    try:
+                        conn.execute(_SET_META, (_merged_meta(found[0], fields["meta"]), job_id))
+                    except (TypeError, ValueError) as exc:  # grown by others meanwhile
+                        _log.warning("job %s: its meta was not updated: %s", job_id, exc)
+                conn.execute(_REPORT, {"progress": fields.get("progress"),
+                                       "message": fields.get("message"),
+                                       "id": job_id, "token": token})
 
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]:
         """Copy what the WAL holds into the database, as far as readers allow,
@@ -2290,6 +2560,12 @@ class _SQLiteStorage:
                 if not dry_run:
                     conn.executemany(_DELETE_JOB, tree + [(root,)])
         return len(roots), under
+
+    def unfinished_under(self, job_id: int) -> int:
+        """How many jobs under ``job_id`` (its parts, the job it returned, and
+        theirs) have not ended."""
+        with self.read() as conn:
+            return int(conn.execute(_UNFINISHED_WORK_UNDER, {"id": job_id}).fetchone()[0])
 
     def reopen(self, job_id: int, now: float) -> str:
         """Run a failed or cancelled job again, keeping its history.  A
@@ -2456,6 +2732,19 @@ def _by_name(fn: Any) -> str | None:
     return _importable_name(fn)
 
 
+def _refuse_async(fn: Any, name: str) -> None:
+    """Raise TypeError for a coroutine or async generator function (or a
+    partial of one, or an object whose ``__call__`` is one): it would only
+    fail later, unawaited, in a worker."""
+    call = fn if inspect.isroutine(fn) or isinstance(fn, functools.partial) \
+        else getattr(type(fn), "__call__", None)
+    if inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call):
+        raise TypeError(
+            f"cannot store {name}: it is an async function (async def), and litejobs "
+            f"runs only synchronous functions; put a plain module-level function that "
+            f"runs it with asyncio.run() instead")
+
+
 @functools.lru_cache(maxsize=4096)
 def _importable_name(fn: Any) -> str | None:
     """`_by_name` for hashable callables, cached: put resolves each function once."""
@@ -2484,6 +2773,7 @@ def _importable_name(fn: Any) -> str | None:
             f"cannot store {_describe(fn)}: {name} does not import back to it; "
             f"jobs must be module-level functions that a worker can import"
         )
+    _refuse_async(fn, name)
     return name
 
 
@@ -2500,6 +2790,10 @@ def _check_callable_name(name: str) -> None:
         ) from None
     if not callable(target):
         raise ValueError(f"{name!r} names {_describe(target)}, which is not callable")
+    try:
+        _refuse_async(target, name)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _prepare_call(fn: Any, args: tuple[Any, ...],
@@ -2520,6 +2814,8 @@ def _prepare_call(fn: Any, args: tuple[Any, ...],
         by_name = _by_name(fn)
         name = by_name or _name_of(fn)
         stored = None if by_name else fn
+        if stored is not None:
+            _refuse_async(fn, name)
     if stored is None and not args and not kwargs:
         return name, None
     try:
@@ -2720,6 +3016,149 @@ def _retry_delay(policy_json: str | None, attempt: int, exc_mro: Sequence[str]) 
     return spec.delay_before(attempt)
 
 
+# -- the options of a put ---------------------------------------------------------
+
+# What a put uses for an option given neither to it nor to the job's function.
+_PUT_DEFAULTS: dict[str, Any] = {
+    "begin_after": None, "begin_by": None, "retry": None, "priority": 0,
+    "queue": DEFAULT_QUEUE, "timeout": None, "max_interruptions": DEFAULT_MAX_INTERRUPTIONS,
+}
+# Callbacks and postprocesses are the clean-up that must run: by default they
+# retry interruptions for ever, waiting longer each time (_INTERRUPT_JOB).
+_FOLLOWER_DEFAULTS: dict[str, Any] = {"max_interruptions": None}
+
+
+def _row_options(now: float, *, begin_after: Any, begin_by: Any, retry: Retry | None,
+                 priority: int, queue: str, key: str | None, timeout: float | None,
+                 max_interruptions: int | None) -> dict[str, Any]:
+    """The columns of a new job's row that follow from the options of a put,
+    each checked; raises TypeError or ValueError naming a bad one."""
+    start = _begin_after(begin_after, now)
+    deadline = None
+    if begin_by is not None:
+        window = _seconds(begin_by, "begin_by")
+        if window == 0:
+            raise ValueError("begin_by must be positive: it is how long after "
+                             "begin_after the job may still start")
+        deadline = start + window
+    _representable(start, "begin_after")
+    if deadline is not None:
+        _representable(deadline, "begin_after + begin_by")
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"retry must be a litejobs.Retry, not {_describe(retry)}")
+    _int_in_range(priority, "priority", -_INT64, _INT64 - 1)
+    if not isinstance(queue, str) or not queue:
+        raise ValueError(f"queue must be a non-empty string, not {queue!r}")
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key must be a string or None, not {key!r}")
+    if timeout is not None:
+        timeout = _seconds(timeout, "timeout")
+        if timeout == 0:
+            raise ValueError("timeout must be positive")
+    if max_interruptions is not None:
+        _int_in_range(max_interruptions, "max_interruptions", 0, 2 ** 31 - 1)
+    return {**_NEW_ROW, "queue": queue, "priority": priority, "key": key,
+            "max_attempts": retry.attempts if retry else 1,
+            "retry_policy": retry._to_json() if retry else None,
+            "max_interruptions": _UNLIMITED if max_interruptions is None else max_interruptions,
+            "timeout": timeout, "begin_after": start, "begin_by": deadline}
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options of a call that were given, not left at `_DEFAULT`."""
+    return {name: value for name, value in options.items() if value is not _DEFAULT}
+
+
+@functools.lru_cache(maxsize=1024)
+def _options_of_name(name: str) -> Mapping[str, Any] | None:
+    try:
+        return _function_options(_resolve(name))
+    except Exception:  # put says what is wrong with the name
+        return None
+
+
+def _function_options(fn: Any) -> Mapping[str, Any] | None:
+    """The defaults a job function was given with `job`, if any."""
+    if isinstance(fn, str):
+        return _options_of_name(fn)
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    try:
+        options = getattr(fn, _OPTIONS_ATTRIBUTE, None)
+    except Exception:  # an object whose __getattr__ raises something else
+        return None
+    return options if isinstance(options, dict) else None
+
+
+class _Options:
+    """The options of the rows of one put (or callback, or returned job): those
+    given to the call win over those of each job's function (see `job`),
+    which win over what follows from its role (callbacks and postprocesses
+    retry interruptions for ever), which win over ``base``: litejobs'
+    defaults, or the queue and priority a follower takes from its job.
+
+    Rows are built once per function defaults and role, and copied."""
+
+    def __init__(self, now: float, given: Mapping[str, Any],
+                 base: Mapping[str, Any] = _PUT_DEFAULTS):
+        unknown = sorted(set(given) - set(_PUT_DEFAULTS))
+        if unknown:
+            raise TypeError(f"unexpected option {', '.join(unknown)}; use those of Queue.put: "
+                            f"{', '.join(_PUT_DEFAULTS)}")
+        self.now = now
+        self.given = given
+        self.base = base
+        self._rows: dict[tuple[int, bool], tuple[Mapping[str, Any] | None, dict[str, Any]]] = {}
+        self.row(None, follower=False)  # checks the options given, even for no job
+
+    def row(self, fn: Any, follower: bool) -> dict[str, Any]:
+        """The columns of a row for a call of ``fn``; a follower is a callback
+        or a postprocess.  Shared: copy it before changing it."""
+        own = _function_options(fn)
+        found = self._rows.get((id(own), follower))
+        if found is None or found[0] is not own:
+            merged = {**self.base, **(_FOLLOWER_DEFAULTS if follower else {}), **(own or {}),
+                      **self.given}
+            found = (own, _row_options(self.now, key=None, **merged))
+            self._rows[(id(own), follower)] = found
+        return found[1]
+
+
+def job(fn: Callable[..., Any] | None = None, /, *,
+        queue: str | _Default = _DEFAULT, priority: int | _Default = _DEFAULT,
+        retry: Retry | None | _Default = _DEFAULT,
+        timeout: float | None | _Default = _DEFAULT,
+        max_interruptions: int | None | _Default = _DEFAULT) -> Any:
+    """Give a job function defaults for the options of `Queue.put`, where it
+    is defined::
+
+        @litejobs.job(queue="pdf", retry=litejobs.Retry(3), timeout=60)
+        def render_pdf(order_id): ...
+
+        q.put(Job(render_pdf, 7))                # in queue "pdf", with that retry and timeout
+        q.put(Job(render_pdf, 8), queue="rush")  # an option given to put wins
+
+    Every put of the function uses them unless told otherwise: as a plain
+    job, a part of a composite, a postprocess, a callback (which otherwise
+    runs in its job's queue and priority) or a job returned by a job.  The
+    function itself is returned unchanged, still an ordinary function to
+    call directly.  ``max_interruptions=None`` retries interruptions for
+    ever.  Bad options raise here, at definition.
+    """
+    options = _given(queue=queue, priority=priority, retry=retry, timeout=timeout,
+                     max_interruptions=max_interruptions)
+    _row_options(0.0, key=None, **{**_PUT_DEFAULTS, **options})  # checked once, here
+
+    def decorate(target: Callable[..., Any]) -> Callable[..., Any]:
+        if not callable(target):
+            raise TypeError(f"litejobs.job decorates a function, not {_describe(target)}")
+        _refuse_async(target, _name_of(target))
+        setattr(target, _OPTIONS_ATTRIBUTE, dict(options))
+        return target
+
+    return decorate if fn is None else decorate(fn)
+
+
 class Job:
     """A call to run later: ``Job(function, *args, **kwargs)``.
 
@@ -2738,6 +3177,7 @@ class Job:
         self._row: dict[str, Any] = {}
         self._result_cache: tuple[Any] | None = None
         self._reporter: _Reporter | None = None  # set while the job runs here
+        self._own_meta: dict[str, Any] = {}  # the meta keys the running job set here
 
     @classmethod
     def _bound(cls, queue: Queue, row: dict[str, Any]) -> Job:
@@ -2747,10 +3187,12 @@ class Job:
         job._row = row
         job._result_cache = None
         job._reporter = None
+        job._own_meta = {}
         return job
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_reporter": None}  # a reporter stays in its process
+        # A reporter, and what the run set, stay in the process running it.
+        return {**self.__dict__, "_reporter": None, "_own_meta": {}}
 
     def _require_queue(self) -> Queue:
         if self._queue is None:
@@ -2821,15 +3263,43 @@ class Job:
 
     @property
     def attempts(self) -> int:
-        """How many runs have started, the current one included."""
+        """How many runs have started, the current one included (a run handed
+        back by a stopping pool, or a claim given back before it started, is
+        not counted again when the job runs next)."""
         return int(self._row.get("attempts", 0))
 
     attempt = attempts
 
     @property
+    def max_attempts(self) -> int:
+        """How many runs its `Retry` policy allows for exceptions (1 without one)."""
+        return int(self._row.get("max_attempts", 1))
+
+    @property
     def interruptions(self) -> int:
         """How many runs ended without an outcome (process killed, lease lost)."""
         return int(self._row.get("interruptions", 0))
+
+    @property
+    def max_interruptions(self) -> int | None:
+        """How many interruptions the job may have before it fails as
+        `Interrupted`; None for no limit (the default of callbacks and
+        postprocesses)."""
+        most = self._row.get("max_interruptions", DEFAULT_MAX_INTERRUPTIONS)
+        return None if most == _UNLIMITED else int(most)
+
+    @property
+    def handbacks(self) -> int:
+        """How many runs a stopping pool (a deploy, say) ended after its grace
+        and handed back: they count neither as attempts nor as interruptions."""
+        return int(self._row.get("handbacks", 0))
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether `request_stop` asked the job to stop.  Inside the running
+        job, it turns True within about a second of the request: the job may
+        then wrap up and return early, before its pool stops it."""
+        return self._row.get("stop_requested") is not None
 
     @property
     def timeout(self) -> float | None:
@@ -2925,18 +3395,42 @@ class Job:
     def update_meta(self, **items: Any) -> None:
         """Merge ``items`` into the job's meta, a small dict of JSON values that
         anyone can read (`meta`, ``show``) while the job runs and after.
-        Written like `set_progress`.  Only inside the job."""
-        reporter = self._require_reporter("update_meta")
-        merged = {**self.meta, **items}
-        try:
-            text = json.dumps(merged, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"meta values must be JSON: {exc}") from None
-        if len(text) > _META_MOST:
-            raise ValueError(f"meta would take {len(text):,} bytes as JSON; the limit is "
-                             f"{_META_MOST:,}: keep larger data in the result or a file")
-        self._row["meta"] = text
-        reporter.changed(self._row)
+
+        Inside the running job, on ``current_job()``, it is written like
+        `set_progress`.  Anywhere else it is written at once, whatever the
+        job's status, and a running job sees it in ``current_job().meta``
+        within about a second: a way to steer a long job while it runs.  The
+        keys a running job sets itself keep, in its own view, the values it
+        gave them."""
+        reporter = self._reporter
+        if reporter is None or _CURRENT_JOB.get() is not self:
+            queue = self._require_queue()
+            self._row["meta"] = queue._storage.update_meta(
+                self._require_id(), items, created_at=self._row.get("created_at"))
+            return
+        self._row["meta"] = _merged_meta(self._row.get("meta"), items)
+        self._own_meta.update(items)
+        reporter.changed(self._row, items)
+
+    def request_stop(self, grace: float | datetime.timedelta = DEFAULT_STOP_GRACE) -> bool:
+        """Ask the job to stop, giving it ``grace`` seconds to do so itself.
+
+        A running job sees ``current_job().stop_requested`` turn True within
+        about a second, and may return early at its next safe point; its
+        outcome is then recorded as usual (a result it returns completes it),
+        except that it is not retried.  A pool stops it once ``grace`` has
+        passed, and it ends `CANCELLED`.  A job that is not running is
+        cancelled at once, and the running parts of a composite are asked to
+        stop in the same way.  Returns False if the job had already ended.
+        (`Queue.run_pending` runs no pool: there, the job alone decides.)
+        """
+        queue = self._require_queue()
+        now = _CLOCK.get()()
+        deadline = _representable(now + _seconds(grace, "grace"), "now + grace")
+        status = queue._storage.request_stop(self._require_id(), now, deadline,
+                                             created_at=self._row.get("created_at"))
+        self.refresh()
+        return status is not None
 
     def _require_reporter(self, what: str) -> _Reporter:
         if self._reporter is None or _CURRENT_JOB.get() is not self:
@@ -2987,12 +3481,21 @@ class Job:
         if it was cancelled, and `WaitTimeout` if ``timeout`` seconds pass
         first.  Nothing runs the job but a worker or `Queue.run_pending`.
         """
-        self._wait_until(lambda: self.status in _FINISHED, timeout, "end")
+        self._wait_until(self._ended_with_all_under_it, timeout, "end")
         if self.status == COMPLETED:
             return self.result
         if self.status == CANCELLED:
             raise JobCancelled(self, self.error_type, self.error)
         raise JobFailed(self, self.error_type, self.error)
+
+    def _ended_with_all_under_it(self) -> bool:
+        """Whether the job has ended, and, if it was cancelled, the parts (and
+        the job it returned) that were still running then have ended too, so
+        that it can be retried."""
+        if self.status not in _FINISHED:
+            return False
+        return self.status != CANCELLED or not self._require_queue()._storage.unfinished_under(
+            self._require_id())
 
     def _wait_until(self, done: Callable[[], bool], timeout: float | None, what: str) -> None:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -3106,16 +3609,15 @@ class Job:
         job_id = self._require_id()
         if "key" in options or "begin_by" in options:
             raise TypeError("a callback takes no key or begin_by")
-        options.setdefault("queue", self.queue)
-        options.setdefault("priority", self.priority)
         now = _CLOCK.get()()
-        common = queue._row_options(now, key=None, begin_by=None, **_with_put_defaults(options))
+        common = _Options(now, _given(**options), base={
+            **_PUT_DEFAULTS, "queue": self.queue, "priority": self.priority})
         planned = []
         for item in items:
             if isinstance(item, Composite):
                 raise TypeError("a callback is a callable or a Job, not a composite; "
                                 "to run a composite after a job, return it from a callback")
-            planned.append(_plan_tree(item, common, set(), dormant=True))
+            planned.append(_plan_tree(item, common, set(), dormant=True, follower=True))
         tree = planned[0][0]
         tree[0]["role"] = role
         if role == "callbacks":
@@ -3148,9 +3650,40 @@ class Job:
         return f"<litejobs.Job {self.id} {what} {self.status}>"
 
 
+class Failure:
+    """What a callback gets instead of a result when the job it follows did
+    not complete: ``job`` (that `Job`), its ``status`` (`FAILED` or
+    `CANCELLED`), ``error`` (the full traceback text) and ``error_type``."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    @property
+    def status(self) -> str | None:
+        return self.job.status
+
+    @property
+    def error(self) -> str | None:
+        return self.job.error
+
+    @property
+    def error_type(self) -> str | None:
+        return self.job.error_type
+
+    def __repr__(self) -> str:
+        return f"<litejobs.Failure of job {self.job.id}: {self.status} {self.error_type or ''}>"
+
+
 def wait_for_result(job: Job, timeout: float = 5.0) -> Any:
-    """Wait for ``job`` to end and return its result (raises as `Job.wait`)."""
-    return job.wait(timeout=timeout)
+    """Wait for ``job`` to end and return its result, or, if it failed or was
+    cancelled, a `Failure` describing that, as zc.async's helper of the same
+    name returns the failure: for tests ported from it.  Raises `WaitTimeout`
+    if the job has not ended within ``timeout`` seconds.  (`Job.wait` raises
+    `JobFailed` instead.)"""
+    try:
+        return job.wait(timeout=timeout)
+    except JobFailed:
+        return Failure(job)
 
 
 def wait_for_start(job: Job, timeout: float = 5.0) -> Job:
@@ -3170,12 +3703,27 @@ class _Outcome:
     error_type: str | None = None
     exc_mro: tuple[str, ...] = ()
     follow: int | list[dict[str, Any]] | None = None  # a returned job: see _follow_up
+    refused: bool = False  # the runner could not load the call: see `_Refusals`
 
     @classmethod
-    def failure(cls, exc: BaseException) -> _Outcome:
+    def failure(cls, exc: BaseException, *, refused: bool = False) -> _Outcome:
         return cls(ok=False, error="".join(traceback.format_exception(exc)),
                    error_type=_qualified_type_name(type(exc)),
-                   exc_mro=tuple(_qualified_type_name(c) for c in type(exc).__mro__))
+                   exc_mro=tuple(_qualified_type_name(c) for c in type(exc).__mro__),
+                   refused=refused)
+
+
+# What most runs of quick jobs produce: completed, returning None.  Shared, never changed.
+_PLAIN_COMPLETION = _Outcome(ok=True)
+
+
+def _raised(error: BaseException, cause: BaseException | None = None) -> BaseException:
+    """``error``, raised (from ``cause``) and caught here, so that its text
+    has a traceback like any other failure."""
+    try:
+        raise error from cause
+    except BaseException as caught:
+        return caught
 
 
 class _Reporter:
@@ -3192,10 +3740,13 @@ class _Reporter:
         self._written_at = -math.inf
         self._timer: threading.Timer | None = None
 
-    def changed(self, row: Mapping[str, Any]) -> None:
+    def changed(self, row: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> None:
+        """The running job's progress changed, or it set the ``meta`` keys."""
         with self._lock:
+            unsent = {} if self._pending is None else self._pending["meta"]
             self._pending = {"progress": row.get("progress"),
-                             "message": row.get("progress_message"), "meta": row.get("meta")}
+                             "message": row.get("progress_message"),
+                             "meta": {**unsent, **(meta or {})}}
             if self._timer is not None:
                 return  # the timer writes it, on time
             wait = self._written_at + self._interval - time.monotonic()
@@ -3241,18 +3792,24 @@ def _execute(job: Job, payload: bytes | None, signature: bytes | None,
     storage = job._require_queue()._storage
     reporter = job._reporter = None if report is None else _Reporter(report)
     reset = _CURRENT_JOB.set(job)
-    fn: Any = None
     try:
-        fn, args, kwargs = _load_call(job.name, payload, signature, storage.secrets, job.id)
+        try:
+            fn, args, kwargs = _load_call(job.name, payload, signature, storage.secrets, job.id)
+        except (ImportError, AttributeError) as exc:
+            # The callable, or a class its arguments need, does not import in
+            # this process (a missing PYTHONPATH, a pool not yet deployed): the
+            # runner's problem, not the job's.  See _Refusals.
+            return _Outcome.failure(exc, refused=True)
         _crash_point("in-job")
         value = fn(*args, *_inputs_from_the_database(job), **kwargs)
         follow = _follow_up(job, value) if isinstance(value, (Job, Composite)) else None
     except KeyboardInterrupt:
         raise
     except BaseException as exc:
-        if isinstance(exc, PartsFailed) and fn is _gather_results:
-            exc.__traceback__ = None  # litejobs's own frames say nothing; the parts do
-        elif exc.__traceback__ is not None:  # start the traceback at the job, not here
+        # Start the traceback at the job, below this frame.  An exception the
+        # call raised on entry (wrong arguments, say) has no frame below it:
+        # this one, which shows the call, is its traceback.
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is not None:
             exc.__traceback__ = exc.__traceback__.tb_next
         return _Outcome.failure(exc)
     finally:
@@ -3267,15 +3824,21 @@ def _execute(job: Job, payload: bytes | None, signature: bytes | None,
     try:
         result = pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
     except Exception as exc:
-        return _Outcome.failure(TypeError(
+        return _Outcome.failure(_raised(TypeError(
             f"the result of job {job.id} ({job.name}), {_describe(value)}, cannot be "
-            f"pickled: {type(exc).__name__}: {exc}; return plain data instead"))
+            f"pickled: {type(exc).__name__}: {exc}; return plain data instead"), exc))
     if storage.size_limit is not None and len(result) > storage.size_limit:
-        return _Outcome.failure(PayloadTooLarge(
+        return _Outcome.failure(_raised(PayloadTooLarge(
             f"the result of job {job.id} ({job.name}), {_describe(value)}, takes "
             f"{len(result):,} bytes pickled, over the size limit of "
-            f"{storage.size_limit:,}: write large data to a file and return its path"))
+            f"{storage.size_limit:,}: write large data to a file and return its path")))
     return _Outcome(ok=True, result=result)
+
+
+def _counted_attempts(row: Mapping[str, Any]) -> int:
+    """The runs of a job that count against its `Retry` policy: those that
+    started, less interruptions and runs handed back by stopping pools."""
+    return int(row["attempts"]) - int(row["interruptions"]) - int(row.get("handbacks") or 0)
 
 
 def _record(storage: _Storage, row: Mapping[str, Any], token: str,
@@ -3289,7 +3852,9 @@ def _record(storage: _Storage, row: Mapping[str, Any], token: str,
     if outcome.ok:
         return storage.finish(row["id"], token, status=COMPLETED, now=now,
                               result=outcome.result)
-    exception_runs = row["attempts"] - row["interruptions"]
+    if outcome.refused:
+        return storage.refuse(row["id"], token, now, _last_line(outcome.error) or "")
+    exception_runs = _counted_attempts(row)
     delay = None
     if exception_runs < row["max_attempts"]:
         delay = _retry_delay(row["retry_policy"], exception_runs, outcome.exc_mro)
@@ -3301,50 +3866,155 @@ def _record(storage: _Storage, row: Mapping[str, Any], token: str,
                           begin_after=now + delay)
 
 
-class _LeaseKeeper:
-    """Renews the leases of jobs running in this process, from a thread of its
-    own, so a job stuck in C code or ``time.sleep`` keeps its claim."""
+class _Periodic:
+    """A daemon thread of this process that calls `_tick` every ``interval``
+    seconds, from the first `_start` until `stop`, with a database connection
+    of its own (closed as it ends)."""
 
-    def __init__(self, storage: _Storage, lease: float, expiry: Callable[[], float]):
+    def __init__(self, storage: _Storage, interval: float, name: str):
         self._storage = storage
-        self._lease = lease
-        self._expiry = expiry
-        self._held: dict[int, str] = {}
-        self._lock = threading.Lock()
+        self._interval = interval
+        self._name = name
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def hold(self, job_id: int, token: str) -> None:
-        with self._lock:
-            self._held[job_id] = token
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name="litejobs-lease-keeper")
-                self._thread.start()
-
-    def release(self, job_id: int) -> None:
-        with self._lock:
-            self._held.pop(job_id, None)
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True, name=self._name)
+            self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._lease / 3):
-            with self._lock:
-                held = list(self._held.items())
-            if not held:
-                continue
-            try:
-                lost = self._storage.renew(held, self._expiry())
-            except LitejobsError as exc:
-                _log.error("could not renew leases: %s", exc)
-                continue
-            for job_id in lost:
-                _log.warning("job %s: lease lost while running here", job_id)
+        while not self._stop.wait(self._interval):
+            self._tick()
         self._storage.close_thread_connection()
+
+    def _tick(self) -> None:
+        raise NotImplementedError
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+class _LeaseKeeper(_Periodic):
+    """Renews the leases of jobs running in this process, from a thread of its
+    own, so a job stuck in C code or ``time.sleep`` keeps its claim."""
+
+    def __init__(self, storage: _Storage, lease: float, expiry: Callable[[], float]):
+        super().__init__(storage, lease / 3, "litejobs-lease-keeper")
+        self._expiry = expiry
+        self._held: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def hold(self, job_id: int, token: str) -> None:
+        with self._lock:
+            self._held[job_id] = token
+            self._start()
+
+    def release(self, job_id: int) -> None:
+        with self._lock:
+            self._held.pop(job_id, None)
+
+    def _tick(self) -> None:
+        with self._lock:
+            held = list(self._held.items())
+        if not held:
+            return
+        try:
+            lost = self._storage.renew(held, self._expiry())
+        except LitejobsError as exc:
+            _log.error("could not renew leases: %s", exc)
+            return
+        for job_id in lost:
+            _log.warning("job %s: lease lost while running here", job_id)
+
+
+class _NewsWatch(_Periodic):
+    """Brings a running job the news others write about it: keys they set in
+    its meta (`Job.update_meta` from outside) and a stop request
+    (`Job.request_stop`).  Its thread reads the job's row every
+    ``_NEWS_INTERVAL`` while a job is watched, and updates the `Job` the job
+    holds; keys the job set itself keep the values it gave them."""
+
+    def __init__(self, storage: _Storage):
+        super().__init__(storage, _NEWS_INTERVAL, "litejobs-news")
+        self._job: Job | None = None
+        self._seen: tuple[int | None, str | None] = (None, None)  # the meta last applied
+
+    def watch(self, job: Job | None) -> None:
+        """Watch ``job`` from now on (None: no job)."""
+        self._job = job
+        if job is not None:
+            self._start()
+
+    def _tick(self) -> None:
+        job = self._job
+        if job is None or job.id is None:
+            return
+        try:
+            meta, stop_by = self._storage.news_of(job.id)
+        except LitejobsError as exc:  # looked for again at the next round
+            _log.debug("job %s: could not read its news: %s", job.id, exc)
+            return
+        job._row["stop_requested"] = stop_by
+        if (job.id, meta) != self._seen and job is self._job:
+            self._seen = (job.id, meta)
+            job._row["meta"] = json.dumps({**(json.loads(meta) if meta else {}),
+                                           **job._own_meta}, separators=(",", ":"))
+
+
+class _Refusals:
+    """What a runner (a pool, or `Queue.run_pending`) leaves to others, and
+    says so loudly: jobs whose callable it could not import, which it claims
+    again only after ``_REFUSAL_PAUSE`` (its environment may be fixed, or a
+    deploy may finish, meanwhile), and, when it has no secret, signed jobs,
+    which it can never check.  Such jobs go back to pending with their
+    attempt given back: that is the runner's problem, not the job's.
+    ``clock`` is monotonic seconds, injectable for tests."""
+
+    def __init__(self, runner: str, clock: Callable[[], float] = time.monotonic):
+        self.runner = runner
+        self.unsigned_only = False
+        self._clock = clock
+        self._until: dict[str, float] = {}  # callable name -> when to try it again
+
+    def avoided(self) -> list[str]:
+        """The callables left to others now."""
+        now = self._clock()
+        for name in [name for name, until in self._until.items() if until <= now]:
+            del self._until[name]
+        return sorted(self._until)
+
+    def cannot_import(self, row: Mapping[str, Any], error: str | None) -> None:
+        """Job ``row`` does not import here: leave its callable to others for
+        a while, logging the first such job of each round with the traceback."""
+        name = str(row["name"])
+        if name in self.avoided():
+            _log.debug("job %s (%s): given back again: it does not import here",
+                       row["id"], name, extra=_job_log(row))
+            return
+        self._until[name] = self._clock() + _REFUSAL_PAUSE
+        _log.error("%s cannot import %s, so job %s goes back to pending for another "
+                   "runner, and this one leaves such jobs alone for %s before it tries "
+                   "again.  Is the job's module on this pool's path (its current "
+                   "directory, PYTHONPATH, --path, or an installed package)?\n%s",
+                   self.runner, name, row["id"], _format_duration(_REFUSAL_PAUSE),
+                   (error or "").rstrip(), extra=_job_log(row))
+
+    def signed_without_secret(self, row: Mapping[str, Any]) -> str:
+        """Job ``row`` is signed and this runner has no secret: leave every
+        signed job to others from now on.  Returns the reason, for the
+        job's history."""
+        reason = (f"{self.runner} has no secret to check the signature of signed jobs "
+                  f"with, so it leaves them to runners that have one")
+        if not self.unsigned_only:
+            self.unsigned_only = True
+            _log.error("job %s (%s) is signed, but %s was given no secret: it leaves "
+                       "signed jobs to pools that have one.  Give it the same secret as "
+                       "the application (LITEJOBS_SECRET, or secret=)", row["id"],
+                       row["name"], self.runner, extra=_job_log(row))
+        return reason
 
 
 def _owner_id(kind: str) -> str:
@@ -3364,9 +4034,8 @@ class Queue:
     once ``put`` returns, the job survives power loss.  ``durable=False`` uses
     ``NORMAL``, much faster; the last puts may be lost on power loss, never on
     a process crash.  ``create=False`` refuses to create a missing file.
-    ``busy_timeout`` is how many seconds SQLite waits for another
-    connection's write lock; litejobs tries a few such rounds before it
-    raises `DatabaseError`.
+    ``busy_timeout`` is how many seconds, in all, a write waits for another
+    connection's write lock before it raises `DatabaseBusy`.
 
     ``size_limit`` is how many bytes a job's pickled call, and its pickled
     result, may take (default `DEFAULT_SIZE_LIMIT`, 4 MiB; None for no limit):
@@ -3431,9 +4100,10 @@ class Queue:
     def put(self, item: Job | Composite | Callable[..., Any] | str, *,
             begin_after: datetime.datetime | datetime.timedelta | float | None = None,
             begin_by: datetime.timedelta | float | None = None,
-            retry: Retry | None = None, priority: int = 0, queue: str = DEFAULT_QUEUE,
-            key: str | None = None, timeout: float | None = None,
-            max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS,
+            retry: Retry | None | _Default = _DEFAULT, priority: int | _Default = _DEFAULT,
+            queue: str | _Default = _DEFAULT, key: str | None = None,
+            timeout: float | None | _Default = _DEFAULT,
+            max_interruptions: int | None | _Default = _DEFAULT,
             conn: sqlite3.Connection | None = None) -> Job:
         """Store a job and return it, bound to its row.  Once this returns, the
         job is in the database (on disk, with ``durable=True``).
@@ -3449,15 +4119,21 @@ class Queue:
           Not for composites.
         - ``retry``: a `Retry` policy for exceptions; without one an exception
           fails the job at once.
-        - ``priority``: larger runs first; ``queue``: the named queue.
+        - ``priority``: larger runs first (default 0); ``queue``: the named
+          queue (default ``"default"``).
         - ``key``: if an unfinished job has this key, that job is returned and
           nothing is added.
         - ``timeout``: a hard limit on a run in seconds, enforced by worker pools.
         - ``max_interruptions``: runs that may die without an outcome (killed
-          process, lost lease) before the job fails as interrupted.
+          process, lost lease) before the job fails as interrupted (default
+          3; None for no limit, the default of a composite's postprocess).
         - ``conn``: a ``sqlite3`` connection of the application's, open on the
           same file with a transaction begun: the job is written in that
           transaction, so it exists if and only if the application commits.
+
+        ``retry``, ``priority``, ``queue``, ``timeout`` and
+        ``max_interruptions``, when not given, are those the job's function
+        was given with `job`, if any, and else litejobs' defaults.
 
         A composite's options apply to each of its parts and to its
         postprocess; ``key`` applies to the composite itself.
@@ -3468,43 +4144,46 @@ class Queue:
         >>> q.put(Job(render_pdf, 7), begin_after=timedelta(minutes=5),
         ...       retry=Retry(attempts=3))              # doctest: +SKIP
         """
-        return self._put([item], key=key, conn=conn, begin_after=begin_after,
-                         begin_by=begin_by, retry=retry, priority=priority, queue=queue,
-                         timeout=timeout, max_interruptions=max_interruptions)[0]
+        return self._put([item], key=key, conn=conn, given=_given(
+            begin_after=begin_after, begin_by=begin_by, retry=retry, priority=priority,
+            queue=queue, timeout=timeout, max_interruptions=max_interruptions))[0]
 
     def put_many(self, items: Iterable[Job | Composite | Callable[..., Any] | str], *,
                  begin_after: datetime.datetime | datetime.timedelta | float | None = None,
                  begin_by: datetime.timedelta | float | None = None,
-                 retry: Retry | None = None, priority: int = 0,
-                 queue: str = DEFAULT_QUEUE, timeout: float | None = None,
-                 max_interruptions: int = DEFAULT_MAX_INTERRUPTIONS,
+                 retry: Retry | None | _Default = _DEFAULT,
+                 priority: int | _Default = _DEFAULT, queue: str | _Default = _DEFAULT,
+                 timeout: float | None | _Default = _DEFAULT,
+                 max_interruptions: int | None | _Default = _DEFAULT,
                  conn: sqlite3.Connection | None = None) -> list[Job]:
         """Store many jobs in one transaction, with the options of `put`
         applied to each; all of them are stored, or none.
 
         >>> q.put_many(Job(render_pdf, n) for n in range(1000))   # doctest: +SKIP
         """
-        return self._put(items, key=None, conn=conn, begin_after=begin_after,
-                         begin_by=begin_by, retry=retry, priority=priority, queue=queue,
-                         timeout=timeout, max_interruptions=max_interruptions)
+        return self._put(items, key=None, conn=conn, given=_given(
+            begin_after=begin_after, begin_by=begin_by, retry=retry, priority=priority,
+            queue=queue, timeout=timeout, max_interruptions=max_interruptions))
 
     def _put(self, items: Iterable[Job | Composite | Callable[..., Any] | str], *,
-             key: str | None, conn: sqlite3.Connection | None, **options: Any) -> list[Job]:
+             key: str | None, conn: sqlite3.Connection | None,
+             given: dict[str, Any]) -> list[Job]:
         now = _CLOCK.get()()
-        common = self._row_options(now, key=key, **options)  # a new dict: ours to change
-        common["key"] = None
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key must be a string or None, not {key!r}")
+        options = _Options(now, given)
         trees: list[list[dict[str, Any]]] = []
-        given: list[Sequence[tuple[int, Job]]] = []
+        bound: list[Sequence[tuple[int, Job]]] = []
         seen: set[int] = set()
         for item in items:
-            tree, jobs = _plan_tree(item, common, seen)
+            tree, jobs = _plan_tree(item, options, seen)
             tree[0]["key"] = key
             trees.append(tree)
-            given.append(jobs)
+            bound.append(jobs)
         if not trees:
             return []
         out = []
-        for (stored, existed), jobs in zip(self._storage.insert(trees, now, conn), given):
+        for (stored, existed), jobs in zip(self._storage.insert(trees, now, conn), bound):
             root = stored[0]
             if existed:
                 out.append(Job._bound(self, root))
@@ -3535,39 +4214,6 @@ class Queue:
         with self._storage.write(atomic_steps=True) as conn:
             yield conn
 
-    @staticmethod
-    def _row_options(now: float, *, begin_after: Any, begin_by: Any, retry: Retry | None,
-                     priority: int, queue: str, key: str | None, timeout: float | None,
-                     max_interruptions: int) -> dict[str, Any]:
-        start = _begin_after(begin_after, now)
-        deadline = None
-        if begin_by is not None:
-            window = _seconds(begin_by, "begin_by")
-            if window == 0:
-                raise ValueError("begin_by must be positive: it is how long after "
-                                 "begin_after the job may still start")
-            deadline = start + window
-        _representable(start, "begin_after")
-        if deadline is not None:
-            _representable(deadline, "begin_after + begin_by")
-        if retry is not None and not isinstance(retry, Retry):
-            raise TypeError(f"retry must be a litejobs.Retry, not {_describe(retry)}")
-        _int_in_range(priority, "priority", -_INT64, _INT64 - 1)
-        if not isinstance(queue, str) or not queue:
-            raise ValueError(f"queue must be a non-empty string, not {queue!r}")
-        if key is not None and not isinstance(key, str):
-            raise TypeError(f"key must be a string or None, not {key!r}")
-        if timeout is not None:
-            timeout = _seconds(timeout, "timeout")
-            if timeout == 0:
-                raise ValueError("timeout must be positive")
-        _int_in_range(max_interruptions, "max_interruptions", 0, 2 ** 31 - 1)
-        return {**_NEW_ROW, "queue": queue, "priority": priority, "key": key,
-                "max_attempts": retry.attempts if retry else 1,
-                "retry_policy": retry._to_json() if retry else None,
-                "max_interruptions": max_interruptions, "timeout": timeout,
-                "begin_after": start, "begin_by": deadline}
-
     # -- reading -------------------------------------------------------------
 
     def get(self, job_id: int) -> Job:
@@ -3577,16 +4223,21 @@ class Queue:
             raise JobNotFound(f"no job {job_id} in {self.path}")
         return Job._bound(self, row)
 
-    def jobs(self, status: str | None = None, queue: str | None = None,
+    def jobs(self, status: str | Sequence[str] | None = None, queue: str | None = None,
              limit: int | None = 100) -> list[Job]:
-        """Jobs, newest first, optionally only those in ``status`` and
-        ``queue``; at most ``limit`` of them (None: all)."""
+        """Jobs, newest first, optionally only those in ``status`` (one, or a
+        list of them) and ``queue``; at most ``limit`` of them (None: all)."""
         if limit is not None:
             limit = _positive_int(limit, "limit")
-        if status is not None and status not in STATUSES:
-            raise ValueError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
-        rows = self._storage.fetch_many(status=status, queue=queue,
-                                        limit=-1 if limit is None else limit)
+        statuses = None if status is None else [status] if isinstance(status, str) \
+            else list(status)
+        for name in statuses or ():
+            if name not in STATUSES:
+                raise ValueError(f"unknown status {name!r}; use one of {', '.join(STATUSES)}")
+        if statuses == []:
+            raise ValueError("status is a list of at least one status, or None for all")
+        rows = self._storage.search(statuses=statuses, queue=queue,
+                                    limit=-1 if limit is None else limit)
         return [Job._bound(self, row) for row in rows]
 
     def counts(self, queue: str | None = None) -> dict[str, int]:
@@ -3679,21 +4330,25 @@ class Queue:
 
         owner = _owner_id("inline")
         keeper = _LeaseKeeper(self._storage, lease, expiry)
+        news = _NewsWatch(self._storage)
+        refusals = _Refusals(f"run_pending ({owner})")
         ran = 0
         reset = _CLOCK.set(clock)
         try:
             while limit is None or ran < limit:
-                token, claimed = self._storage.claim(owner=owner, queues=queues,
-                                                     now=clock(), expires=expiry(), limit=1)
+                token, claimed = self._storage.claim(
+                    owner=owner, queues=queues, now=clock(), expires=expiry(), limit=1,
+                    unsigned_only=refusals.unsigned_only, avoid=refusals.avoided())
                 if not claimed:
                     break
                 _crash_point("after-claim")
                 for row in claimed:
-                    self._run_claimed(row, token, clock, keeper)
-                    ran += 1
+                    if self._run_claimed(row, token, clock, keeper, news, refusals):
+                        ran += 1
         finally:
             _CLOCK.reset(reset)
             keeper.stop()
+            news.stop()
         return ran
 
     def worker(self, processes: int | None = None, **options: Any) -> Worker:
@@ -3707,12 +4362,20 @@ class Queue:
         """
         return Worker(self, processes=processes, **options).start()
 
-    def _run_claimed(self, claimed: dict[str, Any], token: str,
-                     clock: Callable[[], float], keeper: _LeaseKeeper) -> None:
+    def _run_claimed(self, claimed: dict[str, Any], token: str, clock: Callable[[], float],
+                     keeper: _LeaseKeeper, news: _NewsWatch, refusals: _Refusals) -> bool:
+        """Run one claimed job here and record its outcome; False if this
+        process could not run it and gave it back (see `_Refusals`)."""
         payload, signature = claimed.pop("payload"), claimed.pop("signature")
         job = Job._bound(self, claimed)
         job_id = job._require_id()
+        if signature is not None and not self._storage.secrets:
+            reason = refusals.signed_without_secret(claimed)
+            with contextlib.suppress(LeaseLost):
+                self._storage.refuse(job_id, token, clock(), reason)
+            return False
         keeper.hold(job_id, token)
+        news.watch(job)
         _log.debug("job %s (%s) attempt %d started in this process", job_id, job.name,
                    job.attempts, extra=_job_log(claimed))
         started = time.perf_counter()
@@ -3727,7 +4390,10 @@ class Queue:
             raise
         finally:
             keeper.release(job._require_id())
+            news.watch(None)
         duration = time.perf_counter() - started
+        if outcome.refused:
+            refusals.cannot_import(claimed, outcome.error)
         try:
             status: str | None = _record(self._storage, job._row, token, outcome, clock())
             _crash_point("after-finish")
@@ -3741,6 +4407,7 @@ class Queue:
                        extra=_job_log(claimed, duration))
             raise
         _log_outcome(claimed, outcome, status, duration)
+        return not outcome.refused
 
 
 def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float,
@@ -3816,49 +4483,11 @@ def serial(*parts: Job | Composite | Callable[..., Any] | str,
     return Composite("serial", parts, postprocess, stop_on_failure)
 
 
-class Failure:
-    """What a callback gets instead of a result when the job it follows did
-    not complete: ``job`` (that `Job`), its ``status`` (`FAILED` or
-    `CANCELLED`), ``error`` (the full traceback text) and ``error_type``."""
-
-    def __init__(self, job: Job):
-        self.job = job
-
-    @property
-    def status(self) -> str | None:
-        return self.job.status
-
-    @property
-    def error(self) -> str | None:
-        return self.job.error
-
-    @property
-    def error_type(self) -> str | None:
-        return self.job.error_type
-
-    def __repr__(self) -> str:
-        return f"<litejobs.Failure of job {self.job.id}: {self.status} {self.error_type or ''}>"
-
-
 def current_queue() -> Queue | None:
     """The `Queue` the job running in this thread came from, or None outside
     a job: a job puts follow-up jobs through it."""
     job = _CURRENT_JOB.get()
     return None if job is None else job._queue
-
-
-_PUT_DEFAULTS: dict[str, Any] = {
-    "begin_after": None, "retry": None, "priority": 0, "queue": DEFAULT_QUEUE,
-    "timeout": None, "max_interruptions": DEFAULT_MAX_INTERRUPTIONS,
-}
-
-
-def _with_put_defaults(options: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(_PUT_DEFAULTS))
-    if unknown:
-        raise TypeError(f"unexpected option {', '.join(unknown)}; use those of Queue.put: "
-                        f"{', '.join(_PUT_DEFAULTS)}")
-    return {**_PUT_DEFAULTS, **options}
 
 
 def _check_plannable(item: Any, what: str) -> None:
@@ -3870,20 +4499,22 @@ def _check_plannable(item: Any, what: str) -> None:
                         f"or a composite, not {_describe(item)}")
 
 
-def _plan_tree(item: Any, common: Mapping[str, Any], seen: set[int], *,
-               dormant: bool = False) -> tuple[list[dict[str, Any]], Sequence[tuple[int, Job]]]:
+def _plan_tree(item: Any, options: _Options, seen: set[int], *, dormant: bool = False,
+               follower: bool = False) -> tuple[list[dict[str, Any]], Sequence[tuple[int, Job]]]:
     """The rows to insert for ``item``, its root first, each with ``parent``
-    (the index of its parent row, or None) and the options in ``common``;
+    (the index of its parent row, or None) and its columns from ``options``;
     and the given `Job` objects with the index of their row, to bind.
 
     A plain job is due at once unless ``dormant``; a composite and its parts
     start dormant, and the storage starts them (`_SQLiteStorage._activate`).
-    ``seen`` holds the ids of Job objects already planned in this put.
+    A ``follower`` (a callback) and a composite's postprocess take the
+    defaults of followers.  ``seen`` holds the ids of Job objects already
+    planned in this put.
     """
     if not isinstance(item, (Composite, Job)) and not dormant:  # the common case, quick
         name, payload = _prepare_call(item, (), {})
-        return [{**common, "name": name, "payload": payload}], ()
-    if isinstance(item, Composite) and common["begin_by"] is not None:
+        return [{**options.row(item, False), "name": name, "payload": payload}], ()
+    if isinstance(item, Composite) and options.given.get("begin_by") is not None:
         raise ValueError("begin_by is not supported for a composite: its parts start "
                          "when their turn comes")
     rows: list[dict[str, Any]] = []
@@ -3901,7 +4532,15 @@ def _plan_tree(item: Any, common: Mapping[str, Any], seen: set[int], *,
 
     def plan(node: Any, parent: int | None, position: int | None) -> None:
         index = len(rows)
-        row = {**common, "parent": parent, "position": position,
+        if isinstance(node, Composite):
+            postprocess = node.postprocess
+            fn = postprocess._call[0] if isinstance(postprocess, Job) and \
+                postprocess._call is not None else postprocess
+            columns = options.row(fn, True)
+        else:
+            columns = options.row(node._call[0] if isinstance(node, Job) and
+                                  node._call is not None else node, follower)
+        row = {**columns, "parent": parent, "position": position,
                "role": None if parent is None else "part",
                "status": WAITING, "waiting_on": _DORMANT}
         if isinstance(node, Composite):
@@ -3980,9 +4619,9 @@ def _follow_up(job: Job, returned: Job | Composite) -> int | list[dict[str, Any]
         if returned.id == job.id:
             raise ValueError(f"job {job.id} returned itself; it cannot wait for itself")
         return returned.id
-    common = Queue._row_options(_CLOCK.get()(), key=None, begin_by=None, **_with_put_defaults(
-        {"queue": job.queue, "priority": job.priority}))
-    rows = _plan_tree(returned, common, set(), dormant=True)[0]
+    options = _Options(_CLOCK.get()(), {}, base={
+        **_PUT_DEFAULTS, "queue": job.queue, "priority": job.priority})
+    rows = _plan_tree(returned, options, set(), dormant=True)[0]
     # Checked here, so that the run fails with it; the fenced write checks again.
     _check_sizes(rows, job._require_queue()._storage.size_limit)
     return rows
@@ -4246,9 +4885,10 @@ class _ChildWork:
             if not self.outbox:
                 self.held_since = time.monotonic()
                 self.lock.notify_all()  # the flusher starts counting
-            self.outbox.append(("done", job_id, outcome.ok, outcome.result, outcome.error,
-                                outcome.error_type, outcome.exc_mro, outcome.follow,
-                                seconds))
+            # The common outcome of a quick job goes as None: a plain tuple is
+            # what the supervisor, the pool's bottleneck, unpickles quickest.
+            self.outbox.append(("done", job_id, None if outcome == _PLAIN_COMPLETION
+                                else outcome, seconds))
             full = timed or len(self.outbox) >= _MAX_CHUNK
             messages = self._take_outbox() if full else []
         self.send(messages)
@@ -4335,7 +4975,10 @@ def _job_log(row: Mapping[str, Any], duration: float | None = None) -> dict[str,
 def _log_outcome(row: Mapping[str, Any], outcome: _Outcome, status: str | None,
                  duration: float | None) -> None:
     """Log how a run ended, once its outcome is written (``status`` None: the
-    lease was lost first)."""
+    lease was lost first).  A run refused by its runner was logged by
+    `_Refusals` already."""
+    if outcome.refused:
+        return
     timed_out = outcome.error_type == _JOB_TIMEOUT_TYPE
     level = (logging.ERROR if status == FAILED or (status == PENDING and timed_out) else
              logging.WARNING if status in (None, PENDING) else logging.INFO)
@@ -4391,10 +5034,14 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     _log.setLevel(options["log_levels"][1])
     if options["memory_limit"] is not None:
         _limit_memory(options["memory_limit"])
+    for directory in reversed(options["import_paths"]):  # the pool's --path, first
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
     # The pool's secrets, even none at all, here and for the Jobs and Queues
     # that jobs get as arguments.
     queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"],
                   size_limit=options["size_limit"], secret=_Keys(options["secrets"]))
+    news = _NewsWatch(queue._storage)
     work.send([("ready", os.getpid())])
     for target, name in ((work.read, "reader"), (work.flush_held, "flusher")):
         threading.Thread(target=target, daemon=True, name=f"litejobs-child-{name}").start()
@@ -4407,14 +5054,18 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
             _log.debug("job %s (%s) attempt %d started in process %d", job_id, row["name"],
                        row["attempts"], os.getpid(), extra=_job_log(row))
         started = time.perf_counter()
+        job = Job._bound(queue, row)
+        news.watch(job)
         try:
-            outcome = _execute(Job._bound(queue, row), payload, signature,
+            outcome = _execute(job, payload, signature,
                                functools.partial(_post_progress, work, job_id))
             _crash_point("after-job")
         except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
             outcome = _Outcome.failure(exc)
+        news.watch(None)
         work.finished(job_id, outcome, time.perf_counter() - started,
                       row["timeout"] is not None)
+    news.stop()
     work.close()
     queue.close()
 
@@ -4429,7 +5080,7 @@ class _Assignment:
     job_id: int
     token: str
     row: dict[str, Any]
-    child: _Child
+    child: _Child | None  # None: given back before it reached one (see _Refusals)
     skip_sent: bool = False
     lease_lost: bool = False
     seconds: float | None = None  # how long the run took, once it has ended
@@ -4519,11 +5170,20 @@ class Worker:
     - ``burst``: run what is due, then stop.
     - ``retention``: seconds finished jobs are kept (default 7 days); the
       pool deletes older ones in small batches as it goes.  None keeps them.
+    - ``import_paths``: directories the worker processes import job modules
+      from, ahead of the rest of ``sys.path`` (which they inherit from this
+      process, the current directory included when it is there).
     - ``create``, ``busy_timeout``, ``secret`` and ``size_limit``: as for
       `Queue`; a `Queue` passed in gives its own.
 
     Under ``spawn``, children import the main module again, so a script that
     starts a pool needs the usual ``if __name__ == "__main__":`` guard.
+
+    A job whose function (or an argument's class) does not import in the
+    worker processes is not failed: it goes back to pending for another
+    pool, and this one logs an error and leaves that function alone for a
+    minute before it tries again.  A pool without a secret leaves signed
+    jobs to pools that have one, saying so once.
 
     >>> litejobs.Worker("app.db", processes=4, queues=["default", "pdf"]).run()
     ... # doctest: +SKIP
@@ -4539,7 +5199,8 @@ class Worker:
                  retention: float | None = DEFAULT_RETENTION,
                  memory_limit: int | None = None,
                  secret: str | bytes | Sequence[str | bytes] | None = None,
-                 size_limit: int | None = DEFAULT_SIZE_LIMIT):
+                 size_limit: int | None = DEFAULT_SIZE_LIMIT,
+                 import_paths: Sequence[str | os.PathLike[str]] = ()):
         if isinstance(queue, Queue):
             if secret is not None or size_limit != DEFAULT_SIZE_LIMIT:
                 raise TypeError("a pool on a Queue takes its secret and size_limit from "
@@ -4554,6 +5215,12 @@ class Worker:
                 size_limit = _positive_int(size_limit, "size_limit")
         self.memory_limit = (None if memory_limit is None
                              else _positive_int(memory_limit, "memory_limit"))
+        if isinstance(import_paths, (str, os.PathLike)):
+            import_paths = [import_paths]
+        self.import_paths = [os.path.abspath(os.fspath(directory)) for directory in import_paths]
+        for directory in self.import_paths:
+            if not os.path.isdir(directory):
+                raise ValueError(f"import path {directory} is not a directory")
         self.processes = _positive_int(processes if processes is not None
                                        else os.cpu_count() or 1, "processes")
         if isinstance(queues, str):
@@ -4579,11 +5246,12 @@ class Worker:
         self.burst = bool(burst)
         self.retention = None if retention is None else _seconds(retention, "retention")
         self.id = _owner_id("pool")
+        self._refusals = _Refusals(self.id)
         # Short waits for the write lock: a supervisor blocked on another
         # connection's long transaction could neither kill timed-out jobs nor
         # renew leases.  It retries soon instead, keeping what it must write.
         self._storage: _Storage = _SQLiteStorage(
-            path, durable=False, create=create, busy_retries=1,
+            path, durable=False, create=create,
             busy_timeout=min(busy_timeout, self.lease / 6, _SUPERVISOR_BUSY_TIMEOUT),
             secrets=secrets, size_limit=size_limit)
         self.path = self._storage.path
@@ -4873,7 +5541,7 @@ class Worker:
             if version == self._data_version:
                 return False
             self._data_version = version
-            due = self._storage.next_due(self.queues)
+            due = self._next_due_here()
         except DatabaseError as exc:  # busy during a WAL recovery, say: look again soon
             _log.debug("%s: %s", self.id, exc)
             return False
@@ -4935,7 +5603,7 @@ class Worker:
         options = {"path": self.path, "busy_timeout": self._busy_timeout,
                    "log_levels": (logging.getLogger().getEffectiveLevel(), _log.level),
                    "secrets": self._storage.secrets, "size_limit": self._storage.size_limit,
-                   "memory_limit": self.memory_limit}
+                   "memory_limit": self.memory_limit, "import_paths": self.import_paths}
         process = self._ctx.Process(target=_child_main, args=(theirs, options, running),
                                     name=f"litejobs-child-{number}")
         process.start()
@@ -4978,14 +5646,17 @@ class Worker:
                 if message[0] == "skipped":
                     self._releases.append(assignment)
                     continue
-                _, _, ok, result, error, error_type, exc_mro, follow, seconds = message
+                _, _, outcome, seconds = message
+                outcome = outcome or _PLAIN_COMPLETION
                 assignment.seconds = seconds
-                if error_type == "builtins.MemoryError" and self.memory_limit is not None:
+                if outcome.error_type == "builtins.MemoryError" \
+                        and self.memory_limit is not None:
                     child.retiring = True  # its heap may be left in pieces: start afresh
+                if outcome.refused:
+                    self._refusals.cannot_import(assignment.row, outcome.error)
                 child.done += 1
                 self._note_duration(seconds)
-                self._outcomes.append((assignment, _Outcome(ok, result, error, error_type,
-                                                            exc_mro, follow)))
+                self._outcomes.append((assignment, outcome))
 
     def _forget(self, assignment: _Assignment) -> None:
         if self._in_flight.get(assignment.job_id) is assignment:
@@ -5054,7 +5725,8 @@ class Worker:
                        reason_job: int | None, how: str) -> None:
         """Record how the job a child was running when it died ended."""
         name = running.row["name"]
-        if reason in ("timeout", "cancel", "lease") and reason_job != running.job_id:
+        if reason in ("timeout", "cancel", "lease", "overdue") \
+                and reason_job != running.job_id:
             # Killed for a job that had just finished: this one was a bystander.
             self._releases.append(running)
         elif reason == "timeout":
@@ -5068,8 +5740,13 @@ class Worker:
         elif reason == "cancel":
             self._endings.append((running, CANCELLED, f"job {running.job_id} was "
                                   f"cancelled while running, so its process was killed"))
+        elif reason == "overdue":
+            self._endings.append((running, CANCELLED, f"job {running.job_id} was asked to "
+                                  f"stop, and had not stopped by the time it was given, so "
+                                  f"its process was killed"))
         elif reason == "stop":
-            self._endings.append((running, "interrupt",
+            # A deploy, say: not the job's fault, so no interruption is counted.
+            self._endings.append((running, "hand back",
                                   f"the pool {self.id} stopped before it ended"))
         else:
             self._endings.append((running, "interrupt",
@@ -5164,8 +5841,10 @@ class Worker:
                 if want:
                     token, claimed = self._storage.claim(
                         owner=self.id, queues=self.queues, now=now,
-                        expires=now + self.lease, limit=want)
-        except _DatabaseBusy as exc:
+                        expires=now + self.lease, limit=want,
+                        unsigned_only=self._refusals.unsigned_only,
+                        avoid=self._refusals.avoided())
+        except DatabaseBusy as exc:
             # Keep everything, and try again shortly.
             _log.debug("%s: %s; retrying", self.id, exc)
             self._keep_for_later(writes)
@@ -5230,6 +5909,10 @@ class Worker:
                                             error=detail + "\n")
             if kind == "lost":
                 return self._storage.outcome_lost(job_id, token, now, detail)
+            if kind == "hand back":
+                return self._storage.hand_back(job_id, token, now, detail)
+            if kind == "refuse":
+                return self._storage.refuse(job_id, token, now, detail)
             return self._storage.release(job_id, token, now)
         except LeaseLost:
             return None
@@ -5266,7 +5949,7 @@ class Worker:
         for index, (kind, assignment, detail) in enumerate(writes):
             try:
                 status = self._write(kind, assignment, detail, now)
-            except _DatabaseBusy:
+            except DatabaseBusy:
                 # Locked by another connection: nothing wrong with the rest.
                 self._keep_for_later(writes[index:])
                 self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
@@ -5282,7 +5965,7 @@ class Worker:
                     f"could not be stored: {exc}"))
                 try:
                     status = self._write(kind, assignment, detail, now)
-                except _DatabaseBusy:
+                except DatabaseBusy:
                     self._keep_for_later(writes[index + 1:])
                     self._keep_for_later([(kind, assignment, writes[index][2])])
                     self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
@@ -5310,6 +5993,12 @@ class Worker:
                              assignment.job_id, assignment.row["name"],
                              assignment.row["attempts"], detail, status or "another worker's",
                              extra=_job_log(assignment.row))
+            elif kind == "hand back":
+                _log.warning("job %s (%s) attempt %d was handed back: %s; it is now %s, and "
+                             "this run counts neither as an attempt nor as an interruption",
+                             assignment.job_id, assignment.row["name"],
+                             assignment.row["attempts"], detail, status or "another worker's",
+                             extra=_job_log(assignment.row))
             elif kind == CANCELLED and status is not None:
                 _log.info("%s", detail, extra=_job_log(assignment.row))
             if kind != "outcome" or status == PENDING:
@@ -5317,8 +6006,8 @@ class Worker:
 
     def _log_outcome(self, assignment: _Assignment, outcome: _Outcome,
                      status: str | None) -> None:
-        self.finished["lease lost" if status is None else status] += 1
         _log_outcome(assignment.row, outcome, status, assignment.seconds)
+        self.finished["lease lost" if status is None else status] += 1  # logged first
 
     def _should_claim(self) -> bool:
         if not self._drained or self._changed or self._due_now():
@@ -5331,12 +6020,27 @@ class Worker:
         self._drained = len(claimed) < want
         if self._drained:
             try:
-                self._next_due = self._storage.next_due(self.queues)
+                self._next_due = self._next_due_here()
             except DatabaseError as exc:
                 _log.error("%s: %s", self.id, exc)
                 self._next_due = None
+        if not self._storage.secrets and any(row["signature"] for row in claimed):
+            runnable = []
+            for row in claimed:
+                if row["signature"] is None:
+                    runnable.append(row)
+                    continue
+                del row["payload"], row["signature"]
+                self._endings.append((_Assignment(row["id"], token, row, None), "refuse",
+                                      self._refusals.signed_without_secret(row)))
+            claimed = runnable
         if claimed:
             self._dispatch(token, claimed)
+
+    def _next_due_here(self) -> float | None:
+        """When the next job this pool would claim falls due."""
+        return self._storage.next_due(self.queues, unsigned_only=self._refusals.unsigned_only,
+                                      avoid=self._refusals.avoided())
 
     def _dispatch(self, token: str, claimed: list[dict[str, Any]]) -> None:
         """Deal the claimed jobs out one by one, idle children first, so that
@@ -5411,12 +6115,16 @@ class Worker:
         if self._in_flight and now >= self._next_cancel_check:
             self._next_cancel_check = now + _CANCEL_CHECK_INTERVAL
             try:
-                cancelled = self._storage.cancels_requested(self.id)
+                requests = self._storage.stops_requested(self.id)
             except DatabaseError as exc:  # looked for again at the next check
                 _log.debug("%s: %s", self.id, exc)
-                cancelled = []
-            for job_id in cancelled:
-                self._stop_cancelled(job_id)
+                requests = []
+            wall = time.time()
+            for job_id, cancelled, stop_by in requests:
+                if cancelled:
+                    self._stop_cancelled(job_id, "cancel")
+                elif stop_by is not None:
+                    self._stop_asked(job_id, stop_by, wall)
         if now >= self._next_upkeep and self._grace_deadline is None:
             self._upkeep()
 
@@ -5437,7 +6145,7 @@ class Worker:
                     wait = _PRUNE_PAUSE  # more are due: go on soon
             self._storage.checkpoint()
         except DatabaseError as exc:  # tried again at the next upkeep
-            _log.log(logging.DEBUG if isinstance(exc, _DatabaseBusy) else logging.WARNING,
+            _log.log(logging.DEBUG if isinstance(exc, DatabaseBusy) else logging.WARNING,
                      "%s: retention and checkpoint: %s", self.id, exc)
         self._next_upkeep = time.monotonic() + wait
 
@@ -5448,7 +6156,7 @@ class Worker:
         wall = time.time()
         try:
             alive, lost = self._storage.heartbeat(self.id, leases, wall + self.lease, wall)
-        except _DatabaseBusy as exc:
+        except DatabaseBusy as exc:
             _log.debug("%s: %s; retrying the heartbeat", self.id, exc)
             self._next_heartbeat = now + _BUSY_BACKOFF  # the renewal stays due too
             return
@@ -5491,12 +6199,28 @@ class Worker:
                      job_id, assignment.row["name"])
         self._stop_run(assignment, "lease")
 
-    def _stop_cancelled(self, job_id: int) -> None:
+    def _stop_cancelled(self, job_id: int, reason: str) -> None:
         assignment = self._in_flight.get(job_id)
         if assignment is not None:
+            assert assignment.child is not None
             self._receive(assignment.child)  # it may have just finished
         if assignment is not None and job_id in self._in_flight:
-            self._stop_run(assignment, "cancel")
+            self._stop_run(assignment, reason)
+
+    def _stop_asked(self, job_id: int, stop_by: float, now: float) -> None:
+        """Job ``job_id`` was asked to stop by ``stop_by``: one that has not
+        started never will (it ends cancelled); a running one sees the
+        request itself, and is stopped once its time is up."""
+        assignment = self._in_flight.get(job_id)
+        if assignment is None or assignment.child is None:
+            return
+        if assignment.child.running_job() != job_id:
+            # Given back, it ends cancelled (_RELEASE_JOB); one the child
+            # starts meanwhile runs on, and sees the request.
+            if not assignment.skip_sent:
+                assignment.skip_sent = assignment.child.send(("skip", [job_id]))
+        elif now >= stop_by:
+            self._stop_cancelled(job_id, "overdue")
 
     def _timeout_deadline(self, child: _Child, running: int) -> float | None:
         """When job ``running``, which the child runs, reaches its timeout."""
@@ -5509,6 +6233,7 @@ class Worker:
 
     def _stop_run(self, assignment: _Assignment, reason: str) -> None:
         child = assignment.child
+        assert child is not None, "only assignments sent to a child are stopped"
         if child.running_job() == assignment.job_id:
             child.kill(reason, assignment.job_id)
         elif not assignment.skip_sent:
@@ -5802,13 +6527,41 @@ def _command_worker(args: argparse.Namespace) -> int:
     handler.setFormatter(_JsonLogFormatter() if args.log_format == "json"
                          else logging.Formatter(_LOG_FORMAT))
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
-    worker = Worker(args.database, processes=args.processes, queues=args.queue or None,
-                    lease=args.lease, poll=args.poll, grace=args.grace,
-                    max_jobs_per_child=args.max_jobs_per_child,
-                    start_method=args.start_method, burst=args.burst, create=False,
-                    retention=args.retention or None, memory_limit=args.memory_limit,
-                    size_limit=args.size_limit)
+    try:
+        worker = Worker(args.database, processes=args.processes, queues=args.queue or None,
+                        lease=args.lease, poll=args.poll, grace=args.grace,
+                        max_jobs_per_child=args.max_jobs_per_child,
+                        start_method=args.start_method, burst=args.burst, create=args.create,
+                        retention=args.retention or None, memory_limit=args.memory_limit,
+                        size_limit=args.size_limit, import_paths=args.path or ())
+    except ValueError as exc:  # a --path that is not a directory
+        raise _UsageError(str(exc)) from None
     worker.run()
+    return 0
+
+
+def _command_init(args: argparse.Namespace) -> int:
+    existed = os.path.exists(args.database)
+    current = False
+    if existed:
+        try:
+            Queue(args.database, read_only=True).close()
+            current = True
+        except DatabaseError:  # not litejobs' yet, or older: opening it below says which
+            pass
+    with Queue(args.database) as q:
+        path = q.path
+    if args.json:
+        _print_json({"database": path, "created": not existed, "changed": not current,
+                     "schema_version": _SCHEMA_VERSION})
+    elif current:
+        print(f"{path} is a litejobs database already (schema version {_SCHEMA_VERSION})")
+    elif existed:
+        print(f"{path}: litejobs' tables are ready (schema version {_SCHEMA_VERSION}); the "
+              f"file's other tables are untouched")
+    else:
+        print(f"created {path}: a litejobs database (mode 0600, WAL journal, schema version "
+              f"{_SCHEMA_VERSION})")
     return 0
 
 
@@ -5820,13 +6573,13 @@ def _command_worker(args: argparse.Namespace) -> int:
 
 _JOB_JSON_KEYS = (
     "id", "status", "name", "queue", "priority", "key", "attempts", "max_attempts",
-    "interruptions", "max_interruptions", "timeout", "created_at", "begin_after",
-    "begin_by", "started_at", "finished_at", "ran_by", "lease_owner", "lease_expires",
-    "parent_id", "role", "position", "composite", "waiting_for", "progress",
-    "progress_message", "meta", "error_type",
+    "interruptions", "max_interruptions", "handbacks", "timeout", "created_at",
+    "begin_after", "begin_by", "started_at", "finished_at", "ran_by", "lease_owner",
+    "lease_expires", "stop_requested", "parent_id", "role", "position", "composite",
+    "waiting_for", "progress", "progress_message", "meta", "error_type",
 )
 _TIME_KEYS = frozenset(("created_at", "begin_after", "begin_by", "started_at", "finished_at",
-                        "lease_expires"))
+                        "lease_expires", "stop_requested"))
 _REPR_MOST = 500  # characters of an argument or result shown
 
 
@@ -5836,6 +6589,9 @@ def _job_json(row: Mapping[str, Any]) -> dict[str, Any]:
         out[key] = None if out[key] is None else _format_time(out[key])
     out["composite"] = None if row.get("composite") is None else \
         str(row["composite"]).partition("_")[0]
+    if out["max_interruptions"] == _UNLIMITED:
+        out["max_interruptions"] = None
+    out["attempts_counted"] = None if row.get("attempts") is None else _counted_attempts(row)
     try:
         out["meta"] = json.loads(row["meta"]) if row.get("meta") else {}
     except ValueError:  # written by something other than litejobs
@@ -5882,10 +6638,12 @@ def _progress_text(row: Mapping[str, Any], width: int = 0) -> str:
     return f"{bar}{fraction:4.0%}{message}"
 
 
-def _job_line(row: Mapping[str, Any], now: float) -> str:
+def _job_line(row: Mapping[str, Any], now: float, progress: bool = True) -> str:
+    """A job as `list` shows it, and `watch` on its first line."""
     kind = f" ({str(row['composite']).partition('_')[0]})" if row.get("composite") else ""
     return (f"{row['id']:>7}  {row['status']:9}  {row['name']}{kind}  {row['queue']}  "
-            f"attempt {row['attempts']}  {_age(row, now)}  {_progress_text(row)}").rstrip()
+            f"attempt {row['attempts']}  {_age(row, now)}  "
+            f"{_progress_text(row) if progress else ''}").rstrip()
 
 
 def _pool_json(pool: Mapping[str, Any], now: datetime.datetime) -> dict[str, Any]:
@@ -6243,14 +7001,17 @@ def _show_text(shown: Mapping[str, Any], now: float) -> list[str]:
              f"  call       {shown['call']}",
              f"  queue      {shown['queue']}, priority {shown['priority']}"
              + (f", key {shown['key']!r}" if shown["key"] else ""),
-             f"  attempts   {shown['attempts']} of {shown['max_attempts']}, interruptions "
-             f"{shown['interruptions']} of {shown['max_interruptions']}"
+             f"  attempts   {shown['attempts_counted']} of {shown['max_attempts']}, "
+             f"interruptions {shown['interruptions']} of "
+             f"{'no limit' if shown['max_interruptions'] is None else shown['max_interruptions']}"
+             + (f", handed back {shown['handbacks']}" if shown["handbacks"] else "")
              + (f", timeout {shown['timeout']:g}s" if shown["timeout"] else "")]
     if shown["ran_by"]:
         lines.append(f"  ran by     {shown['ran_by']}")
     for label, key in (("created", "created_at"), ("due", "begin_after"),
                        ("deadline", "begin_by"), ("started", "started_at"),
-                       ("finished", "finished_at"), ("lease ends", "lease_expires")):
+                       ("finished", "finished_at"), ("lease ends", "lease_expires"),
+                       ("stop by", "stop_requested")):
         if shown[key] is not None:
             lines.append(f"  {label:10} {shown[key]}")
     if shown["progress"] is not None:
@@ -6308,43 +7069,51 @@ def _command_retry(args: argparse.Namespace) -> int:
                                 "error": None})
             except (ValueError, JobNotFound) as exc:
                 results.append({"id": job_id, "status": None, "error": str(exc)})
+    if not results and not args.json:
+        print("no failed job to retry")
+    return _print_results(args, results, lambda result: f"job {result['id']}: "
+                                                        f"{result['status']} again")
+
+
+def _print_results(args: argparse.Namespace, results: list[dict[str, Any]],
+                   line: Callable[[dict[str, Any]], str]) -> int:
+    """Print what a command did to each job: a ``line`` each, or the JSON list,
+    on stdout; what it could not do, on stderr as errors.  Exit status 1 if
+    there was any."""
     if args.json:
         _print_json(results)
-    elif not results:
-        print("no failed job to retry")
-    else:
-        for result in results:
-            print(f"job {result['id']}: " + (f"not retried: {result['error']}"
-                                             if result["error"] else
-                                             f"{result['status']} again"))
+    for result in results:
+        if result["error"]:
+            print(f"litejobs: error: {result['error']}", file=sys.stderr)
+        elif not args.json:
+            print(line(result))
     return 1 if any(result["error"] for result in results) else 0
 
 
 def _command_cancel(args: argparse.Namespace) -> int:
+    if args.grace is not None and not args.graceful:
+        raise _UsageError("--grace goes with --graceful")
+    grace = DEFAULT_STOP_GRACE if args.grace is None else args.grace
     results = []
     with _open_to_write(args) as q:
-        now = time.time()
         for job_id in args.ids:
-            row = q._storage.fetch(job_id)
-            if row is None:
-                results.append({"id": job_id, "status": None,
-                                "error": f"no job {job_id} in {q.path}"})
+            try:
+                job = q.get(job_id)
+            except JobNotFound as exc:
+                results.append({"id": job_id, "status": None, "error": str(exc)})
                 continue
-            after = q._storage.cancel(job_id, now)
-            results.append({"id": job_id, "status": after or row["status"], "error": None,
-                            "cancelled": after is not None})
-    if args.json:
-        _print_json(results)
-    else:
-        print("\n".join(_cancel_line(result) for result in results))
-    return 1 if any(result["error"] for result in results) else 0
+            done = job.request_stop(grace) if args.graceful else job.cancel()
+            results.append({"id": job_id, "status": job.status, "error": None,
+                            "cancelled": done, "stop_requested": job.stop_requested})
+    return _print_results(args, results, functools.partial(_cancel_line, grace=grace))
 
 
-def _cancel_line(result: Mapping[str, Any]) -> str:
-    if result["error"]:
-        return f"job {result['id']}: {result['error']}"
+def _cancel_line(result: Mapping[str, Any], grace: float) -> str:
     if not result["cancelled"]:
         return f"job {result['id']}: had already ended, {result['status']}"
+    if result["status"] == ACTIVE and result["stop_requested"]:
+        return (f"job {result['id']}: running; asked to stop, it has "
+                f"{_format_duration(grace)} before its pool stops it and it ends cancelled")
     if result["status"] == ACTIVE:
         return f"job {result['id']}: running; its pool stops it and it ends cancelled"
     return f"job {result['id']}: cancelled"
@@ -6395,12 +7164,14 @@ def _command_put(args: argparse.Namespace) -> int:
         else:
             raise _UsageError("ARGS_JSON is a JSON array (the positional arguments) or "
                               "object (the keyword arguments)")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as python -m does, for the installed command
+    for directory in reversed(args.path or []):  # checked here as a pool would import it
+        sys.path.insert(0, os.path.abspath(directory))
     with _open_to_write(args) as q:
         try:
-            job = q.put(Job(args.function, *call_args, **call_kwargs), queue=args.queue,
-                        begin_after=args.delay, priority=args.priority, key=args.key)
+            job = q.put(Job(args.function, *call_args, **call_kwargs),
+                        queue=_DEFAULT if args.queue is None else args.queue,
+                        priority=_DEFAULT if args.priority is None else args.priority,
+                        begin_after=args.delay, key=args.key)
         except (TypeError, ValueError) as exc:
             raise _UsageError(str(exc)) from None
     if args.json:
@@ -6411,57 +7182,69 @@ def _command_put(args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch_frame(q: Queue, job_id: int | None,
-                 now: float) -> tuple[list[str], Any, bool, int]:
-    """The lines to show; what they show, less the passing time, to tell a
-    change; whether the watch is over; and its exit status."""
+@dataclasses.dataclass
+class _WatchFrame:
+    """What `watch` shows at one moment: ``lines`` of text, the same as
+    ``data`` for --json, ``state`` (what they show, less the passing time,
+    to tell a change), whether the watch is over, and its exit status."""
+
+    lines: list[str]
+    data: dict[str, Any]
+    state: Any
+    done: bool = False
+    status: int = 0
+
+
+def _watch_frame(q: Queue, job_id: int | None, now: float) -> _WatchFrame:
     if job_id is None:
         status = _status(q)
         lines = _status_text(status)
         active = q._storage.search(statuses=[ACTIVE], limit=20)
         if active:
-            lines += ["", "running:"] + [f"  {row['id']:>7}  {row['name']}  "
-                                         f"{_age(row, now)}  {_progress_text(row, 20)}"
-                                         for row in active]
+            lines += ["", "running:"] + [f"  {_job_line(row, now)}" for row in active]
         state: Any = (status["counts"],
                       [(pool["id"], pool["state"]) for pool in status["workers"]],
                       [(row["id"], row["progress"], row["progress_message"])
                        for row in active])
-        return lines, state, False, 0
+        return _WatchFrame(lines, {**status, "running": [_job_json(row) for row in active]},
+                           state)
     job = q.get(job_id)
     row = job._row
-    lines = [f"job {job.id}  {job.status}  {job.name}  {_age(row, now)}"]
+    lines = [_job_line(row, now, progress=False)]
     if row["progress"] is not None:
         lines.append(f"  {_progress_text(row, 40)}")
-    children = job.children()
+    children = collections.Counter(child.status for child in job.children())
     if children:
-        ended = collections.Counter(child.status for child in children)
         lines.append("  children: " + ", ".join(f"{count} {status}" for status, count
-                                                 in sorted(ended.items())))
+                                                 in sorted(children.items())))
     if job.status == FAILED and job.error:
         lines.append(f"  {_last_line(job.error)}")
-    done = job.status in _FINISHED
-    state = (job.status, row["progress"], row["progress_message"],
-             [(child.id, child.status) for child in children])
-    return lines, state, done, 0 if job.status == COMPLETED else 1
+    state = (job.status, row["progress"], row["progress_message"], sorted(children.items()))
+    return _WatchFrame(lines, {**_job_json(row), "children": dict(sorted(children.items()))},
+                       state, job.status in _FINISHED, 0 if job.status == COMPLETED else 1)
 
 
 def _command_watch(args: argparse.Namespace) -> int:
-    live = sys.stdout.isatty()
+    live = sys.stdout.isatty() and not args.json
     shown: Any = None
     try:
         with _open_to_read(args) as q:
             while True:
-                lines, state, done, status = _watch_frame(q, args.id, time.time())
+                frame = _watch_frame(q, args.id, time.time())
                 if live:  # redraw in place: home, clear the screen
-                    sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
+                    sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(frame.lines) + "\n")
                     sys.stdout.flush()
-                elif state != shown:
-                    stamp = _format_time(time.time())[11:23]
-                    print(f"{stamp}  " + "\n              ".join(lines), flush=True)
-                shown = state
-                if done:
-                    return status
+                elif frame.state != shown and args.json:  # one object per line
+                    print(json.dumps({"time": _format_time(time.time()), **frame.data},
+                                     default=str), flush=True)
+                elif frame.state != shown:  # a block: the time, then lines indented
+                    lines = [line for line in frame.lines if line]
+                    print(f"{_format_time(time.time())}  {lines[0]}", flush=True)
+                    for line in lines[1:]:
+                        print(f"{' ' * 26}{line}", flush=True)
+                shown = frame.state
+                if frame.done:
+                    return frame.status
                 time.sleep(args.interval)
     except KeyboardInterrupt:
         if live:
@@ -6486,6 +7269,16 @@ def _build_parser() -> argparse.ArgumentParser:
                     "2 worker processes: a simple job, one with arguments, a delayed "
                     "one, a failing one, a parallel and a serial composite.")
     demo.set_defaults(handler=_command_demo)
+
+    init = commands.add_parser(
+        "init", help="create a database, or add litejobs' tables to one",
+        description="Create DATABASE as a litejobs database (mode 0600, WAL journal), or "
+                    "add litejobs' tables to an existing SQLite file, leaving its own "
+                    "tables alone.  A litejobs database is left as it is.  (A Queue "
+                    "created in code, and worker --create, do the same.)")
+    _database_argument(init)
+    _json_option(init)
+    init.set_defaults(handler=_command_init)
 
     worker = commands.add_parser(
         "worker", help="run a pool of worker processes on a database",
@@ -6528,6 +7321,11 @@ def _build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_SIZE_LIMIT // 2 ** 20}M)")
     worker.add_argument("--burst", action="store_true",
                         help="run the jobs that are due, then exit 0")
+    worker.add_argument("--path", action="append", metavar="DIR",
+                        help="a directory to import job modules from, ahead of the "
+                             "current directory and PYTHONPATH; repeat for several")
+    worker.add_argument("--create", action="store_true",
+                        help="create DATABASE if it is missing (as init does)")
     worker.add_argument("--start-method", choices=multiprocessing.get_all_start_methods(),
                         default="spawn",
                         help="how worker processes start (default spawn)")
@@ -6612,13 +7410,21 @@ def _build_parser() -> argparse.ArgumentParser:
     retry.set_defaults(handler=_command_retry)
 
     cancel = commands.add_parser(
-        "cancel", help="cancel jobs",
+        "cancel", help="cancel jobs, at once or gracefully",
         description="Cancel jobs: one not running never runs; a running one is stopped "
-                    "by its pool.  Cancelling a composite cancels what is under it.  Exit "
-                    "status 1 if a job does not exist.")
+                    "by its pool.  Cancelling a composite cancels what is under it.  With "
+                    "--graceful, a running job is asked to stop instead: it sees "
+                    "current_job().stop_requested within about a second and may return "
+                    "early, and its pool stops it after --grace.  Exit status 1 if a job "
+                    "does not exist.")
     _database_argument(cancel)
     cancel.add_argument("ids", type=_positive_count, nargs="+", metavar="ID",
                         help="the jobs to cancel")
+    cancel.add_argument("--graceful", action="store_true",
+                        help="ask running jobs to stop, and give them --grace to do so")
+    cancel.add_argument("--grace", type=_parse_duration, default=None, metavar="DURATION",
+                        help=f"with --graceful: how long a running job gets to stop "
+                             f"(default {DEFAULT_STOP_GRACE:g}s)")
     _json_option(cancel)
     cancel.set_defaults(handler=_command_cancel)
 
@@ -6640,16 +7446,23 @@ def _build_parser() -> argparse.ArgumentParser:
         "put", help="put a job, from the shell or cron",
         description="Put a call to FUNCTION, an importable 'package.module:function', "
                     "with ARGS_JSON: a JSON array of positional arguments, or an object "
-                    "of keyword arguments.  The current directory is importable.")
+                    "of keyword arguments.  FUNCTION is imported to check it, from the "
+                    "current directory, --path, PYTHONPATH or an installed package, as "
+                    "a pool imports it.")
     _database_argument(put)
     put.add_argument("function", metavar="FUNCTION", help="package.module:function")
     put.add_argument("arguments", nargs="?", metavar="ARGS_JSON",
                      help='such as \'[7, "a4"]\' or \'{"order": 7}\'')
     put.add_argument("--delay", type=_parse_duration, default=None, metavar="DURATION",
                      help="not before this long from now, such as 10m")
-    put.add_argument("--queue", "-q", default=DEFAULT_QUEUE,
-                     help=f"the queue (default {DEFAULT_QUEUE!r})")
-    put.add_argument("--priority", type=int, default=0, help="larger runs first (default 0)")
+    put.add_argument("--queue", "-q", default=None,
+                     help=f"the queue (default: the function's own, see litejobs.job, else "
+                          f"{DEFAULT_QUEUE!r})")
+    put.add_argument("--priority", type=int, default=None,
+                     help="larger runs first (default: the function's own, else 0)")
+    put.add_argument("--path", action="append", metavar="DIR",
+                     help="a directory to import FUNCTION from, ahead of the current "
+                          "directory and PYTHONPATH; repeat for several")
     put.add_argument("--key", help="put nothing if an unfinished job has this key")
     _json_option(put)
     put.set_defaults(handler=_command_put)
@@ -6659,13 +7472,15 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Redraw one job's status and progress bar, or the status of the "
                     "whole database, every --interval until Ctrl-C.  Watching a job "
                     "ends when it does: exit status 0 if it completed, 1 otherwise.  When "
-                    "stdout is not a terminal, prints a line only when something changes.")
+                    "stdout is not a terminal, prints a line only when something changes, "
+                    "after the time; with --json, a JSON object per line instead.")
     _database_argument(watch)
     watch.add_argument("id", type=_positive_count, nargs="?", metavar="ID",
                        help="the job to follow (default: the whole database)")
     watch.add_argument("--interval", type=_duration_type(0, above=True, most=3600),
                        default=1.0,
                        metavar="DURATION", help="how often to look (default 1s)")
+    _json_option(watch)
     watch.set_defaults(handler=_command_watch)
     return parser
 
@@ -6679,15 +7494,26 @@ def _json_option(parser: argparse.ArgumentParser) -> None:
                         help="print JSON, with the keys the README documents")
 
 
+_EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a tool that SIGPIPE ended
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``litejobs`` command line; returns the exit status."""
+    """The ``litejobs`` command line; returns the exit status.
+
+    The current directory is importable, as with ``python -m litejobs``, so
+    the installed ``litejobs`` command finds job modules in the same places:
+    ``put`` to check a function, a pool's worker processes to run it."""
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        return int(args.handler(args))
+        status = int(args.handler(args))
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return status
     except _UsageError as exc:
         print(f"litejobs {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -6696,6 +7522,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        if args.command == "worker":
+            raise  # not stdout: a pool prints nothing there
+        # The reader went away (`litejobs list app.db | head -1`): stop quietly,
+        # as Unix tools do.  What is still buffered would fail again at exit.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _EXIT_BROKEN_PIPE
 
 
 ###############################################################################

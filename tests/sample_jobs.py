@@ -476,3 +476,101 @@ def log_with_unpicklable_extra():
     import threading
     logging.getLogger("sample_jobs.app").warning("odd extra", extra={"ctx": [threading.Lock()]})
     return "logged"
+
+
+def multiply(first, second):
+    return first * second
+
+
+async def fetch_async(url):
+    return url
+
+
+async def stream_async(url):
+    yield url
+
+
+class AsyncCallable:
+    async def __call__(self):
+        return "called"
+
+
+def count_runs_then_kill(path, deaths, *outcome):
+    """Append a line to ``path`` at each run; kill this process the first
+    ``deaths`` runs, then return how many runs there were.  (As a callback,
+    it is given the outcome of its job too.)"""
+    with open(path, "a") as handle:
+        handle.write("run\n")
+    with open(path) as handle:
+        runs = len(handle.read().splitlines())
+    if runs <= deaths:
+        os._exit(1)
+    return runs
+
+
+def stop_when_asked(started_path, timeout=60):
+    """Say it started, then work in small steps until asked to stop; return
+    how it ended, and put the steps done in its meta."""
+    job = litejobs.current_job()
+    with open(started_path, "w") as handle:
+        handle.write(str(os.getpid()))
+    deadline = time.monotonic() + timeout
+    steps = 0
+    while not job.stop_requested:
+        if time.monotonic() > deadline:
+            return "never asked"
+        time.sleep(0.02)
+        steps += 1
+    job.update_meta(steps=steps)
+    return "stopped early"
+
+
+def ignore_stop_requests(started_path, timeout=60):
+    """Say it started, then keep working whatever is asked."""
+    with open(started_path, "w") as handle:
+        handle.write(str(os.getpid()))
+    time.sleep(timeout)
+    return "ran to the end"
+
+
+def wait_for_meta(key, timeout=60):
+    """Set ``waiting`` in its meta, then wait until someone else sets ``key``
+    in it; return the meta it saw."""
+    job = litejobs.current_job()
+    job.update_meta(waiting=True)
+    deadline = time.monotonic() + timeout
+    while key not in job.meta:
+        if time.monotonic() > deadline:
+            return {"timed out": True}
+        time.sleep(0.02)
+    return job.meta
+
+
+@litejobs.job(queue="pdf", priority=5, retry=litejobs.Retry(attempts=4, delay=0),
+              timeout=60, max_interruptions=7)
+def render_with_defaults(order):
+    return f"rendered {order}"
+
+
+@litejobs.job
+def plain_decorated(value):
+    return value
+
+
+@litejobs.job(queue="mail", max_interruptions=2)
+def notify_with_defaults(outcome):
+    return f"notified: {outcome}"
+
+
+def count_runs_then_wait(path, go_path, timeout=120):
+    """Append a line to ``path`` at each run, then wait until ``go_path``
+    exists; return how many runs there were."""
+    with open(path, "a") as handle:
+        handle.write(f"{os.getpid()}\n")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(go_path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{go_path} never appeared")
+        time.sleep(0.01)
+    with open(path) as handle:
+        return len(handle.read().splitlines())

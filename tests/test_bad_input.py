@@ -2,6 +2,7 @@
 
 import datetime
 import importlib
+import logging
 import sys
 import threading
 
@@ -148,7 +149,12 @@ def test_bad_retry_policies_are_refused(options, error):
         Retry(**options)
 
 
-def test_a_function_gone_at_run_time_fails_only_its_job(q, tmp_path, monkeypatch):
+def test_a_function_gone_at_run_time_is_given_back_not_failed(q, tmp_path, monkeypatch,
+                                                             caplog):
+    """A function this process cannot import is the runner's problem (a
+    deploy half done, a missing path), not the job's: the job goes back to
+    pending, its attempt given back, with the reason in its history; the
+    runner logs it and runs the other jobs."""
     module = tmp_path / "vanishing_jobs.py"
     module.write_text("def work():\n    return 'here'\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -162,16 +168,28 @@ def test_a_function_gone_at_run_time_fails_only_its_job(q, tmp_path, monkeypatch
     del sys.modules["vanishing_jobs"]
     importlib.invalidate_caches()
 
-    assert q.run_pending() == 3
-    for job in (doomed, doomed_by_name):
-        with pytest.raises(litejobs.JobFailed) as caught:
-            job.wait(timeout=1)
-        assert caught.value.exc_type == "builtins.AttributeError"
-        assert "has no attribute 'work'" in caught.value.traceback
+    with caplog.at_level(logging.ERROR, logger="litejobs"):
+        assert q.run_pending() == 1
     assert fine.wait(timeout=1) == 3
+    for job in (doomed, doomed_by_name):
+        job.refresh()
+        assert (job.status, job.attempts, job.interruptions) == (litejobs.PENDING, 0, 0)
+    [entry] = doomed.history
+    assert entry["event"] == "refused"
+    assert "has no attribute 'work'" in entry["error"]
+    assert doomed_by_name.history == []  # the same function: left alone, not tried
+    [logged] = [r for r in caplog.records
+                if "cannot import vanishing_jobs:work" in r.getMessage()]
+    assert "has no attribute 'work'" in logged.getMessage()  # with the traceback
+
+    module.write_text("def work():\n    return 'back'\n")  # the deploy is done:
+    del sys.modules["vanishing_jobs"]  # a new runner, with the new code
+    importlib.invalidate_caches()
+    assert q.run_pending() == 2
+    assert [job.wait(timeout=1) for job in (doomed, doomed_by_name)] == ["back", "back"]
 
 
-def test_a_module_gone_at_run_time_fails_with_the_import_error(q, tmp_path, monkeypatch):
+def test_a_module_gone_at_run_time_waits_for_a_runner_that_has_it(q, tmp_path, monkeypatch):
     module = tmp_path / "doomed_module.py"
     module.write_text("def work(x):\n    return x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -182,10 +200,12 @@ def test_a_module_gone_at_run_time_fails_with_the_import_error(q, tmp_path, monk
     module.unlink()
     del sys.modules["doomed_module"]
     importlib.invalidate_caches()
-    q.run_pending()
-    with pytest.raises(litejobs.JobFailed) as caught:
-        job.wait(timeout=1)
-    assert caught.value.exc_type == "builtins.ModuleNotFoundError"
+    assert q.run_pending() == 0
+    assert q.run_pending() == 0  # a new runner tries again, and gives it back again
+    job.refresh()
+    assert job.status == litejobs.PENDING
+    assert [entry["error"] for entry in job.history] == [
+        "ModuleNotFoundError: No module named 'doomed_module'"] * 2
 
 
 def test_an_unpicklable_result_fails_the_job_clearly(q):

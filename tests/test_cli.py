@@ -1,5 +1,6 @@
 """The command line: in-process through main(), and as ``python -m litejobs``."""
 
+import json
 import os
 import shutil
 import socket
@@ -13,6 +14,7 @@ import pytest
 
 import litejobs
 import sample_jobs
+from litejobs import Job
 
 ROOT = os.path.dirname(os.path.abspath(litejobs.__file__))
 
@@ -220,3 +222,172 @@ def test_workers_on_a_missing_database_is_a_one_line_error(tmp_path, capsys):
     assert litejobs.main(["workers", str(missing)]) == 1
     assert capsys.readouterr().err.startswith("litejobs: error: no database at")
     assert not missing.exists()
+
+
+# -- where pools find job modules: the installed command as python -m -----------------
+
+
+CONSOLE_SCRIPT = """\
+import re
+import sys
+from litejobs import main
+if __name__ == "__main__":
+    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
+    sys.exit(main())
+"""
+
+
+@pytest.fixture
+def litejobs_command(tmp_path):
+    """The ``litejobs`` command as installed: pip's console script, run by its
+    path, so that its own directory, not the current one, heads sys.path.
+    The installed one when there is one; else the same script, written here."""
+    installed = shutil.which("litejobs", path=os.path.dirname(sys.executable))
+    if installed is None:
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        installed = bin_dir / "litejobs"
+        installed.write_text(CONSOLE_SCRIPT)
+
+    def run(*args, cwd, timeout=60):
+        env = {key: value for key, value in os.environ.items() if key != "LITEJOBS_SECRET"}
+        env["PYTHONPATH"] = ROOT  # litejobs, and not the application
+        return subprocess.run([sys.executable, str(installed), *map(str, args)], cwd=cwd,
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout)
+    return run
+
+
+def write_package(directory, name="shop"):
+    """A package ``name`` with a module ``tasks`` whose ``double`` job doubles."""
+    package = directory / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "tasks.py").write_text("def double(x):\n    return 2 * x\n")
+
+
+def test_the_installed_command_finds_job_modules_where_python_m_does(tmp_path,
+                                                                     litejobs_command):
+    app = tmp_path / "app"
+    write_package(app)
+    for args in (["init", "r.db"], ["put", "r.db", "shop.tasks:double", "[21]"],
+                 ["worker", "r.db", "--burst", "-p", "1"]):
+        done = litejobs_command(*args, cwd=app)
+        assert done.returncode == 0, done.stderr
+    shown = json.loads(litejobs_command("show", "r.db", "1", "--json", cwd=app).stdout)
+    assert (shown["status"], shown["result"]) == ("completed", "42"), shown
+
+
+def test_path_points_put_and_pools_at_the_job_modules(tmp_path, litejobs_command):
+    write_package(tmp_path / "src")
+    done = litejobs_command("put", "r.db", "shop.tasks:double", "[4]", cwd=tmp_path)
+    assert done.returncode == 1 and "no database" in done.stderr and "init" in done.stderr
+    litejobs_command("init", "r.db", cwd=tmp_path)
+    done = litejobs_command("put", "r.db", "shop.tasks:double", "[4]", cwd=tmp_path)
+    assert done.returncode == 2 and "No module named 'shop'" in done.stderr
+    done = litejobs_command("put", "r.db", "shop.tasks:double", "[4]", "--path", "src",
+                            cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    # A pool that cannot import it leaves it pending, saying so; one with --path runs it.
+    done = litejobs_command("worker", "r.db", "--burst", "-p", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "cannot import shop.tasks:double" in done.stderr
+    assert "No module named 'shop'" in done.stderr
+    job = litejobs.Queue(tmp_path / "r.db").get(1)
+    assert (job.status, job.attempts) == ("pending", 0)
+    done = litejobs_command("worker", "r.db", "--burst", "-p", "1", "--path", "src",
+                            cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert job.wait(timeout=5) == 8
+    done = litejobs_command("worker", "r.db", "--path", "nowhere", cwd=tmp_path)
+    assert done.returncode == 2 and "nowhere is not a directory" in done.stderr
+
+
+# -- init and worker --create --------------------------------------------------------------
+
+
+def test_init_creates_a_database_and_says_what_it_did(tmp_path, capsys):
+    path = tmp_path / "new.db"
+    assert litejobs.main(["init", str(path)]) == 0
+    assert capsys.readouterr().out == (f"created {path}: a litejobs database (mode 0600, WAL "
+                                       f"journal, schema version {litejobs._SCHEMA_VERSION})\n")
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert litejobs.main(["init", str(path)]) == 0
+    assert "is a litejobs database already" in capsys.readouterr().out
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        conn.execute("INSERT INTO orders VALUES (7)")
+    conn.close()
+    assert litejobs.main(["init", str(app), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "database": str(app), "created": False, "changed": True,
+        "schema_version": litejobs._SCHEMA_VERSION}
+    with sqlite3.connect(app) as conn:
+        assert conn.execute("SELECT id FROM orders").fetchall() == [(7,)]
+    conn.close()
+    assert litejobs.main(["init", str(tmp_path / "no-such-dir" / "x.db")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_worker_create_starts_on_a_missing_database(tmp_path):
+    shutil.copy(os.path.join(ROOT, "litejobs.py"), tmp_path)
+    done = run_module("worker", "fresh.db", "--create", "--burst", "-p", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert litejobs.Queue(tmp_path / "fresh.db", create=False).counts()["pending"] == 0
+
+
+# -- a closed pipe ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["status"], ["list"], ["workers"], ["show", "1"],
+                                     ["list", "--json"]])
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path, command):
+    q = litejobs.Queue(tmp_path / "r.db")
+    q.put_many(Job(sample_jobs.add, n, n) for n in range(2000))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(__file__)]))
+    for _ in range(3):
+        reader, writer = os.pipe()
+        os.close(reader)  # gone before the command writes a byte
+        with open(tmp_path / "err", "w+") as err:
+            code = subprocess.call([sys.executable, "-m", "litejobs", command[0], q.path,
+                                    *command[1:]], stdout=writer, stderr=err,
+                                   stdin=subprocess.DEVNULL, env=env, timeout=60)
+            os.close(writer)
+            err.seek(0)
+            assert (code, err.read()) == (141, "")
+
+
+def test_list_piped_into_head_prints_no_traceback(tmp_path):
+    q = litejobs.Queue(tmp_path / "r.db")
+    q.put_many(Job(sample_jobs.add, n, n) for n in range(3000))
+    script = (f"for i in 1 2 3 4 5 6 7 8 9 10; do {sys.executable} -m litejobs list {q.path} "
+              f"--limit 3000 | head -1; {sys.executable} -m litejobs status {q.path} | head -1;"
+              f" done")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    assert done.stderr == ""
+    assert len(done.stdout.splitlines()) == 20
+
+
+# -- cancel --graceful ---------------------------------------------------------------------
+
+
+def test_cancel_graceful_asks_a_running_job_to_stop(q, tmp_path, capsys):
+    started = tmp_path / "started"
+    job = q.put(Job(sample_jobs.stop_when_asked, str(started)))
+    waiting = q.put(Job(sample_jobs.add, 1, 1), begin_after=600)
+    with q.worker(processes=1, grace=1):
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.01)
+        code = litejobs.main(["cancel", q.path, str(job.id), str(waiting.id), "--graceful",
+                              "--grace", "20s"])
+        assert code == 0
+        assert capsys.readouterr().out == (
+            f"job {job.id}: running; asked to stop, it has 20s before its pool stops it "
+            f"and it ends cancelled\njob {waiting.id}: cancelled\n")
+        assert job.wait(timeout=30) == "stopped early"
+    assert litejobs.main(["cancel", q.path, str(job.id), "--grace", "5s"]) == 2
+    assert "--grace goes with --graceful" in capsys.readouterr().err

@@ -1126,3 +1126,24 @@ def test_the_parts_failed_error_names_a_bounded_number_of_parts(q):
     assert "500 of 500 parts did not complete" in root.error
     assert "and 480 more" in root.error
     assert len(root.error) < 5000
+
+
+def test_wait_on_a_cancelled_composite_returns_once_its_running_parts_have_ended(q, now):
+    """Cancelling a composite ends it at once, but a part that was running
+    ends only when its runner stops it; until then the composite cannot be
+    retried, so wait() waits for that part too."""
+    comp = q.put(litejobs.parallel(Job(sample_jobs.add, 1, 1), Job(sample_jobs.add, 2, 2)))
+    token, [running] = q._storage.claim(owner="elsewhere", queues=None, now=now.timestamp(),
+                                        expires=now.timestamp() + 60, limit=1)
+    assert comp.cancel() is True
+    assert comp.status == CANCELLED
+    with pytest.raises(litejobs.WaitTimeout):
+        comp.wait(timeout=0.1)
+    with pytest.raises(ValueError, match="still has parts running"):
+        comp.retry()
+    # The runner sees the cancel and stops the part, which ends cancelled.
+    assert q._storage.finish(running["id"], token, status=COMPLETED,
+                             now=now.timestamp()) == CANCELLED
+    with pytest.raises(litejobs.JobCancelled):
+        comp.wait(timeout=1)
+    assert comp.retry() == WAITING

@@ -33,6 +33,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -749,3 +750,43 @@ def test_cancel_of_a_serial_kills_its_running_part_and_cancels_the_rest(q, pool,
     assert sorted(os.listdir(markers)) == ["first-1"]
     assert q.counts()[PENDING] == 0 and unfinished_counts(q) == {}
     assert worker.crashes == []
+
+
+# -- callbacks and postprocesses retry interruptions for ever -------------------------------
+
+
+def test_a_callback_retries_interruptions_past_the_limit_of_jobs_waiting_longer_each_time(
+        q, pool, tmp_path, monkeypatch, caplog):
+    """zc.async retries a callback's interruptions for ever: it is the
+    clean-up that must run.  Here a callback kills its process 5 times (a
+    plain job fails after 3) and still runs; each retry after the first
+    waits twice as long as the one before, up to the cap, and says so."""
+    monkeypatch.setattr(litejobs, "_INTERRUPTION_BACKOFF", (0.05, 0.2))
+    caplog.set_level(logging.WARNING, logger="litejobs")
+    worker = pool(processes=1)
+    job = q.put(Job(sample_jobs.add, 1, 1))
+    forever = job.add_callback(Job(sample_jobs.count_runs_then_kill, str(tmp_path / "a"), 5))
+    limited = job.add_callback(Job(sample_jobs.count_runs_then_kill, str(tmp_path / "b"), 5),
+                               max_interruptions=1)
+    plain = q.put(Job(sample_jobs.count_runs_then_kill, str(tmp_path / "c"), 5))
+
+    assert forever.wait(timeout=WAIT) == 6
+    assert (forever.interruptions, forever.max_interruptions) == (5, None)
+    with pytest.raises(litejobs.JobFailed, match="Interrupted"):
+        limited.wait(timeout=WAIT)
+    assert limited.interruptions == 2
+    with pytest.raises(litejobs.JobFailed, match="Interrupted"):
+        plain.wait(timeout=WAIT)
+    assert plain.interruptions == 4
+    waits = [record.getMessage().rsplit("runs again ", 1)[1] for record in caplog.records
+             if f"job {forever.id} " in record.getMessage()
+             and "retries interruptions for ever" in record.getMessage()]
+    assert waits == ["at once", "in 50ms", "in 100ms", "in 200ms", "in 200ms"], waits
+    stop_all([worker])
+
+
+def test_a_postprocess_retries_interruptions_for_ever_unless_told_otherwise(q):
+    comp = q.put(litejobs.parallel(Job(sample_jobs.add, 1, 1)))
+    assert comp.max_interruptions is None and comp.children()[0].max_interruptions == 3
+    told = q.put(litejobs.parallel(Job(sample_jobs.add, 1, 1)), max_interruptions=2)
+    assert told.max_interruptions == 2 and told.children()[0].max_interruptions == 2

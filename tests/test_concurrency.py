@@ -14,6 +14,9 @@ import collections
 import multiprocessing
 import os
 import pickle
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -394,3 +397,54 @@ def test_two_runner_threads_while_another_process_puts(db_path, error_dir, tmp_p
     assert len(ran) == 2
     _assert_each_ran_once(queue, log_path, sum(ran))
     queue.close()
+
+
+# -- 4. a busy write lock ---------------------------------------------------------------
+
+
+def test_a_put_inside_this_threads_own_write_transaction_fails_after_busy_timeout(db_path):
+    """Forgetting conn= inside one's own BEGIN IMMEDIATE: the put waits for a
+    lock its own thread holds.  It gives up after busy_timeout, no later,
+    with a public error that says what to do."""
+    queue = Queue(db_path, busy_timeout=0.6)
+    app = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        app.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        app.execute("BEGIN IMMEDIATE")
+        app.execute("INSERT INTO orders VALUES (1)")
+        began = time.monotonic()
+        with pytest.raises(litejobs.DatabaseBusy) as caught:
+            queue.put(Job(record, "x", 0))
+        waited = time.monotonic() - began
+        queue.put(Job(record, "y", 0), conn=app)  # what it should have done
+        app.execute("COMMIT")
+    finally:
+        app.close()
+    assert isinstance(caught.value, litejobs.DatabaseError)
+    assert 0.5 <= waited < 1.8, waited  # busy_timeout in all, not several rounds of it
+    message = str(caught.value)
+    assert f"held by this very process (pid {os.getpid()})" in message
+    assert "conn=" in message and "busy_timeout" in message
+    assert [job.args for job in queue.jobs()] == [("y", 0)]
+
+
+def test_a_busy_error_names_the_process_holding_the_lock(db_path, tmp_path):
+    queue = Queue(db_path, busy_timeout=0.3)
+    held = tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time, pathlib\n"
+        "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "c.execute('BEGIN IMMEDIATE')\n"
+        "pathlib.Path(sys.argv[2]).touch()\n"
+        "time.sleep(60)\n"), db_path, str(held)])
+    try:
+        deadline = time.monotonic() + WAIT
+        while not held.exists():
+            assert time.monotonic() < deadline and holder.poll() is None
+            time.sleep(0.01)
+        with pytest.raises(litejobs.DatabaseBusy, match=f"held by process {holder.pid}"):
+            queue.put(Job(record, "x", 0))
+    finally:
+        holder.kill()
+        holder.wait(timeout=WAIT)
+    assert queue.put(Job(record, "x", 0)).id == 1  # free again

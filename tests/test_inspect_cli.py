@@ -46,14 +46,14 @@ UTC = datetime.timezone.utc
 # -- the documented key sets -----------------------------------------------------------
 
 JOB_KEYS = frozenset({
-    "id", "status", "name", "queue", "priority", "key", "attempts", "max_attempts",
-    "interruptions", "max_interruptions", "timeout", "created_at", "begin_after",
-    "begin_by", "started_at", "finished_at", "ran_by", "lease_owner", "lease_expires",
-    "parent_id", "role", "position", "composite", "waiting_for", "progress",
-    "progress_message", "meta", "error_type",
+    "id", "status", "name", "queue", "priority", "key", "attempts", "attempts_counted",
+    "max_attempts", "interruptions", "max_interruptions", "handbacks", "timeout",
+    "created_at", "begin_after", "begin_by", "started_at", "finished_at", "ran_by",
+    "lease_owner", "lease_expires", "stop_requested", "parent_id", "role", "position",
+    "composite", "waiting_for", "progress", "progress_message", "meta", "error_type",
 })
 JOB_TIME_KEYS = ("created_at", "begin_after", "begin_by", "started_at", "finished_at",
-                 "lease_expires")
+                 "lease_expires", "stop_requested")
 SHOW_KEYS = JOB_KEYS | {"call", "result", "error", "history", "parent", "children"}
 HISTORY_KEYS = frozenset({"at", "event", "attempt", "by", "error"})
 PARENT_KEYS = frozenset({"id", "name", "status", "composite"})
@@ -66,7 +66,7 @@ POOL_KEYS = frozenset({"id", "state", "alive", "host", "pid", "processes", "queu
                        "jobs", "started_at", "heartbeat_at", "heartbeat_age", "stopped_at",
                        "stop_reason"})
 RETRY_KEYS = frozenset({"id", "status", "error"})
-CANCEL_KEYS = frozenset({"id", "status", "error", "cancelled"})
+CANCEL_KEYS = frozenset({"id", "status", "error", "cancelled", "stop_requested"})
 CANCEL_MISSING_KEYS = frozenset({"id", "status", "error"})
 PURGE_KEYS = frozenset({"deleted", "before"})
 ALL_STATUSES = ("pending", "waiting", "active", "completed", "failed", "cancelled")
@@ -74,7 +74,7 @@ ALL_STATUSES = ("pending", "waiting", "active", "completed", "failed", "cancelle
 # "2026-11-27T22:46:15.192Z": ISO 8601 in UTC, to the millisecond.
 ISO_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 # The first line of a block `watch` prints when stdout is not a terminal.
-WATCH_STAMP = re.compile(r"\d\d:\d\d:\d\d\.\d{3}  ")
+WATCH_STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z  ")
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def watch_blocks(out):
     blocks = []
     for line in out.splitlines():
         if WATCH_STAMP.match(line):
-            blocks.append([line[len("00:00:00.000  "):]])
+            blocks.append([line[len("2026-11-27T22:46:15.192Z  "):]])
         else:
             assert blocks and line.startswith(" "), f"a stray line: {line!r}\n{out}"
             blocks[-1].append(line.strip())
@@ -771,7 +771,9 @@ def test_retry_json(q, db, capsys):
     done = q.put(Job(sample_jobs.add, 1, 1))
     q.run_pending()
     code, out, err = cli(capsys, "retry", db, failed.id, done.id, 99, "--json")
-    assert code == 1 and err == ""
+    assert code == 1
+    assert err == (f"litejobs: error: job {done.id} is completed: only failed and cancelled "
+                   f"jobs are retried\nlitejobs: error: no job 99 in {db}\n")
     results = json.loads(out)
     for result in results:
         assert set(result) == RETRY_KEYS
@@ -788,20 +790,21 @@ def test_retry_refuses_a_completed_job_a_part_and_an_unknown_one(q, db, capsys):
     q.run_pending()
     part = comp.children()[1]
     assert (part.status, comp.refresh().status) == ("failed", "failed")
+    # What could not be done is an error, on stderr, as for every command.
     code, out, err = cli(capsys, "retry", db, done.id)
-    assert (code, err) == (1, "")
-    assert out == (f"job {done.id}: not retried: job {done.id} is completed: only failed "
-                   f"and cancelled jobs are retried\n")
+    assert (code, out) == (1, "")
+    assert err == (f"litejobs: error: job {done.id} is completed: only failed and cancelled "
+                   f"jobs are retried\n")
     code, out, err = cli(capsys, "retry", db, part.id)
-    assert code == 1
-    assert out.startswith(f"job {part.id}: not retried: job {part.id} is a part of job "
-                          f"{comp.id}")
+    assert (code, out) == (1, "")
+    assert err.startswith(f"litejobs: error: job {part.id} is a part of job {comp.id}")
     code, out, err = cli(capsys, "retry", db, 99)
-    assert code == 1 and out.startswith("job 99: not retried: no job 99")
+    assert (code, out, err) == (1, "", f"litejobs: error: no job 99 in {db}\n")
     # The others of a mixed list are retried; the exit status says one was not.
     code, out, err = cli(capsys, "retry", db, done.id, failed.id)
     assert code == 1
-    assert f"job {failed.id}: pending again" in out.splitlines()
+    assert out.splitlines() == [f"job {failed.id}: pending again"]
+    assert err.count("litejobs: error: ") == 1
     assert done.refresh().status == "completed" and part.refresh().status == "failed"
     assert failed.refresh().status == "pending"
 
@@ -897,8 +900,7 @@ def test_cancel_a_pending_job_an_ended_one_and_an_unknown_id(q, db, capsys):
     code, out, err = cli(capsys, "cancel", db, pending.id)
     assert (code, out) == (0, f"job {pending.id}: had already ended, cancelled\n")
     code, out, err = cli(capsys, "cancel", db, 99)
-    assert code == 1
-    assert out == f"job 99: no job 99 in {db}\n"
+    assert (code, out, err) == (1, "", f"litejobs: error: no job 99 in {db}\n")
     assert done.refresh().status == "completed"
 
 
@@ -907,14 +909,14 @@ def test_cancel_json(q, db, capsys):
     q.run_pending()
     pending = q.put(Job(sample_jobs.add, 2, 2))
     code, out, err = cli(capsys, "cancel", db, pending.id, done.id, 99, "--json")
-    assert code == 1 and err == ""
+    assert (code, err) == (1, f"litejobs: error: no job 99 in {db}\n")
     results = json.loads(out)
     assert [set(result) for result in results] == [CANCEL_KEYS, CANCEL_KEYS,
                                                    CANCEL_MISSING_KEYS]
     assert results[0] == {"id": pending.id, "status": "cancelled", "error": None,
-                          "cancelled": True}
+                          "cancelled": True, "stop_requested": False}
     assert results[1] == {"id": done.id, "status": "completed", "error": None,
-                          "cancelled": False}
+                          "cancelled": False, "stop_requested": False}
     assert results[2] == {"id": 99, "status": None, "error": f"no job 99 in {db}"}
     assert pending.refresh().status == "cancelled" and done.refresh().status == "completed"
 
@@ -1182,7 +1184,7 @@ def test_put_a_function_that_cannot_be_imported_is_a_usage_error(q, db, capsys, 
 
 def _block_state(block):
     """What a watch block shows, less the passing time: status and progress."""
-    status = block[0].split()[2]
+    status = block[0].split()[1]
     progress = [line for line in block[1:] if "%" in line]
     return status, tuple(progress)
 
@@ -1202,9 +1204,9 @@ def test_watch_a_job_a_pool_runs_prints_only_changes(q, db, capsys):
         assert 2 <= len(blocks) <= 6, out
         for before, after in zip(states, states[1:]):
             assert before != after, f"a block repeated what the one before showed:\n{out}"
-        for block in blocks:
-            assert block[0].split()[:2] == ["job", str(job.id)]
-            assert block[0].split()[3] == "sample_jobs:report_progress"
+        for block in blocks:  # the job's line as list prints it, then its progress
+            assert block[0].split()[0] == str(job.id)
+            assert block[0].split()[2:4] == ["sample_jobs:report_progress", "default"]
         assert states[0][0] in ("pending", "active")
         assert states[-1] == ("completed", ("[" + "#" * 40 + "] 100% step 3 of 3",))
         percents = [int(re.search(r"(\d+)%", line).group(1)) for _, lines in states
@@ -1216,7 +1218,7 @@ def test_watch_a_job_a_pool_runs_prints_only_changes(q, db, capsys):
         code, out, err = cli(capsys, "watch", db, failing.id, "--interval", "20ms")
         assert (code, err) == (1, ""), out
         last = watch_blocks(out)[-1]
-        assert last[0].split()[2] == "failed" and last[-1] == "ValueError: watched"
+        assert last[0].split()[1] == "failed" and last[-1] == "ValueError: watched"
 
 
 def test_watch_a_cancelled_job_exits_1(q, db, capsys):
@@ -1225,7 +1227,7 @@ def test_watch_a_cancelled_job_exits_1(q, db, capsys):
     code, out, err = cli(capsys, "watch", db, job.id, "--interval", "20ms")
     assert (code, err) == (1, "")
     (block,) = watch_blocks(out)
-    assert block[0].split()[2] == "cancelled"
+    assert block[0].split()[1] == "cancelled"
 
 
 def test_watch_a_composite_shows_its_children(q, db, capsys):
@@ -1236,8 +1238,8 @@ def test_watch_a_composite_shows_its_children(q, db, capsys):
     code, out, err = cli(capsys, "watch", db, comp.id, "--interval", "20ms")
     assert (code, err) == (0, "")
     (block,) = watch_blocks(out)
-    assert block[0].split()[:4] == ["job", str(comp.id), "completed",
-                                    "sample_jobs:describe_parts"]
+    assert block[0].split()[:4] == [str(comp.id), "completed", "sample_jobs:describe_parts",
+                                    "(parallel)"]
     assert "children: 2 completed, 1 failed" in block
 
 
@@ -1459,8 +1461,8 @@ def test_status_workers_retry_cancel_purge_watch_as_subprocesses(q, db, tmp_path
 
     done = run_cli("cancel", db, pending.id, 999, cwd=tmp_path)
     assert done.returncode == 1
-    assert done.stdout.splitlines() == [f"job {pending.id}: cancelled",
-                                        f"job 999: no job 999 in {db}"]
+    assert done.stdout.splitlines() == [f"job {pending.id}: cancelled"]
+    assert done.stderr == f"litejobs: error: no job 999 in {db}\n"
 
     # stdin is /dev/null, not a terminal: no question, no --yes needed.
     done = run_cli("purge", db, "--older-than", "1d", cwd=tmp_path)
@@ -1505,3 +1507,43 @@ def test_purge_with_json_still_asks_on_a_terminal_but_on_stderr(q, db, capsys, m
     assert code == 1 and prompts == [""]
     assert "delete 1 " in err and "? [y/N] " in err
     assert q.get(old.id).status == COMPLETED
+
+
+def test_show_counts_attempts_as_the_retry_policy_does(q, db, capsys, now):
+    """Interruptions and handed-back runs do not use up Retry attempts, and
+    show says so: 3 runs failed, 1 was interrupted, 1 handed back."""
+    job = q.put(Job(sample_jobs.fail), retry=litejobs.Retry(attempts=8, delay=0))
+    for _ in range(3):
+        assert q.run_pending(now=now, limit=1) == 1
+    stamp = now.timestamp()
+    token, _ = q._storage.claim(owner="elsewhere", queues=None, now=stamp, expires=stamp + 60,
+                                limit=1)
+    q._storage.interrupt(job.id, token, stamp, "killed")
+    token, _ = q._storage.claim(owner="elsewhere", queues=None, now=stamp, expires=stamp + 60,
+                                limit=1)
+    q._storage.hand_back(job.id, token, stamp, "the pool stopped before it ended")
+    code, out, _ = cli(capsys, "show", db, job.id)
+    assert code == 0
+    assert "  attempts   3 of 8, interruptions 1 of 3, handed back 1\n" in out, out
+    code, out, _ = cli(capsys, "show", db, job.id, "--json")
+    shown = json.loads(out)
+    assert (shown["attempts"], shown["attempts_counted"], shown["interruptions"],
+            shown["handbacks"]) == (5, 3, 1, 1)
+    assert [entry["event"] for entry in shown["history"]] == [
+        "retried", "retried", "retried", "interrupted", "handed back"]
+    callback = q.put(Job(sample_jobs.add, 1, 1)).add_callback(sample_jobs.describe_outcome)
+    code, out, _ = cli(capsys, "show", db, callback.id)
+    assert "interruptions 0 of no limit" in out
+    assert json.loads(cli(capsys, "show", db, callback.id, "--json")[1])[
+        "max_interruptions"] is None
+
+
+def test_watch_json_prints_a_job_object_per_change(q, db, capsys):
+    job = q.put(Job(sample_jobs.add, 1, 1))
+    q.run_pending()
+    code, out, err = cli(capsys, "watch", db, job.id, "--json", "--interval", "20ms")
+    assert (code, err) == (0, "")
+    [line] = out.splitlines()
+    shown = json.loads(line)
+    assert set(shown) == JOB_KEYS | {"time", "children"}
+    assert (shown["id"], shown["status"], shown["children"]) == (job.id, "completed", {})

@@ -199,17 +199,15 @@ def test_meta_over_the_limit_counts_what_is_already_there(q):
     assert both.meta == {"a": half}
 
 
-def test_set_progress_and_update_meta_outside_the_running_job_raise(q):
+def test_set_progress_outside_the_running_job_raises(q):
     unbound = Job(sample_jobs.add, 1, 2)
     with pytest.raises(litejobs.LitejobsError):
         unbound.set_progress(0.5)
     with pytest.raises(litejobs.LitejobsError):
-        unbound.update_meta(a=1)
+        unbound.update_meta(a=1)  # not put yet: there is no row to write
     pending = q.put(Job(sample_jobs.add, 1, 2))
     with pytest.raises(litejobs.LitejobsError):
         pending.set_progress(0.5)
-    with pytest.raises(litejobs.LitejobsError):
-        pending.update_meta(a=1)
     # Claimed (active), but not running in this thread.
     token, claimed = q._storage.claim(owner="elsewhere", queues=None, now=time.time() + 1,
                                       expires=time.time() + 60, limit=1)
@@ -217,8 +215,6 @@ def test_set_progress_and_update_meta_outside_the_running_job_raise(q):
     assert pending.refresh().status == ACTIVE
     with pytest.raises(litejobs.LitejobsError):
         pending.set_progress(0.5, "from outside")
-    with pytest.raises(litejobs.LitejobsError):
-        pending.update_meta(a=1)
     assert raw_row(q.path, pending.id)["progress"] is None
     # Ended.
     done = q.put(Job(sample_jobs.add, 3, 4))
@@ -258,7 +254,7 @@ def test_a_tight_loop_of_set_progress_is_throttled_and_ends_on_the_last_value(q,
     assert min(gaps, default=interval) >= interval - 0.01, gaps
     # The last value was written, and before the outcome (the fenced write
     # would have changed nothing after it).
-    assert spy.calls[-1][1] == [{"progress": 1.0, "message": "done", "meta": None}]
+    assert spy.calls[-1][1] == [{"progress": 1.0, "message": "done", "meta": {}}]
     assert (job.progress, job.progress_message) == (1.0, "done")
 
 
@@ -339,7 +335,7 @@ def test_the_report_of_a_run_that_lost_its_lease_changes_nothing(q, pool, tmp_pa
 
     # Straight through the storage: a wrong token changes nothing ...
     q._storage.report([(job.id, "wrong-token",
-                        {"progress": 0.99, "message": "forged", "meta": '{"forged":true}'})])
+                        {"progress": 0.99, "message": "forged", "meta": {"forged": True}})])
     row = raw_row(q.path, job.id)
     assert (row["progress"], row["progress_message"], json.loads(row["meta"])) == (
         0.25, "before", {"k": 1})
@@ -355,9 +351,10 @@ def test_the_report_of_a_run_that_lost_its_lease_changes_nothing(q, pool, tmp_pa
 
     # The token that does hold the lease is let through (the fence is the token).
     q._storage.report([(job.id, "another-attempt",
-                        {"progress": 0.5, "message": "thief", "meta": None})])
+                        {"progress": 0.5, "message": "thief", "meta": {"thief": 1}})])
     row = raw_row(q.path, job.id)
-    assert (row["progress"], row["progress_message"], row["meta"]) == (0.5, "thief", None)
+    assert (row["progress"], row["progress_message"], json.loads(row["meta"])) == (
+        0.5, "thief", {"k": 1, "thief": 1})
     # And a report for a job that has ended changes nothing either.
     done = q.put(Job(sample_jobs.report_progress, 2))
     assert done.wait(timeout=WAIT) == 2
@@ -604,3 +601,100 @@ def test_a_log_record_with_an_extra_that_does_not_pickle_costs_nothing(q, caplog
     assert job.attempts == 1
     (record,) = [r for r in caplog.records if r.getMessage() == "odd extra"]
     assert record.job_id == job.id and "lock" in str(record.ctx).lower()
+
+
+# -- steering a running job from outside: stop requests and meta -----------------------------
+
+
+def test_a_running_job_sees_a_stop_request_and_returns_early(q, pool, tmp_path):
+    worker = pool()
+    started = tmp_path / "started"
+    job = q.put(Job(sample_jobs.stop_when_asked, str(started)))
+    wait_until(started.exists, WAIT, "the job to start")
+    assert job.refresh().stop_requested is False
+    asked = time.monotonic()
+    assert job.request_stop(grace=30) is True
+    assert (job.status, job.stop_requested) == (ACTIVE, True)
+    assert job.wait(timeout=WAIT) == "stopped early"  # its own outcome, completed
+    assert time.monotonic() - asked < 5  # seen within about a second, not the grace
+    assert job.meta["steps"] > 0
+    assert worker.crashes == []
+
+
+def test_a_job_that_ignores_a_stop_request_is_stopped_after_its_grace(q, pool, tmp_path):
+    worker = pool()
+    started = tmp_path / "started"
+    job = q.put(Job(sample_jobs.ignore_stop_requests, str(started)))
+    runner = int(wait_until(lambda: started.exists() and started.read_text(), WAIT,
+                            "the job to start"))
+    job.request_stop(grace=0.5)
+    with pytest.raises(litejobs.JobCancelled) as stopped:
+        job.wait(timeout=WAIT)
+    assert "asked to stop" in stopped.value.traceback
+    wait_until(lambda: not os.path.exists(f"/proc/{runner}"), WAIT, "the process to be killed")
+    assert q.put(Job(sample_jobs.add, 1, 1)).wait(timeout=WAIT) == 2  # the pool goes on
+    assert worker.crashes == []
+
+
+def test_a_stop_request_cancels_a_job_not_running_and_stops_a_composites_parts_gently(
+        q, pool, tmp_path):
+    pending = q.put(Job(sample_jobs.add, 1, 1), begin_after=600)
+    assert pending.request_stop() is True and pending.status == litejobs.CANCELLED
+    assert pending.request_stop() is False  # it had ended
+    pool()
+    started = tmp_path / "started"
+    comp = q.put(litejobs.serial(Job(sample_jobs.stop_when_asked, str(started)),
+                                 Job(sample_jobs.add, 2, 2)))
+    wait_until(started.exists, WAIT, "the first part to start")
+    comp.request_stop(grace=30)
+    assert comp.status == litejobs.CANCELLED
+    first, second = comp.children()
+    assert first.wait(timeout=WAIT) == "stopped early"  # it had time to wrap up
+    assert second.refresh().status == litejobs.CANCELLED  # never started
+    with pytest.raises(litejobs.JobCancelled):
+        comp.wait(timeout=WAIT)
+
+
+def test_a_stopped_job_is_not_retried_and_run_pending_shows_the_request_too(q, now):
+    job = q.put(Job(sample_jobs.stop_when_asked, os.devnull, 30),
+                retry=Retry(attempts=3, delay=0))
+    asker = threading.Timer(0.3, job.request_stop)
+    asker.start()
+    try:
+        assert q.run_pending(now=now) == 1
+    finally:
+        asker.join()
+    assert job.wait(timeout=1) == "stopped early"
+    failing = q.put(Job(sample_jobs.fail), retry=Retry(attempts=3, delay=0))
+    token, [row] = q._storage.claim(owner="elsewhere", queues=None, now=now.timestamp(),
+                                    expires=now.timestamp() + 60, limit=1)
+    failing.request_stop()
+    assert q._storage.finish(row["id"], token, status=litejobs.PENDING, now=now.timestamp(),
+                             error="ValueError: boom\n") == litejobs.CANCELLED
+
+
+def test_meta_set_from_outside_reaches_the_running_job(q, pool):
+    pool()
+    job = q.put(Job(sample_jobs.wait_for_meta, "batch"))
+    wait_until(lambda: job.refresh().meta.get("waiting"), WAIT, "the job to start")
+    job.update_meta(batch=50, note="from outside")
+    seen = job.wait(timeout=WAIT)
+    assert seen == {"waiting": True, "batch": 50, "note": "from outside"}
+    assert job.meta == seen
+
+
+def test_meta_set_from_outside_and_by_the_job_merge_key_by_key(q, now):
+    job = q.put(Job(sample_jobs.update_meta_twice, {"mine": 1}, {"mine": 2}))
+    job.update_meta(theirs="x")
+    q.run_pending(now=now)
+    job.wait(timeout=1)
+    assert job.meta == {"theirs": "x", "mine": 2}
+    job.update_meta(after="done")  # on a job that has ended, too
+    assert job.refresh().meta == {"theirs": "x", "mine": 2, "after": "done"}
+    with pytest.raises(TypeError, match="JSON"):
+        job.update_meta(bad=object())
+    with pytest.raises(ValueError, match="limit"):
+        job.update_meta(big="x" * 70_000)
+    assert job.refresh().meta == {"theirs": "x", "mine": 2, "after": "done"}
+    with pytest.raises(litejobs.JobNotFound):
+        litejobs.Job._bound(q, {"id": 999, "created_at": 1.0}).update_meta(a=1)

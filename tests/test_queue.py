@@ -466,3 +466,150 @@ def test_claims_across_queues_follow_priority_then_time_then_id(q, now):
     token, more = q._storage.claim(owner="x", queues=None, now=now.timestamp(),
                                    expires=now.timestamp() + 30, limit=10)
     assert [q.get(row["id"]).args[1] for row in more] == [5]
+
+
+# -- what users porting from zc.async hit first -------------------------------------------
+
+
+def test_a_call_with_the_wrong_arguments_keeps_a_real_traceback(q):
+    job = q.put(Job(sample_jobs.multiply, 6))  # 'second' is missing
+    callback = job.add_callback(sample_jobs.multiply)  # gets one argument too many
+    q.run_pending()
+    for ended in (job, callback):
+        ended.refresh()
+        assert ended.status == FAILED and ended.error_type == "builtins.TypeError"
+        assert ended.error.startswith("Traceback (most recent call last):\n"), ended.error
+        assert '  File "' in ended.error  # a frame: where the call was made
+    assert job.error.rstrip().endswith(
+        "TypeError: multiply() missing 1 required positional argument: 'second'")
+
+
+def test_a_result_that_cannot_be_pickled_fails_with_a_traceback(q):
+    job = q.put(sample_jobs.return_lambda)
+    q.run_pending()
+    job.refresh()
+    assert job.error.startswith("Traceback (most recent call last):\n")
+    assert "The above exception was the direct cause" in job.error  # the pickling error
+    assert job.error_type == "builtins.TypeError"
+
+
+@pytest.mark.parametrize("item", [
+    sample_jobs.fetch_async, Job(sample_jobs.fetch_async, "https://example.org"),
+    functools.partial(sample_jobs.fetch_async, "x"), sample_jobs.stream_async,
+    sample_jobs.AsyncCallable(), "sample_jobs:fetch_async",
+], ids=["function", "job", "partial", "async-generator", "async-call", "by-name"])
+def test_put_refuses_an_async_function_writing_nothing(q, item):
+    with pytest.raises((TypeError, ValueError), match="async function"):
+        q.put(item)
+    with pytest.raises((TypeError, ValueError), match="async function"):
+        q.put(litejobs.parallel(Job(sample_jobs.add, 1, 1), item))
+    assert q.counts() == dict.fromkeys(litejobs.STATUSES, 0)
+
+
+def test_an_async_callback_is_refused_too(q):
+    job = q.put(Job(sample_jobs.add, 1, 1))
+    with pytest.raises(TypeError, match="async function"):
+        job.add_callback(sample_jobs.fetch_async)
+    assert job.children() == []
+
+
+def test_a_job_shows_its_limits_and_its_counted_attempts(q, now):
+    job = q.put(Job(sample_jobs.flaky, 1), retry=litejobs.Retry(attempts=8, delay=0),
+                max_interruptions=5)
+    assert (job.max_attempts, job.max_interruptions, job.handbacks) == (8, 5, 0)
+    plain = q.put(Job(sample_jobs.add, 1, 1))
+    assert (plain.max_attempts, plain.max_interruptions) == (1, 3)
+    forever = q.put(Job(sample_jobs.add, 1, 1), max_interruptions=None)
+    assert forever.max_interruptions is None
+    q.run_pending(now=now)
+    assert job.wait(timeout=1) == 2  # attempt 1 failed, attempt 2 succeeded
+
+
+def test_jobs_takes_a_list_of_statuses(q):
+    done = q.put(Job(sample_jobs.add, 1, 1))
+    failed = q.put(Job(sample_jobs.fail))
+    q.run_pending()
+    waiting = q.put(Job(sample_jobs.add, 2, 2), begin_after=600)
+    assert q.jobs(status=[COMPLETED, FAILED]) == [failed, done]
+    assert q.jobs(status=(PENDING,)) == [waiting]
+    assert q.jobs(status=COMPLETED) == [done]
+    with pytest.raises(ValueError, match="unknown status 'done'"):
+        q.jobs(status=[COMPLETED, "done"])
+    with pytest.raises(ValueError, match="at least one status"):
+        q.jobs(status=[])
+
+
+def test_wait_for_result_returns_a_failure_as_zc_async_does(q):
+    failed = q.put(Job(sample_jobs.fail, "broken"))
+    cancelled = q.put(Job(sample_jobs.add, 1, 1), begin_after=600)
+    cancelled.cancel()
+    q.run_pending()
+    failure = litejobs.wait_for_result(failed, timeout=1)
+    assert isinstance(failure, litejobs.Failure)
+    assert failure.status == FAILED and failure.error_type == "builtins.ValueError"
+    assert "ValueError: broken" in failure.error
+    assert litejobs.wait_for_result(cancelled, timeout=1).status == CANCELLED
+    pending = q.put(Job(sample_jobs.add, 1, 1), begin_after=600)
+    with pytest.raises(litejobs.WaitTimeout):
+        litejobs.wait_for_result(pending, timeout=0.05)
+
+
+# -- a function's own defaults: litejobs.job -------------------------------------------------
+
+
+def test_a_decorated_function_stays_an_ordinary_function(q):
+    assert sample_jobs.render_with_defaults(7) == "rendered 7"
+    assert sample_jobs.plain_decorated(3) == 3
+    assert sample_jobs.render_with_defaults.__name__ == "render_with_defaults"
+
+
+def test_put_uses_the_functions_own_defaults_unless_told_otherwise(q):
+    job = q.put(Job(sample_jobs.render_with_defaults, 7))
+    assert (job.queue, job.priority, job.max_attempts, job.timeout,
+            job.max_interruptions) == ("pdf", 5, 4, 60.0, 7)
+    told = q.put(Job(sample_jobs.render_with_defaults, 8), queue="rush", priority=0,
+                 timeout=None, retry=None, max_interruptions=1)
+    assert (told.queue, told.priority, told.max_attempts, told.timeout,
+            told.max_interruptions) == ("rush", 0, 1, None, 1)
+    for item in (functools.partial(sample_jobs.plain_decorated, 1),
+                 Job("sample_jobs:render_with_defaults", 2),
+                 functools.partial(sample_jobs.render_with_defaults, 9)):
+        put = q.put(item)
+        assert put.queue == ("pdf" if "render" in put.name else "default")
+    assert [j.queue for j in q.put_many([Job(sample_jobs.render_with_defaults, 1),
+                                         Job(sample_jobs.add, 1, 1)])] == ["pdf", "default"]
+    assert q.run_pending(queues=["pdf"]) == 4
+    assert job.wait(timeout=1) == "rendered 7"
+
+
+def test_parts_callbacks_and_postprocesses_take_their_functions_defaults(q):
+    comp = q.put(litejobs.parallel(Job(sample_jobs.render_with_defaults, 1),
+                                   Job(sample_jobs.add, 1, 1),
+                                   postprocess=sample_jobs.notify_with_defaults))
+    parts = comp.children()
+    assert [part.queue for part in parts] == ["pdf", "default"]
+    assert (comp.queue, comp.max_interruptions) == ("mail", 2)
+    job = q.put(Job(sample_jobs.add, 1, 1), queue="work", priority=3)
+    own = job.add_callback(sample_jobs.notify_with_defaults)
+    inherited = job.add_callback(sample_jobs.describe_outcome)
+    told = job.add_callback(sample_jobs.notify_with_defaults, queue="other")
+    assert (own.queue, own.priority, own.max_interruptions) == ("mail", 3, 2)
+    assert (inherited.queue, inherited.priority) == ("work", 3)
+    assert told.queue == "other"
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"queue": ""}, ValueError), ({"priority": "high"}, TypeError),
+    ({"retry": 3}, TypeError), ({"timeout": -1}, ValueError),
+    ({"max_interruptions": -2}, ValueError),
+])
+def test_bad_function_defaults_are_refused_where_the_function_is_defined(options, error):
+    with pytest.raises(error):
+        litejobs.job(**options)
+
+
+def test_job_refuses_what_is_not_a_plain_function():
+    with pytest.raises(TypeError, match="async function"):
+        litejobs.job(queue="io")(sample_jobs.fetch_async)
+    with pytest.raises(TypeError):
+        litejobs.job(queue="io")(42)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import os
 import pickle
 import resource
@@ -293,16 +294,26 @@ def test_litejobs_secret_in_the_environment_signs_and_verifies(db, monkeypatch):
     assert litejobs.Queue(db).get(job.id).args == (5, 5)
 
 
-def test_a_queue_without_a_secret_runs_signed_jobs_and_writes_unsigned_results(db):
+def test_a_runner_without_a_secret_leaves_signed_jobs_to_one_with_it_and_says_so_once(
+        db, caplog):
     signer = litejobs.Queue(db, secret=SECRET)
-    job = signer.put(Job(sample_jobs.add, 1, 2))
+    signed = [signer.put(Job(sample_jobs.add, n, 1)) for n in range(3)]
     plain = litejobs.Queue(db)
-    assert plain.run_pending() == 1
-    assert plain.get(job.id).result == 3
-    assert row_of(db, job.id)["result_signature"] is None
-    # A reader holding the secret will not unpickle a result nobody signed.
-    with pytest.raises(litejobs.SignatureError):
-        signer.get(job.id).result
+    unsigned = plain.put(Job(sample_jobs.add, 10, 1))
+    with caplog.at_level(logging.ERROR, logger="litejobs"):
+        assert plain.run_pending() == 1  # the unsigned job alone
+    assert unsigned.wait(timeout=1) == 11
+    said = [r.getMessage() for r in caplog.records if "is signed, but" in r.getMessage()]
+    assert len(said) == 1 and "no secret" in said[0], said
+    for job in signed:
+        job.refresh()
+        assert (job.status, job.attempts) == (litejobs.PENDING, 0)
+    # The one it met before it knew is given back, saying why.
+    assert [entry["event"] for entry in signed[0].history] == ["refused"]
+    assert "no secret" in signed[0].history[0]["error"]
+    assert signer.run_pending() == 3
+    assert [job.wait(timeout=1) for job in signed] == [1, 2, 3]
+    assert all(row_of(db, job.id)["result_signature"] for job in signed)
 
 
 def test_a_tampered_or_unsigned_result_is_refused_without_being_unpickled(db, markers):
@@ -936,3 +947,18 @@ def test_the_cli_worker_size_limit_applies_to_results(q, tmp_path, cli_pools):
     big.refresh()
     assert big.error_type == "litejobs.PayloadTooLarge"
     assert "over the size limit of 65,536" in big.error
+
+
+def test_a_pool_without_the_secret_leaves_signed_jobs_to_one_with_it(db, cli_pools):
+    signer = litejobs.Queue(db, secret=SECRET)
+    signed = [signer.put(Job(sample_jobs.add, n, 1)) for n in range(20)]
+    unsigned = litejobs.Queue(db).put(Job(sample_jobs.add, 100, 1))
+    plain = cli_pools.start(db, "--burst", "-p", "2")
+    assert plain.wait_exit() == 0, plain.log()
+    assert unsigned.wait(timeout=5) == 101
+    assert plain.log().count("is signed, but") == 1, plain.log()
+    assert all(job.refresh().status == litejobs.PENDING for job in signed)
+    keyed = cli_pools.start(db, "--burst", "-p", "2",
+                            env=cli_env(LITEJOBS_SECRET=SECRET))
+    assert keyed.wait_exit() == 0, keyed.log()
+    assert [job.wait(timeout=5) for job in signed] == list(range(1, 21))

@@ -254,6 +254,26 @@ def test_opening_again_does_not_rerun_migrations(db_path):
     assert_fully_migrated(db_path)
 
 
+def test_a_file_of_schema_version_1_is_upgraded_keeping_its_jobs(db_path):
+    """A database written before migration 2 (no handbacks, no stop requests)
+    is upgraded on open, in place, and its jobs run as before."""
+    with plain_connection(db_path) as conn:
+        conn.execute(litejobs._CREATE_VERSION_TABLE)
+        for statement in litejobs._MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute(litejobs._RECORD_VERSION, (1, time.time()))
+        conn.execute("INSERT INTO litejobs_jobs (queue, status, name, created_at, begin_after)"
+                     " VALUES ('default', 'pending', 'time:time', 0, 0)")
+    with pytest.raises(litejobs.DatabaseError, match="schema version 1"):
+        litejobs.Queue(db_path, read_only=True)  # a reader never upgrades
+    with litejobs.Queue(db_path) as queue:
+        job = queue.get(1)
+        assert (job.status, job.handbacks, job.stop_requested) == ("pending", 0, False)
+        assert queue.run_pending() == 1
+        assert isinstance(job.wait(timeout=1), float)
+    assert_fully_migrated(db_path)
+
+
 # -- 4. a file from a newer litejobs -----------------------------------------------
 
 

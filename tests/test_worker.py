@@ -369,8 +369,8 @@ def test_os_exit_0_in_a_job_counts_as_an_interruption(q, pool):
 # -- 7. a function missing at run time -----------------------------------------------------------
 
 
-def test_a_function_missing_at_run_time_fails_the_job_not_the_pool(q, pool, tmp_path,
-                                                                   monkeypatch):
+def test_a_function_missing_at_run_time_is_left_pending_not_failed(q, pool, tmp_path,
+                                                                   monkeypatch, caplog):
     module_name = "litejobs_vanishing_mod"
     source = tmp_path / f"{module_name}.py"
     source.write_text("def f():\n    return 1\n")
@@ -386,15 +386,19 @@ def test_a_function_missing_at_run_time_fails_the_job_not_the_pool(q, pool, tmp_
     del sys.modules[module_name]
 
     worker = pool()
-    with pytest.raises(litejobs.JobFailed) as failure:
-        job.wait(timeout=WAIT)
-
-    assert failure.value.exc_type == "builtins.ModuleNotFoundError"
-    assert module_name in failure.value.traceback
-    assert job.status == FAILED and job.attempts == 1 and job.interruptions == 0
+    wait_until(lambda: job.refresh().history, WAIT, "the pool to give the job back")
+    assert (job.status, job.attempts, job.interruptions) == (PENDING, 0, 0)
+    [entry] = job.history
+    assert entry["event"] == "refused" and entry["by"] == worker.id
+    assert entry["error"] == f"ModuleNotFoundError: No module named '{module_name}'"
+    logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any(f"cannot import {module_name}:f" in text and "Traceback" in text
+               for text in logged), logged
+    # The pool goes on with other work, and leaves that function alone for now.
     assert q.put(Job(sample_jobs.add, 3, 3)).wait(timeout=WAIT) == 6
+    assert len(job.refresh().history) == 1 and job.status == PENDING
     assert worker.crashes == []
-    assert worker.finished == collections.Counter({FAILED: 1, COMPLETED: 1})
+    assert worker.finished == collections.Counter({PENDING: 1, COMPLETED: 1})
 
 
 # -- 8. recycling children ------------------------------------------------------------------------
@@ -527,7 +531,7 @@ def test_stop_with_grace_lets_a_running_job_finish(q, pool, tmp_path):
     assert row["stopped_at"] is not None
 
 
-def test_stop_after_grace_kills_and_releases_the_running_job(q, pool, tmp_path):
+def test_stop_after_grace_kills_and_hands_back_the_running_job(q, pool, tmp_path):
     worker = pool()
     job = q.put(Job(sample_jobs.block_first_attempt, str(tmp_path)))
     runner = wait_for_pid(str(tmp_path / "started-1"))
@@ -539,7 +543,9 @@ def test_stop_after_grace_kills_and_releases_the_running_job(q, pool, tmp_path):
     assert not worker.alive
     job.refresh()
     assert job.status == PENDING
-    assert job.interruptions == 1
+    # A stop is not the job's fault: no interruption, and no attempt counted.
+    assert (job.attempts, job.interruptions, job.handbacks) == (1, 0, 1)
+    assert [entry["event"] for entry in job.history] == ["handed back"]
     assert job._row["lease_owner"] is None
     assert q.counts() == expected_counts(pending=1)
     assert not pid_alive(runner)
@@ -562,7 +568,7 @@ def test_stop_releases_jobs_claimed_but_not_started(q, pool, tmp_path):
 
     assert q.counts() == expected_counts(pending=1 + len(queued), completed=len(warmup))
     blocker.refresh()
-    assert blocker.interruptions == 1 and blocker.attempts == 1
+    assert (blocker.attempts, blocker.interruptions, blocker.handbacks) == (1, 0, 1)
     for job in queued:
         job.refresh()
         assert (job.status, job.attempts, job.interruptions) == (PENDING, 0, 0)
@@ -874,7 +880,7 @@ def test_a_second_stop_with_a_shorter_grace_wins(q, pool, tmp_path, caplog):
     first.join(timeout=10)
     assert not first.is_alive() and errors == []
     job.refresh()
-    assert (job.status, job.attempts, job.interruptions) == (PENDING, 1, 1)
+    assert (job.status, job.attempts, job.interruptions, job.handbacks) == (PENDING, 1, 0, 1)
     assert process_ended(runner)
     assert worker.crashes == []
 
@@ -932,7 +938,7 @@ def test_a_busy_lock_while_writing_one_by_one_keeps_good_outcomes_for_later(
         if job_id == bad.id and options["status"] == COMPLETED:
             raise litejobs.DatabaseError("disk I/O error (simulated)")
         if job_id == good.id and calls[job_id] == 2:  # written alone, the lock is busy
-            raise litejobs._DatabaseBusy("database is locked (simulated)")
+            raise litejobs.DatabaseBusy("database is locked (simulated)")
         return real_finish(self, job_id, token, **options)
 
     monkeypatch.setattr(litejobs._SQLiteStorage, "finish", finish)
@@ -1042,7 +1048,7 @@ def test_a_busy_database_on_a_read_does_not_stop_the_pool(q, pool, monkeypatch):
     def data_version(self):
         calls["all"] += 1
         if calls["all"] in (2, 3):
-            raise litejobs._DatabaseBusy("database is locked (simulated)")
+            raise litejobs.DatabaseBusy("database is locked (simulated)")
         return real(self)
 
     monkeypatch.setattr(litejobs._SQLiteStorage, "data_version", data_version)

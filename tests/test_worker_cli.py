@@ -256,7 +256,7 @@ def test_sigterm_lets_running_jobs_finish_and_claims_nothing_more(q, db, tmp_pat
 # -- 3. SIGTERM, a job longer than the grace ---------------------------------------------
 
 
-def test_sigterm_interrupts_a_job_longer_than_the_grace(q, db, tmp_path, start_pool):
+def test_sigterm_hands_back_a_job_longer_than_the_grace(q, db, tmp_path, start_pool):
     started = tmp_path / "started"
     job = q.put(Job(started_then_sleep, str(started), 60))
     pool = start_pool(db, "-p", "1", "--grace", "0.5s")
@@ -269,10 +269,10 @@ def test_sigterm_interrupts_a_job_longer_than_the_grace(q, db, tmp_path, start_p
     assert time.monotonic() - signalled < 15  # the grace, not the job's 60 s
     job.refresh()
     assert job.status == litejobs.PENDING, pool.log()
-    assert (job.attempts, job.interruptions) == (1, 1)
+    assert (job.attempts, job.interruptions, job.handbacks) == (1, 0, 1)
     assert job._row["lease_owner"] is None
     assert q.counts()["active"] == 0
-    assert f"job {job.id} ({job.name}) attempt 1 was interrupted" in pool.log()
+    assert f"job {job.id} ({job.name}) attempt 1 was handed back" in pool.log()
     assert process_ended(wait_for_pid(started))  # the child running it was killed
 
 
@@ -295,7 +295,7 @@ def test_a_second_signal_stops_at_once(q, db, tmp_path, start_pool):
     assert "received SIGINT again: stopping at once" in pool.log()
     job.refresh()
     assert job.status == litejobs.PENDING, pool.log()
-    assert job.interruptions == 1
+    assert (job.interruptions, job.handbacks) == (0, 1)
     assert q.counts()["active"] == 0
 
 
@@ -490,7 +490,8 @@ def test_a_missing_database_is_a_one_line_error(tmp_path):
     done = run_cli("worker", "missing.db", cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr == (f"litejobs: error: no database at {tmp_path / 'missing.db'}: "
-                           "check the path\n")
+                           f"check the path, or create it with: python -m litejobs init "
+                           f"{tmp_path / 'missing.db'}\n")
     assert [p for p in os.listdir(tmp_path) if p.startswith("missing.db")] == []
 
 
@@ -650,3 +651,33 @@ def test_a_pool_whose_children_cannot_start_fails_instead_of_looping(q, db, tmp_
     row = the_row_of(db, proc.pid)
     assert row["stopped_at"] is not None
     assert row["stop_reason"].startswith("failed: LitejobsError: worker processes keep dying")
+
+
+# -- deploys: a graceful stop is not the job's fault -------------------------------------
+
+
+def test_four_deploys_hand_a_long_job_back_without_using_its_interruptions(
+        q, db, tmp_path, start_pool):
+    """A healthy job longer than --grace, its pool stopped by SIGTERM four
+    times (four deploys): each run is handed back, not counted against its
+    interruptions (3 allowed) nor its attempts, and the job completes."""
+    runs, go = tmp_path / "runs", tmp_path / "go"
+    job = q.put(Job(sample_jobs.count_runs_then_wait, str(runs), str(go)))
+    for deploy in range(1, 5):
+        pool = start_pool(db, "-p", "1", "--grace", "0.2s")
+        wait_until(lambda: runs.exists() and len(runs.read_text().split()) == deploy, WAIT,
+                   f"run {deploy} to start", pool.log)
+        pool.send(signal.SIGTERM)
+        assert pool.wait_exit() == 0, pool.log()
+        assert f"attempt {deploy} was handed back" in pool.log()
+        job.refresh()
+        assert (job.status, job.interruptions, job.handbacks) == ("pending", 0, deploy)
+    open(go, "w").close()
+    pool = start_pool(db, "-p", "1", "--burst")
+    assert pool.wait_exit() == 0, pool.log()
+    assert job.wait(timeout=5) == 5
+    assert (job.attempts, job.interruptions, job.handbacks) == (5, 0, 4)
+    assert [entry["event"] for entry in job.history] == ["handed back"] * 4
+    assert all("stopped before it ended" in entry["error"] for entry in job.history)
+    shown = run_cli("show", db, str(job.id), cwd=tmp_path).stdout
+    assert "attempts   1 of 1, interruptions 0 of 3, handed back 4" in shown, shown
