@@ -109,6 +109,7 @@ import os
 import pickle
 import random
 import reprlib
+import select
 import selectors
 import shutil
 import signal
@@ -149,6 +150,9 @@ DEFAULT_RETENTION = 7 * 86400.0  # seconds pools keep finished jobs
 DEFAULT_STOP_GRACE = 30.0  # seconds a job asked to stop gets before its pool stops it
 
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
+_INT64 = 2 ** 63  # SQLite's INTEGER range is [-2**63, 2**63)
+_ID_MOST = _INT64 - 1  # the largest job id: AUTOINCREMENT never goes past it
+_MAX_NESTING = 100  # composites in composites, at most: put refuses deeper trees
 _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _QUICK_CHECK_LIMIT = 256 * 2 ** 20  # bytes; larger files get only the header checks
@@ -176,6 +180,9 @@ _UNLIMITED = -1
 _INTERRUPTION_BACKOFF = (1.0, 300.0)  # seconds: the first wait, and the longest
 _REFUSAL_PAUSE = 60.0  # seconds a runner leaves a callable it could not import to others
 _NEWS_INTERVAL = 0.5  # seconds between looks at a running job's stop request and meta
+# Seconds a live runner on this host may go without renewing its leases before
+# its jobs are taken back: by then it is hung, not starved of the write lock.
+_STARVED_MOST = 300.0
 _OPTIONS_ATTRIBUTE = "__litejobs_options__"  # a function's defaults, set by `job`
 
 
@@ -408,6 +415,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # When a job asked to stop (request_stop) must have stopped by, in Unix
         # seconds: the running job sees the request, and its pool stops it then.
         "ALTER TABLE litejobs_jobs ADD COLUMN stop_requested REAL",
+        # 1 while a pool's claim of an active job has not been recorded as
+        # begun: if the pool dies, the claim is taken back as not started.
+        "ALTER TABLE litejobs_jobs ADD COLUMN unstarted INTEGER NOT NULL DEFAULT 0",
+        # Claims taken back so: they count neither as attempts for the Retry
+        # policy nor as interruptions, and a begin_by deadline still holds.
+        "ALTER TABLE litejobs_jobs ADD COLUMN not_started INTEGER NOT NULL DEFAULT 0",
     ),
 )
 
@@ -430,6 +443,7 @@ _JOB_COLUMNS = (
     "id, queue, priority, status, name, key, attempts, max_attempts, retry_policy,"
     " interruptions, max_interruptions, handbacks, timeout, created_at, begin_after, begin_by,"
     " started_at, finished_at, lease_owner, lease_expires, cancel_requested, stop_requested,"
+    " unstarted, not_started,"
     " parent_id, role, position, composite, waiting_on, waiting_for, followers,"
     " error, error_type, progress, progress_message, meta, ran_by, history"
 )
@@ -506,10 +520,14 @@ GROUP BY status
 # or, for a few named queues, one range of litejobs_jobs_ready_by_queue per
 # queue merged under the LIMIT: a plain "queue IN (...)" on that index would
 # make SQLite sort every pending row of those queues on each claim.
+# A pool's claim is unstarted (:unstarted 1) until it records that the job's
+# run began (`_MARK_STARTED`), or its outcome; run_pending runs what it claims
+# at once, and claims it started.
 _CLAIM_JOBS = """
 UPDATE litejobs_jobs
 SET status = 'active', attempts = attempts + 1, started_at = :now, ran_by = :owner,
-    lease_owner = :owner, lease_token = :token, lease_expires = :expires
+    lease_owner = :owner, lease_token = :token, lease_expires = :expires,
+    unstarted = :unstarted
 WHERE status = 'pending' AND id IN (
     SELECT id FROM ({source})
     ORDER BY priority DESC, begin_after, id
@@ -517,7 +535,10 @@ WHERE status = 'pending' AND id IN (
 RETURNING {columns}, payload, signature
 """
 
-_DUE = "begin_after <= :now AND (begin_by IS NULL OR begin_by >= :now OR attempts > 0)"
+# A job past its begin_by is still due if a run of it has begun: more claims
+# than those taken back as not started.
+_DUE = ("begin_after <= :now AND (begin_by IS NULL OR begin_by >= :now"
+        " OR attempts > not_started)")
 
 _CLAIM_ANY_QUEUE = f"""
 SELECT id, priority, begin_after FROM litejobs_jobs INDEXED BY litejobs_jobs_ready
@@ -559,12 +580,14 @@ SET status = 'failed', finished_at = :now, error_type = :error_type,
                    strftime('%Y-%m-%dT%H:%M:%fZ', begin_by, 'unixepoch'),
                    strftime('%Y-%m-%dT%H:%M:%fZ', :now, 'unixepoch'))
 WHERE status = 'pending' AND begin_by IS NOT NULL AND begin_by < :now
-    AND attempts = 0{queues}
+    AND attempts <= not_started{queues}
 RETURNING """ + _ENDED
 
 _EXPIRED_LEASES = """
-SELECT id, lease_token, lease_owner, lease_expires, name, attempts FROM litejobs_jobs
+SELECT id, lease_token, lease_owner, lease_expires, name, attempts, started_at, unstarted
+FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
 WHERE status = 'active' AND lease_expires < :now
+ORDER BY lease_expires
 LIMIT 100
 """
 
@@ -670,6 +693,15 @@ _REFUSE_JOB = _back_to_pending(
 _HAND_BACK_JOB = _back_to_pending(
     f"handbacks = handbacks + 1, history = {_HISTORY_ENTRY.format(event=repr('handed back'))}")
 
+# A claim whose run its runner never recorded as begun, taken back from a
+# runner that died or lost its lease: counted neither as an attempt nor as an
+# interruption (the job had no run, as far as anyone knows, to be blamed for),
+# and its begin_by deadline still holds.  Its attempt number stays used: the
+# run may have begun an instant before its runner died.
+_NEVER_STARTED = _back_to_pending(
+    "not_started = not_started + 1, "
+    f"history = {_HISTORY_ENTRY.format(event=repr('not started'))}")
+
 # A run that ended but whose outcome died with its process, killed by another
 # job: the attempt counts and the history says so, but the job is not blamed
 # with an interruption.  Fenced like every worker write.
@@ -677,8 +709,17 @@ _OUTCOME_LOST = _back_to_pending(
     f"history = {_HISTORY_ENTRY.format(event=repr('outcome lost'))}")
 
 _ACTIVE_JOBS_OF = """
-SELECT id, lease_token, name, attempts FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
+SELECT id, lease_token, lease_owner, name, attempts, unstarted
+FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
 WHERE status = 'active' AND lease_owner = :owner
+"""
+
+# A pool's running jobs whose run has begun: if the pool dies now, they were
+# interrupted rather than never started.  Fenced like every worker write.
+_MARK_STARTED = """
+UPDATE litejobs_jobs SET unstarted = 0, started_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'active'
+    AND lease_token = :token AND unstarted
 """
 
 # The running jobs of a pool that were asked to end: cancelled (stopped at
@@ -718,6 +759,11 @@ ORDER BY w.started_at DESC
 
 _PRUNE_WORKERS = "DELETE FROM litejobs_workers WHERE stopped_at < :before"
 
+# Where a pool that has not stopped runs: its host, pid, and when it started.
+_POOL_PROCESS = """
+SELECT host, pid, started_at FROM litejobs_workers WHERE id = ? AND stopped_at IS NULL
+"""
+
 # A pool that others took for dead, but that was only slow, is alive again.
 _REVIVE_WORKER = """
 UPDATE litejobs_workers SET heartbeat_at = :now, stopped_at = NULL, stop_reason = NULL
@@ -731,7 +777,7 @@ WHERE id = :id AND stopped_at IS NULL
 
 # Pools that have missed a few heartbeats; the caller decides which are gone.
 _SILENT_WORKERS = """
-SELECT id, host, pid, heartbeat_at, lease FROM litejobs_workers
+SELECT id, host, pid, started_at, heartbeat_at, lease FROM litejobs_workers
 WHERE stopped_at IS NULL AND id != :id AND heartbeat_at < :silent_since
 """
 
@@ -1004,7 +1050,8 @@ _REOPEN = f"""
 UPDATE litejobs_jobs
 SET history = {_HISTORY_ENTRY.format(event="'retried by hand'")},
     status = 'waiting', waiting_on = -1, waiting_for = NULL, attempts = 0,
-    interruptions = 0, handbacks = 0, cancel_requested = 0, stop_requested = NULL,
+    interruptions = 0, handbacks = 0, not_started = 0, cancel_requested = 0,
+    stop_requested = NULL,
     result = NULL, result_signature = NULL,
     error = NULL, error_type = NULL,
     ran_by = NULL, started_at = NULL, finished_at = NULL, begin_after = :now, begin_by = NULL,
@@ -1185,6 +1232,7 @@ _NEW_ROW: dict[str, Any] = {
     "composite": None, "waiting_on": 0, "waiting_for": None, "followers": 0,
     "error": None, "error_type": None, "progress": None, "progress_message": None,
     "meta": None, "ran_by": None, "history": None, "handbacks": 0, "stop_requested": None,
+    "unstarted": 0, "not_started": 0,
 }
 
 
@@ -1302,6 +1350,75 @@ def _crash_point(point: str) -> None:
     os._exit(70)
 
 
+# -- runners on this host ---------------------------------------------------------
+#
+# Every process using a SQLite file is on this host, so whether a runner that
+# holds jobs is alive is best asked of the system: a pool whose leases ran out
+# while another connection held the write lock for long (a paused pool, an
+# application's long transaction) is starved, not dead, and keeps its jobs.
+
+
+def _owner_id(kind: str) -> str:
+    """The id of a runner (a pool, or a run_pending call): kind@host:pid:random."""
+    return f"{kind}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_time() -> float:
+    """When this host booted, in Unix seconds (/proc/stat's btime)."""
+    with open("/proc/stat") as handle:
+        for line in handle:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    raise OSError("no btime in /proc/stat")
+
+
+def _process_state(pid: int) -> tuple[str, float] | None:
+    """The state of process ``pid`` (``R``, ``S``, ``D``; ``T`` stopped, ``Z``
+    a zombie) and when it started, in Unix seconds, read from /proc; None if
+    no process has the pid.  Without /proc: ``("?", 0.0)`` if it exists."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        started = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, IndexError):  # no /proc here
+        return ("?", 0.0) if _pid_alive(pid) else None
+    return fields[0], started
+
+
+def _owner_host_and_pid(owner: str | None) -> tuple[str | None, int | None]:
+    """The host and pid in a runner's id (see `_owner_id`); Nones if it has
+    another form."""
+    _, at, place = (owner or "").partition("@")
+    host, _, pid = place.rpartition(":")[0].rpartition(":")
+    return (host, int(pid)) if at and pid.isdigit() else (None, None)
+
+
+def _runner_alive_here(host: str | None, pid: int | None, since: float | None) -> bool | None:
+    """Whether the runner with process ``pid`` is alive and running, if it is
+    on this host: its process exists, is neither stopped nor a zombie, and
+    started before ``since`` (a process that started later got the pid of a
+    dead one).  None for a runner elsewhere: only its heartbeat can tell."""
+    if host != socket.gethostname() or pid is None:
+        return None
+    state = _process_state(pid)
+    if state is None or state[0] in "TtZXx":
+        return False
+    return since is None or state[1] <= since + 1.0
+
+
 # The secrets given in code, by database path, in this process.  A Queue
 # rebuilt from a pickle (a job's argument, a pool's child's queue) uses them:
 # a pickle never carries a secret, and the environment may hold none.
@@ -1400,7 +1517,10 @@ class _Storage(Protocol):
     def counts(self, queue: str | None) -> dict[str, int]: ...
     def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
               expires: float, limit: int, unsigned_only: bool = False,
-              avoid: Collection[str] = ()) -> tuple[str, list[dict[str, Any]]]: ...
+              avoid: Collection[str] = (), started: bool = True,
+              holding: Collection[int] = ()) -> tuple[str, list[dict[str, Any]]]: ...
+    def mark_started(self, runs: Iterable[tuple[int, str]], now: float) -> None: ...
+    def fail_alone(self, job_id: int, token: str, now: float, exc: BaseException) -> str: ...
     def finish(self, job_id: int, token: str, *, status: str, now: float,
                result: bytes | None = None, error: str | None = None,
                error_type: str | None = None, begin_after: float | None = None) -> str: ...
@@ -1429,9 +1549,8 @@ class _Storage(Protocol):
                   expires: float, now: float) -> tuple[bool, list[int]]: ...
     def fetch_workers(self) -> list[dict[str, Any]]: ...
     def stop_worker(self, worker_id: str, now: float, reason: str) -> None: ...
-    def recover_silent_workers(self, worker_id: str, now: float, silent_for: float,
-                               is_gone: Callable[[Mapping[str, Any]], str | None]
-                               ) -> list[str]: ...
+    def recover_silent_workers(self, worker_id: str, now: float,
+                               silent_for: float) -> list[str]: ...
     def report(self, reports: Iterable[tuple[int, str, Mapping[str, Any]]]) -> None: ...
     def overview(self, now: float) -> dict[str, Any]: ...
     def search(self, *, statuses: Sequence[str] | None = None, queue: str | None = None,
@@ -1442,6 +1561,7 @@ class _Storage(Protocol):
     def unfinished_under(self, job_id: int) -> int: ...
     def reopen(self, job_id: int, now: float) -> str: ...
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]: ...
+    def wait_for_locks(self, seconds: float) -> None: ...
     def close(self) -> None: ...
     def close_thread_connection(self) -> None: ...
 
@@ -1705,6 +1825,15 @@ class _SQLiteStorage:
             time.sleep(random.uniform(0.001, 0.02))
         raise DatabaseError(f"cannot switch {self.path} to WAL journal mode")
 
+    def wait_for_locks(self, seconds: float) -> None:
+        """Wait at most ``seconds`` for the write lock from now on: for the
+        connections opened later, and this thread's (call it before other
+        threads use the storage)."""
+        self.busy_timeout = seconds
+        conn = self._connections.get(threading.get_ident())
+        if conn is not None and self._pid == os.getpid():
+            conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
+
     def close(self) -> None:
         """Close this process's connections; the next use reopens lazily."""
         if self._pid != os.getpid():
@@ -1848,7 +1977,7 @@ class _SQLiteStorage:
             # A lone row (a put of one plain job) takes the id SQLite gives it,
             # which AUTOINCREMENT chooses just as _NEXT_JOB_ID does.
             alone = len(trees) == 1 and len(trees[0]) == 1
-            next_id = None if alone else int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
+            next_id = None if alone else self._first_free_id(conn, sum(map(len, trees)))
             out: list[tuple[list[dict[str, Any]], bool]] = []
             new_rows: list[dict[str, Any]] = []
             composites = []
@@ -1876,6 +2005,19 @@ class _SQLiteStorage:
                 out[index] = (_as_dicts(cursor), False)
         return out
 
+    def _first_free_id(self, conn: sqlite3.Connection, count: int) -> int:
+        """The id of the first of ``count`` new jobs; raises `DatabaseError` if
+        the ids SQLite can hold would run out."""
+        first = conn.execute(_NEXT_JOB_ID).fetchone()[0]  # a REAL past 2**63 - 1
+        if first + count - 1 > _ID_MOST:
+            raise self._ids_used_up()
+        return int(first)
+
+    def _ids_used_up(self) -> DatabaseError:
+        return DatabaseError(
+            f"{self.path} has no job ids left: ids are never reused, and the largest "
+            f"SQLite holds, {_ID_MOST:,}, is taken; put new jobs in a new database file")
+
     def _insert_rows(self, conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
         """Insert numbered rows (a lone row may have no id: SQLite gives it one),
         each checked against the size limit and, with secrets, signed; raises
@@ -1887,7 +2029,13 @@ class _SQLiteStorage:
                                          row["payload"] or b"")
         if len(rows) == 1 and rows[0]["id"] is None:  # a lone row: SQLite gives its id
             statement, values = _insert_statement(_null_columns(rows[0]))
-            rows[0]["id"] = conn.execute(statement, values(rows[0])).lastrowid
+            try:
+                rows[0]["id"] = conn.execute(statement, values(rows[0])).lastrowid
+            except sqlite3.OperationalError as exc:  # SQLITE_FULL: no rowid left, or no disk
+                if "full" in str(exc).lower() and conn.execute(_NEXT_JOB_ID).fetchone()[0] \
+                        > _ID_MOST:
+                    raise self._ids_used_up() from None
+                raise
             return
         # In order (a part's parent first, for its foreign key): one executemany
         # for each run of rows with the same NULL columns.
@@ -1946,28 +2094,33 @@ class _SQLiteStorage:
 
     def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
               expires: float, limit: int, unsigned_only: bool = False,
-              avoid: Collection[str] = ()) -> tuple[str, list[dict[str, Any]]]:
+              avoid: Collection[str] = (), started: bool = True,
+              holding: Collection[int] = ()) -> tuple[str, list[dict[str, Any]]]:
         """Claim up to ``limit`` jobs due at ``now`` for ``owner``, leased until
         ``expires``; return the lease token and the claimed rows in claim order.
         With ``unsigned_only``, signed jobs are left to others, and so are
-        jobs whose callable is named in ``avoid``.
+        jobs whose callable is named in ``avoid``.  A pool claims ahead of
+        running, with ``started`` False, and says when each run begins
+        (`mark_started`).
 
         In the same transaction, jobs still pending past their ``begin_by``
         deadline fail instead of being claimed, and active jobs whose lease
-        ran out go back to pending as interrupted.
+        ran out are taken back (`_recover_expired_leases`); ``holding`` are
+        the ids of the jobs ``owner`` runs, whose leases it renews itself.
         """
         if queues is not None:
             queues = list(dict.fromkeys(queues))  # a repeated name would claim less
         token = uuid.uuid4().hex
         params: dict[str, Any] = {"now": now, "owner": owner, "token": token,
                                   "expires": expires, "limit": limit,
-                                  "error_type": _DEADLINE_TYPE, "avoid": json.dumps(list(avoid))}
+                                  "error_type": _DEADLINE_TYPE, "avoid": json.dumps(list(avoid)),
+                                  "unstarted": 0 if started else 1}
         for index, name in enumerate(queues or ()):
             params[f"queue{index}"] = name
         queue_count = None if queues is None else len(queues)
         _crash_point("before-claim")
         with self.write() as conn:
-            self._recover_expired_leases(conn, now)
+            self._recover_expired_leases(conn, now, owner, holding)
             cursor = conn.execute(_deadline_statement(queue_count), params)
             self._after_end(conn, _as_dicts(cursor), now)
             if queue_count == 0:
@@ -1981,14 +2134,94 @@ class _SQLiteStorage:
         claimed.sort(key=lambda r: (-r["priority"], r["begin_after"], r["id"]))
         return token, claimed
 
-    def _recover_expired_leases(self, conn: sqlite3.Connection, now: float) -> None:
-        for job_id, token, owner, expires, name, attempts in conn.execute(
-                _EXPIRED_LEASES, {"now": now}).fetchall():
-            reason = (f"job {job_id} was interrupted: the lease of {owner} ran out at "
-                      f"{_format_time(expires)}")
-            status = self._interrupt(conn, job_id, token, now, reason)
-            _log.warning("%s; job is now %s", reason, status, extra=_job_log(
-                {"id": job_id, "name": name, "attempts": attempts}))
+    def _recover_expired_leases(self, conn: sqlite3.Connection, now: float, owner: str,
+                                holding: Collection[int]) -> None:
+        """Take back the jobs whose lease ran out, but for those ``owner`` (the
+        claiming runner) is ``holding``, and those of another pool that is
+        alive and running on this host: they could not be renewed while
+        another connection held the write lock (a paused pool, a long
+        transaction), and are renewed as soon as their pools can write.
+        Only after ``_STARVED_MOST`` is such a pool taken for hung."""
+        alive: dict[str, bool] = {}
+        for found in self._rows(conn, _EXPIRED_LEASES, {"now": now}):
+            holder = found["lease_owner"]
+            if holder == owner:
+                if found["id"] in holding:
+                    continue
+            elif now - found["lease_expires"] < _STARVED_MOST:
+                if holder not in alive:
+                    alive[holder] = self._pool_alive_here(conn, holder)
+                if alive[holder]:
+                    continue
+            self._recover(conn, found, now, f"the lease of {holder} ran out at "
+                                            f"{_format_time(found['lease_expires'])}")
+
+    def _pool_alive_here(self, conn: sqlite3.Connection, pool_id: str) -> bool:
+        """Whether ``pool_id`` is a registered pool, not stopped, whose process
+        runs on this host (see `_runner_alive_here`)."""
+        found = conn.execute(_POOL_PROCESS, (pool_id,)).fetchone()
+        return found is not None and bool(_runner_alive_here(*found))
+
+    def _recover(self, conn: sqlite3.Connection, found: Mapping[str, Any], now: float,
+                 why: str) -> str:
+        """Take back an active job from a runner that is gone or lost its
+        lease: a claim whose run had not begun is given back, uncounted; a
+        run that had begun was interrupted.  A job whose data breaks these
+        steps is failed alone, rather than every runner's claims with it."""
+        job_id, token = found["id"], found["lease_token"]
+        log = _job_log({"id": job_id, "name": found["name"], "attempts": found["attempts"]})
+        try:
+            with _savepoint(conn):
+                if found["unstarted"]:
+                    status = self._ended(conn, _NEVER_STARTED, {
+                        "id": job_id, "token": token, "now": now,
+                        "error_line": f"its run was not recorded as begun, and {why}"},
+                        now, _lease_lost_text(job_id, token))
+                    _log.warning("job %s (%s) had not been started (%s); it is now %s",
+                                 job_id, found["name"], why, status, extra=log)
+                    return status
+                status = self._interrupt(conn, job_id, token, now,
+                                         f"job {job_id} was interrupted: {why}")
+        except (sqlite3.OperationalError, DatabaseError):
+            raise  # the database's trouble, not this job's
+        except Exception as exc:
+            return self._fail_alone(conn, job_id, token, now, exc)
+        _log.warning("job %s (%s) was interrupted (%s); it is now %s", job_id,
+                     found["name"], why, status, extra=log)
+        return status
+
+    def _fail_alone(self, conn: sqlite3.Connection, job_id: int, token: str, now: float,
+                    exc: BaseException) -> str:
+        """Fail a job without the steps that follow its end (its callbacks, its
+        composite's count), which raised ``exc``: the last resort that keeps
+        one job's data from stopping a pool.  Fenced."""
+        error = _storable("".join(traceback.format_exception(exc)))
+        cursor = conn.execute(_FINISH_JOB, {
+            "id": job_id, "token": token, "status": FAILED, "now": now, "result": None,
+            "result_signature": None, "error": error, "error_type": _qualified_type_name(
+                type(exc)), "begin_after": None, "error_line": _last_line(error)})
+        if cursor.fetchone() is None:
+            raise LeaseLost(_lease_lost_text(job_id, token))
+        _log.error("job %s failed: what follows its end could not be recorded, and what "
+                   "waits for it (its callbacks, its composite) waits on: cancel that by "
+                   "hand\n%s", job_id, error.rstrip())
+        return FAILED
+
+    def fail_alone(self, job_id: int, token: str, now: float, exc: BaseException) -> str:
+        """`_fail_alone` in a transaction of its own."""
+        with self.write() as conn:
+            return self._fail_alone(conn, job_id, token, now, exc)
+
+    def mark_started(self, runs: Iterable[tuple[int, str]], now: float) -> None:
+        """Record that these claimed runs ``(job_id, token)`` have begun
+        (see `_MARK_STARTED`)."""
+        by_token: dict[str, list[int]] = {}
+        for job_id, token in runs:
+            by_token.setdefault(token, []).append(job_id)
+        with self.write() as conn:
+            for token, ids in by_token.items():
+                conn.execute(_MARK_STARTED, {"ids": json.dumps(ids), "token": token,
+                                             "now": now})
 
     def finish(self, job_id: int, token: str, *, status: str, now: float,
                result: bytes | None = None, error: str | None = None,
@@ -2186,7 +2419,7 @@ class _SQLiteStorage:
                         "begin_after": None, "error_line": problem,
                         "error_type": _qualified_type_name(LitejobsError)}, now, lost)
             else:
-                target = int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
+                target = self._first_free_id(conn, len(follow))
             status = self._ended(conn, _WAIT_FOR_JOB, {"id": job_id, "token": token,
                                                        "now": now, "target": target},
                                  now, lost)
@@ -2218,7 +2451,7 @@ class _SQLiteStorage:
                                                  "created_at": created_at}).fetchone()
             if found is None:
                 raise JobNotFound(f"no job {job_id} in {self.path}")
-            first = int(conn.execute(_NEXT_JOB_ID).fetchone()[0])
+            first = self._first_free_id(conn, len(tree))
             rows = _number_tree(tree, first, now, parent_id=job_id)
             self._insert_rows(conn, rows)
             if found[0] in _FINISHED:
@@ -2370,23 +2603,25 @@ class _SQLiteStorage:
     def _activate(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
         """Start a dormant job: a plain one becomes due; a parallel starts every
         part, a serial its first part, and a composite with no parts left to
-        wait for becomes due to run its postprocess."""
-        kind = conn.execute(_COMPOSITE_OF, (job_id,)).fetchone()[0]
-        if kind is None:
-            self._make_ready(conn, job_id, now)
-            return
-        parts = conn.execute(_WAITING_PARTS, {"id": job_id}).fetchall()
-        conn.execute(_SET_WAITING_ON, {"id": job_id, "count": len(parts)})
-        if not parts:
-            self._make_ready(conn, job_id, now)
-        elif kind == "parallel":
-            conn.execute(_MAKE_PLAIN_PARTS_READY, {"id": job_id, "now": now})
-            self.woken += 1
-            for part_id, part_kind in parts:
-                if part_kind is not None:
-                    self._activate(conn, part_id, now)
-        else:
-            self._activate(conn, parts[0][0], now)
+        wait for becomes due to run its postprocess.  Nested composites are
+        followed without recursion."""
+        todo = [job_id]
+        while todo:
+            node = todo.pop()
+            kind = conn.execute(_COMPOSITE_OF, (node,)).fetchone()[0]
+            if kind is None:
+                self._make_ready(conn, node, now)
+                continue
+            parts = conn.execute(_WAITING_PARTS, {"id": node}).fetchall()
+            conn.execute(_SET_WAITING_ON, {"id": node, "count": len(parts)})
+            if not parts:
+                self._make_ready(conn, node, now)
+            elif kind == "parallel":
+                conn.execute(_MAKE_PLAIN_PARTS_READY, {"id": node, "now": now})
+                self.woken += 1
+                todo += [part_id for part_id, part_kind in parts if part_kind is not None]
+            else:
+                todo.append(parts[0][0])
 
     def _make_ready(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
         conn.execute(_MAKE_READY, {"id": job_id, "now": now})
@@ -2441,39 +2676,56 @@ class _SQLiteStorage:
         return alive, lost
 
     def fetch_workers(self) -> list[dict[str, Any]]:
-        """Every registered pool, newest first, with how many jobs it holds."""
+        """Every registered pool, newest first, with how many jobs it holds
+        and whether it is ``alive``: not stopped, and not gone (`_gone`)."""
         with self.read() as conn:
             cursor = conn.execute(_SELECT_WORKERS)
-            return _as_dicts(cursor)
+            pools = _as_dicts(cursor)
+        now = time.time()
+        for pool in pools:
+            pool["alive"] = pool["stopped_at"] is None and self._gone(pool, now) is None
+        return pools
 
     def stop_worker(self, worker_id: str, now: float, reason: str) -> None:
         with self.write() as conn:
             conn.execute(_STOP_WORKER, {"id": worker_id, "now": now, "reason": reason})
 
-    def recover_silent_workers(self, worker_id: str, now: float, silent_for: float,
-                               is_gone: Callable[[Mapping[str, Any]], str | None]) -> list[str]:
+    def recover_silent_workers(self, worker_id: str, now: float,
+                               silent_for: float) -> list[str]:
         """Find pools that stopped heartbeating more than ``silent_for``
-        seconds ago, ask ``is_gone`` whether each is gone (it returns the
-        reason, or None), and for those that are, mark them stopped and put
-        their active jobs back as interrupted.  Returns the reasons."""
+        seconds ago and are gone (`_gone`); mark them stopped and take back
+        their active jobs (`_recover`).  Returns why each was taken for gone."""
         reasons = []
         with self.write() as conn:
             cursor = conn.execute(_SILENT_WORKERS, {"id": worker_id,
                                                     "silent_since": now - silent_for})
             for row in _as_dicts(cursor):
-                reason = is_gone(row)
+                reason = self._gone(row, now)
                 if reason is None:
                     continue
                 conn.execute(_STOP_WORKER, {"id": row["id"], "now": now, "reason": reason})
-                jobs = conn.execute(_ACTIVE_JOBS_OF, {"owner": row["id"]}).fetchall()
-                for job_id, token, name, attempts in jobs:
-                    status = self._interrupt(conn, job_id, token, now,
-                                             f"job {job_id} was interrupted: {reason}")
-                    _log.warning("job %s was interrupted (%s); it is now %s",
-                                 job_id, reason, status, extra=_job_log(
-                                     {"id": job_id, "name": name, "attempts": attempts}))
+                for found in self._rows(conn, _ACTIVE_JOBS_OF, {"owner": row["id"]}):
+                    self._recover(conn, found, now, reason)
                 reasons.append(reason)
         return reasons
+
+    @staticmethod
+    def _gone(pool: Mapping[str, Any], now: float) -> str | None:
+        """Why a silent pool is gone, or None if it is not.  On this host its
+        process tells: gone, stopped (SIGSTOP, a debugger) or a zombie, it is
+        gone; alive and running, it was only kept from writing, unless that
+        has lasted ``_STARVED_MOST``.  Elsewhere, its heartbeat's age tells."""
+        where = f"pool {pool['id']} (pid {pool['pid']} on {pool['host']})"
+        alive = _runner_alive_here(pool["host"], pool["pid"], pool["started_at"])
+        if alive is False:
+            return f"{where} is gone: its process is not running"
+        silent = now - pool["heartbeat_at"]
+        if alive is None and silent > pool["lease"]:
+            return f"{where} stopped heartbeating at {_format_time(pool['heartbeat_at'])}"
+        if alive and silent > _STARVED_MOST:
+            return (f"{where} has not heartbeated for {_format_duration(silent)} although "
+                    f"its process runs: it is hung")
+        return None
 
     # -- progress, inspection and retention ------------------------------------
 
@@ -2721,6 +2973,26 @@ def _shortened(text: str, most: int) -> str:
     return text if len(text) <= most else text[:most - 3] + "..."
 
 
+def _storable(text: str) -> str:
+    """``text`` as SQLite can store it: UTF-8.  A lone surrogate (from a
+    file name undecodable in the locale, say) is written as its escape."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _check_text(value: str, what: str) -> str:
+    """Refuse a name SQLite cannot store: a string with a lone surrogate."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} {value!r} cannot be stored: it is not valid Unicode "
+                         f"({exc.reason} at position {exc.start})") from None
+    return value
+
+
 def _by_name(fn: Any) -> str | None:
     """The name that finds ``fn`` again by import, if there is one.
 
@@ -2816,6 +3088,9 @@ def _prepare_call(fn: Any, args: tuple[Any, ...],
         stored = None if by_name else fn
         if stored is not None:
             _refuse_async(fn, name)
+            name = _storable(name)  # only for people: the callable itself is pickled
+    if stored is None:
+        _check_text(name, "the callable's name")  # a worker imports it by that name
     if stored is None and not args and not kwargs:
         return name, None
     try:
@@ -2897,7 +3172,6 @@ def _seconds(value: Any, what: str) -> float:
     return seconds
 
 
-_INT64 = 2 ** 63  # SQLite's INTEGER range is [-2**63, 2**63)
 
 
 def _int_in_range(value: Any, what: str, low: int, high: int) -> int:
@@ -3049,6 +3323,7 @@ def _row_options(now: float, *, begin_after: Any, begin_by: Any, retry: Retry | 
     _int_in_range(priority, "priority", -_INT64, _INT64 - 1)
     if not isinstance(queue, str) or not queue:
         raise ValueError(f"queue must be a non-empty string, not {queue!r}")
+    _check_text(queue, "queue")
     if key is not None and not isinstance(key, str):
         raise TypeError(f"key must be a string or None, not {key!r}")
     if timeout is not None:
@@ -3263,9 +3538,10 @@ class Job:
 
     @property
     def attempts(self) -> int:
-        """How many runs have started, the current one included (a run handed
-        back by a stopping pool, or a claim given back before it started, is
-        not counted again when the job runs next)."""
+        """The number of the latest run, the current one included: every run
+        gets the next number, but for a claim a stopping pool gave back before
+        the run began.  Interruptions, runs handed back by a stopping pool and
+        claims taken back as not started do not count against `Retry`."""
         return int(self._row.get("attempts", 0))
 
     attempt = attempts
@@ -3389,7 +3665,8 @@ class Job:
         if message is not None and not isinstance(message, str):
             raise TypeError(f"the progress message must be a string, not {_describe(message)}")
         self._row["progress"] = float(fraction)
-        self._row["progress_message"] = None if message is None else message[:_MESSAGE_MOST]
+        self._row["progress_message"] = None if message is None \
+            else _storable(message[:_MESSAGE_MOST])
         reporter.changed(self._row)
 
     def update_meta(self, **items: Any) -> None:
@@ -3707,7 +3984,7 @@ class _Outcome:
 
     @classmethod
     def failure(cls, exc: BaseException, *, refused: bool = False) -> _Outcome:
-        return cls(ok=False, error="".join(traceback.format_exception(exc)),
+        return cls(ok=False, error=_storable("".join(traceback.format_exception(exc))),
                    error_type=_qualified_type_name(type(exc)),
                    exc_mro=tuple(_qualified_type_name(c) for c in type(exc).__mro__),
                    refused=refused)
@@ -3837,8 +4114,10 @@ def _execute(job: Job, payload: bytes | None, signature: bytes | None,
 
 def _counted_attempts(row: Mapping[str, Any]) -> int:
     """The runs of a job that count against its `Retry` policy: those that
-    started, less interruptions and runs handed back by stopping pools."""
-    return int(row["attempts"]) - int(row["interruptions"]) - int(row.get("handbacks") or 0)
+    started, less interruptions, runs handed back by stopping pools, and
+    claims taken back as not started."""
+    return (int(row["attempts"]) - int(row["interruptions"])
+            - int(row.get("handbacks") or 0) - int(row.get("not_started") or 0))
 
 
 def _record(storage: _Storage, row: Mapping[str, Any], token: str,
@@ -3856,7 +4135,7 @@ def _record(storage: _Storage, row: Mapping[str, Any], token: str,
         return storage.refuse(row["id"], token, now, _last_line(outcome.error) or "")
     exception_runs = _counted_attempts(row)
     delay = None
-    if exception_runs < row["max_attempts"]:
+    if exception_runs < row["max_attempts"] and outcome.error_type != _DEADLINE_TYPE:
         delay = _retry_delay(row["retry_policy"], exception_runs, outcome.exc_mro)
     if delay is None:
         return storage.finish(row["id"], token, status=FAILED, now=now,
@@ -4017,10 +4296,6 @@ class _Refusals:
         return reason
 
 
-def _owner_id(kind: str) -> str:
-    return f"{kind}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 class Queue:
     """A job queue kept in the SQLite database at ``path``.
 
@@ -4171,6 +4446,8 @@ class Queue:
         now = _CLOCK.get()()
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be a string or None, not {key!r}")
+        if key is not None:
+            _check_text(key, "key")
         options = _Options(now, given)
         trees: list[list[dict[str, Any]]] = []
         bound: list[Sequence[tuple[int, Job]]] = []
@@ -4271,21 +4548,14 @@ class Queue:
         (a list, or None for every queue), ``lease``, ``started_at``,
         ``heartbeat_at`` and ``stopped_at`` (aware datetimes; ``stopped_at``
         None while running), ``stop_reason``, ``jobs`` (the jobs it holds now),
-        and ``alive``: not stopped, heartbeating within its lease, and, on
-        this host, its process still there.
+        and ``alive``: not stopped, and on this host its process still
+        running (not stopped), or elsewhere heartbeating within its lease.
         """
-        now = time.time()
-        here = socket.gethostname()
-        pools = []
-        for row in self._storage.fetch_workers():
-            alive = (row["stopped_at"] is None and row["heartbeat_at"] + row["lease"] >= now
-                     and (row["host"] != here or _pid_alive(row["pid"])))
-            pools.append({
-                **row, "queues": None if row["queues"] is None else json.loads(row["queues"]),
-                "started_at": _to_datetime(row["started_at"]),
-                "heartbeat_at": _to_datetime(row["heartbeat_at"]),
-                "stopped_at": _to_datetime(row["stopped_at"]), "alive": alive})
-        return pools
+        return [{**row, "queues": None if row["queues"] is None else json.loads(row["queues"]),
+                 "started_at": _to_datetime(row["started_at"]),
+                 "heartbeat_at": _to_datetime(row["heartbeat_at"]),
+                 "stopped_at": _to_datetime(row["stopped_at"])}
+                for row in self._storage.fetch_workers()]
 
     # -- running here --------------------------------------------------------
 
@@ -4530,8 +4800,16 @@ def _plan_tree(item: Any, options: _Options, seen: set[int], *, dormant: bool = 
         assert node._call is not None
         return node._call
 
-    def plan(node: Any, parent: int | None, position: int | None) -> None:
+    # Depth first, parents before their parts, without recursion: a tree too
+    # deep is refused with a ValueError, not a RecursionError.
+    todo: list[tuple[Any, int | None, int | None, int]] = [(item, None, None, 0)]
+    while todo:
+        node, parent, position, depth = todo.pop()
         index = len(rows)
+        if isinstance(node, Composite) and depth >= _MAX_NESTING:
+            raise ValueError(f"composites nest at most {_MAX_NESTING} deep, and this one "
+                             f"nests deeper: flatten it, or let a part return the next level "
+                             f"as a job of its own")
         if isinstance(node, Composite):
             postprocess = node.postprocess
             fn = postprocess._call[0] if isinstance(postprocess, Job) and \
@@ -4554,17 +4832,15 @@ def _plan_tree(item: Any, options: _Options, seen: set[int], *, dormant: bool = 
                 row["name"], row["payload"] = _prepare_call(*call_of(node.postprocess))
             row["composite"] = "serial_stop" if node.stop_on_failure else node.kind
             rows.append(row)
-            for number, part in enumerate(node.parts):
-                plan(part, index, number)
-            return
+            todo += [(part, index, number, depth + 1)
+                     for number, part in reversed(list(enumerate(node.parts)))]
+            continue
         row["name"], row["payload"] = _prepare_call(*call_of(node))
         if parent is None and not dormant:
             row.update(status=PENDING, waiting_on=0)
         rows.append(row)
         if isinstance(node, Job):
             jobs.append((index, node))
-
-    plan(item, None, None)
     return rows, jobs
 
 
@@ -4653,6 +4929,10 @@ _CRASHES_KEPT = 1000  # Worker.crashes keeps the latest this many
 _SUPERVISOR_BUSY_TIMEOUT = 1.0  # seconds a supervisor waits for the write lock
 _BUSY_BACKOFF = 0.05  # seconds before a supervisor retries after a busy database
 _MAX_YOUNG_DEATHS = 8  # children dying before they are ready, in a row, stop a pool
+_START_MARK_AFTER = 0.05  # seconds a run goes before its pool records that it began
+_LOG_RATE = 1000  # log records a second a worker process forwards, at most ...
+_LOG_BURST = 2000  # ... after a burst of this many; the rest are counted and dropped
+_RECEIVE_MOST = 32  # messages a supervisor takes from one child before it looks around
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -4664,16 +4944,6 @@ def _describe_exit(exitcode: int | None) -> str:
         except ValueError:
             return f"was killed by signal {-exitcode}"
     return f"exited with status {exitcode}"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user
-    return True
 
 
 def _ignore_signal(signum: int, frame: Any) -> None:
@@ -4785,17 +5055,23 @@ class _ChildWork:
             return
         with self._send_lock:
             try:
-                self.conn.send(messages)
+                self._send_or_exit(messages)
             except (pickle.PicklingError, TypeError, AttributeError, RecursionError):
                 # Pickling failed, so nothing was written: send what pickles,
                 # one by one, so that one bad message never costs an outcome.
                 for message in messages:
                     try:
-                        self.conn.send([message])
+                        self._send_or_exit([message])
                     except (pickle.PicklingError, TypeError, AttributeError,
                             RecursionError):
                         print(f"litejobs: a worker process could not send "
                               f"{_describe(message)}", file=sys.stderr)
+
+    def _send_or_exit(self, messages: list[tuple[Any, ...]]) -> None:
+        try:
+            self.conn.send(messages)
+        except OSError:  # a broken pipe: the supervisor is gone, and so is this
+            os._exit(_ORPHANED_EXIT)  # process, quietly; the jobs' leases lapse
 
     def _take_outbox(self) -> list[tuple[Any, ...]]:
         messages, self.outbox = self.outbox, []
@@ -4901,13 +5177,46 @@ class _ChildWork:
 
 class _ForwardLogs(logging.Handler):
     """In a worker process: send each log record to the supervisor, with the
-    id of the job running here (even from a thread the job started)."""
+    id of the job running here (even from a thread the job started).
+
+    At most ``_LOG_RATE`` a second, after a burst of ``_LOG_BURST``: the
+    supervisor logs what it gets, and a job logging without end must not take
+    its time from leases, heartbeats and timeouts.  The rest are dropped, and
+    a warning says how many."""
 
     def __init__(self, work: _ChildWork):
         super().__init__()
         self.work = work
+        self._allowance = float(_LOG_BURST)
+        self._filled_at = time.monotonic()
+        self._dropped: collections.Counter[int] = collections.Counter()  # by job id
 
     def emit(self, record: logging.LogRecord) -> None:
+        now = time.monotonic()
+        self._allowance = min(float(_LOG_BURST),
+                              self._allowance + (now - self._filled_at) * _LOG_RATE)
+        self._filled_at = now
+        if self._allowance < 1:
+            self._dropped[int(getattr(record, "job_id", 0) or self.work.running[0])] += 1
+            return
+        self._allowance -= 1
+        self.report_dropped()
+        self._forward(record)
+
+    def report_dropped(self) -> None:
+        """Say how many records were dropped, if any, once the flood is over
+        or its job has ended."""
+        if not self._dropped:
+            return
+        dropped, self._dropped = self._dropped, collections.Counter()
+        for job_id, count in dropped.items():
+            self._forward(logging.makeLogRecord({
+                "name": "litejobs", "levelno": logging.WARNING, "levelname": "WARNING",
+                "msg": f"{count:,} log records of job {job_id} were dropped: a worker process "
+                       f"forwards at most {_LOG_RATE:,} a second to its pool",
+                "job_id": job_id or None}))
+
+    def _forward(self, record: logging.LogRecord) -> None:
         try:
             data = dict(record.__dict__)
             data["msg"], data["args"] = record.getMessage(), None
@@ -5018,6 +5327,19 @@ def _post_progress(work: _ChildWork, job_id: int, fields: dict[str, Any]) -> Non
     work.post(("progress", job_id, fields))
 
 
+def _too_late(row: Mapping[str, Any]) -> _Outcome | None:
+    """The outcome of a job whose ``begin_by`` passed while it waited in a
+    worker process, behind a slow job: it is not started, as a job not
+    claimed by then is not (`_EXPIRE_DEADLINES`).  None if it may start."""
+    now = time.time()
+    begun_before = row["attempts"] - 1 > row["not_started"]  # claims before this one
+    if row["begin_by"] is None or begun_before or now <= row["begin_by"]:
+        return None
+    return _Outcome.failure(_raised(DeadlineExceeded(
+        f"job {row['id']} ({row['name']}) was to start by {_format_time(row['begin_by'])} "
+        f"but its worker process reached it at {_format_time(now)}")))
+
+
 def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     """A worker process: run the jobs the supervisor sends, in order, and
     send back their outcomes, batched while jobs are quick."""
@@ -5029,7 +5351,8 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     # Everything logged here, by litejobs or by jobs, goes to the supervisor,
     # which logs it wherever the pool's own log goes.
     root = logging.getLogger()
-    root.handlers[:] = [_ForwardLogs(work)]
+    forwarder = _ForwardLogs(work)
+    root.handlers[:] = [forwarder]
     root.setLevel(options["log_levels"][0])
     _log.setLevel(options["log_levels"][1])
     if options["memory_limit"] is not None:
@@ -5057,12 +5380,13 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
         job = Job._bound(queue, row)
         news.watch(job)
         try:
-            outcome = _execute(job, payload, signature,
-                               functools.partial(_post_progress, work, job_id))
+            outcome = _too_late(row) or _execute(job, payload, signature,
+                                                 functools.partial(_post_progress, work, job_id))
             _crash_point("after-job")
         except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
             outcome = _Outcome.failure(exc)
         news.watch(None)
+        forwarder.report_dropped()
         work.finished(job_id, outcome, time.perf_counter() - started,
                       row["timeout"] is not None)
     news.stop()
@@ -5083,6 +5407,7 @@ class _Assignment:
     child: _Child | None  # None: given back before it reached one (see _Refusals)
     skip_sent: bool = False
     lease_lost: bool = False
+    start_marked: bool = False  # the database knows its run began (_MARK_STARTED)
     seconds: float | None = None  # how long the run took, once it has ended
 
 
@@ -5247,13 +5572,15 @@ class Worker:
         self.retention = None if retention is None else _seconds(retention, "retention")
         self.id = _owner_id("pool")
         self._refusals = _Refusals(self.id)
-        # Short waits for the write lock: a supervisor blocked on another
+        # Opened (and migrated, if need be) waiting as long as a Queue would;
+        # then short waits for the write lock: a supervisor blocked on another
         # connection's long transaction could neither kill timed-out jobs nor
         # renew leases.  It retries soon instead, keeping what it must write.
         self._storage: _Storage = _SQLiteStorage(
-            path, durable=False, create=create,
-            busy_timeout=min(busy_timeout, self.lease / 6, _SUPERVISOR_BUSY_TIMEOUT),
+            path, durable=False, create=create, busy_timeout=busy_timeout,
             secrets=secrets, size_limit=size_limit)
+        self._storage.wait_for_locks(min(busy_timeout, self.lease / 6,
+                                         _SUPERVISOR_BUSY_TIMEOUT))
         self.path = self._storage.path
         self._busy_timeout = busy_timeout
         self._file_identity = self._identify_file()
@@ -5416,10 +5743,8 @@ class Worker:
         self._ctx: Any = multiprocessing.get_context(self.start_method)
         stop_reason = "stopped"
         try:
-            now = time.time()
-            self._storage.register_worker(
-                self.id, host=socket.gethostname(), pid=os.getpid(),
-                processes=self.processes, queues=self.queues, lease=self.lease, now=now)
+            if not self._register():
+                return  # stopped while it waited: nothing was claimed
             _log.info("%s serving %s, queues %s, %d processes (%s), lease %ss",
                       self.id, self.path, ", ".join(self.queues or ["(all)"]),
                       self.processes, self.start_method, self.lease)
@@ -5449,6 +5774,27 @@ class Worker:
             self._ended.set()
             _log.info("%s %s", self.id, stop_reason)
 
+    def _register(self) -> bool:
+        """Add this pool to the registry.  While another connection holds the
+        write lock (an application's transaction, a busy neighbour), wait and
+        try again, as a running pool does; False if stopped meanwhile."""
+        waiting = False
+        while True:
+            try:
+                self._storage.register_worker(
+                    self.id, host=socket.gethostname(), pid=os.getpid(),
+                    processes=self.processes, queues=self.queues, lease=self.lease,
+                    now=time.time())
+                return True
+            except DatabaseBusy as exc:
+                if not waiting:
+                    _log.warning("%s waits for the write lock to start: %s", self.id, exc)
+                    waiting = True
+            if self._stop_requested is not None:
+                return False
+            with contextlib.suppress(OSError):  # a stop request wakes it at once
+                select.select([self._wake_reader], [], [], _BUSY_BACKOFF)
+
     def _loop(self) -> None:
         while True:
             if self._stop_requested is not None and self._grace_deadline is None:
@@ -5475,7 +5821,22 @@ class Worker:
         self._stop_children()
 
     def _unwritten(self) -> bool:
-        return bool(self._outcomes or self._endings or self._releases or self._reports)
+        return bool(self._outcomes or self._endings or self._releases or self._reports
+                    or self._starts_due())
+
+    def _starts_due(self) -> list[_Assignment]:
+        """The runs that have gone on for ``_START_MARK_AFTER`` without the
+        database knowing they began: if the pool died, they would be taken
+        for claims that never started (see `_SQLiteStorage._recover`)."""
+        due = []
+        now = time.monotonic()
+        for child in self._children:
+            running = child.running_job()
+            if running and now - child.running_since() >= _START_MARK_AFTER:
+                assignment = child.assignment(running)
+                if assignment is not None and not assignment.start_marked:
+                    due.append(assignment)
+        return due
 
     def _due_now(self) -> bool:
         return self._next_due is not None and self._next_due <= time.time()
@@ -5560,9 +5921,13 @@ class Worker:
         if self._in_flight:
             moments.append(self._next_cancel_check)
         for child in self._children:
-            deadline = self._timeout_deadline(child, child.running_job())
+            running = child.running_job()
+            deadline = self._timeout_deadline(child, running)
             if deadline is not None:
                 moments.append(deadline)
+            assignment = child.assignment(running) if running else None
+            if assignment is not None and not assignment.start_marked:
+                moments.append(child.running_since() + _START_MARK_AFTER)
         if self._grace_deadline is not None:
             moments.append(self._grace_deadline)
         if self._restart_at is not None and self._grace_deadline is None:
@@ -5614,8 +5979,12 @@ class Worker:
         self._selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
         _log.debug("%s started child %d (pid %s)", self.id, number, process.pid)
 
-    def _receive(self, child: _Child) -> None:
-        while True:
+    def _receive(self, child: _Child, most: float = _RECEIVE_MOST) -> None:
+        """Take what ``child`` sent, at most ``most`` messages at a time: a
+        child sending without end must not keep the supervisor from its
+        leases, heartbeats and timeouts (the rest is read at the next turn)."""
+        while most > 0:
+            most -= 1
             try:
                 if not child.conn.poll():
                     return
@@ -5681,7 +6050,7 @@ class Worker:
 
     def _reap(self, child: _Child) -> None:
         """A child exited: read what it sent last, then settle its jobs."""
-        self._receive(child)
+        self._receive(child, math.inf)
         running = child.running_job()  # what it was running when it died
         child.process.join(timeout=5)
         self._unregister(child, child.fd)
@@ -5832,31 +6201,38 @@ class Worker:
         if not want and not self._unwritten():
             return
         writes = self._take_writes()
+        starts = self._starts_due()
         now = time.time()
         woken = self._storage.woken
         token, claimed = "", cast(list[dict[str, Any]], [])
         try:
             with self._storage.write():
+                if starts:
+                    self._storage.mark_started([(a.job_id, a.token) for a in starts], now)
                 results = self._write_all(writes, now)
                 if want:
                     token, claimed = self._storage.claim(
                         owner=self.id, queues=self.queues, now=now,
                         expires=now + self.lease, limit=want,
                         unsigned_only=self._refusals.unsigned_only,
-                        avoid=self._refusals.avoided())
+                        avoid=self._refusals.avoided(), started=False,
+                        holding=self._in_flight.keys())
         except DatabaseBusy as exc:
             # Keep everything, and try again shortly.
             _log.debug("%s: %s; retrying", self.id, exc)
             self._keep_for_later(writes)
             self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
             return
-        except (DatabaseError, PayloadTooLarge) as exc:
+        except Exception as exc:  # one bad record, or the disk: each is written alone
             self._check_file()
-            _log.error("%s could not write %d records and claims together: %s; writing "
-                       "each on its own", self.id, len(writes), exc)
+            _log.error("%s could not write %d records and claims together: %s: %s; "
+                       "writing each on its own", self.id, len(writes),
+                       type(exc).__name__, exc)
             results = self._write_each(writes, now)
             self._retry_writes_at = max(self._retry_writes_at, time.monotonic() + 1.0)
-            want = 0
+            want, starts = 0, []
+        for assignment in starts:
+            assignment.start_marked = True
         if _CRASH_POINT is not None:
             if claimed:
                 _crash_point("after-claim")
@@ -5954,29 +6330,38 @@ class Worker:
                 self._keep_for_later(writes[index:])
                 self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
                 break
-            except (DatabaseError, PayloadTooLarge) as exc:
+            except Exception as exc:
                 if kind == "report":
                     continue  # progress is advisory; the next report replaces it
-                if kind != "outcome":
+                if isinstance(exc, DatabaseError) and kind != "outcome":
                     self._drop(assignment, exc)
                     continue
-                detail = _Outcome.failure(LitejobsError(
-                    f"the outcome of job {assignment.job_id} ({assignment.row['name']}) "
-                    f"could not be stored: {exc}"))
                 try:
-                    status = self._write(kind, assignment, detail, now)
+                    if isinstance(exc, (DatabaseError, PayloadTooLarge)):
+                        # An outcome that cannot be stored fails its job, saying why.
+                        detail = _Outcome.failure(LitejobsError(
+                            f"the outcome of job {assignment.job_id} "
+                            f"({assignment.row['name']}) could not be stored: {exc}"))
+                        status = self._write(kind, assignment, detail, now)
+                    else:
+                        # Data that litejobs' own steps choke on fails its job alone.
+                        status = self._storage.fail_alone(assignment.job_id,
+                                                          assignment.token, now, exc)
+                        detail = _Outcome.failure(exc) if kind == "outcome" else detail
                 except DatabaseBusy:
                     self._keep_for_later(writes[index + 1:])
                     self._keep_for_later([(kind, assignment, writes[index][2])])
                     self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
                     break
-                except DatabaseError as again:
+                except LeaseLost:
+                    status = None
+                except Exception as again:
                     self._drop(assignment, again)
                     continue
             results.append((kind, assignment, detail, status))
         return results
 
-    def _drop(self, assignment: _Assignment, exc: LitejobsError) -> None:
+    def _drop(self, assignment: _Assignment, exc: Exception) -> None:
         self.dropped += 1
         _log.error("job %s (%s): what happened to it could not be written (%s); it runs "
                    "again once its lease runs out", assignment.job_id,
@@ -6174,20 +6559,10 @@ class Worker:
             for job_id in lost:
                 self._lease_lost(job_id)
             if self._storage.recover_silent_workers(
-                    self.id, wall, _SILENT_HEARTBEATS * _HEARTBEAT_INTERVAL, self._is_gone):
+                    self.id, wall, _SILENT_HEARTBEATS * _HEARTBEAT_INTERVAL):
                 self._drained = False  # their jobs are pending again: claim them
         except DatabaseError as exc:
             _log.error("%s could not record its heartbeat: %s", self.id, exc)
-
-    def _is_gone(self, worker: Mapping[str, Any]) -> str | None:
-        now = time.time()
-        where = f"pool {worker['id']} (pid {worker['pid']} on {worker['host']})"
-        if worker["heartbeat_at"] + worker["lease"] < now:
-            return (f"{where} stopped heartbeating at "
-                    f"{_format_time(worker['heartbeat_at'])}")
-        if worker["host"] == socket.gethostname() and not _pid_alive(worker["pid"]):
-            return f"{where} is gone: no process has its pid"
-        return None
 
     def _lease_lost(self, job_id: int) -> None:
         assignment = self._in_flight.get(job_id)
@@ -6203,7 +6578,7 @@ class Worker:
         assignment = self._in_flight.get(job_id)
         if assignment is not None:
             assert assignment.child is not None
-            self._receive(assignment.child)  # it may have just finished
+            self._receive(assignment.child, math.inf)  # it may have just finished
         if assignment is not None and job_id in self._in_flight:
             self._stop_run(assignment, reason)
 
@@ -6573,7 +6948,7 @@ def _command_init(args: argparse.Namespace) -> int:
 
 _JOB_JSON_KEYS = (
     "id", "status", "name", "queue", "priority", "key", "attempts", "max_attempts",
-    "interruptions", "max_interruptions", "handbacks", "timeout", "created_at",
+    "interruptions", "max_interruptions", "handbacks", "not_started", "timeout", "created_at",
     "begin_after", "begin_by", "started_at", "finished_at", "ran_by", "lease_owner",
     "lease_expires", "stop_requested", "parent_id", "role", "position", "composite",
     "waiting_for", "progress", "progress_message", "meta", "error_type",
@@ -7005,6 +7380,7 @@ def _show_text(shown: Mapping[str, Any], now: float) -> list[str]:
              f"interruptions {shown['interruptions']} of "
              f"{'no limit' if shown['max_interruptions'] is None else shown['max_interruptions']}"
              + (f", handed back {shown['handbacks']}" if shown["handbacks"] else "")
+             + (f", not started {shown['not_started']}" if shown["not_started"] else "")
              + (f", timeout {shown['timeout']:g}s" if shown["timeout"] else "")]
     if shown["ran_by"]:
         lines.append(f"  ran by     {shown['ran_by']}")

@@ -591,9 +591,10 @@ def _check(figures: Figures, q: litejobs.Queue, db: str, audit_path: str, ids: s
         for (job_id, attempt), pids in pids_of_attempt.items() if len(pids) > 1]
 
     # One accepted completion: the job is completed, and every attempt before
-    # its last ended without ending it (interrupted, retried or its outcome
-    # lost), each exactly once, in its history; the last attempt, the
-    # completion, has no entry and ran.
+    # its last ended without ending it (interrupted, retried, its outcome
+    # lost, handed back by a stopping pool, or taken back from a dead pool
+    # before it recorded the run's start), each exactly once, in its history;
+    # the last attempt, the completion, has no entry and ran.
     for job in by_id.values():
         if job.status != litejobs.COMPLETED:
             continue
@@ -603,7 +604,8 @@ def _check(figures: Figures, q: litejobs.Queue, db: str, audit_path: str, ids: s
         wrong = []
         if attempts != list(range(1, job.attempts)):
             wrong.append(f"history attempts {attempts}")
-        if set(events) - {"interrupted", "retried", "outcome lost"}:
+        if set(events) - {"interrupted", "retried", "outcome lost", "handed back",
+                          "not started"}:
             wrong.append(f"history events {dict(events)}")
         if events["interrupted"] != job.interruptions:
             wrong.append(f"{events['interrupted']} interrupted entries for "

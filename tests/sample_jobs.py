@@ -574,3 +574,32 @@ def count_runs_then_wait(path, go_path, timeout=120):
         time.sleep(0.01)
     with open(path) as handle:
         return len(handle.read().splitlines())
+
+
+def log_flood(seconds):
+    """Log as fast as it can for ``seconds``; return how many records."""
+    log = logging.getLogger("sample_jobs.flood")
+    deadline = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < deadline:
+        log.warning("flood %d", count)
+        count += 1
+    return count
+
+
+def raise_unstorable():
+    """Fail with a message SQLite cannot store as it is: a lone surrogate,
+    as a file name undecodable in the locale gives."""
+    raise ValueError("cannot read /data/caf\udce9.csv")
+
+
+def nested_parallel(depth, leaf=None):
+    """A parallel nested ``depth`` deep, around one ``leaf`` job."""
+    item = leaf if leaf is not None else litejobs.Job(add, 1, 1)
+    for _ in range(depth):
+        item = litejobs.parallel(item)
+    return item
+
+
+def return_nested_parallel(depth):
+    return nested_parallel(depth)

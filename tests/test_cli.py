@@ -163,12 +163,14 @@ def _finished_pid():
     return int(done.stdout)
 
 
-def _insert_pool_row(path, pool_id, *, pid, heartbeat_at, stopped_at=None):
+def _insert_pool_row(path, pool_id, *, pid, heartbeat_at, stopped_at=None, host=None,
+                     started_at=None):
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute(
         "INSERT INTO litejobs_workers (id, host, pid, processes, queues, lease, started_at,"
         " heartbeat_at, stopped_at) VALUES (?, ?, ?, 1, NULL, 30, ?, ?, ?)",
-        (pool_id, socket.gethostname(), pid, heartbeat_at, heartbeat_at, stopped_at))
+        (pool_id, host or socket.gethostname(), pid, started_at or heartbeat_at, heartbeat_at,
+         stopped_at))
     conn.close()
 
 
@@ -196,11 +198,23 @@ def test_workers_lists_a_running_pool_then_says_it_stopped(q, tmp_path, capsys):
 
 
 def test_a_pool_whose_process_is_gone_is_not_alive(q):
-    _insert_pool_row(q.path, "pool@gone", pid=_finished_pid(), heartbeat_at=time.time())
-    _insert_pool_row(q.path, "pool@silent", pid=os.getpid(), heartbeat_at=time.time() - 60)
-    _insert_pool_row(q.path, "pool@me", pid=os.getpid(), heartbeat_at=time.time())
+    """On this host a pool's process tells whether it is alive: one that
+    runs is alive even when it could not heartbeat for a while (another
+    connection held the write lock), unless that lasted 5 minutes.  A pool
+    on another host is alive while it heartbeats within its lease."""
+    now = time.time()
+    _insert_pool_row(q.path, "pool@gone", pid=_finished_pid(), heartbeat_at=now)
+    # (Registered by this process, which started moments ago.)
+    _insert_pool_row(q.path, "pool@starved", pid=os.getpid(), heartbeat_at=now - 60,
+                     started_at=now)
+    _insert_pool_row(q.path, "pool@hung", pid=os.getpid(), heartbeat_at=now - 400,
+                     started_at=now)
+    _insert_pool_row(q.path, "pool@me", pid=os.getpid(), heartbeat_at=now)
+    _insert_pool_row(q.path, "pool@far", pid=1, heartbeat_at=now, host="elsewhere")
+    _insert_pool_row(q.path, "pool@silent", pid=1, heartbeat_at=now - 60, host="elsewhere")
     alive = {pool["id"]: pool["alive"] for pool in q.workers()}
-    assert alive == {"pool@gone": False, "pool@silent": False, "pool@me": True}
+    assert alive == {"pool@gone": False, "pool@starved": True, "pool@hung": False,
+                     "pool@me": True, "pool@far": True, "pool@silent": False}
 
 
 def test_starting_a_pool_forgets_pools_stopped_over_a_week_ago(q):

@@ -617,6 +617,10 @@ def test_kill_9_of_a_cli_pool_supervisor_leaves_the_composite_to_another_pool(
     pool_a = cli_pool(q.path, "--processes", "2", "--lease", "1s")
     first_runs = [wait_until(lambda: read_pid(str(markers / f"{label}-1")), WAIT,
                              f"part {label} to start", pool_a.log) for label in ("a", "b")]
+    # Killed once the pool has recorded that the runs began: they are then
+    # interruptions (a run not yet recorded as begun is taken back as not started).
+    wait_until(lambda: all(not part.refresh()._row["unstarted"] for part in parts), WAIT,
+               "the pool to record that the parts began", pool_a.log)
 
     pool_a.proc.send_signal(signal.SIGKILL)  # the supervisor only
     assert pool_a.proc.wait(timeout=WAIT) == -signal.SIGKILL

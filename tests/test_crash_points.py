@@ -25,6 +25,12 @@ state of its own (`AFTER_CRASH`), from which another runner ends it
   committed.  As above, but the function has run twice.
 - ``after-finish``: the outcome committed.  There is nothing to recover.
 
+A pool claims ahead of running, and records that a run began only once it
+has gone on for a moment: a whole pool that dies at a supervisor's point
+leaves a claim whose quick run it never recorded, which the next pool takes
+back as not started rather than as an interruption
+(`RECOVERED_FROM_A_DEAD_POOL`).
+
 How the tests run the jobs:
 
 - ``run_pending`` runs in a ``python -c`` subprocess that dies at the point;
@@ -102,6 +108,17 @@ RECOVERED = {
     **{point: (2, 1, 1) for point in CLAIMED_NEVER_RAN},
     **{point: (2, 1, 2) for point in RAN_NO_OUTCOME},
     "after-finish": (1, 0, 1),
+}
+
+
+# The same job once another pool has ended it, its own pool having died at a
+# supervisor's point: (attempts, interruptions, claims taken back as not
+# started, runs of its function).
+RECOVERED_FROM_A_DEAD_POOL = {
+    **{point: (1, 0, 0, 1) for point in NEVER_CLAIMED},
+    "after-claim": (2, 0, 1, 1),
+    "in-finish": (2, 0, 1, 2),
+    "after-finish": (1, 0, 0, 1),
 }
 
 
@@ -384,8 +401,9 @@ def test_a_pool_dies_at_the_point_and_a_second_pool_ends_the_job(
                "the second pool to end the jobs", second.log)
     second.stop()
 
-    attempts, interruptions, runs = RECOVERED[point]
+    attempts, interruptions, not_started, runs = RECOVERED_FROM_A_DEAD_POOL[point]
     assert state(job) == (COMPLETED, attempts, interruptions)
+    assert job._row["not_started"] == not_started
     assert job.result == "plain"
     done = runs_of(log, job.id)
     assert len(done) == runs

@@ -47,7 +47,7 @@ UTC = datetime.timezone.utc
 
 JOB_KEYS = frozenset({
     "id", "status", "name", "queue", "priority", "key", "attempts", "attempts_counted",
-    "max_attempts", "interruptions", "max_interruptions", "handbacks", "timeout",
+    "max_attempts", "interruptions", "max_interruptions", "handbacks", "not_started", "timeout",
     "created_at", "begin_after", "begin_by", "started_at", "finished_at", "ran_by",
     "lease_owner", "lease_expires", "stop_requested", "parent_id", "role", "position",
     "composite", "waiting_for", "progress", "progress_message", "meta", "error_type",
@@ -353,20 +353,21 @@ def _finished_pid():
     return int(done.stdout)
 
 
-def _insert_pool_row(path, pool_id, *, pid, heartbeat_at):
+def _insert_pool_row(path, pool_id, *, pid, heartbeat_at, host=None):
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute(
             "INSERT INTO litejobs_workers (id, host, pid, processes, queues, lease, started_at,"
             " heartbeat_at, stopped_at) VALUES (?, ?, ?, 2, '[\"a\", \"b\"]', 30, ?, ?, NULL)",
-            (pool_id, socket.gethostname(), pid, heartbeat_at - 5, heartbeat_at))
+            (pool_id, host or socket.gethostname(), pid, heartbeat_at - 5, heartbeat_at))
     finally:
         conn.close()
 
 
 def test_pools_whose_process_is_gone_or_silent_are_gone(q, db, capsys):
     _insert_pool_row(db, "pool@gone", pid=_finished_pid(), heartbeat_at=time.time())
-    _insert_pool_row(db, "pool@silent", pid=os.getpid(), heartbeat_at=time.time() - 60)
+    # On another host, only the heartbeat tells: silent past its lease, it is gone.
+    _insert_pool_row(db, "pool@silent", pid=1, heartbeat_at=time.time() - 60, host="far")
     pools = {pool["id"]: pool for pool in cli_json(capsys, "workers", db)}
     assert set(pools) == {"pool@gone", "pool@silent"}
     for pool in pools.values():

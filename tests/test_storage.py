@@ -104,11 +104,13 @@ def side_files(path: Path) -> list[Path]:
     return [p for p in (Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
 
 
-def claim_plan(conn: sqlite3.Connection, queue_count: int | None) -> str:
+def claim_plan(conn: sqlite3.Connection, queue_count: int | None,
+               unsigned_only: bool = False, avoiding: bool = False) -> str:
     """The query plan of the whole claim statement (None: every queue)."""
-    params = {"now": 1e12, "limit": 1, "owner": "o", "token": "t", "expires": 1e12}
+    params = {"now": 1e12, "limit": 1, "owner": "o", "token": "t", "expires": 1e12,
+              "unstarted": 1, "avoid": '["m:f"]'}
     params.update((f"queue{i}", f"q{i}") for i in range(queue_count or 0))
-    sql = litejobs._claim_statement(queue_count)
+    sql = litejobs._claim_statement(queue_count, unsigned_only, avoiding)
     rows = conn.execute("EXPLAIN QUERY PLAN " + sql, params).fetchall()
     return "\n".join(row[-1] for row in rows)
 
@@ -470,6 +472,9 @@ def test_old_sqlite_is_refused_before_touching_the_file(db_path, monkeypatch):
 def test_claim_finds_ready_jobs_through_partial_index(litejobs_queue, queue_count):
     conn = litejobs_queue._storage._connection()
     assert_indexed_claim(claim_plan(conn, queue_count), queue_count)
+    # A runner leaving signed jobs, or callables it cannot import, to others
+    # filters them out of the same ordered ranges.
+    assert_indexed_claim(claim_plan(conn, queue_count, True, True), queue_count)
 
 
 def test_hundreds_of_queues_are_claimed_from(litejobs_queue):

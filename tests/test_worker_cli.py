@@ -205,6 +205,14 @@ def status_of(q, job):
     return q.get(job.id).status
 
 
+def wait_until_recorded_as_begun(q, job, pool):
+    """Wait until the pool has recorded that the job's run began: killed
+    then, the run is an interruption (a run not yet recorded as begun is
+    taken back as not started)."""
+    wait_until(lambda: not q.get(job.id)._row["unstarted"], WAIT,
+               "the pool to record that the run began", pool.log)
+
+
 # -- 1. --burst --------------------------------------------------------------------------
 
 
@@ -310,6 +318,7 @@ def test_kill_9_of_the_supervisor_then_another_pool_recovers(q, db, tmp_path, st
     wait_until((markers / "started-1").exists, WAIT, "attempt 1 to start", pool_a.log)
     child_pid = wait_for_pid(markers / "started-1")
     row_a = wait_until(lambda: the_row_of(db, pool_a.pid), WAIT, "pool A's row")
+    wait_until_recorded_as_begun(q, job, pool_a)
 
     pool_a.send(signal.SIGKILL)
     assert pool_a.wait_exit() == -signal.SIGKILL
@@ -369,6 +378,7 @@ def test_sigstop_past_the_lease_rejects_the_stale_outcome(q, db, tmp_path, start
     pool_a = start_pool(db, "-p", "1", "--lease", "1s")
     wait_until((markers / "started-1").exists, WAIT, "attempt 1 to start", pool_a.log)
     assert status_of(q, job) == litejobs.ACTIVE
+    wait_until_recorded_as_begun(q, job, pool_a)
 
     # Only the supervisor stops; its child keeps running attempt 1.
     stop_outside_a_write(pool_a, db)
@@ -587,6 +597,7 @@ def test_a_dead_pool_on_this_host_is_recovered_by_its_missing_pid_not_its_lease(
                and (markers / "started-1").read_text(), WAIT, "attempt 1 to start",
                pool_a.log)
     wait_until(lambda: the_row_of(db, pool_a.pid), WAIT, "pool A's row", pool_a.log)
+    wait_until_recorded_as_begun(q, job, pool_a)
 
     pool_a.send(signal.SIGKILL)
     assert pool_a.wait_exit() == -signal.SIGKILL  # reaped: no process has its pid now
@@ -602,7 +613,7 @@ def test_a_dead_pool_on_this_host_is_recovered_by_its_missing_pid_not_its_lease(
     assert job.result[0] == 2
     row_a = the_row_of(db, pool_a.pid)
     assert row_a["stopped_at"] is not None
-    assert "no process has its pid" in row_a["stop_reason"], row_a
+    assert "its process is not running" in row_a["stop_reason"], row_a
 
 
 # -- 13. children that cannot start ----------------------------------------------------------
