@@ -1,6 +1,14 @@
+import contextlib
 import datetime
+import os
+import re
+import signal
+import subprocess
+import sys
 
 import pytest
+
+from waiting import WAIT, wait_until
 
 
 @pytest.fixture
@@ -15,12 +23,100 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=1)
 
 
+# -- pools as an operator runs them: ``python -m litejobs worker`` ------------------------
+
+
+class CliPool:
+    """A ``python -m litejobs worker`` process (or a script running a pool) in
+    a session of its own, so that its group holds it and its children,
+    logging to a file: nobody reads a pipe while it runs, and a full pipe
+    would block its logging."""
+
+    def __init__(self, command, log_path, env, cwd):
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, env=env, cwd=cwd, start_new_session=True)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def child_pids(self):
+        """The worker processes it started, from its log (at --log-level debug)."""
+        return [int(pid) for pid in re.findall(r"started child \d+ \(pid (\d+)\)", self.log())]
+
+    def send(self, signum):
+        os.kill(self.proc.pid, signum)
+
+    def wait_exit(self, timeout=20.0):
+        """The exit status, once the pool has exited; AssertionError after ``timeout``."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"pool pid {self.pid} still running after {timeout}s; "
+                                 f"its log:\n{self.log()}") from None
+
+    def wait_log(self, text, timeout=WAIT):
+        wait_until(lambda: text in self.log(), timeout, f"{text!r} in the pool's log",
+                   lambda: f"exit status {self.proc.poll()}; log:\n{self.log()}")
+
+    def terminate_and_wait(self, timeout=WAIT):
+        """SIGTERM (a graceful stop); the exit status."""
+        self.send(signal.SIGTERM)
+        return self.wait_exit(timeout)
+
+    def stop(self):
+        """SIGTERM, as a service manager stops it, once its handlers are in
+        place (it logs that it serves); it must exit 0."""
+        self.wait_log(" serving ")
+        assert self.terminate_and_wait() == 0, self.log()
+
+    def kill_group(self):
+        """SIGKILL the supervisor and its children, wherever the test left them."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, signal.SIGCONT)  # a stopped supervisor
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its group: it and its children
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+
+
+class CliPools:
+    """Starts `CliPool`s under ``tmp_path``; `kill_all` ends every one of them."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path = tmp_path
+        self.pools = []
+
+    def start(self, db, *options, env=None):
+        """``python -m litejobs worker db *options``, with the tests folder and
+        the repository importable (`hostile_jobs.cli_env`) unless ``env``."""
+        return self.run([sys.executable, "-m", "litejobs", "worker", str(db),
+                         *map(str, options)], env=env)
+
+    def run(self, command, env=None):
+        """Any ``command`` that runs a pool, handled as `start` handles one."""
+        from hostile_jobs import cli_env
+
+        pool = CliPool(command, self.tmp_path / f"pool-{len(self.pools) + 1}.log",
+                       cli_env() if env is None else env, self.tmp_path)
+        self.pools.append(pool)
+        return pool
+
+    def kill_all(self):
+        for pool in self.pools:
+            pool.kill_group()
+        return [pool.pid for pool in self.pools if pool.proc.poll() is None]
+
+
 @pytest.fixture
 def cli_pools(tmp_path):
-    """Start ``python -m litejobs worker`` pools (`hostile_jobs.CliPools`);
-    every one still running is killed at the end of the test."""
-    from hostile_jobs import CliPools
-
+    """Start ``python -m litejobs worker`` pools (`CliPools`); every one still
+    running is killed, with its worker processes, at the end of the test."""
     pools = CliPools(tmp_path)
     try:
         yield pools

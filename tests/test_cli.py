@@ -15,6 +15,7 @@ import pytest
 import litejobs
 import sample_jobs
 from litejobs import Job
+from pool_rows import finished_pid, insert_pool_row
 
 ROOT = os.path.dirname(os.path.abspath(litejobs.__file__))
 
@@ -156,24 +157,6 @@ def test_the_demo_key_always_has_the_bits_asked_for():
 # -- which pools are alive -------------------------------------------------------
 
 
-def _finished_pid():
-    """The pid of a process that has exited (and been reaped)."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, timeout=60)
-    return int(done.stdout)
-
-
-def _insert_pool_row(path, pool_id, *, pid, heartbeat_at, stopped_at=None, host=None,
-                     started_at=None):
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute(
-        "INSERT INTO litejobs_workers (id, host, pid, processes, queues, lease, started_at,"
-        " heartbeat_at, stopped_at) VALUES (?, ?, ?, 1, NULL, 30, ?, ?, ?)",
-        (pool_id, host or socket.gethostname(), pid, started_at or heartbeat_at, heartbeat_at,
-         stopped_at))
-    conn.close()
-
-
 def test_workers_lists_a_running_pool_then_says_it_stopped(q, tmp_path, capsys):
     marker = tmp_path / "go"
     with litejobs.Worker(q, processes=1) as worker:
@@ -203,15 +186,15 @@ def test_a_pool_whose_process_is_gone_is_not_alive(q):
     connection held the write lock), unless that lasted 5 minutes.  A pool
     on another host is alive while it heartbeats within its lease."""
     now = time.time()
-    _insert_pool_row(q.path, "pool@gone", pid=_finished_pid(), heartbeat_at=now)
+    insert_pool_row(q.path, "pool@gone", pid=finished_pid(), heartbeat_at=now)
     # (Registered by this process, which started moments ago.)
-    _insert_pool_row(q.path, "pool@starved", pid=os.getpid(), heartbeat_at=now - 60,
+    insert_pool_row(q.path, "pool@starved", pid=os.getpid(), heartbeat_at=now - 60,
                      started_at=now)
-    _insert_pool_row(q.path, "pool@hung", pid=os.getpid(), heartbeat_at=now - 400,
+    insert_pool_row(q.path, "pool@hung", pid=os.getpid(), heartbeat_at=now - 400,
                      started_at=now)
-    _insert_pool_row(q.path, "pool@me", pid=os.getpid(), heartbeat_at=now)
-    _insert_pool_row(q.path, "pool@far", pid=1, heartbeat_at=now, host="elsewhere")
-    _insert_pool_row(q.path, "pool@silent", pid=1, heartbeat_at=now - 60, host="elsewhere")
+    insert_pool_row(q.path, "pool@me", pid=os.getpid(), heartbeat_at=now)
+    insert_pool_row(q.path, "pool@far", pid=1, heartbeat_at=now, host="elsewhere")
+    insert_pool_row(q.path, "pool@silent", pid=1, heartbeat_at=now - 60, host="elsewhere")
     alive = {pool["id"]: pool["alive"] for pool in q.workers()}
     assert alive == {"pool@gone": False, "pool@starved": True, "pool@hung": False,
                      "pool@me": True, "pool@far": True, "pool@silent": False}
@@ -219,8 +202,8 @@ def test_a_pool_whose_process_is_gone_is_not_alive(q):
 
 def test_starting_a_pool_forgets_pools_stopped_over_a_week_ago(q):
     old = time.time() - 8 * 86400
-    _insert_pool_row(q.path, "pool@old", pid=1, heartbeat_at=old, stopped_at=old)
-    _insert_pool_row(q.path, "pool@recent", pid=1, heartbeat_at=old, stopped_at=time.time())
+    insert_pool_row(q.path, "pool@old", pid=1, heartbeat_at=old, stopped_at=old)
+    insert_pool_row(q.path, "pool@recent", pid=1, heartbeat_at=old, stopped_at=time.time())
     with litejobs.Worker(q, processes=1) as worker:
         ids = {pool["id"] for pool in q.workers()}
     assert ids == {"pool@recent", worker.id}

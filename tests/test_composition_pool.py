@@ -51,10 +51,6 @@ from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, Job
 
 FINISHED = (COMPLETED, FAILED, CANCELLED)
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS_DIR)
-CLI_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
-    [TESTS_DIR, ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
 
 
 # -- helpers ----------------------------------------------------------------------
@@ -142,55 +138,11 @@ def pool(q):
     stop_all(started)
 
 
-class CliPool:
-    """A ``python -m litejobs worker`` process (its own session) and its log."""
-
-    def __init__(self, proc, log_path):
-        self.proc = proc
-        self.log_path = log_path
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def terminate_and_wait(self, timeout=WAIT):
-        """SIGTERM (a graceful stop) and wait; return the exit status."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"pool pid {self.proc.pid} still running after "
-                                 f"{timeout}s; its log:\n{self.log()}") from None
-
-    def kill_group(self):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
-def cli_pool(tmp_path):
-    """``cli_pool(db, *options)`` starts ``python -m litejobs worker db
-    *options``; every such pool (and its children) is killed at teardown."""
-    pools = []
-
-    def start(db, *options):
-        log_path = tmp_path / f"cli-pool-{len(pools) + 1}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "litejobs", "worker", str(db), *options],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=CLI_ENV, cwd=tmp_path,
-                start_new_session=True)
-        started = CliPool(proc, log_path)
-        pools.append(started)
-        return started
-
-    try:
-        yield start
-    finally:
-        for started in pools:
-            started.kill_group()
-        assert [p.proc.pid for p in pools if p.proc.poll() is None] == []
+def cli_pool(cli_pools):
+    """``cli_pool(db, *options)``: a ``python -m litejobs worker`` process
+    (`conftest.CliPool`); every such pool is killed at teardown."""
+    return cli_pools.start
 
 
 # -- 1. parallel with postprocess; serial order ---------------------------------------

@@ -191,75 +191,19 @@ def assert_settled(q):
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
 
-class Pool:
-    """A ``python -m litejobs worker`` process, in a session of its own, and its log."""
-
-    def __init__(self, proc, log_path):
-        self.proc = proc
-        self.log_path = log_path
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def child_pids(self):
-        """The worker processes it started, from its debug log."""
-        return [int(pid) for pid in re.findall(r"started child \d+ \(pid (\d+)\)", self.log())]
-
-    def wait_exit(self, timeout=EXIT):
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"pool pid {self.pid} still running after {timeout}s; "
-                        f"its log:\n{self.log()}")
-
-    def stop(self):
-        """SIGTERM, as a service manager stops it, once its handlers are in
-        place (it logs that it serves); it must exit 0."""
-        wait_until(lambda: " serving " in self.log(), WAIT, "the pool to start", self.log)
-        os.kill(self.pid, signal.SIGTERM)
-        assert self.wait_exit() == 0, self.log()
-
-    def kill_group(self):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)  # the supervisor, its children, orphans
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
-def start_pool(tmp_path):
-    """``start_pool(db, env, lease)``: a pool of one worker process; every
-    pool's process group is killed at teardown.
+def start_pool(cli_pools):
+    """``start_pool(db, env, lease)``: a pool of one worker process
+    (`conftest.CliPool`); every pool's process group is killed at teardown.
 
     A pool that is to die gets a lease of 1 s, so that its jobs are
     recovered soon after.  Any other gets 10 s, so that a slow machine never
     makes it lose a lease of its own and run a job once more than the test
     expects."""
-    pools = []
-
     def start(db, env, lease):
-        log_path = tmp_path / f"pool-{len(pools) + 1}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "litejobs", "worker", str(db), "-p", "1",
-                 "--lease", lease, "--poll", "100ms", "--grace", "5s", "--log-level", "debug"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=tmp_path,
-                start_new_session=True)
-        pool = Pool(proc, log_path)
-        pools.append(pool)
-        return pool
-
-    try:
-        yield start
-    finally:
-        for pool in pools:
-            pool.kill_group()
-        still = [pool.pid for pool in pools if pool.proc.poll() is None]
-        assert not still, f"pools still running after SIGKILL: {still}"
+        return cli_pools.start(db, "-p", "1", "--lease", lease, "--poll", "100ms",
+                               "--grace", "5s", "--log-level", "debug", env=env)
+    return start
 
 
 def assert_pool_died_alone(pool):

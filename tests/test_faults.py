@@ -23,7 +23,7 @@ import hostile_jobs
 import litejobs
 import sample_jobs
 from litejobs import FAILED, PENDING, Job
-from waiting import WAIT, live_in_session, stat_fields, stop_all, wait_until
+from waiting import WAIT, live_in_session, process_state, stop_all, wait_until
 
 
 @pytest.fixture
@@ -54,11 +54,6 @@ def runs(path):
         return path.read_text().split()
     except FileNotFoundError:
         return []
-
-
-def process_state(pid):
-    fields = stat_fields(pid)
-    return None if fields is None else fields[0]
 
 
 def recorded_as_begun(q, job, runs_path):

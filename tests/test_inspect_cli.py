@@ -35,6 +35,7 @@ import pytest
 import litejobs
 import sample_jobs
 from litejobs import COMPLETED, PENDING, Job
+from pool_rows import finished_pid, insert_pool_row
 from waiting import WAIT, wait_until
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -346,28 +347,14 @@ def test_a_live_pool_then_a_stopped_one_in_workers_status_list_and_cancel(q, db,
     assert code == 0 and out.startswith(f"{worker.id}  stopped")
 
 
-def _finished_pid():
-    """The pid of a process that has exited (and been reaped)."""
-    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, timeout=60)
-    return int(done.stdout)
-
-
-def _insert_pool_row(path, pool_id, *, pid, heartbeat_at, host=None):
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute(
-            "INSERT INTO litejobs_workers (id, host, pid, processes, queues, lease, started_at,"
-            " heartbeat_at, stopped_at) VALUES (?, ?, ?, 2, '[\"a\", \"b\"]', 30, ?, ?, NULL)",
-            (pool_id, host or socket.gethostname(), pid, heartbeat_at - 5, heartbeat_at))
-    finally:
-        conn.close()
-
-
 def test_pools_whose_process_is_gone_or_silent_are_gone(q, db, capsys):
-    _insert_pool_row(db, "pool@gone", pid=_finished_pid(), heartbeat_at=time.time())
+    pool_row = {"processes": 2, "queues": '["a", "b"]'}
+    now = time.time()
+    insert_pool_row(db, "pool@gone", pid=finished_pid(), heartbeat_at=now, started_at=now - 5,
+                    **pool_row)
     # On another host, only the heartbeat tells: silent past its lease, it is gone.
-    _insert_pool_row(db, "pool@silent", pid=1, heartbeat_at=time.time() - 60, host="far")
+    insert_pool_row(db, "pool@silent", pid=1, heartbeat_at=now - 60, started_at=now - 65,
+                    host="far", **pool_row)
     pools = {pool["id"]: pool for pool in cli_json(capsys, "workers", db)}
     assert set(pools) == {"pool@gone", "pool@silent"}
     for pool in pools.values():

@@ -42,15 +42,11 @@ import pytest
 
 import litejobs
 import sample_jobs
-from waiting import pid_alive, process_ended, stat_fields, wait_for_pid
+from hostile_jobs import run_cli
+from pool_rows import the_row_of, worker_rows
+from waiting import WAIT, process_ended, process_state, wait_for_pid, wait_until
 from litejobs import Job
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS_DIR)
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
-    [TESTS_DIR, ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
-WAIT = 30.0  # seconds: the bound on waits that should take well under a second or two
-EXIT = 20.0  # seconds a pool gets to exit when it should exit promptly
 
 
 # -- jobs (run in the pools' children, which import this module by name) -----------------
@@ -89,111 +85,11 @@ def stale_then_fresh(marker_dir):
 # -- helpers -----------------------------------------------------------------------------
 
 
-def wait_until(predicate, timeout, what, details=lambda: ""):
-    """Poll ``predicate`` until it returns something true, and return that;
-    fail with ``what`` (and ``details()``) after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{details()}")
-        time.sleep(0.01)
-
-
-def process_state(pid):
-    """The state letter of process ``pid`` (R, S, T, Z, ...), or None if no
-    process has that pid."""
-    try:
-        fields = stat_fields(pid)
-    except OSError:  # no /proc here: all os.kill can tell is whether it exists
-        return "?" if pid_alive(pid) else None
-    return None if fields is None else fields[0]
-
-
-def worker_rows(db):
-    """The ``litejobs_workers`` rows, read on a connection of their own."""
-    with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(row) for row in conn.execute("SELECT * FROM litejobs_workers")]
-
-
-def the_row_of(db, pid):
-    rows = [row for row in worker_rows(db) if row["pid"] == pid]
-    assert len(rows) <= 1, rows
-    return rows[0] if rows else None
-
-
-def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "litejobs", *args], cwd=cwd, env=ENV,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=60)
-
-
-class Pool:
-    """A ``python -m litejobs worker`` process and its log file."""
-
-    def __init__(self, proc, log_path):
-        self.proc = proc
-        self.log_path = log_path
-
-    @property
-    def pid(self):
-        return self.proc.pid
-
-    def log(self):
-        return self.log_path.read_text(errors="replace")
-
-    def send(self, signum):
-        os.kill(self.proc.pid, signum)
-
-    def wait_exit(self, timeout=EXIT):
-        """Wait for the supervisor to exit; return its exit status."""
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"pool pid {self.pid} still running after {timeout}s; "
-                                 f"its log:\n{self.log()}") from None
-
-    def wait_log(self, text, timeout=WAIT):
-        wait_until(lambda: text in self.log(), timeout, f"{text!r} in the pool's log",
-                   lambda: f"exit status {self.proc.poll()}; log:\n{self.log()}")
-
-    def kill_group(self):
-        """SIGKILL the supervisor and its children, wherever the test left them."""
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGCONT)  # a stopped supervisor
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # its group: it and its children
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-
-
 @pytest.fixture
-def start_pool(tmp_path):
-    """``start_pool(db, *options)`` starts ``python -m litejobs worker db
-    *options`` and returns a `Pool`; every pool is killed at teardown."""
-    pools = []
-
-    def start(db, *options):
-        log_path = tmp_path / f"pool-{len(pools) + 1}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "litejobs", "worker", str(db), *options],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=ENV, cwd=tmp_path,
-                start_new_session=True)
-        pool = Pool(proc, log_path)
-        pools.append(pool)
-        return pool
-
-    try:
-        yield start
-    finally:
-        for pool in pools:
-            pool.kill_group()
-        still = [pool.pid for pool in pools if pool.proc.poll() is None]
-        assert not still, f"pools still running after SIGKILL: {still}"
+def start_pool(cli_pools):
+    """``start_pool(db, *options)``: a ``python -m litejobs worker`` process
+    (`conftest.CliPool`); every pool is killed at teardown."""
+    return cli_pools.start
 
 
 @pytest.fixture
@@ -637,21 +533,13 @@ if __name__ == "__main__":
 '''
 
 
-def test_a_pool_whose_children_cannot_start_fails_instead_of_looping(q, db, tmp_path):
+def test_a_pool_whose_children_cannot_start_fails_instead_of_looping(q, db, tmp_path, cli_pools):
     job = q.put(Job(sample_jobs.add, 1, 2))
     script = tmp_path / "unstartable_pool.py"
     script.write_text(UNSTARTABLE_POOL)
-    log_path = tmp_path / "unstartable.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(script), db], stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=log, env=ENV, cwd=tmp_path,
-                                start_new_session=True)
-    pool = Pool(proc, log_path)
-    try:
-        # Restarts back off, 0.1 s doubling up to 5 s: about 12 s in all.
-        assert pool.wait_exit(timeout=60) == 1, pool.log()
-    finally:
-        pool.kill_group()
+    pool = cli_pools.run([sys.executable, str(script), db])
+    # Restarts back off, 0.1 s doubling up to 5 s: about 12 s in all.
+    assert pool.wait_exit(timeout=60) == 1, pool.log()
 
     log = pool.log()
     assert "this child cannot start" in log
@@ -659,7 +547,7 @@ def test_a_pool_whose_children_cannot_start_fails_instead_of_looping(q, db, tmp_
     assert "8 in a row" in log
     job.refresh()
     assert (job.status, job.attempts) == (litejobs.PENDING, 0)  # never claimed
-    row = the_row_of(db, proc.pid)
+    row = the_row_of(db, pool.pid)
     assert row["stopped_at"] is not None
     assert row["stop_reason"].startswith("failed: LitejobsError: worker processes keep dying")
 

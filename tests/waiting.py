@@ -54,6 +54,16 @@ def stat_fields(pid):
         return None
 
 
+def process_state(pid):
+    """The state letter of process ``pid`` (R, S, T, Z, ...), or None if no
+    process has that pid; "?" where there is no /proc to tell."""
+    try:
+        fields = stat_fields(pid)
+    except OSError:  # no /proc here: all os.kill can tell is whether it exists
+        return "?" if pid_alive(pid) else None
+    return None if fields is None else fields[0]
+
+
 def process_ended(pid):
     """Whether process ``pid`` has exited: no process has the pid, or it is a
     zombie its parent has yet to reap, which `pid_alive` would still count as
