@@ -3721,12 +3721,21 @@ class Job:
         if self.status != COMPLETED:
             return None
         if self._result_cache is None:
-            storage = self._require_queue()._storage
-            data, signature = storage.fetch_blob(self._require_id(), "result")
-            if data is not None:
-                _check_result_signature(data, signature, storage.secrets, self.id)
+            data = self._signed_blob("result")
             self._result_cache = (None if data is None else pickle.loads(data),)
         return self._result_cache[0]
+
+    def _signed_blob(self, column: str) -> bytes | None:
+        """The job's pickled call (``"payload"``) or ``"result"`` as stored,
+        once its signature holds, if the queue has secrets; raises
+        `SignatureError` otherwise.  Nothing is unpickled here."""
+        storage = self._require_queue()._storage
+        data, signature = storage.fetch_blob(self._require_id(), column)
+        if column == "payload":
+            _check_call_signature(self.name, data, signature, storage.secrets, self.id)
+        elif data is not None:
+            _check_result_signature(data, signature, storage.secrets, self.id)
+        return data
 
     def _require_id(self) -> int:
         job_id = self.id
@@ -4501,39 +4510,61 @@ class Queue:
         return Job._bound(self, row)
 
     def jobs(self, status: str | Sequence[str] | None = None, queue: str | None = None,
-             limit: int | None = 100) -> list[Job]:
+             limit: int | None = 100, *, name: str | None = None,
+             since: datetime.datetime | None = None,
+             before: datetime.datetime | None = None) -> list[Job]:
         """Jobs, newest first, optionally only those in ``status`` (one, or a
-        list of them) and ``queue``; at most ``limit`` of them (None: all)."""
+        list of them) and ``queue``, whose callable's name matches the glob
+        ``name`` (``"myapp.*:render*"``), put at or after ``since`` and before
+        ``before`` (aware datetimes); at most ``limit`` of them (None: all)."""
         if limit is not None:
             limit = _positive_int(limit, "limit")
         statuses = None if status is None else [status] if isinstance(status, str) \
             else list(status)
-        for name in statuses or ():
-            if name not in STATUSES:
-                raise ValueError(f"unknown status {name!r}; use one of {', '.join(STATUSES)}")
+        for one in statuses or ():
+            if one not in STATUSES:
+                raise ValueError(f"unknown status {one!r}; use one of {', '.join(STATUSES)}")
         if statuses == []:
             raise ValueError("status is a list of at least one status, or None for all")
-        rows = self._storage.search(statuses=statuses, queue=queue,
-                                    limit=-1 if limit is None else limit)
+        rows = self._storage.search(
+            statuses=statuses, queue=queue, name=name,
+            since=None if since is None else _timestamp(since, "since"),
+            before=None if before is None else _timestamp(before, "before"),
+            limit=-1 if limit is None else limit)
         return [Job._bound(self, row) for row in rows]
+
+    def overview(self) -> dict[str, Any]:
+        """What ``status`` shows, as of ``now`` (Unix seconds): ``counts`` by
+        queue and status (each queue with every status), the pending job due
+        the longest (``oldest_due``: its row, or None), and how many jobs
+        ended in the ``last_minute`` and ``last_hour`` (``finished``)."""
+        now = time.time()
+        return {**self._storage.overview(now), "now": now}
 
     def counts(self, queue: str | None = None) -> dict[str, int]:
         """How many jobs are in each status (every status is present)."""
         found = self._storage.counts(queue)
         return {status: found.get(status, 0) for status in STATUSES}
 
-    def purge(self, older_than: float | datetime.timedelta, *, status: str | None = None,
-              batch: int = _PRUNE_BATCH) -> int:
-        """Delete jobs that ended more than ``older_than`` ago (only those in
-        ``status``, if given), with the jobs under them, in transactions of
-        ``batch`` jobs so that pools are never held up for long.  A job with
+    def purge(self, older_than: float | datetime.timedelta | datetime.datetime, *,
+              status: str | None = None, batch: int | None = None,
+              dry_run: bool = False) -> int:
+        """Delete jobs that ended more than ``older_than`` ago (seconds or a
+        timedelta; a datetime: before that moment), only those in ``status``
+        if given, with the jobs under them, in transactions of ``batch`` jobs
+        so that pools are never held up for long (default 1,000).  A job with
         anything under it still unfinished is kept.  Returns how many jobs
-        were deleted."""
-        before = _CLOCK.get()() - _seconds(older_than, "older_than")
+        were deleted, or with ``dry_run`` would be."""
+        before = _timestamp(older_than, "older_than") \
+            if isinstance(older_than, datetime.datetime) \
+            else _CLOCK.get()() - _seconds(older_than, "older_than")
         if status is not None and status not in _FINISHED:
             raise ValueError(f"only finished jobs are purged: status is one of "
                              f"{', '.join(sorted(_FINISHED))}, not {status!r}")
-        batch = _positive_int(batch, "batch")
+        batch = _positive_int(_PRUNE_BATCH if batch is None else batch, "batch")
+        if dry_run:
+            roots, under = self._storage.purge(before, status=status, limit=-1, dry_run=True)
+            return roots + under
         total = 0
         while True:
             deleted, under = self._storage.purge(before, status=status, limit=batch)
@@ -6654,6 +6685,10 @@ class Worker:
 ###############################################################################
 
 
+class _UsageError(LitejobsError):
+    """A command given arguments that do not fit: exit status 2."""
+
+
 def _demo_rsa_key(bits: int = 1024) -> dict[str, Any]:
     """Generate an RSA key pair in pure Python (the demo's job with arguments)."""
     rng = random.SystemRandom()
@@ -7061,8 +7096,8 @@ def _command_workers(args: argparse.Namespace) -> int:
 
 
 def _status(q: Queue) -> dict[str, Any]:
-    now = time.time()
-    found = q._storage.overview(now)
+    found = q.overview()
+    now = found["now"]
     totals = dict.fromkeys(STATUSES, 0)
     for counts in found["counts"].values():
         for status, count in counts.items():
@@ -7120,11 +7155,12 @@ def _command_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _moment(text: str) -> float:
+def _moment(text: str) -> datetime.datetime:
     """An argparse type: an ISO 8601 time, or a duration meaning that long ago."""
     try:
-        return time.time() - _parse_duration(text)
-    except argparse.ArgumentTypeError:
+        return datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
+            seconds=_parse_duration(text))
+    except (argparse.ArgumentTypeError, OverflowError):
         pass
     try:
         moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -7134,7 +7170,7 @@ def _moment(text: str) -> float:
             f"time (2026-11-27T09:00:00+00:00)") from None
     if moment.tzinfo is None:
         moment = moment.astimezone()  # a naive time on the command line is local time
-    return moment.timestamp()
+    return moment
 
 
 _moment.__name__ = "time"
@@ -7142,8 +7178,9 @@ _moment.__name__ = "time"
 
 def _command_list(args: argparse.Namespace) -> int:
     with _open_to_read(args) as q:
-        rows = q._storage.search(statuses=args.status, queue=args.queue, name=args.callable,
-                                 since=args.since, before=args.before, limit=args.limit)
+        rows = [job._row for job in q.jobs(status=args.status, queue=args.queue,
+                                           name=args.callable, since=args.since,
+                                           before=args.before, limit=args.limit)]
     if args.json:
         _print_json([_job_json(row) for row in rows])
         return 0
@@ -7313,14 +7350,12 @@ def _show(q: Queue, job_id: int) -> dict[str, Any]:
     job = q.get(job_id)
     row = job._row
     out = _job_json(row)
-    storage = q._storage
     bounded = _BoundedRepr()
 
     def call() -> str:
         # Never unpickled for real here: the call is printed from a pickle
         # that imports nothing, once its signature, if secrets are set, holds.
-        payload, signature = storage.fetch_blob(job_id, "payload")
-        _check_call_signature(job.name, payload, signature, storage.secrets, job.id)
+        payload = job._signed_blob("payload")
         args: Any = ()
         kwargs: Any = {}
         if payload is not None:
@@ -7343,11 +7378,8 @@ def _show(q: Queue, job_id: int) -> dict[str, Any]:
         return bounded.repr(value)
 
     def result() -> str:
-        data, signature = storage.fetch_blob(job_id, "result")
-        if data is None:
-            return "None"
-        _check_result_signature(data, signature, storage.secrets, job.id)
-        return shown_repr(_shown(data))
+        data = job._signed_blob("result")
+        return "None" if data is None else shown_repr(_shown(data))
 
     out["call"] = _loaded(lambda: _Shown(call()))
     out["result"] = _loaded(lambda: _Shown(result())) if job.status == COMPLETED else None
@@ -7435,14 +7467,11 @@ def _command_retry(args: argparse.Namespace) -> int:
     results = []
     with _open_to_write(args) as q:
         # Parts and returned jobs run again with the job they belong to.
-        ids = args.ids or [row["id"] for row in q._storage.search(
-            statuses=[FAILED], queue=args.queue, limit=-1)
-            if row["role"] not in ("part", "result")]
-        now = time.time()
+        ids = args.ids or [job.id for job in q.jobs(status=FAILED, queue=args.queue, limit=None)
+                           if job.role not in ("part", "result")]
         for job_id in ids:
             try:
-                results.append({"id": job_id, "status": q._storage.reopen(job_id, now),
-                                "error": None})
+                results.append({"id": job_id, "status": q.get(job_id).retry(), "error": None})
             except (ValueError, JobNotFound) as exc:
                 results.append({"id": job_id, "status": None, "error": str(exc)})
     if not results and not args.json:
@@ -7496,12 +7525,13 @@ def _cancel_line(result: Mapping[str, Any], grace: float) -> str:
 
 
 def _command_purge(args: argparse.Namespace) -> int:
-    before = time.time() - args.older_than
+    before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
+        seconds=args.older_than)
     with _open_to_write(args) as q:
-        roots, under = q._storage.purge(before, status=args.status, limit=-1, dry_run=True)
-        what = (f"{roots:,} {args.status or 'finished'} jobs that ended before "
-                f"{_format_time(before)}" + (f", and {under:,} jobs under them" if under else ""))
-        if roots and not args.yes and sys.stdin.isatty():
+        found = q.purge(before, status=args.status, dry_run=True)
+        what = (f"{found:,} jobs ({args.status or 'finished'} ones that ended before "
+                f"{_format_time(before.timestamp())}, and the jobs under them)")
+        if found and not args.yes and sys.stdin.isatty():
             question = f"delete {what}? [y/N] "
             if args.json:  # stdout is for the JSON alone
                 sys.stderr.write(question)
@@ -7511,17 +7541,13 @@ def _command_purge(args: argparse.Namespace) -> int:
             if answer.strip().lower() not in ("y", "yes"):
                 print("nothing deleted")
                 return 1
-        deleted = 0
-        while True:
-            batch, below = q._storage.purge(before, status=args.status, limit=_PRUNE_BATCH)
-            deleted += batch + below
-            if batch < _PRUNE_BATCH:
-                break
+        deleted = q.purge(before, status=args.status)
     if args.json:
-        _print_json({"deleted": deleted, "before": _format_time(before)})
+        _print_json({"deleted": deleted, "before": _format_time(before.timestamp())})
     else:
         print(f"deleted {deleted:,} jobs" if deleted else f"no job ended before "
-              f"{_format_time(before)}" + (f" with status {args.status}" if args.status else ""))
+              f"{_format_time(before.timestamp())}"
+              + (f" with status {args.status}" if args.status else ""))
     return 0
 
 
@@ -7575,7 +7601,7 @@ def _watch_frame(q: Queue, job_id: int | None, now: float) -> _WatchFrame:
     if job_id is None:
         status = _status(q)
         lines = _status_text(status)
-        active = q._storage.search(statuses=[ACTIVE], limit=20)
+        active = [job._row for job in q.jobs(status=ACTIVE, limit=20)]
         if active:
             lines += ["", "running:"] + [f"  {_job_line(row, now)}" for row in active]
         state: Any = (status["counts"],
@@ -7628,17 +7654,16 @@ def _command_watch(args: argparse.Namespace) -> int:
         return 130
 
 
-class _UsageError(LitejobsError):
-    """A command given arguments that do not fit: exit status 2."""
+def _database_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("database", metavar="DATABASE", help="the litejobs database file")
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="litejobs",
-        description="Durable background jobs in one SQLite file.",
-    )
-    parser.add_argument("--version", action="version", version=f"litejobs {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+def _json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="print JSON, with the keys the README documents")
+
+
+def _add_demo_command(commands: Any) -> None:
     demo = commands.add_parser(
         "demo", help="run a short tour on a temporary database",
         description="Put a few jobs in a temporary database and run them on a pool of "
@@ -7646,6 +7671,8 @@ def _build_parser() -> argparse.ArgumentParser:
                     "one, a failing one, a parallel and a serial composite.")
     demo.set_defaults(handler=_command_demo)
 
+
+def _add_init_command(commands: Any) -> None:
     init = commands.add_parser(
         "init", help="create a database, or add litejobs' tables to one",
         description="Create DATABASE as a litejobs database (mode 0600, WAL journal), or "
@@ -7656,6 +7683,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _json_option(init)
     init.set_defaults(handler=_command_init)
 
+
+def _add_worker_command(commands: Any) -> None:
     worker = commands.add_parser(
         "worker", help="run a pool of worker processes on a database",
         description="Run jobs from DATABASE in a pool of worker processes until "
@@ -7717,6 +7746,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="text lines, or one JSON object per line (default text)")
     worker.set_defaults(handler=_command_worker)
 
+
+def _add_workers_command(commands: Any) -> None:
     workers = commands.add_parser(
         "workers", help="list the worker pools that have served a database",
         description="List the worker pools registered on DATABASE, newest first: alive, "
@@ -7727,6 +7758,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _json_option(workers)
     workers.set_defaults(handler=_command_workers)
 
+
+def _add_status_command(commands: Any) -> None:
     status = commands.add_parser(
         "status", help="jobs by queue and status, throughput, and the pools",
         description="Show how many jobs each queue has in each status, how long the "
@@ -7737,6 +7770,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _json_option(status)
     status.set_defaults(handler=_command_status)
 
+
+def _add_list_command(commands: Any) -> None:
     listing = commands.add_parser(
         "list", help="jobs, newest first, with filters",
         description="List jobs, newest first: id, status, callable, queue, attempt, how "
@@ -7757,6 +7792,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _json_option(listing)
     listing.set_defaults(handler=_command_list)
 
+
+def _add_show_command(commands: Any) -> None:
     show = commands.add_parser(
         "show", help="everything about one job",
         description="Show one job: its call (arguments shortened), status, attempts and "
@@ -7770,6 +7807,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _json_option(show)
     show.set_defaults(handler=_command_show)
 
+
+def _add_retry_command(commands: Any) -> None:
     retry = commands.add_parser(
         "retry", help="run failed or cancelled jobs again",
         description="Put failed or cancelled jobs back to pending, from a fresh start; "
@@ -7785,6 +7824,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _json_option(retry)
     retry.set_defaults(handler=_command_retry)
 
+
+def _add_cancel_command(commands: Any) -> None:
     cancel = commands.add_parser(
         "cancel", help="cancel jobs, at once or gracefully",
         description="Cancel jobs: one not running never runs; a running one is stopped "
@@ -7804,6 +7845,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _json_option(cancel)
     cancel.set_defaults(handler=_command_cancel)
 
+
+def _add_purge_command(commands: Any) -> None:
     purge = commands.add_parser(
         "purge", help="delete finished jobs",
         description="Delete jobs that ended more than --older-than ago, with the jobs "
@@ -7818,6 +7861,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _json_option(purge)
     purge.set_defaults(handler=_command_purge)
 
+
+def _add_put_command(commands: Any) -> None:
     put = commands.add_parser(
         "put", help="put a job, from the shell or cron",
         description="Put a call to FUNCTION, an importable 'package.module:function', "
@@ -7843,6 +7888,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _json_option(put)
     put.set_defaults(handler=_command_put)
 
+
+def _add_watch_command(commands: Any) -> None:
     watch = commands.add_parser(
         "watch", help="follow one job, or the whole database, live",
         description="Redraw one job's status and progress bar, or the status of the "
@@ -7858,16 +7905,35 @@ def _build_parser() -> argparse.ArgumentParser:
                        metavar="DURATION", help="how often to look (default 1s)")
     _json_option(watch)
     watch.set_defaults(handler=_command_watch)
+
+# The subcommands, in the order --help lists them.
+_COMMANDS: tuple[Callable[[Any], None], ...] = (
+    _add_demo_command,
+    _add_init_command,
+    _add_worker_command,
+    _add_workers_command,
+    _add_status_command,
+    _add_list_command,
+    _add_show_command,
+    _add_retry_command,
+    _add_cancel_command,
+    _add_purge_command,
+    _add_put_command,
+    _add_watch_command,
+)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand for each builder in `_COMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="litejobs",
+        description="Durable background jobs in one SQLite file.",
+    )
+    parser.add_argument("--version", action="version", version=f"litejobs {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in _COMMANDS:
+        add(commands)
     return parser
-
-
-def _database_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("database", metavar="DATABASE", help="the litejobs database file")
-
-
-def _json_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true",
-                        help="print JSON, with the keys the README documents")
 
 
 _EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell shows for a tool that SIGPIPE ended
