@@ -1059,6 +1059,12 @@ SET history = {_HISTORY_ENTRY.format(event="'retried by hand'")},
 WHERE id = :id AND status IN ('failed', 'cancelled')
 """
 
+# `_REOPEN` for a composite around a part retried by hand, whatever its end:
+# it waits again for that part, then runs its postprocess again.
+_REOPEN_AROUND_PART = _REOPEN.replace("status IN ('failed', 'cancelled')",
+                                      "status IN ('completed', 'failed', 'cancelled')")
+assert _REOPEN_AROUND_PART != _REOPEN
+
 # Work of a job's own still going on: its parts, or the job it returned, and theirs.
 _UNFINISHED_WORK_UNDER = _WORK_UNDER + """
 SELECT count(*) FROM litejobs_jobs
@@ -1491,10 +1497,14 @@ class _Storage(Protocol):
     The contract is in plain values: times are Unix seconds, rows are dicts
     keyed by the column names in ``_JOB_COLUMNS``, statuses are the module's
     constants.  Every method that writes is one transaction, and every write
-    on behalf of a run is fenced by that run's lease ``token``.
-    `_SQLiteStorage` is the implementation; a PostgreSQL one, for several
-    hosts, would implement the same methods (claiming with
-    ``FOR UPDATE SKIP LOCKED``) and nothing above this layer would change.
+    on behalf of a run is fenced by that run's lease ``token``.  A ``conn``
+    is the application's own connection, of the backend's kind, with a
+    transaction open: the write joins it.  `write` groups the writes of a
+    thread in one transaction (what it yields is that backend's connection,
+    for the application's `Queue.transaction`).  Whether a runner is alive
+    is the backend's to tell (`recover_silent_workers`, expired leases).
+    `_SQLiteStorage` is the implementation; tests/test_storage_contract.py
+    says what every implementation must do.
     """
 
     path: str
@@ -1504,13 +1514,11 @@ class _Storage(Protocol):
 
     def write(self, *, atomic_steps: bool = False) -> ContextManager[Any]: ...
     def insert(self, trees: Sequence[list[dict[str, Any]]], now: float,
-               conn: sqlite3.Connection | None = None
-               ) -> list[tuple[list[dict[str, Any]], bool]]: ...
+               conn: Any = None) -> list[tuple[list[dict[str, Any]], bool]]: ...
     def wait_for(self, job_id: int, token: str, now: float,
                  follow: int | list[dict[str, Any]]) -> str: ...
     def add_callback(self, job_id: int, tree: list[dict[str, Any]], now: float, *,
-                     created_at: float | None = None,
-                     conn: sqlite3.Connection | None = None) -> dict[str, Any]: ...
+                     created_at: float | None = None, conn: Any = None) -> dict[str, Any]: ...
     def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]: ...
     def fetch(self, job_id: int) -> dict[str, Any] | None: ...
     def fetch_blob(self, job_id: int, column: str) -> tuple[bytes | None, bytes | None]: ...
@@ -1529,7 +1537,7 @@ class _Storage(Protocol):
     def interrupt(self, job_id: int, token: str, now: float, reason: str) -> str: ...
     def renew(self, leases: Iterable[tuple[int, str]], expires: float) -> list[int]: ...
     def cancel(self, job_id: int, now: float, *, created_at: float | None = None,
-               conn: sqlite3.Connection | None = None) -> str | None: ...
+               conn: Any = None) -> str | None: ...
     def release(self, job_id: int, token: str, now: float) -> str: ...
     def refuse(self, job_id: int, token: str, now: float, reason: str) -> str: ...
     def hand_back(self, job_id: int, token: str, now: float, reason: str) -> str: ...
@@ -2062,8 +2070,19 @@ class _SQLiteStorage:
             if not main or not os.path.exists(main) or not os.path.samefile(main, self.path):
                 raise ValueError(f"conn is open on {main or 'a memory database'}, "
                                  f"not on {self.path}")
-            with _savepoint(conn):
-                yield conn
+            try:
+                with _savepoint(conn):
+                    yield conn
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                # A transaction that began deferred and has read cannot wait
+                # for the write lock: SQLite fails it at once.
+                raise DatabaseBusy(
+                    f"conn's transaction on {self.path} could not take the write lock "
+                    f"({exc}): it began as a read (BEGIN, or Python's default), and "
+                    f"another connection wrote meanwhile, or holds the lock; begin your "
+                    f"transaction with BEGIN IMMEDIATE before putting jobs through it") from exc
 
     def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]:
         """The rows whose parent is ``job_id``: parts in order, then the job it
@@ -2833,9 +2852,7 @@ class _SQLiteStorage:
             if row["status"] not in (FAILED, CANCELLED):
                 raise ValueError(f"job {job_id} is {row['status']}: only failed and "
                                  f"cancelled jobs are retried")
-            if row["role"] == "part":
-                raise ValueError(f"job {job_id} is a part of job {row['parent_id']}: retry "
-                                 f"that one, which runs again its parts that did not complete")
+            around = self._composites_around(conn, row) if row["role"] == "part" else []
             if row["role"] in _CALLBACK_ROLES:
                 parent = conn.execute(_STATUS_OF, (row["parent_id"],)).fetchone()
                 if parent is not None and parent[0] not in _FINISHED:
@@ -2846,11 +2863,35 @@ class _SQLiteStorage:
                                  f"retry it once they have ended")
             try:
                 self._reopen(conn, job_id, row["error"], now)
-                self._activate(conn, job_id, now)
+                for composite in around:  # each waits for the one part re-opened in it
+                    conn.execute(_REOPEN_AROUND_PART, {"id": composite["id"], "now": now,
+                                                       "error_line": _last_line(
+                                                           composite["error"])})
+                self._activate(conn, around[-1]["id"] if around else job_id, now)
             except sqlite3.IntegrityError:
-                raise ValueError(f"job {job_id} has the key {row['key']!r}, which an "
-                                 f"unfinished job holds now") from None
+                key = next(found["key"] for found in [row, *around] if found["key"])
+                raise ValueError(f"job {job_id} (or a composite it is in) has the key "
+                                 f"{key!r}, which an unfinished job holds now") from None
             return str(conn.execute(_STATUS_OF, (job_id,)).fetchone()[0])
+
+    @staticmethod
+    def _composites_around(conn: sqlite3.Connection, part: Mapping[str, Any]
+                           ) -> list[dict[str, Any]]:
+        """The composites a retried part is in, innermost first: each re-opens
+        around it, so that its postprocess runs again once the part has.
+        Raises ValueError while one of them has not ended."""
+        around = []
+        node = part
+        while node["role"] == "part":
+            cursor = conn.execute(_SELECT_JOB, (node["parent_id"],))
+            node = _as_dict(cursor, cursor.fetchone())
+            if node["status"] not in _FINISHED:
+                raise ValueError(
+                    f"job {part['id']} is a part of job {node['id']}, which has not ended: "
+                    f"retry the part once it has, or that job, which runs again its "
+                    f"parts that did not complete")
+            around.append(node)
+        return around
 
     def _reopen(self, conn: sqlite3.Connection, job_id: int, error: str | None,
                 now: float) -> None:
@@ -3822,9 +3863,12 @@ class Job:
     def retry(self) -> str:
         """Run a failed or cancelled job again, from a fresh start, keeping
         what it went through in `history`.  A composite runs again the parts
-        that did not complete, then its postprocess.  Returns the status after;
-        raises ValueError if the job is not failed or cancelled, or is a part
-        (retry its composite instead)."""
+        that did not complete, then its postprocess.  A part of a composite
+        that has ended runs again, and the composite (and those around it)
+        re-opens around it: its postprocess runs again after the part, so
+        that its result reflects the part's new outcome.  Returns the status
+        after; raises ValueError if the job is not failed or cancelled, or is
+        a part of a composite that has not ended."""
         queue = self._require_queue()
         status = queue._storage.reopen(self._require_id(), _CLOCK.get()())
         self.refresh()
@@ -7813,8 +7857,9 @@ def _add_retry_command(commands: Any) -> None:
         "retry", help="run failed or cancelled jobs again",
         description="Put failed or cancelled jobs back to pending, from a fresh start; "
                     "what they went through stays in their history.  A composite runs "
-                    "again the parts that did not complete, then its postprocess.  Exit "
-                    "status 1 if any job could not be retried.")
+                    "again the parts that did not complete, then its postprocess; a part "
+                    "of a composite that has ended runs again, then the composite's "
+                    "postprocess.  Exit status 1 if any job could not be retried.")
     _database_argument(retry)
     retry.add_argument("ids", type=_positive_count, nargs="*", metavar="ID",
                        help="the jobs to retry")

@@ -603,3 +603,10 @@ def nested_parallel(depth, leaf=None):
 
 def return_nested_parallel(depth):
     return nested_parallel(depth)
+
+
+def fail_unless_exists(path):
+    """Fail until ``path`` exists (a fix deployed, say); then return "found"."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    return "found"

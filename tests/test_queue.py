@@ -613,3 +613,19 @@ def test_job_refuses_what_is_not_a_plain_function():
         litejobs.job(queue="io")(sample_jobs.fetch_async)
     with pytest.raises(TypeError):
         litejobs.job(queue="io")(42)
+
+
+def test_put_through_a_transaction_that_began_as_a_read_says_to_begin_immediate(q):
+    app = sqlite3.connect(q.path, isolation_level=None)
+    other = sqlite3.connect(q.path, isolation_level=None)
+    try:
+        app.execute("BEGIN")  # deferred: a read transaction until it writes
+        app.execute("SELECT count(*) FROM litejobs_jobs").fetchone()
+        other.execute("CREATE TABLE meanwhile (x)")  # another connection commits
+        with pytest.raises(litejobs.DatabaseBusy, match="BEGIN IMMEDIATE"):
+            q.put(Job(sample_jobs.add, 1, 1), conn=app)
+        app.execute("ROLLBACK")
+    finally:
+        app.close()
+        other.close()
+    assert q.counts()["pending"] == 0

@@ -308,13 +308,38 @@ def test_retry_refuses_jobs_not_failed_or_cancelled(q, tmp_path):
     assert done.refresh().history == [] and pending.refresh().status == PENDING
 
 
-def test_retry_of_a_part_names_its_composite(q):
-    composite = q.put(parallel(Job(sample_jobs.fail), Job(sample_jobs.add, 1, 1)))
-    q.run_pending()
-    assert composite.refresh().status == FAILED
+def test_retrying_a_part_of_an_ended_composite_runs_its_postprocess_again(
+        q, now, tmp_path):
+    """The composite's result reflects the retried part: it re-opens around
+    that part alone, and once the part has run again, so does the
+    postprocess (the other parts keep their outcomes).  Nested, every
+    composite around the part re-opens."""
+    fixed = tmp_path / "fixed"
+    inner = parallel(Job(sample_jobs.fail_unless_exists, str(fixed)),
+                     Job(sample_jobs.add, 1, 1), postprocess=sample_jobs.describe_parts)
+    outer = q.put(serial(inner, Job(sample_jobs.add, 2, 2)))
+    q.run_pending(now=now)
+    composite, last = outer.refresh().children()
+    failing, fine = composite.children()
+    assert (outer.status, composite.status, failing.status, fine.status, last.status) == (
+        COMPLETED, COMPLETED, FAILED, COMPLETED, COMPLETED)  # postprocesses saw the failure
+    fixed.touch()
+    assert failing.retry() == PENDING
+    assert (composite.refresh().status, outer.refresh().status) == (WAITING, WAITING)
+    assert q.run_pending(now=now) == 3  # the part, the postprocess, the outer gathering
+    assert composite.wait(timeout=1) == [
+        (failing.id, COMPLETED, "found", None), (fine.id, COMPLETED, 2, None)]
+    assert outer.wait(timeout=1) == [composite.result, 4]
+    assert (fine.refresh().attempts, last.refresh().attempts) == (1, 1)  # not run again
+    assert [entry["event"] for entry in composite.history] == ["retried by hand"]
+
+
+def test_a_part_of_a_composite_that_has_not_ended_is_not_retried_alone(q, now):
+    composite = q.put(serial(Job(sample_jobs.fail), Job(sample_jobs.add, 1, 1)))
+    assert q.run_pending(now=now, limit=1) == 1
     part = composite.children()[0]
-    assert part.refresh().status == FAILED and part.role == "part"
-    with pytest.raises(ValueError, match=rf"\b{composite.id}\b"):
+    assert part.refresh().status == FAILED and composite.refresh().status == WAITING
+    with pytest.raises(ValueError, match=rf"part of job {composite.id}, which has not ended"):
         part.retry()
     assert part.refresh().status == FAILED and part.history == []
 
