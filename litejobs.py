@@ -4999,6 +4999,11 @@ _FAST_JOB = 0.01  # below this many seconds per job, children get work ahead
 _FAST_EVIDENCE = 16  # ... once this many jobs have shown it
 _CHILD_START_BACKOFF = (0.1, 5.0)  # restart delay after a child dies young
 _ORPHANED_EXIT = 75  # exit status of a child whose supervisor is gone
+_NO_MAIN_GUARD_EXIT = 76  # exit status of a child whose main script starts a pool as imported
+_NO_MAIN_GUARD = (
+    "the script that starts this pool starts one again each time it is imported, and "
+    "worker processes import it (spawn, forkserver): put the code that starts it under "
+    '`if __name__ == "__main__":`')
 _MIN_LEASE = 0.1  # seconds; renewals come every lease / 3
 _CRASHES_KEPT = 1000  # Worker.crashes keeps the latest this many
 _SUPERVISOR_BUSY_TIMEOUT = 1.0  # seconds a supervisor waits for the write lock
@@ -5601,6 +5606,11 @@ class Worker:
                  secret: str | bytes | Sequence[str | bytes] | None = None,
                  size_limit: int | None = DEFAULT_SIZE_LIMIT,
                  import_paths: Sequence[str | os.PathLike[str]] = ()):
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # A worker process starting up imports the main script again: one
+            # without the guard starts a pool here.  Its exit status tells the
+            # pool that started it, which says so, once.
+            os._exit(_NO_MAIN_GUARD_EXIT)
         if isinstance(queue, Queue):
             if secret is not None or size_limit != DEFAULT_SIZE_LIMIT:
                 raise TypeError("a pool on a Queue takes its secret and size_limit from "
@@ -5715,8 +5725,10 @@ class Worker:
 
     def start(self) -> Worker:
         """Run the pool in a background thread; return once it has registered
-        and started its worker processes, which take jobs as soon as each has
-        started up.  Stop it with `stop`, or use the worker as a context manager."""
+        and its worker processes are ready to take jobs.  Raises the error
+        that stopped it, if it could not start (its worker processes could
+        not, say).  Stop it with `stop`, or use the worker as a context
+        manager."""
         if self._thread is not None:
             raise LitejobsError(f"{self!r} was started already")
         self._thread = threading.Thread(target=self._serve, daemon=True,
@@ -5825,7 +5837,6 @@ class Worker:
                       self.processes, self.start_method, self.lease)
             for _ in range(self.processes):
                 self._start_child()
-            self._ready.set()
             self._loop()
             if self.burst and self.dropped:
                 raise LitejobsError(
@@ -6070,6 +6081,8 @@ class Worker:
             for message in messages:
                 if message[0] == "ready":
                     child.ready = True
+                    if sum(other.ready for other in self._children) >= self.processes:
+                        self._ready.set()  # start() returns
                     _log.debug("%s: child %d (pid %s) is ready", self.id, child.number,
                                message[1])
                     self._young_deaths = 0
@@ -6197,6 +6210,8 @@ class Worker:
                                   f"its worker process (pid {child.process.pid}) {how}"))
 
     def _schedule_restart(self, child: _Child) -> None:
+        if child.process.exitcode == _NO_MAIN_GUARD_EXIT and not child.ready:
+            raise LitejobsError(f"worker processes cannot start: {_NO_MAIN_GUARD}")
         if not child.ready and child.kill_reason is None:
             self._young_deaths += 1  # a child that cannot start: do not spin
             if self._young_deaths >= _MAX_YOUNG_DEATHS:

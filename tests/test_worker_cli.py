@@ -42,7 +42,7 @@ import pytest
 
 import litejobs
 import sample_jobs
-from hostile_jobs import run_cli
+from hostile_jobs import cli_env, run_cli
 from pool_rows import the_row_of, worker_rows
 from waiting import WAIT, process_ended, process_state, wait_for_pid, wait_until
 from litejobs import Job
@@ -580,3 +580,32 @@ def test_four_deploys_hand_a_long_job_back_without_using_its_interruptions(
     assert all("stopped before it ended" in entry["error"] for entry in job.history)
     shown = run_cli("show", db, str(job.id), cwd=tmp_path).stdout
     assert "attempts   1 of 1, interruptions 0 of 3, handed back 4" in shown, shown
+
+
+# -- 14. a script without the __main__ guard ---------------------------------------------
+
+UNGUARDED_SCRIPT = '''\
+import sys
+
+import litejobs
+
+q = litejobs.Queue(sys.argv[1])
+try:
+    with q.worker(processes=2):
+        print(q.put(litejobs.Job(pow, 2, 8)).wait(timeout=60))
+except litejobs.LitejobsError as exc:
+    print(f"pool failed: {exc}", file=sys.stderr)
+    sys.exit(1)
+'''
+
+
+def test_a_script_that_starts_a_pool_without_the_main_guard_is_told_so_at_once(db, tmp_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), db], capture_output=True, text=True,
+                          timeout=60, env=cli_env(), cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert done.returncode == 1, done.stderr
+    # One line, naming the guard: no traceback, no restarts.
+    assert done.stderr.splitlines() == [
+        f"pool failed: worker processes cannot start: {litejobs._NO_MAIN_GUARD}"]
+    assert 'if __name__ == "__main__":' in done.stderr
