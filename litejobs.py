@@ -184,6 +184,44 @@ _NEWS_INTERVAL = 0.5  # seconds between looks at a running job's stop request an
 # its jobs are taken back: by then it is hung, not starved of the write lock.
 _STARVED_MOST = 300.0
 _OPTIONS_ATTRIBUTE = "__litejobs_options__"  # a function's defaults, set by `job`
+# The worker pool: a supervisor claims jobs, hands them to worker processes and
+# records their outcomes.
+_HEARTBEAT_INTERVAL = 2.0  # seconds between a pool's heartbeats (at most lease/3)
+_SILENT_HEARTBEATS = 3  # heartbeats a pool may miss before others check on it
+_IDLE_CHECK_INTERVAL = 0.004  # seconds between change checks while idle, without inotify
+_SETTLE_CHECKS = (0.001, 0.025)  # after a WAL write: check every ms, for this long
+_SAFETY_CHECK_INTERVAL = 0.25  # with inotify, still check this often
+_OTHERS_CHANGES_CHECK = 0.01  # while others' commits bring nothing, check this often
+_CANCEL_CHECK_INTERVAL = 0.5  # seconds between checks for cancels of running jobs
+_MAX_CHUNK = 64  # jobs per message to a child, and outcomes per message back
+_CHUNK_SECONDS = 0.005  # a chunk holds about this much work
+_FLUSH_AFTER = 0.005  # seconds a child may hold finished outcomes before sending
+_FAST_JOB = 0.01  # below this many seconds per job, children get work ahead
+_FAST_EVIDENCE = 16  # ... once this many jobs have shown it
+_CHILD_START_BACKOFF = (0.1, 5.0)  # restart delay after a child dies young
+_ORPHANED_EXIT = 75  # exit status of a child whose supervisor is gone
+_NO_MAIN_GUARD_EXIT = 76  # exit status of a child whose main script starts a pool as imported
+_NO_MAIN_GUARD = (
+    "the script that starts this pool starts one again each time it is imported, and "
+    "worker processes import it (spawn, forkserver): put the code that starts it under "
+    '`if __name__ == "__main__":`')
+_MIN_LEASE = 0.1  # seconds; renewals come every lease / 3
+_CRASHES_KEPT = 1000  # Worker.crashes keeps the latest this many
+_SUPERVISOR_BUSY_TIMEOUT = 1.0  # seconds a supervisor waits for the write lock
+_BUSY_BACKOFF = 0.05  # seconds before a supervisor retries after a busy database
+_MAX_YOUNG_DEATHS = 8  # children dying before they are ready, in a row, stop a pool
+_START_MARK_AFTER = 0.05  # seconds a run goes before its pool records that it began
+_LOG_RATE = 1000  # log records a second a worker process forwards, at most ...
+_LOG_BURST = 2000  # ... after a burst of this many; the rest are counted and dropped
+_RECEIVE_MOST = 32  # messages a supervisor takes from one child before it looks around
+_WAL_WRITE_LOCK_BYTE = 120  # in the -shm file: https://sqlite.org/walformat.html, 2.3.1
+_PARTS_NAMED = 20  # a PartsFailed error names this many failed parts at most
+_WORKER_ROWS_KEPT = 7 * 86400.0  # seconds a stopped pool's row is kept
+# Above this many named queues, one filtered scan beats a seek per queue (and
+# SQLite allows at most 500 terms in a compound SELECT).
+_MAX_QUEUE_RANGES = 16
+_REPR_MOST = 500  # characters of an argument or result shown
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
 class _Default(enum.Enum):
@@ -200,7 +238,6 @@ _DEFAULT = _Default.DEFAULT
 
 _log = logging.getLogger("litejobs")
 _log.addHandler(logging.NullHandler())  # the application decides where logs go
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
 
 
 class LitejobsError(Exception):
@@ -296,9 +333,27 @@ class SignatureError(LitejobsError):
     """
 
 
+def _qualified_type_name(cls: type) -> str:
+    """How an exception's type is named in a job's error_type column."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+_DEADLINE_TYPE = _qualified_type_name(DeadlineExceeded)
+_INTERRUPTED_TYPE = _qualified_type_name(Interrupted)
+_JOB_TIMEOUT_TYPE = _qualified_type_name(JobTimeout)
+
+
 ###############################################################################
 # SQL and schema
 ###############################################################################
+
+# The tallies of ended jobs (migration 3), counted from the rows: a full scan.
+_COUNT_ALL_ENDED = """
+INSERT INTO litejobs_ended_counts (queue, status, jobs)
+SELECT queue, status, count(*) FROM litejobs_jobs
+WHERE status IN ('completed', 'failed', 'cancelled')
+GROUP BY queue, status
+"""
 
 # Each migration is a tuple of single statements, run one by one inside one
 # BEGIN IMMEDIATE transaction.  executescript() is never used: it commits any
@@ -422,6 +477,41 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # policy nor as interruptions, and a begin_by deadline still holds.
         "ALTER TABLE litejobs_jobs ADD COLUMN not_started INTEGER NOT NULL DEFAULT 0",
     ),
+    (
+        # How many ended jobs each queue holds in each final status, kept
+        # exact in the transaction of every change (`_after_end` counts the
+        # jobs that end, `_UNCOUNT_ENDED` those re-opened, a trigger those
+        # deleted), so that counts never scan the rows that ended: a million,
+        # on a busy queue.  Unfinished rows are counted through their indexes
+        # (`_COUNT_JOBS`).  Ends are counted in code, once per statement: a
+        # trigger on updates costs every claim and every end, a quarter of a
+        # pool's drain.
+        """
+        CREATE TABLE litejobs_ended_counts (
+            queue  TEXT    NOT NULL,
+            status TEXT    NOT NULL,
+            jobs   INTEGER NOT NULL,
+            PRIMARY KEY (queue, status)
+        ) WITHOUT ROWID
+        """,
+        _COUNT_ALL_ENDED,
+        # Deletes are rare (purges, retention) and may come from anywhere, a
+        # hand-written DELETE included: a trigger counts them.
+        """
+        CREATE TRIGGER litejobs_jobs_uncount_deleted AFTER DELETE ON litejobs_jobs
+        WHEN OLD.status IN ('completed', 'failed', 'cancelled')
+        BEGIN
+            UPDATE litejobs_ended_counts SET jobs = jobs - 1
+            WHERE queue = OLD.queue AND status = OLD.status;
+        END
+        """,
+        # Waiting rows (composites, their parts, callbacks) by queue, for counts.
+        """
+        CREATE INDEX litejobs_jobs_waiting
+            ON litejobs_jobs (queue)
+            WHERE status = 'waiting'
+        """,
+    ),
 )
 
 _SCHEMA_VERSION = len(_MIGRATIONS)
@@ -509,11 +599,26 @@ _SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
 _SELECT_PAYLOAD = "SELECT payload, signature FROM litejobs_jobs WHERE id = ?"
 _SELECT_RESULT = "SELECT result, result_signature FROM litejobs_jobs WHERE id = ?"
 
+# Jobs by queue and status, exact, in one read: unfinished ones counted
+# through the indexes that hold only them (pending rows through the ready
+# index, active ones through the lease index, waiting ones through theirs),
+# ended ones read from litejobs_ended_counts, which triggers keep.  Its cost
+# follows the unfinished jobs, however many have ended.
+# {queue} is "" (every queue) or " AND queue = :queue".
 _COUNT_JOBS = """
-SELECT status, count(*) FROM litejobs_jobs
-WHERE (:queue IS NULL OR queue = :queue)
-GROUP BY status
+SELECT queue, 'pending', count(*) FROM litejobs_jobs INDEXED BY litejobs_jobs_ready_by_queue
+WHERE status = 'pending'{queue} GROUP BY queue
+UNION ALL
+SELECT queue, 'active', count(*) FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
+WHERE status = 'active'{queue} GROUP BY queue
+UNION ALL
+SELECT queue, 'waiting', count(*) FROM litejobs_jobs INDEXED BY litejobs_jobs_waiting
+WHERE status = 'waiting'{queue} GROUP BY queue
+UNION ALL
+SELECT queue, status, jobs FROM litejobs_ended_counts WHERE jobs > 0{queue}
 """
+_COUNT_ALL_JOBS = _COUNT_JOBS.format(queue="")
+_COUNT_QUEUE_JOBS = _COUNT_JOBS.format(queue=" AND queue = :queue")
 
 # Claims read due jobs in (priority DESC, begin_after, id) order.  {source} is
 # either one ordered range of litejobs_jobs_ready, optionally filtered by queue,
@@ -555,19 +660,28 @@ SELECT * FROM (
     LIMIT :limit)
 """
 
-# Above this many named queues, one filtered scan beats a seek per queue (and
-# SQLite allows at most 500 terms in a compound SELECT).
-_MAX_QUEUE_RANGES = 16
 
 # What a runner leaves to others (see `_claim_filters`): signed jobs, when it
 # has no secret to check them with, and callables it could not import.
 _UNSIGNED_ONLY = " AND signature IS NULL"
 _AVOIDING_NAMES = " AND name NOT IN (SELECT value FROM json_each(:avoid))"
 
-_WORKER_ROWS_KEPT = 7 * 86400.0  # seconds a stopped pool's row is kept
 
 # What a statement that may end jobs returns, for `_SQLiteStorage._after_end`.
-_ENDED = "id, status, parent_id, role, position, composite, waiting_on, followers"
+_ENDED = "id, queue, status, parent_id, role, position, composite, waiting_on, followers"
+
+# The tallies of `_COUNT_JOBS`: jobs that ended, by queue and status, added
+# once per statement's worth of ends ...
+_COUNT_ENDED = """
+INSERT INTO litejobs_ended_counts (queue, status, jobs) VALUES (?, ?, ?)
+ON CONFLICT (queue, status) DO UPDATE SET jobs = jobs + excluded.jobs
+"""
+# ... and a job about to be re-opened; nothing if it has not ended.  Deletes
+# are counted by the trigger litejobs_jobs_uncount_deleted.
+_UNCOUNT_ENDED = """
+UPDATE litejobs_ended_counts SET jobs = jobs - 1
+WHERE (queue, status) = (SELECT queue, status FROM litejobs_jobs WHERE id = ?)
+"""
 
 # Fails, in one statement, every job still pending past its begin_by deadline.
 # The error reads like a formatted DeadlineExceeded; strftime's %f gives SS.SSS.
@@ -990,9 +1104,6 @@ SELECT meta FROM litejobs_jobs WHERE id = :id AND (:created_at IS NULL OR create
 """
 _SET_META = "UPDATE litejobs_jobs SET meta = ? WHERE id = ?"
 
-_COUNT_BY_QUEUE = """
-SELECT queue, status, count(*) FROM litejobs_jobs GROUP BY queue, status ORDER BY queue
-"""
 
 _OLDEST_DUE = """
 SELECT id, name, queue, begin_after FROM litejobs_jobs INDEXED BY litejobs_jobs_ready
@@ -1129,7 +1240,6 @@ def _unreadable_file(path: str, exc: sqlite3.DatabaseError) -> DatabaseError:
     return _translate_sqlite_error(exc, path)
 
 
-_WAL_WRITE_LOCK_BYTE = 120  # in the -shm file: https://sqlite.org/walformat.html, 2.3.1
 
 
 def _write_lock_holder(path: str) -> str:
@@ -1491,6 +1601,122 @@ def _signed_by_one_of(keys: Sequence[bytes], signature: bytes | None, *parts: by
                for key in keys)
 
 
+class _WalWatch:
+    """Tells an idle pool that the database's WAL file was written to, without
+    polling: Linux inotify on the file's directory, through ctypes.  Where
+    that is not available, `open` returns None and the pool polls instead.
+
+    A write is seen before it commits (SQLite syncs, then publishes the commit
+    in shared memory, which raises no event), so after an event the pool
+    checks ``PRAGMA data_version`` for a short while.
+    """
+
+    _IN_MODIFY = 0x002
+    _IN_CREATE = 0x100
+    _IN_Q_OVERFLOW = 0x4000
+    _IN_NONBLOCK = 0o4000
+    _IN_CLOEXEC = 0o2000000
+    _EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
+
+    def __init__(self, fd: int, wal_name: bytes):
+        self.fd = fd
+        self._wal_name = wal_name
+
+    @classmethod
+    def open(cls, database: str) -> _WalWatch | None:
+        if not sys.platform.startswith("linux"):
+            return None
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.inotify_init1(cls._IN_NONBLOCK | cls._IN_CLOEXEC)
+            if fd < 0:
+                return None
+            directory = os.fsencode(os.path.dirname(database))
+            if libc.inotify_add_watch(fd, directory, cls._IN_MODIFY | cls._IN_CREATE) < 0:
+                os.close(fd)
+                return None
+        except (OSError, AttributeError) as exc:
+            _log.debug("no inotify (%s); an idle pool polls for changes", exc)
+            return None
+        return cls(fd, os.fsencode(os.path.basename(database)) + b"-wal")
+
+    def written(self) -> bool:
+        """Read the pending events; whether any was a write to the WAL."""
+        seen = False
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return seen
+            offset = 0
+            while offset < len(data):
+                _, mask, _, length = self._EVENT.unpack_from(data, offset)
+                start = offset + self._EVENT.size
+                seen = (seen or mask & self._IN_Q_OVERFLOW != 0  # events were lost
+                        or data[start:start + length].rstrip(b"\0") == self._wal_name)
+                offset = start + length
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+class _CommitWatch:
+    """Wakes a thread that waits on the database (`Job.wait`) soon after
+    another connection commits, rather than on a fixed poll.
+
+    It owns an inotify watch of the WAL (`_WalWatch`) and the last
+    ``data_version`` it saw.  A write to the WAL shows before its commit
+    does, so after one it checks ``data_version`` every millisecond for a
+    short while; it also checks every `_SAFETY_CHECK_INTERVAL`, and polls
+    with a growing pause where inotify is not available.
+    """
+
+    def __init__(self, storage: _SQLiteStorage):
+        self._storage = storage
+        self._wal = _WalWatch.open(storage.path)
+        self._version = storage.data_version()
+        self._settle_until = -math.inf
+        self._pause = _SETTLE_CHECKS[0]
+
+    def wait(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for another connection's commit;
+        whether one came."""
+        deadline = time.monotonic() + timeout
+        while True:
+            version = self._storage.data_version()
+            if version != self._version:
+                self._version = version
+                self._pause = _SETTLE_CHECKS[0]
+                return True
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            if self._wal is None:  # poll: soon at first, then less often
+                time.sleep(min(self._pause, deadline - now))
+                self._pause = min(self._pause * 2, _SAFETY_CHECK_INTERVAL / 5)
+            elif now < self._settle_until:
+                time.sleep(min(_SETTLE_CHECKS[0], deadline - now))
+            else:
+                ready, _, _ = select.select([self._wal.fd], [], [],
+                                            min(_SAFETY_CHECK_INTERVAL, deadline - now))
+                if ready and self._wal.written():
+                    self._settle_until = time.monotonic() + _SETTLE_CHECKS[1]
+
+    def close(self) -> None:
+        if self._wal is not None:
+            self._wal.close()
+
+
+class _Commits(Protocol):
+    """What `_Storage.watch_commits` returns: a wait for others' commits."""
+
+    def wait(self, timeout: float) -> bool: ...
+    def close(self) -> None: ...
+
+
 class _Storage(Protocol):
     """What ``Job``, ``Queue`` and the workers need from a database.
 
@@ -1551,6 +1777,7 @@ class _Storage(Protocol):
     def next_due(self, queues: Sequence[str] | None, *, unsigned_only: bool = False,
                  avoid: Collection[str] = ()) -> float | None: ...
     def data_version(self) -> int: ...
+    def watch_commits(self) -> _Commits: ...
     def register_worker(self, worker_id: str, *, host: str, pid: int, processes: int,
                         queues: Sequence[str] | None, lease: float, now: float) -> None: ...
     def heartbeat(self, worker_id: str, leases: Iterable[tuple[int, str]] | None,
@@ -2107,9 +2334,14 @@ class _SQLiteStorage:
         return row[0], row[1]
 
     def counts(self, queue: str | None) -> dict[str, int]:
+        """Jobs by status, in every queue or in ``queue``; exact, and as
+        quick with a million ended jobs as with none."""
+        found: dict[str, int] = {}
         with self.read() as conn:
-            rows = conn.execute(_COUNT_JOBS, {"queue": queue}).fetchall()
-        return dict(rows)
+            for _, status, count in conn.execute(
+                    _COUNT_ALL_JOBS if queue is None else _COUNT_QUEUE_JOBS, {"queue": queue}):
+                found[status] = found.get(status, 0) + count
+        return found
 
     def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
               expires: float, limit: int, unsigned_only: bool = False,
@@ -2219,8 +2451,11 @@ class _SQLiteStorage:
             "id": job_id, "token": token, "status": FAILED, "now": now, "result": None,
             "result_signature": None, "error": error, "error_type": _qualified_type_name(
                 type(exc)), "begin_after": None, "error_line": _last_line(error)})
-        if cursor.fetchone() is None:
+        found = cursor.fetchone()
+        if found is None:
             raise LeaseLost(_lease_lost_text(job_id, token))
+        self._count_ended(conn, collections.Counter([(_as_dict(cursor, found)["queue"],
+                                                      FAILED)]))
         _log.error("job %s failed: what follows its end could not be recorded, and what "
                    "waits for it (its callbacks, its composite) waits on: cancel that by "
                    "hand\n%s", job_id, error.rstrip())
@@ -2553,22 +2788,34 @@ class _SQLiteStorage:
           every part has ended; a serial starts its next part, or, with
           ``stop_on_failure`` after a part that did not complete, cancels the
           rest.  A composite becomes due to run its postprocess.
+        - The tallies `counts` reads count it.
 
         Steps that end further jobs queue them here, so chains of any depth
         are followed without recursion.  Parts in ``counted`` were counted in
         their composite already (`_count_parallel_parts`).
         """
         todo = collections.deque(ended)
+        tally: collections.Counter[tuple[str, str]] = collections.Counter()
         while todo:
             row = todo.popleft()
             if row["status"] not in _FINISHED:
                 continue  # flagged for cancelling while it runs: it ends later
+            tally[row["queue"], row["status"]] += 1
             if row["status"] == CANCELLED:
                 todo.extend(self._rows(conn, _CANCEL_DESCENDANTS, {"id": row["id"], "now": now}))
             if row["followers"]:
                 todo.extend(self._tell_followers(conn, row, now))
             if row["role"] == "part" and row["id"] not in counted:
                 todo.extend(self._count_part(conn, row, now))
+        self._count_ended(conn, tally)
+
+    @staticmethod
+    def _count_ended(conn: sqlite3.Connection,
+                     tally: collections.Counter[tuple[str, str]]) -> None:
+        """Add jobs that ended, ``{(queue, status): jobs}``, to what `counts` reads."""
+        if tally:
+            conn.executemany(_COUNT_ENDED, ((queue, status, jobs)
+                                            for (queue, status), jobs in tally.items()))
 
     @staticmethod
     def _rows(conn: sqlite3.Connection, statement: str,
@@ -2671,6 +2918,11 @@ class _SQLiteStorage:
         https://sqlite.org/pragma.html#pragma_data_version"""
         with self.read() as conn:
             return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def watch_commits(self) -> _CommitWatch:
+        """A watch that wakes its thread when another connection commits; the
+        caller closes it."""
+        return _CommitWatch(self)
 
     def register_worker(self, worker_id: str, *, host: str, pid: int, processes: int,
                         queues: Sequence[str] | None, lease: float, now: float) -> None:
@@ -2785,7 +3037,7 @@ class _SQLiteStorage:
         how many jobs ended in the last minute and hour."""
         with self.read() as conn:
             counts: dict[str, dict[str, int]] = {}
-            for queue, status, count in conn.execute(_COUNT_BY_QUEUE).fetchall():
+            for queue, status, count in sorted(conn.execute(_COUNT_ALL_JOBS).fetchall()):
                 counts.setdefault(queue, dict.fromkeys(STATUSES, 0))[status] = count
             cursor = conn.execute(_OLDEST_DUE, {"now": now})
             oldest = cursor.fetchone()
@@ -2864,6 +3116,7 @@ class _SQLiteStorage:
             try:
                 self._reopen(conn, job_id, row["error"], now)
                 for composite in around:  # each waits for the one part re-opened in it
+                    conn.execute(_UNCOUNT_ENDED, (composite["id"],))
                     conn.execute(_REOPEN_AROUND_PART, {"id": composite["id"], "now": now,
                                                        "error_line": _last_line(
                                                            composite["error"])})
@@ -2895,6 +3148,7 @@ class _SQLiteStorage:
 
     def _reopen(self, conn: sqlite3.Connection, job_id: int, error: str | None,
                 now: float) -> None:
+        conn.execute(_UNCOUNT_ENDED, (job_id,))
         conn.execute(_REOPEN, {"id": job_id, "now": now, "error_line": _last_line(error)})
         for part_id, part_error in conn.execute(_UNDONE_PARTS, {"id": job_id}).fetchall():
             self._reopen(conn, part_id, part_error, now)
@@ -2909,10 +3163,6 @@ _CURRENT_JOB: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
 # Set by run_pending(now=...), so that jobs it runs put and cancel on its clock.
 _CLOCK: contextvars.ContextVar[Callable[[], float]] = contextvars.ContextVar(
     "litejobs_clock", default=time.time)
-
-
-def _qualified_type_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _format_exception_only(exc: BaseException) -> str:
@@ -2948,11 +3198,6 @@ def _to_datetime(stamp: float | None) -> datetime.datetime | None:
     if stamp is None:
         return None
     return datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc)
-
-
-_DEADLINE_TYPE = _qualified_type_name(DeadlineExceeded)
-_INTERRUPTED_TYPE = _qualified_type_name(Interrupted)
-_JOB_TIMEOUT_TYPE = _qualified_type_name(JobTimeout)
 
 
 def current_job() -> Job | None:
@@ -3825,20 +4070,27 @@ class Job:
             self._require_id())
 
     def _wait_until(self, done: Callable[[], bool], timeout: float | None, what: str) -> None:
+        """Refresh until ``done()``: after each commit by another connection,
+        which the storage's watch reports within a millisecond or so."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.001
         self.refresh()
-        while not done():
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(
-                    f"job {self.id} ({self.name}) did not {what} within {timeout}s; it "
-                    f"is {self.status}.  Is a worker serving queue {self.queue!r}?  "
-                    f"(In tests, Queue.run_pending() runs due jobs in-process.)"
-                )
-            remaining = math.inf if deadline is None else deadline - time.monotonic()
-            time.sleep(max(0.0, min(pause, remaining)))
-            pause = min(pause * 2, 0.05)
-            self.refresh()
+        if done():
+            return
+        watch = self._require_queue()._storage.watch_commits()
+        try:
+            self.refresh()  # what committed before the watch began
+            while not done():
+                remaining = math.inf if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise WaitTimeout(
+                        f"job {self.id} ({self.name}) did not {what} within {timeout}s; it "
+                        f"is {self.status}.  Is a worker serving queue {self.queue!r}?  "
+                        f"(In tests, Queue.run_pending() runs due jobs in-process.)"
+                    )
+                if watch.wait(min(remaining, _SAFETY_CHECK_INTERVAL)):
+                    self.refresh()
+        finally:
+            watch.close()
 
     def cancel(self, *, conn: sqlite3.Connection | None = None) -> bool:
         """Cancel the job.  A pending or waiting job is cancelled at once and
@@ -4919,7 +5171,6 @@ def _plan_tree(item: Any, options: _Options, seen: set[int], *, dormant: bool = 
     return rows, jobs
 
 
-_PARTS_NAMED = 20  # a PartsFailed error names this many failed parts at most
 
 
 def _gather_results(*parts: Job) -> list[Any]:
@@ -4985,34 +5236,6 @@ def _follow_up(job: Job, returned: Job | Composite) -> int | list[dict[str, Any]
 # A supervisor process claims jobs, hands them to child processes over pipes,
 # and records what they report, in batches; only the supervisor writes job
 # bookkeeping, so every such write is fenced by the lease it claimed with.
-_HEARTBEAT_INTERVAL = 2.0  # seconds between a pool's heartbeats (at most lease/3)
-_SILENT_HEARTBEATS = 3  # heartbeats a pool may miss before others check on it
-_IDLE_CHECK_INTERVAL = 0.004  # seconds between change checks while idle, without inotify
-_SETTLE_CHECKS = (0.001, 0.025)  # after a WAL write: check every ms, for this long
-_SAFETY_CHECK_INTERVAL = 0.25  # with inotify, still check this often
-_OTHERS_CHANGES_CHECK = 0.01  # while others' commits bring nothing, check this often
-_CANCEL_CHECK_INTERVAL = 0.5  # seconds between checks for cancels of running jobs
-_MAX_CHUNK = 64  # jobs per message to a child, and outcomes per message back
-_CHUNK_SECONDS = 0.005  # a chunk holds about this much work
-_FLUSH_AFTER = 0.005  # seconds a child may hold finished outcomes before sending
-_FAST_JOB = 0.01  # below this many seconds per job, children get work ahead
-_FAST_EVIDENCE = 16  # ... once this many jobs have shown it
-_CHILD_START_BACKOFF = (0.1, 5.0)  # restart delay after a child dies young
-_ORPHANED_EXIT = 75  # exit status of a child whose supervisor is gone
-_NO_MAIN_GUARD_EXIT = 76  # exit status of a child whose main script starts a pool as imported
-_NO_MAIN_GUARD = (
-    "the script that starts this pool starts one again each time it is imported, and "
-    "worker processes import it (spawn, forkserver): put the code that starts it under "
-    '`if __name__ == "__main__":`')
-_MIN_LEASE = 0.1  # seconds; renewals come every lease / 3
-_CRASHES_KEPT = 1000  # Worker.crashes keeps the latest this many
-_SUPERVISOR_BUSY_TIMEOUT = 1.0  # seconds a supervisor waits for the write lock
-_BUSY_BACKOFF = 0.05  # seconds before a supervisor retries after a busy database
-_MAX_YOUNG_DEATHS = 8  # children dying before they are ready, in a row, stop a pool
-_START_MARK_AFTER = 0.05  # seconds a run goes before its pool records that it began
-_LOG_RATE = 1000  # log records a second a worker process forwards, at most ...
-_LOG_BURST = 2000  # ... after a burst of this many; the rest are counted and dropped
-_RECEIVE_MOST = 32  # messages a supervisor takes from one child before it looks around
 
 
 def _describe_exit(exitcode: int | None) -> str:
@@ -5029,68 +5252,6 @@ def _describe_exit(exitcode: int | None) -> str:
 def _ignore_signal(signum: int, frame: Any) -> None:
     """A no-op handler.  Unlike SIG_IGN, a handler is reset by exec, so
     programs a job starts still get the default signal behaviour."""
-
-
-class _WalWatch:
-    """Tells an idle pool that the database's WAL file was written to, without
-    polling: Linux inotify on the file's directory, through ctypes.  Where
-    that is not available, `open` returns None and the pool polls instead.
-
-    A write is seen before it commits (SQLite syncs, then publishes the commit
-    in shared memory, which raises no event), so after an event the pool
-    checks ``PRAGMA data_version`` for a short while.
-    """
-
-    _IN_MODIFY = 0x002
-    _IN_CREATE = 0x100
-    _IN_Q_OVERFLOW = 0x4000
-    _IN_NONBLOCK = 0o4000
-    _IN_CLOEXEC = 0o2000000
-    _EVENT = struct.Struct("iIII")  # wd, mask, cookie, length of the name that follows
-
-    def __init__(self, fd: int, wal_name: bytes):
-        self.fd = fd
-        self._wal_name = wal_name
-
-    @classmethod
-    def open(cls, database: str) -> _WalWatch | None:
-        if not sys.platform.startswith("linux"):
-            return None
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = libc.inotify_init1(cls._IN_NONBLOCK | cls._IN_CLOEXEC)
-            if fd < 0:
-                return None
-            directory = os.fsencode(os.path.dirname(database))
-            if libc.inotify_add_watch(fd, directory, cls._IN_MODIFY | cls._IN_CREATE) < 0:
-                os.close(fd)
-                return None
-        except (OSError, AttributeError) as exc:
-            _log.debug("no inotify (%s); an idle pool polls for changes", exc)
-            return None
-        return cls(fd, os.fsencode(os.path.basename(database)) + b"-wal")
-
-    def written(self) -> bool:
-        """Read the pending events; whether any was a write to the WAL."""
-        seen = False
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except BlockingIOError:
-                return seen
-            offset = 0
-            while offset < len(data):
-                _, mask, _, length = self._EVENT.unpack_from(data, offset)
-                start = offset + self._EVENT.size
-                seen = (seen or mask & self._IN_Q_OVERFLOW != 0  # events were lost
-                        or data[start:start + length].rstrip(b"\0") == self._wal_name)
-                offset = start + length
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
 
 
 # -- child processes -------------------------------------------------------------
@@ -7049,7 +7210,6 @@ _JOB_JSON_KEYS = (
 )
 _TIME_KEYS = frozenset(("created_at", "begin_after", "begin_by", "started_at", "finished_at",
                         "lease_expires", "stop_requested"))
-_REPR_MOST = 500  # characters of an argument or result shown
 
 
 def _job_json(row: Mapping[str, Any]) -> dict[str, Any]:

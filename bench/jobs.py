@@ -16,3 +16,9 @@ def started_at():
 def completed_parts(*parts):
     """The postprocess of the fan-out benchmark: how many parts completed."""
     return sum(part.status == "completed" for part in parts)
+
+
+def ended_after(seconds):
+    """Sleep, then return when it ended, on the wall clock, for wait latency."""
+    time.sleep(seconds)
+    return time.time()

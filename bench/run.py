@@ -128,6 +128,8 @@ def add_finished_backlog(path: str, rows: int) -> None:
         SELECT 'default', 0, 'completed', 'bench.run:noop', t, t, t, 1
         FROM (SELECT :now - 6 * 86400 * (:rows - i) / :rows AS t FROM n)
         """, {"rows": rows, "now": time.time()})
+    conn.execute("DELETE FROM litejobs_ended_counts")  # as if they had ended by litejobs
+    conn.execute(litejobs._COUNT_ALL_ENDED)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -167,6 +169,28 @@ def claim_query_time(folder: str, name: str, backlog: int, repeat: int) -> float
     conn.close()
     queue.close()
     return elapsed / repeat
+
+
+def counts_time(folder: str, backlog: int, repeat: int) -> tuple[float, float]:
+    """Mean seconds of `Queue.counts` over a table with ``backlog`` finished
+    rows and 1,000 pending, and of the plain GROUP BY scan it replaced."""
+    path = os.path.join(folder, "counts.db")
+    queue = litejobs.Queue(path, durable=False)
+    add_finished_backlog(path, backlog)
+    queue.put_many([noop] * 1000)
+    assert queue.counts()["completed"] == backlog
+    timings = []
+    for count in (queue.counts, lambda: dict(
+            scan.execute("SELECT status, count(*) FROM litejobs_jobs GROUP BY status"))):
+        scan = sqlite3.connect(path)
+        count()  # warm the page cache
+        started = time.perf_counter()
+        for _ in range(repeat):
+            count()
+        timings.append((time.perf_counter() - started) / repeat)
+        scan.close()
+    queue.close()
+    return timings[0], timings[1]
 
 
 # -- worker pools -----------------------------------------------------------------
@@ -412,6 +436,41 @@ def pickup_latency(folder: str, samples: int, durable: bool) -> list[float]:
         pool.close()
 
 
+def polling_wait(job: litejobs.Job, timeout: float) -> None:
+    """How `Job.wait` waited before it woke on commits: refresh, sleeping 1 ms,
+    then twice as long each time, up to 50 ms."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while job.refresh().status not in ("completed", "failed", "cancelled"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(job)
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def wait_latency(folder: str, samples: int) -> tuple[list[float], list[float]]:
+    """Seconds from a job's end (its own clock reading, as it returns) to
+    `Job.wait` returning in the putting process, and the same with the
+    polling wait of before, alternated on one idle pool.  Each job sleeps a
+    random 20 to 80 ms first, so that the end falls at a random phase."""
+    pool = Pool(os.path.join(folder, "pool-wait.db"), 2)
+    rng = random.Random(11)
+    waits: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for sample in range(2 * samples):
+            commits = sample % 2 == 0
+            job = pool.queue.put(litejobs.Job("jobs:ended_after", rng.uniform(0.02, 0.08)))
+            if commits:
+                ended = job.wait(timeout=60)
+            else:
+                polling_wait(job, timeout=60)
+                ended = job.result
+            waits[commits].append(max(0.0, time.time() - ended))
+        return sorted(waits[True]), sorted(waits[False])
+    finally:
+        pool.close()
+
+
 def idle_cpu(folder: str, seconds: float) -> float:
     """CPU an idle pool of 2 processes uses, as a fraction of one core."""
     pool = Pool(os.path.join(folder, "pool-idle.db"), 2)
@@ -476,6 +535,12 @@ def main() -> int:
         rows.append((f"claim SELECT, {backlog:,} finished rows",
                      f"{full_query * 1e6:.1f} us", f"empty table {empty_query * 1e6:.1f} us",
                      f"{empty_query / full_query:.0%}"))
+        ours, scan = counts_time(folder, backlog, 20)
+        rows.append((f"Queue.counts, {backlog:,} finished rows",
+                     f"{ours * 1000:.2f} ms", f"GROUP BY scan {scan * 1000:.1f} ms",
+                     f"{scan / ours:.0f}x"))
+        rows.append((f"Queue.counts, {backlog:,} finished rows, target",
+                     f"{ours * 1000:.2f} ms", "target 10 ms", f"{0.010 / ours:.0%}"))
         raw = raw_claim_complete(folder, pool_jobs, 64)
         row(f"raw claim+complete, 1 a transaction ({pool_jobs:,})",
             raw_claim_complete(folder, pool_jobs, 1), "the same, 64 a batch", raw)
@@ -509,6 +574,15 @@ def main() -> int:
                 rows.append((f"pickup latency {name}, idle pool, {puts} ({latency_samples})",
                              f"{value * 1000:.1f} ms", f"target {target * 1000:.0f} ms",
                              f"{target / value:.0%}" if value else "-"))
+        woken, polled = wait_latency(folder, latency_samples)
+        for name, share in (("p50", 0.5), ("p99", 0.99)):
+            ours, theirs = (min(len(s) - 1, int(len(s) * share)) for s in (woken, polled))
+            rows.append((f"Job.wait lag after the job ends, {name} ({latency_samples})",
+                         f"{woken[ours] * 1000:.1f} ms",
+                         f"polling wait, 1 to 50 ms {polled[theirs] * 1000:.1f} ms",
+                         f"{polled[theirs] / woken[ours]:.1f}x" if woken[ours] else "-"))
+        rows.append(("Job.wait lag p50, target", f"{woken[len(woken) // 2] * 1000:.1f} ms",
+                     "target 5 ms", f"{0.005 / max(woken[len(woken) // 2], 1e-9):.0%}"))
         largest, put = wal_under_load(folder, wal_seconds)
         limit = litejobs._WAL_SIZE_LIMIT
         rows.append((f"WAL size, steady load ({put:,} jobs in {wal_seconds:.0f} s)",

@@ -3,12 +3,53 @@ import datetime
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 
 import pytest
 
 from waiting import WAIT, wait_until
+
+
+ENDED_BY_SCAN = """
+SELECT queue, status, count(*) FROM litejobs_jobs
+WHERE status IN ('completed', 'failed', 'cancelled') GROUP BY queue, status
+"""
+
+
+def ended_tallies_disagree(path):
+    """Where the tallies `Queue.counts` reads of the ended jobs in the
+    database at ``path`` differ from a scan of its rows: {(queue, status):
+    (tallied, scanned)}; {} for a file that is not a readable litejobs one."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                return {}
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except OSError:
+        return {}
+    try:
+        tallied = {(queue, status): jobs for queue, status, jobs in conn.execute(
+            "SELECT queue, status, jobs FROM litejobs_ended_counts WHERE jobs != 0")}
+        scanned = {(queue, status): jobs for queue, status, jobs in conn.execute(ENDED_BY_SCAN)}
+    except sqlite3.Error:  # not litejobs', older, corrupt on purpose, or locked
+        return {}
+    finally:
+        conn.close()
+    return {key: (tallied.get(key, 0), scanned.get(key, 0))
+            for key in tallied.keys() | scanned.keys() if tallied.get(key) != scanned.get(key)}
+
+
+@pytest.fixture(autouse=True)
+def ended_tallies_stay_exact(tmp_path):
+    """After every test, every litejobs database it left in its temporary
+    folder counts its ended jobs exactly: whatever path ended, re-opened or
+    deleted them, the tallies followed."""
+    yield
+    for path in sorted(tmp_path.rglob("*")):
+        if path.is_file() and not path.name.endswith(("-wal", "-shm", "-journal")):
+            assert ended_tallies_disagree(path) == {}, path
 
 
 @pytest.fixture

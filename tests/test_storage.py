@@ -276,6 +276,29 @@ def test_a_file_of_schema_version_1_is_upgraded_keeping_its_jobs(db_path):
     assert_fully_migrated(db_path)
 
 
+def test_a_file_of_schema_version_2_gets_exact_counts_of_the_jobs_it_already_held(db_path):
+    """Migration 3 tallies the jobs that had ended; counts stay exact after."""
+    with plain_connection(db_path) as conn:
+        conn.execute(litejobs._CREATE_VERSION_TABLE)
+        for version in (1, 2):
+            for statement in litejobs._MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute(litejobs._RECORD_VERSION, (version, time.time()))
+        for queue, status, finished in [("default", "completed", 1), ("default", "completed", 1),
+                                        ("default", "failed", 1), ("other", "cancelled", 1),
+                                        ("default", "pending", None)]:
+            conn.execute("INSERT INTO litejobs_jobs (queue, status, name, created_at, "
+                         "begin_after, finished_at) VALUES (?, ?, 'time:time', 0, 0, ?)",
+                         (queue, status, finished))
+    with litejobs.Queue(db_path) as queue:
+        assert queue.counts() == {"pending": 1, "waiting": 0, "active": 0, "completed": 2,
+                                  "failed": 1, "cancelled": 1}
+        assert queue.counts("other")["cancelled"] == 1
+        assert queue.run_pending() == 1
+        assert queue.counts()["completed"] == 3
+    assert_fully_migrated(db_path)
+
+
 # -- 4. a file from a newer litejobs -----------------------------------------------
 
 
@@ -500,6 +523,8 @@ def insert_completed_jobs(path: Path, count: int) -> None:
             """,
             (count,),
         )
+        conn.execute("DELETE FROM litejobs_ended_counts")  # as if they had ended by litejobs
+        conn.execute(litejobs._COUNT_ALL_ENDED)
         conn.execute("COMMIT")
         conn.execute("ANALYZE")  # let the planner see how lopsided the table is
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import json
 import socket
+import threading
 import time
 
 import pytest
@@ -384,3 +385,88 @@ def test_the_pool_registry_knows_live_stopped_and_gone_pools(backend):
             pools["pool-gone"]["alive"]) == (True, False, False)
     found = row(backend, job_id)  # its run had begun: an interruption
     assert (found["status"], found["interruptions"]) == (PENDING, 1)
+
+
+# -- counts ---------------------------------------------------------------------------------
+
+
+def scanned_counts(q, queue=None):
+    """Counts by a plain scan of every row: what `counts` must equal."""
+    found = dict.fromkeys(litejobs.STATUSES, 0)
+    for job in q.jobs(limit=10_000, queue=queue):
+        found[job.status] += 1
+    return found
+
+
+def test_counts_stay_exact_through_every_kind_of_change(backend):
+    q = backend
+    seen = []
+
+    def check():
+        for queue in (None, "default", "other"):
+            counts = {s: n for s, n in q.counts(queue).items()}
+            assert counts == scanned_counts(q, queue), (len(seen), queue)
+        seen.append(q.counts())
+
+    check()
+    plain = q.put(Job(sample_jobs.add, 1, 1))
+    other = q.put(Job(sample_jobs.add, 1, 2), queue="other")
+    tree = q.put(parallel(Job(sample_jobs.add, 1, 3), Job(sample_jobs.fail, "no"),
+                          postprocess=sample_jobs.echo))
+    chain = q.put(serial(Job(sample_jobs.add, 1, 4), Job(sample_jobs.add, 1, 5)))
+    check()
+    token, ids = claim(q, limit=2, queues=["default"])
+    check()
+    q._storage.finish(ids[0], token, status=COMPLETED, now=T0 + 11, result=None)
+    q._storage.interrupt(ids[1], token, T0 + 11, "a test")
+    check()
+    assert q.run_pending(now=datetime.datetime.fromtimestamp(T0 + 20, datetime.timezone.utc)) > 0
+    check()
+    assert plain.refresh().status == COMPLETED and other.refresh().status == COMPLETED
+    other = q.put(Job(sample_jobs.add, 2, 2), queue="other")
+    check()
+    assert tree.refresh().status == COMPLETED and chain.refresh().status == COMPLETED
+    failed_part = [part for part in tree.children() if part.status == FAILED][0]
+    failed_part.retry()  # re-opens the parallel around it
+    check()
+    other.cancel()
+    check()
+    tree.cancel()
+    check()
+    assert q.purge(datetime.datetime.fromtimestamp(T0 + 100, datetime.timezone.utc)) > 0
+    check()  # the purge cascaded to parts
+    assert seen[-1] == dict.fromkeys(litejobs.STATUSES, 0)
+
+
+# -- waking on commits ----------------------------------------------------------------------
+
+
+def test_a_commit_watch_wakes_on_another_connections_commit_and_not_otherwise(backend):
+    q = backend
+    other = litejobs.Queue(q.path)
+    watch = q._storage.watch_commits()
+    try:
+        assert watch.wait(0.05) is False
+        timer = threading.Timer(0.1, other.put, (sample_jobs.whoami,))
+        timer.start()
+        assert watch.wait(30) is True
+        timer.join()
+        assert watch.wait(0.05) is False  # that commit is seen once
+    finally:
+        watch.close()
+        other.close()
+
+
+def test_a_commit_watch_without_inotify_still_wakes_on_commits(backend, monkeypatch):
+    q = backend
+    monkeypatch.setattr(litejobs._WalWatch, "open", classmethod(lambda cls, path: None))
+    other = litejobs.Queue(q.path)
+    watch = q._storage.watch_commits()
+    timer = threading.Timer(0.05, other.put, (sample_jobs.whoami,))
+    try:
+        timer.start()
+        assert watch.wait(30) is True
+    finally:
+        timer.join()
+        watch.close()
+        other.close()
