@@ -125,7 +125,7 @@ import types
 import urllib.parse
 import uuid
 from typing import (Any, Callable, Collection, ContextManager, cast, Iterable, Iterator, Mapping,
-                    Protocol, Sequence)
+                    NamedTuple, Protocol, Sequence, Union)
 
 ###############################################################################
 # Constants and exceptions
@@ -193,7 +193,7 @@ _SETTLE_CHECKS = (0.001, 0.025)  # after a WAL write: check every ms, for this l
 _SAFETY_CHECK_INTERVAL = 0.25  # with inotify, still check this often
 _OTHERS_CHANGES_CHECK = 0.01  # while others' commits bring nothing, check this often
 _CANCEL_CHECK_INTERVAL = 0.5  # seconds between checks for cancels of running jobs
-_MAX_CHUNK = 64  # jobs per message to a child, and outcomes per message back
+_MAX_CHUNK = 128  # jobs per message to a child, and outcomes per message back
 _CHUNK_SECONDS = 0.005  # a chunk holds about this much work
 _FLUSH_AFTER = 0.005  # seconds a child may hold finished outcomes before sending
 _FAST_JOB = 0.01  # below this many seconds per job, children get work ahead
@@ -213,7 +213,10 @@ _MAX_YOUNG_DEATHS = 8  # children dying before they are ready, in a row, stop a 
 _START_MARK_AFTER = 0.05  # seconds a run goes before its pool records that it began
 _LOG_RATE = 1000  # log records a second a worker process forwards, at most ...
 _LOG_BURST = 2000  # ... after a burst of this many; the rest are counted and dropped
+_INFO_LINES = 100  # runs that end well a pool logs one by one at INFO, a second at most
 _RECEIVE_MOST = 32  # messages a supervisor takes from one child before it looks around
+_STEAL_AFTER = 0.1  # seconds a worker process's work may stand still before others take it
+_ESTIMATE_WEIGHT = 0.25  # how much a quick job moves a pool's estimate of job durations
 _WAL_WRITE_LOCK_BYTE = 120  # in the -shm file: https://sqlite.org/walformat.html, 2.3.1
 _PARTS_NAMED = 20  # a PartsFailed error names this many failed parts at most
 _WORKER_ROWS_KEPT = 7 * 86400.0  # seconds a stopped pool's row is kept
@@ -5254,11 +5257,118 @@ def _ignore_signal(signum: int, frame: Any) -> None:
     programs a job starts still get the default signal behaviour."""
 
 
-# -- child processes -------------------------------------------------------------
+# -- what a supervisor and its worker processes tell each other -------------------
+#
+# They talk over a duplex pipe, in lists of the messages below (a batch of
+# outcomes costs one send and one pickle), and share a `_RunningSlot`.
 
 
-# What a child gets for each job: its id, row, pickled call and signature.
-_JobToRun = tuple[int, dict[str, Any], bytes | None, bytes | None]
+class _RunningSlot:
+    """The shared memory through which a worker process shows its supervisor
+    what it runs: the job running now (0 for none), when that job started on
+    the monotonic clock (the same for every process, on Linux and macOS), and
+    the last job it started.  With it the supervisor kills, times and blames
+    the right job, and knows, when a process dies, which of its jobs had run.
+    The worker process writes it; the supervisor only reads."""
+
+    _JOB, _SINCE, _LAST = range(3)  # the layout of the array
+    __slots__ = ("array",)
+
+    def __init__(self, array: Any):
+        self.array = array  # a multiprocessing RawArray of 3 doubles
+
+    @property
+    def job_id(self) -> int:
+        return int(self.array[self._JOB])
+
+    @property
+    def since(self) -> float:
+        return float(self.array[self._SINCE])
+
+    @property
+    def last_started(self) -> int:
+        return int(self.array[self._LAST])
+
+    def start(self, job_id: int, now: float) -> None:
+        self.array[self._SINCE] = now
+        self.array[self._LAST] = job_id
+        self.array[self._JOB] = job_id  # written last: the start above is then valid
+
+    def clear(self) -> None:
+        self.array[self._JOB] = 0
+
+
+class _JobToRun(NamedTuple):
+    """A claimed job as a worker process gets it."""
+
+    job_id: int
+    row: dict[str, Any]
+    payload: bytes | None
+    signature: bytes | None
+
+
+class _Run(NamedTuple):
+    """To a worker process: run these jobs, after those it holds."""
+
+    jobs: list[_JobToRun]
+
+
+class _Skip(NamedTuple):
+    """To a worker process: give back these jobs unless started, each with a
+    `_Skipped`; ``ids`` None gives back every job it holds (a stopping pool)."""
+
+    ids: tuple[int, ...] | None
+
+
+class _Stop(NamedTuple):
+    """To a worker process: exit once the jobs it holds have run."""
+
+
+class _Ready(NamedTuple):
+    """From a worker process: set up, and waiting for jobs."""
+
+    pid: int
+
+
+class _Started(NamedTuple):
+    """From a worker process: a job with a timeout began; its supervisor
+    wakes to time it."""
+
+    job_id: int
+
+
+class _Progress(NamedTuple):
+    """From a worker process: the latest progress and meta of a running job."""
+
+    job_id: int
+    fields: dict[str, Any]
+
+
+class _ForwardedLog(NamedTuple):
+    """From a worker process: a log record, as plain data."""
+
+    data: dict[str, Any]
+
+
+class _Skipped(NamedTuple):
+    """From a worker process: a job it gave back, never started."""
+
+    job_id: int
+
+
+class _Done(NamedTuple):
+    """From a worker process: a job ran.  ``outcome`` None is the most common
+    one, completed with no result, which pickles smallest."""
+
+    job_id: int
+    outcome: _Outcome | None
+    seconds: float
+
+
+_FromChild = Union[_Done, _Skipped, _Progress, _ForwardedLog, _Started, _Ready]
+
+
+# -- worker processes -------------------------------------------------------------
 
 
 class _ChildWork:
@@ -5266,32 +5376,26 @@ class _ChildWork:
 
     - The main thread runs jobs, one at a time, in the order they came.
     - A reader thread takes the supervisor's messages as they arrive, so
-      that "skip" and "drain" act at once, even while a job runs.  It never
-      sends, so it always keeps reading: the supervisor's writes to a child
-      cannot block for long, even while the child waits to write back.
-      It exits the process when the supervisor is gone: the jobs' leases then
+      that a `_Skip` acts at once, even while a job runs.  It never sends,
+      so it always keeps reading: the supervisor's writes to a worker
+      process cannot block for long, even while it waits to write back.  It
+      exits the process when the supervisor is gone: the jobs' leases then
       lapse, and another pool takes them.
     - A flusher thread sends outcomes that have waited ``_FLUSH_AFTER``, so
       a quick job's result never waits for the slow job after it.
-
-    ``running`` is shared memory the supervisor reads: the id of the job
-    running now (0 for none), when it started on the monotonic clock, which
-    on Linux and macOS is the same for every process, and the id of the last
-    job started.  With it the supervisor kills, times and blames the right
-    job, and knows, when a child dies, which of its jobs had run.
     """
 
-    def __init__(self, conn: Any, running: Any):
+    def __init__(self, conn: Any, slot: _RunningSlot):
         self.conn = conn
-        self.running = running
+        self.slot = slot
         self.lock = threading.Condition()  # guards the attributes below
         self.pending: collections.deque[_JobToRun] = collections.deque()
-        self.outbox: list[tuple[Any, ...]] = []
+        self.outbox: list[_FromChild] = []
         self.held_since = 0.0
         self.stopping = False
         self._send_lock = threading.Lock()
 
-    def send(self, messages: list[tuple[Any, ...]]) -> None:
+    def send(self, messages: list[_FromChild]) -> None:
         if not messages:
             return
         with self._send_lock:
@@ -5308,13 +5412,13 @@ class _ChildWork:
                         print(f"litejobs: a worker process could not send "
                               f"{_describe(message)}", file=sys.stderr)
 
-    def _send_or_exit(self, messages: list[tuple[Any, ...]]) -> None:
+    def _send_or_exit(self, messages: list[_FromChild]) -> None:
         try:
             self.conn.send(messages)
         except OSError:  # a broken pipe: the supervisor is gone, and so is this
             os._exit(_ORPHANED_EXIT)  # process, quietly; the jobs' leases lapse
 
-    def _take_outbox(self) -> list[tuple[Any, ...]]:
+    def _take_outbox(self) -> list[_FromChild]:
         messages, self.outbox = self.outbox, []
         return messages
 
@@ -5328,26 +5432,27 @@ class _ChildWork:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 os._exit(_ORPHANED_EXIT)
-            kind = message[0]
             with self.lock:
-                if kind == "run":
-                    self.pending.extend(message[1])
-                elif kind in ("skip", "drain"):
-                    unwanted = None if kind == "drain" else set(message[1])
-                    kept: collections.deque[_JobToRun] = \
-                        collections.deque()
-                    for item in self.pending:
-                        if unwanted is not None and item[0] not in unwanted:
-                            kept.append(item)
-                        else:
-                            self.outbox.append(("skipped", item[0]))
-                    self.pending = kept
-                    self.held_since = 0.0  # the flusher sends the replies at once
-                elif kind == "stop":
+                if isinstance(message, _Run):
+                    self.pending.extend(message.jobs)
+                elif isinstance(message, _Skip):
+                    self._give_back(message.ids)
+                elif isinstance(message, _Stop):
                     self.stopping = True
                 self.lock.notify_all()
-            if kind == "stop":
+            if isinstance(message, _Stop):
                 return
+
+    def _give_back(self, ids: tuple[int, ...] | None) -> None:
+        unwanted = None if ids is None else set(ids)
+        kept: collections.deque[_JobToRun] = collections.deque()
+        for item in self.pending:
+            if unwanted is not None and item.job_id not in unwanted:
+                kept.append(item)
+            else:
+                self.outbox.append(_Skipped(item.job_id))
+        self.pending = kept
+        self.held_since = 0.0  # the flusher sends the replies at once
 
     def flush_held(self) -> None:
         while True:
@@ -5379,16 +5484,14 @@ class _ChildWork:
             if not self.pending:
                 return None
             item = self.pending.popleft()
-            self.running[1] = time.monotonic()
-            self.running[2] = item[0]
-            self.running[0] = item[0]  # written last: the start above is then valid
-            held = []
-            if item[1]["timeout"] is not None:  # wake the supervisor to time it
-                held = self._take_outbox() + [("started", item[0])]
+            self.slot.start(item.job_id, time.monotonic())
+            held: list[_FromChild] = []
+            if item.row["timeout"] is not None:  # wake the supervisor to time it
+                held = self._take_outbox() + [_Started(item.job_id)]
         self.send(held)
         return item
 
-    def post(self, message: tuple[Any, ...]) -> None:
+    def post(self, message: _FromChild) -> None:
         """Send ``message`` with the next batch, within ``_FLUSH_AFTER``."""
         with self.lock:
             if not self.outbox:
@@ -5398,14 +5501,12 @@ class _ChildWork:
 
     def finished(self, job_id: int, outcome: _Outcome, seconds: float, timed: bool) -> None:
         with self.lock:
-            self.running[0] = 0
+            self.slot.clear()
             if not self.outbox:
                 self.held_since = time.monotonic()
                 self.lock.notify_all()  # the flusher starts counting
-            # The common outcome of a quick job goes as None: a plain tuple is
-            # what the supervisor, the pool's bottleneck, unpickles quickest.
-            self.outbox.append(("done", job_id, None if outcome == _PLAIN_COMPLETION
-                                else outcome, seconds))
+            self.outbox.append(_Done(job_id, None if outcome == _PLAIN_COMPLETION
+                                     else outcome, seconds))
             full = timed or len(self.outbox) >= _MAX_CHUNK
             messages = self._take_outbox() if full else []
         self.send(messages)
@@ -5438,7 +5539,7 @@ class _ForwardLogs(logging.Handler):
                               self._allowance + (now - self._filled_at) * _LOG_RATE)
         self._filled_at = now
         if self._allowance < 1:
-            self._dropped[int(getattr(record, "job_id", 0) or self.work.running[0])] += 1
+            self._dropped[int(getattr(record, "job_id", 0) or self.work.slot.job_id)] += 1
             return
         self._allowance -= 1
         self.report_dropped()
@@ -5465,10 +5566,10 @@ class _ForwardLogs(logging.Handler):
                 data["exc_text"] = logging.Formatter().formatException(record.exc_info)
             data["exc_info"] = None
             if "job_id" not in data:
-                running = int(self.work.running[0])
+                running = self.work.slot.job_id
                 if running:
                     data["job_id"] = running
-            self.work.post(("log", {key: _plain(value) for key, value in data.items()}))
+            self.work.post(_ForwardedLog({key: _plain(value) for key, value in data.items()}))
         except Exception:
             self.handleError(record)
 
@@ -5522,16 +5623,71 @@ def _job_log(row: Mapping[str, Any], duration: float | None = None) -> dict[str,
             "duration": None if duration is None else round(duration, 6)}
 
 
+# How `_InfoBudget` counts the runs it did not log one by one, by status.
+_ENDED_WELL = {COMPLETED: "more jobs completed", CANCELLED: "more jobs cancelled",
+               WAITING: "more jobs returned a job to wait for"}
+
+
+class _InfoBudget:
+    """How many runs that end well (completed, cancelled, waiting on a job
+    they returned) a pool logs one by one at INFO: at most ``_INFO_LINES`` a
+    second.  Past that, the rest are logged at DEBUG only, and one INFO line
+    a second counts them: a pool draining tens of thousands of quick jobs a
+    second would otherwise spend a third of its time logging them.  Runs
+    that fail, retry or are lost are always logged one by one.  It owns the
+    current second's count, on the injected ``clock`` (monotonic seconds)."""
+
+    def __init__(self, pool_id: str, clock: Callable[[], float]):
+        self._pool_id = pool_id
+        self._clock = clock
+        self._since = clock()
+        self._lines = 0
+        self._held: collections.Counter[str] = collections.Counter()  # by status
+
+    def take(self, status: str) -> bool:
+        """Whether a run that ended ``status`` gets its own INFO line."""
+        now = self._clock()
+        if now - self._since >= 1.0:
+            self.flush(now)
+        if self._lines < _INFO_LINES:
+            self._lines += 1
+            return True
+        self._held[status] += 1
+        return False
+
+    def take_turn(self, now: float) -> None:
+        """Once the second is over, log what was held back (a pool calls this
+        as it goes, so that the count comes even when jobs stop coming)."""
+        if now - self._since >= 1.0:
+            self.flush(now)
+
+    def flush(self, now: float) -> None:
+        """Log the count of the runs held back, if any, and start a new second."""
+        if self._held:
+            ended = ", ".join(f"{count:,} {_ENDED_WELL[status]}"
+                              for status, count in sorted(self._held.items()))
+            _log.info("%s: %s in the last %s, beyond the %d a second logged one by one "
+                      "(--log-level debug logs each)", self._pool_id, ended,
+                      _format_duration(now - self._since), _INFO_LINES)
+            self._held.clear()
+        self._since = now
+        self._lines = 0
+
+
 def _log_outcome(row: Mapping[str, Any], outcome: _Outcome, status: str | None,
-                 duration: float | None) -> None:
+                 duration: float | None, budget: _InfoBudget | None = None) -> None:
     """Log how a run ended, once its outcome is written (``status`` None: the
-    lease was lost first).  A run refused by its runner was logged by
+    lease was lost first); one that ended well at INFO if the ``budget``
+    allows, else at DEBUG.  A run refused by its runner was logged by
     `_Refusals` already."""
     if outcome.refused:
         return
     timed_out = outcome.error_type == _JOB_TIMEOUT_TYPE
     level = (logging.ERROR if status == FAILED or (status == PENDING and timed_out) else
              logging.WARNING if status in (None, PENDING) else logging.INFO)
+    if level == logging.INFO and budget is not None and _log.isEnabledFor(level) \
+            and not budget.take(str(status)):
+        level = logging.DEBUG
     if not _log.isEnabledFor(level):
         return  # pools call this for every job: do nothing more when it is not logged
     extra = _job_log(row, duration)
@@ -5549,11 +5705,11 @@ def _log_outcome(row: Mapping[str, Any], outcome: _Outcome, status: str | None,
                  "timed out" if timed_out else "failed", took, _last_line(outcome.error),
                  extra=extra)
     elif status == CANCELLED:
-        _log.info("%s was cancelled%s", what, took, extra=extra)
+        _log.log(level, "%s was cancelled%s", what, took, extra=extra)
     elif status == WAITING:
-        _log.info("%s returned a job%s, and waits for it", what, took, extra=extra)
+        _log.log(level, "%s returned a job%s, and waits for it", what, took, extra=extra)
     else:
-        _log.info("%s completed%s", what, took, extra=extra)
+        _log.log(level, "%s completed%s", what, took, extra=extra)
 
 
 def _limit_memory(most: int) -> None:
@@ -5565,7 +5721,7 @@ def _limit_memory(most: int) -> None:
 
 
 def _post_progress(work: _ChildWork, job_id: int, fields: dict[str, Any]) -> None:
-    work.post(("progress", job_id, fields))
+    work.post(_Progress(job_id, fields))
 
 
 def _too_late(row: Mapping[str, Any]) -> _Outcome | None:
@@ -5581,14 +5737,14 @@ def _too_late(row: Mapping[str, Any]) -> _Outcome | None:
         f"but its worker process reached it at {_format_time(now)}")))
 
 
-def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
+def _child_main(conn: Any, options: dict[str, Any], slot: _RunningSlot) -> None:
     """A worker process: run the jobs the supervisor sends, in order, and
     send back their outcomes, batched while jobs are quick."""
     # Stopping is the supervisor's decision: a Ctrl-C or a SIGTERM sent to the
     # whole process group must not kill jobs mid-run.
     signal.signal(signal.SIGINT, _ignore_signal)
     signal.signal(signal.SIGTERM, _ignore_signal)
-    work = _ChildWork(conn, running)
+    work = _ChildWork(conn, slot)
     # Everything logged here, by litejobs or by jobs, goes to the supervisor,
     # which logs it wherever the pool's own log goes.
     root = logging.getLogger()
@@ -5606,7 +5762,7 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"],
                   size_limit=options["size_limit"], secret=_Keys(options["secrets"]))
     news = _NewsWatch(queue._storage)
-    work.send([("ready", os.getpid())])
+    work.send([_Ready(os.getpid())])
     for target, name in ((work.read, "reader"), (work.flush_held, "flusher")):
         threading.Thread(target=target, daemon=True, name=f"litejobs-child-{name}").start()
     while True:
@@ -5635,61 +5791,61 @@ def _child_main(conn: Any, options: dict[str, Any], running: Any) -> None:
     queue.close()
 
 
-# -- the supervisor ----------------------------------------------------------------
+# -- the supervisor: its view of the worker processes -------------------------------
+
+
+class _FileGone(DatabaseError):
+    """The database file was deleted or replaced under a running pool."""
 
 
 @dataclasses.dataclass(eq=False)
 class _Assignment:
-    """A claimed job handed to a child process."""
+    """A claimed job handed to a worker process."""
 
     job_id: int
     token: str
     row: dict[str, Any]
     child: _Child | None  # None: given back before it reached one (see _Refusals)
-    skip_sent: bool = False
+    skip_sent: bool = False  # asked back from its process (_Skip)
     lease_lost: bool = False
     start_marked: bool = False  # the database knows its run began (_MARK_STARTED)
     seconds: float | None = None  # how long the run took, once it has ended
 
 
 class _Child:
-    """One worker process, as its supervisor sees it."""
+    """One worker process, as its supervisor sees it: the process, its pipe,
+    its `_RunningSlot`, the jobs handed to it in order, and how it stands."""
 
-    def __init__(self, process: Any, conn: Any, number: int, running: Any):
+    def __init__(self, process: Any, conn: Any, number: int, slot: _RunningSlot,
+                 now: float):
         self.process = process
         self.conn = conn
-        self.running = running  # shared with the child: see _ChildWork
+        self.slot = slot
         self.fd: int = conn.fileno()  # the selector's key, valid after conn closes
         self.number = number
         self.assigned: collections.deque[_Assignment] = collections.deque()
         self.ready = False  # set up and waiting for work: until then it gets none
         self.sent = 0
         self.done = 0
-        self.started = time.monotonic()
+        self.heard = now  # when it last sent anything, or was sent work while idle
         self.kill_reason: tuple[str, int | None] | None = None
         self.retiring = False
         self.stop_sent = False
 
-    def running_job(self) -> int:
-        """The id of the job the child is running now, or 0."""
-        return int(self.running[0])
-
     def assignment(self, job_id: int) -> _Assignment | None:
-        """This child's assignment of ``job_id`` (the oldest, if the pool
+        """This process's assignment of ``job_id`` (the oldest, if the pool
         claimed the job again after losing its lease)."""
         for assignment in self.assigned:
             if assignment.job_id == job_id:
                 return assignment
         return None
 
-    def running_since(self) -> float:
-        return float(self.running[1])
+    def running(self) -> _Assignment | None:
+        """The assignment it is running now, if any."""
+        job_id = self.slot.job_id
+        return self.assignment(job_id) if job_id else None
 
-    def last_started(self) -> int:
-        """The id of the last job the child started, or 0."""
-        return int(self.running[2])
-
-    def send(self, message: tuple[Any, ...]) -> bool:
+    def send(self, message: _Run | _Skip | _Stop) -> bool:
         try:
             self.conn.send(message)
         except (OSError, ValueError):
@@ -5703,8 +5859,1321 @@ class _Child:
             self.process.kill()
 
 
-class _FileGone(DatabaseError):
-    """The database file was deleted or replaced under a running pool."""
+class _Dispatcher:
+    """Which claimed job goes to which worker process: pure logic, no I/O,
+    on an injected clock (monotonic seconds).
+
+    It owns what the pool knows of how long jobs take.  While jobs are
+    reliably quick, each process gets work ahead, in chunks, so that it never
+    waits for the supervisor; one slow job stops that at once.  A process
+    whose work has not moved for ``_STEAL_AFTER`` (a slow job, a stopped
+    process) is *stuck*: it gets nothing more, and the jobs it holds but has
+    not started are asked back (`steals`), so that no job waits behind a slow
+    one.
+    """
+
+    def __init__(self, max_jobs_per_child: int | None):
+        self.max_jobs_per_child = max_jobs_per_child
+        self.job_seconds: float | None = None  # a cautious estimate: see note_duration
+        self.timed_jobs = 0
+
+    def note_duration(self, seconds: float) -> None:
+        # A moving average: a slow job among quick ones moves it only so far,
+        # since stealing frees what that job holds up.
+        self.timed_jobs += 1
+        current = self.job_seconds
+        self.job_seconds = seconds if current is None else \
+            current * (1 - _ESTIMATE_WEIGHT) + seconds * _ESTIMATE_WEIGHT
+
+    def chunk(self) -> tuple[int, int]:
+        """Jobs per message, and the most a process may hold, for jobs this
+        fast: one at a time until jobs are known to be quick, then enough for
+        ``_CHUNK_SECONDS`` of work."""
+        seconds = self.job_seconds
+        if seconds is None or seconds >= _FAST_JOB or self.timed_jobs < _FAST_EVIDENCE:
+            return 1, 1
+        chunk = max(1, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(seconds, 1e-6))))
+        return chunk, 2 * chunk
+
+    @staticmethod
+    def stuck(child: _Child, now: float) -> bool:
+        """Whether the process's work has not moved for ``_STEAL_AFTER``: its
+        job started that long ago, or it holds jobs and has said nothing."""
+        if child.slot.job_id:
+            return now - child.slot.since >= _STEAL_AFTER
+        return bool(child.assigned) and now - child.heard >= _STEAL_AFTER
+
+    def room(self, child: _Child, now: float, chunk: int, most: int) -> int:
+        """How many more jobs the process should get now."""
+        if not child.ready or child.retiring or child.kill_reason is not None \
+                or child.stop_sent or self.stuck(child, now):
+            return 0
+        held = len(child.assigned)
+        if most > 1 and held > most - chunk:
+            return 0  # refill only once a chunk's worth has been done
+        room = most - held
+        if self.max_jobs_per_child is not None:
+            room = min(room, self.max_jobs_per_child - child.sent)
+        return max(0, room)
+
+    def rooms(self, children: Iterable[_Child], now: float) -> dict[_Child, int]:
+        chunk, most = self.chunk()
+        return {child: self.room(child, now, chunk, most) for child in children}
+
+    def plan(self, rows: Sequence[dict[str, Any]], children: Iterable[_Child],
+             now: float) -> tuple[dict[_Child, list[dict[str, Any]]], list[dict[str, Any]]]:
+        """Deal ``rows`` out one by one, the processes holding least first, so
+        that none holds work ahead while another has none.  Returns the plan
+        and the rows no process had room for."""
+        rooms = self.rooms(children, now)
+        turn = [child for child in sorted(rooms, key=lambda c: len(c.assigned))
+                if rooms[child] > 0]
+        plan: dict[_Child, list[dict[str, Any]]] = {child: [] for child in turn}
+        left = collections.deque(rows)
+        while left and turn:
+            for child in list(turn):
+                if not left:
+                    break
+                plan[child].append(left.popleft())
+                if len(plan[child]) >= rooms[child]:
+                    turn.remove(child)
+        return plan, list(left)
+
+    def steals(self, children: Iterable[_Child], now: float) -> list[_Assignment]:
+        """The jobs to ask back now: those a stuck process holds, has not
+        started and was not asked for yet.  Given back to the database, they
+        go to the processes of this pool that are free, or of another."""
+        taken: list[_Assignment] = []
+        for child in children:
+            if self.stuck(child, now):
+                running = child.slot.job_id
+                taken += [a for a in child.assigned if not a.skip_sent and a.job_id != running]
+        return taken
+
+    @staticmethod
+    def next_steal(children: Iterable[_Child], now: float) -> float | None:
+        """When a process holding jobs it has not started becomes stuck, if
+        one will; once stuck, a process that frees up wakes the pool anyway."""
+        moments = []
+        for child in children:
+            running = child.slot.job_id
+            if any(not a.skip_sent and a.job_id != running for a in child.assigned):
+                moment = (child.slot.since if running else child.heard) + _STEAL_AFTER
+                if moment > now:
+                    moments.append(moment)
+        return min(moments, default=None)
+
+
+class _WriteKind(enum.Enum):
+    """What a pool writes about a job it holds."""
+
+    REPORT = "report"  # progress and meta
+    OUTCOME = "outcome"  # the run's result or error
+    INTERRUPT = "interrupt"  # the run died, by no fault of a stop or a kill for cause
+    CANCEL = "cancel"  # stopped because it was cancelled, or overdue after a stop request
+    LOST = "lost"  # the run ended, but its outcome died with its process
+    HAND_BACK = "hand back"  # a stopping pool killed the run after its grace
+    REFUSE = "refuse"  # this pool cannot run it: it does not import, or is signed
+    RELEASE = "release"  # given back unstarted
+
+
+class _Record(NamedTuple):
+    """One thing a pool has to write: a `_WriteKind` about an assignment, with
+    its detail (the outcome, the reason, or the progress fields)."""
+
+    kind: _WriteKind
+    assignment: _Assignment
+    detail: Any
+
+
+class _Written(NamedTuple):
+    """A `_Record` once written, and the job's status after (None: the lease
+    was lost, and the write was fenced off)."""
+
+    kind: _WriteKind
+    assignment: _Assignment
+    detail: Any
+    status: str | None
+
+
+class _Recorder:
+    """What a pool has to write about the jobs it holds, and the writing.
+
+    It buffers `_Record`s and writes them, each fenced by its run's lease,
+    in one transaction together with the next claim (see `write`); after a
+    failed batch, each on its own, so that one bad record never sinks the
+    rest.  It owns the pool's tallies (``finished``, ``dropped``) and logs
+    each record once written.
+    """
+
+    def __init__(self, storage: _Storage, pool_id: str, finished: collections.Counter[str],
+                 check_file: Callable[[], None], clock: Callable[[], float]):
+        self._storage = storage
+        self._pool_id = pool_id
+        self._check_file = check_file  # raises if the file is gone: see _Keeper
+        self.records: list[_Record] = []
+        self.reports: dict[int, _Record] = {}  # the latest progress of each job
+        self.finished = finished
+        self.dropped = 0
+        self.retry_at = 0.0  # after a database error, writes wait till then (monotonic)
+        self.info = _InfoBudget(pool_id, clock)
+
+    def add(self, kind: _WriteKind, assignment: _Assignment, detail: Any = None) -> None:
+        if kind is _WriteKind.REPORT:
+            self.reports[assignment.job_id] = _Record(kind, assignment, detail)
+        else:
+            self.records.append(_Record(kind, assignment, detail))
+
+    def unwritten(self) -> bool:
+        return bool(self.records or self.reports)
+
+    def take(self) -> list[_Record]:
+        """Everything waiting to be written; `keep` puts such a list back."""
+        # Progress first: once a job's outcome is written, its report is fenced off.
+        records = [*self.reports.values(), *self.records]
+        self.records, self.reports = [], {}
+        return records
+
+    def keep(self, records: Iterable[_Record]) -> None:
+        for record in records:
+            if record.kind is _WriteKind.REPORT:
+                self.reports.setdefault(record.assignment.job_id, record)
+            else:
+                self.records.append(record)
+
+    def write(self, records: list[_Record], starts: list[_Assignment], now: float,
+              claim: Callable[[], tuple[str, list[dict[str, Any]]]] | None, clock: float
+              ) -> tuple[list[_Written], str, list[dict[str, Any]]] | None:
+        """Write ``records``, mark ``starts`` as begun and ``claim``, in one
+        transaction.  Returns what was written, and the claim; None if the
+        database was busy (all is kept, to try again shortly).  After
+        another error, writes each record alone and claims nothing."""
+        try:
+            with self._storage.write():
+                if starts:
+                    self._storage.mark_started([(a.job_id, a.token) for a in starts], now)
+                written = self._write_all(records, now)
+                token, claimed = claim() if claim is not None else ("", [])
+        except DatabaseBusy as exc:
+            _log.debug("%s: %s; retrying", self._pool_id, exc)
+            self.keep(records)
+            self.retry_at = clock + _BUSY_BACKOFF
+            return None
+        except Exception as exc:  # one bad record, or the disk: each is written alone
+            self._check_file()
+            _log.error("%s could not write %d records and claims together: %s: %s; "
+                       "writing each on its own", self._pool_id, len(records),
+                       type(exc).__name__, exc)
+            written = self.write_each(records, now, clock)
+            self.retry_at = max(self.retry_at, clock + 1.0)
+            return written, "", []
+        for assignment in starts:
+            assignment.start_marked = True
+        return written, token, claimed
+
+    def _write_one(self, record: _Record, now: float) -> str | None:
+        """One fenced write; the status it left, or None if the lease was lost."""
+        kind, assignment, detail = record
+        job_id, token, storage = assignment.job_id, assignment.token, self._storage
+        try:
+            if kind is _WriteKind.REPORT:
+                storage.report([(job_id, token, detail)])
+                return None
+            if kind is _WriteKind.OUTCOME:
+                return _record(storage, assignment.row, token, detail, now)
+            if kind is _WriteKind.INTERRUPT:
+                return storage.interrupt(job_id, token, now,
+                                         f"job {job_id} was interrupted: {detail}")
+            if kind is _WriteKind.CANCEL:
+                return storage.finish(job_id, token, status=CANCELLED, now=now,
+                                      error=detail + "\n")
+            if kind is _WriteKind.LOST:
+                return storage.outcome_lost(job_id, token, now, detail)
+            if kind is _WriteKind.HAND_BACK:
+                return storage.hand_back(job_id, token, now, detail)
+            if kind is _WriteKind.REFUSE:
+                return storage.refuse(job_id, token, now, detail)
+            return storage.release(job_id, token, now)
+        except LeaseLost:
+            return None
+
+    def _write_all(self, records: list[_Record], now: float) -> list[_Written]:
+        """`_write_one` each record, in the transaction open; but runs that
+        completed without a result, the most common outcome of quick jobs,
+        are written together after the rest (`_Storage.complete`)."""
+        statuses: list[str | None] = [None] * len(records)
+        plain = []
+        for index, record in enumerate(records):
+            detail = record.detail
+            if record.kind is _WriteKind.OUTCOME and detail.ok and detail.follow is None \
+                    and detail.result is None:
+                plain.append(index)
+            else:
+                statuses[index] = self._write_one(record, now)
+        if plain:
+            runs = [(records[index].assignment.job_id, records[index].assignment.token)
+                    for index in plain]
+            completed = self._storage.complete(runs, now)
+            for index, run in zip(plain, runs):
+                statuses[index] = completed.get(run)  # None: the lease was lost
+        return [_Written(*record, status) for record, status in zip(records, statuses)]
+
+    def write_each(self, records: list[_Record], now: float, clock: float) -> list[_Written]:
+        """After a batch failed: write each record alone.  An outcome that
+        fails alone is recorded as a failure saying why; what still fails is
+        dropped, and its job runs again once its lease runs out."""
+        written = []
+        for index, record in enumerate(records):
+            try:
+                written.append(_Written(*record, self._write_one(record, now)))
+                continue
+            except DatabaseBusy:
+                # Locked by another connection: nothing wrong with the rest.
+                self.keep(records[index:])
+                self.retry_at = clock + _BUSY_BACKOFF
+                break
+            except Exception as exc:
+                failed = exc
+            try:
+                alone = self._write_failed(record, failed, now)
+            except DatabaseBusy:
+                self.keep(records[index:])
+                self.retry_at = clock + _BUSY_BACKOFF
+                break
+            if alone is not None:
+                written.append(alone)
+        return written
+
+    def _write_failed(self, record: _Record, exc: Exception, now: float) -> _Written | None:
+        """What is written of a record whose write raised ``exc``: progress is
+        skipped (the next report replaces it), other records but outcomes are
+        dropped on a database error, and an outcome fails its job, saying
+        why.  None: nothing was written."""
+        kind, assignment, _ = record
+        if kind is _WriteKind.REPORT:
+            return None
+        if isinstance(exc, DatabaseError) and kind is not _WriteKind.OUTCOME:
+            self._drop(assignment, exc)
+            return None
+        try:
+            if isinstance(exc, (DatabaseError, PayloadTooLarge)):
+                # An outcome that cannot be stored fails its job, saying why.
+                failure = _Outcome.failure(LitejobsError(
+                    f"the outcome of job {assignment.job_id} ({assignment.row['name']}) "
+                    f"could not be stored: {exc}"))
+                return _Written(kind, assignment, failure,
+                                self._write_one(_Record(kind, assignment, failure), now))
+            # Data that litejobs' own steps choke on fails its job alone.
+            status = self._storage.fail_alone(assignment.job_id, assignment.token, now, exc)
+            detail = _Outcome.failure(exc) if kind is _WriteKind.OUTCOME else record.detail
+            return _Written(kind, assignment, detail, status)
+        except DatabaseBusy:
+            raise
+        except LeaseLost:
+            return _Written(*record, None)
+        except Exception as again:
+            self._drop(assignment, again)
+            return None
+
+    def _drop(self, assignment: _Assignment, exc: Exception) -> None:
+        self.dropped += 1
+        _log.error("job %s (%s): what happened to it could not be written (%s); it runs "
+                   "again once its lease runs out", assignment.job_id,
+                   assignment.row["name"], exc)
+
+    def log(self, written: list[_Written]) -> bool:
+        """Log what was written; whether any job went back to pending."""
+        pending = False
+        for kind, assignment, detail, status in written:
+            if kind is _WriteKind.REPORT:
+                continue
+            row = assignment.row
+            if kind is _WriteKind.OUTCOME:
+                _log_outcome(row, detail, status, assignment.seconds, self.info)
+                self.finished["lease lost" if status is None else status] += 1
+            elif kind in (_WriteKind.INTERRUPT, _WriteKind.HAND_BACK):
+                _log.warning("job %s (%s) attempt %d was %s: %s; it is now %s%s",
+                             assignment.job_id, row["name"], row["attempts"],
+                             "interrupted" if kind is _WriteKind.INTERRUPT else "handed back",
+                             detail, status or "another worker's",
+                             "" if kind is _WriteKind.INTERRUPT else
+                             ", and this run counts neither as an attempt nor as an "
+                             "interruption", extra=_job_log(row))
+            elif kind is _WriteKind.CANCEL and status is not None:
+                _log.info("%s", detail, extra=_job_log(row))
+            pending = pending or kind is not _WriteKind.OUTCOME or status == PENDING
+        return pending
+
+
+class _Beat(NamedTuple):
+    """What a heartbeat learnt: the leases the pool had lost, and whether it
+    took back the jobs of pools that were gone (they are pending again)."""
+
+    lost: list[int]
+    recovered: bool
+
+
+class _Keeper:
+    """The pool's timers, and the database work each sets off: heartbeats,
+    which renew the leases of the jobs it holds every lease / 3 and take
+    back the jobs of pools that are gone; checks for runs cancelled or asked
+    to stop; upkeep (retention and checkpoints); and the check that the file
+    is still the one the pool opened.  Times are the pool's clock
+    (monotonic seconds), but for those stored, which are wall time."""
+
+    def __init__(self, storage: _Storage, pool_id: str, path: str, lease: float,
+                 retention: float | None, file_identity: tuple[int, int]):
+        self._storage = storage
+        self._pool_id = pool_id
+        self._path = path
+        self._lease = lease
+        self._retention = retention
+        self._file_identity = file_identity
+        self.heartbeat_interval = min(_HEARTBEAT_INTERVAL, lease / 3)
+        self.next_heartbeat = 0.0
+        self.next_renewal = 0.0
+        self.next_stop_check = 0.0
+        self.next_upkeep = 0.0
+
+    def moments(self, holding: bool) -> list[float]:
+        """When a timer falls due next; the stop checks only while ``holding`` jobs."""
+        return [self.next_heartbeat, self.next_upkeep] + ([self.next_stop_check]
+                                                          if holding else [])
+
+    def heartbeat(self, now: float, leases: Callable[[], list[tuple[int, str]]]) -> _Beat:
+        """Beat, and renew the ``leases`` if that is due."""
+        self.check_file()
+        renew = now >= self.next_renewal
+        wall = time.time()
+        try:
+            alive, lost = self._storage.heartbeat(self._pool_id, leases() if renew else None,
+                                                  wall + self._lease, wall)
+        except DatabaseBusy as exc:
+            _log.debug("%s: %s; retrying the heartbeat", self._pool_id, exc)
+            self.next_heartbeat = now + _BUSY_BACKOFF  # the renewal stays due too
+            return _Beat([], False)
+        except DatabaseError as exc:
+            alive, lost = True, []
+            _log.error("%s could not record its heartbeat: %s", self._pool_id, exc)
+        self.next_heartbeat = now + self.heartbeat_interval
+        if renew:
+            self.next_renewal = now + self._lease / 3
+        if not alive:
+            _log.error("%s had been marked stopped by another pool, as it missed its "
+                       "heartbeats; its jobs were recovered, and it carries on", self._pool_id)
+        try:
+            recovered = bool(self._storage.recover_silent_workers(
+                self._pool_id, wall, _SILENT_HEARTBEATS * _HEARTBEAT_INTERVAL))
+        except DatabaseError as exc:
+            _log.error("%s could not record its heartbeat: %s", self._pool_id, exc)
+            recovered = False
+        return _Beat(lost, recovered)
+
+    def stop_requests(self, now: float) -> list[tuple[int, bool, float | None]]:
+        """The pool's runs that were cancelled or asked to stop, if a check
+        is due: ``(job_id, cancelled, stop_by)``."""
+        if now < self.next_stop_check:
+            return []
+        self.next_stop_check = now + _CANCEL_CHECK_INTERVAL
+        try:
+            return self._storage.stops_requested(self._pool_id)
+        except DatabaseError as exc:  # looked for again at the next check
+            _log.debug("%s: %s", self._pool_id, exc)
+            return []
+
+    def upkeep(self, now: float) -> None:
+        """Delete finished jobs past the retention, one small batch at a time
+        so that no transaction holds the write lock for long, and checkpoint
+        the WAL so that it stays small under a steady load."""
+        wait = _UPKEEP_INTERVAL
+        try:
+            if self._retention is not None:
+                deleted, under = self._storage.purge(time.time() - self._retention,
+                                                     limit=_PRUNE_BATCH)
+                if deleted:
+                    _log.info("%s deleted %d jobs (and %d under them) that ended over %s "
+                              "ago", self._pool_id, deleted, under,
+                              _format_duration(self._retention))
+                if deleted == _PRUNE_BATCH:
+                    wait = _PRUNE_PAUSE  # more are due: go on soon
+            self._storage.checkpoint()
+        except DatabaseError as exc:  # tried again at the next upkeep
+            _log.log(logging.DEBUG if isinstance(exc, DatabaseBusy) else logging.WARNING,
+                     "%s: retention and checkpoint: %s", self._pool_id, exc)
+        self.next_upkeep = now + wait
+
+    @staticmethod
+    def timeout_deadline(child: _Child) -> float | None:
+        """When the job the process runs reaches its timeout."""
+        if child.kill_reason is not None:
+            return None
+        running = child.running()
+        if running is None or running.row["timeout"] is None:
+            return None
+        return child.slot.since + float(running.row["timeout"])
+
+    def check_file(self) -> None:
+        """Raise `_FileGone` if the file was deleted or replaced."""
+        try:
+            info = os.stat(self._path)
+        except FileNotFoundError:
+            self._empty_wal_of_moved_file()
+            raise _FileGone(f"{self._path} was deleted while the pool was running; "
+                            f"stopping rather than write to a file nobody sees") from None
+        if (info.st_dev, info.st_ino) != self._file_identity:
+            self._empty_wal_of_moved_file()
+            raise _FileGone(f"{self._path} was replaced by another file while the pool "
+                            f"was running; stopping")
+
+    def _empty_wal_of_moved_file(self) -> None:
+        # The -wal beside the path still belongs to the old file.  SQLite
+        # leaves it on close once the file has moved, and whoever opens the
+        # path next would replay its pages onto the new file.  Checkpointed
+        # into the old file, it is empty.
+        try:
+            self._storage.checkpoint("TRUNCATE")
+        except (LitejobsError, sqlite3.Error) as exc:
+            _log.error("%s: could not empty the WAL of the old file (%s); remove %s-wal "
+                       "and %s-shm before opening the new one", self._pool_id, exc,
+                       self._path, self._path)
+
+
+class _Woken(NamedTuple):
+    """How an idle wait ended: the selector's events, whether the database
+    changed so that jobs are due now, and when the next job falls due."""
+
+    events: list[tuple[selectors.SelectorKey, int]]
+    due_now: bool
+    next_due: float | None
+
+
+class _IdleWait:
+    """How an idle pool waits for new work, which is most of its life and
+    must cost next to no CPU.  New work shows as a change of the database:
+    it waits for inotify to report a write to the WAL (`_WalWatch`), then
+    checks ``PRAGMA data_version`` every millisecond while the commit
+    settles; without inotify it polls every few milliseconds.  A change is
+    first checked with a read for due jobs; only then does the pool claim,
+    which takes the write lock.  While others' commits bring nothing, it
+    does not even wake for them.  It owns the WAL watch, its place in the
+    pool's selector, and what it last saw of the database.
+    """
+
+    def __init__(self, storage: _Storage, selector: selectors.BaseSelector, path: str,
+                 pool_id: str, clock: Callable[[], float]):
+        self._storage = storage
+        self._selector = selector
+        self._pool_id = pool_id
+        self._clock = clock
+        self.watch = _WalWatch.open(path)
+        self._listening = False
+        self.last_wal_event = 0.0
+        self._quiet_until = 0.0
+        self._data_version: int | None = None
+        self.listen(True)
+
+    def listen(self, listen: bool) -> None:
+        watch = self.watch
+        if watch is None or listen == self._listening:
+            return
+        if listen:  # writes made meanwhile are still queued, and show at once
+            self._selector.register(watch.fd, selectors.EVENT_READ, ("wal", None))
+        else:
+            self._selector.unregister(watch.fd)
+        self._listening = listen
+
+    def on_event(self) -> None:
+        """The WAL watch's fd is readable (outside `wait`): the idle wait that
+        follows checks closely."""
+        if self.watch is not None and self.watch.written():
+            self.last_wal_event = self._clock()
+
+    def wait(self, timeout: float, next_due: float | None,
+             due_here: Callable[[], float | None]) -> _Woken:
+        """Wait up to ``timeout`` for a message, a wake-up or new work;
+        ``due_here`` reads when the next job this pool would claim is due."""
+        deadline = self._clock() + timeout
+        next_check = 0.0
+        while True:
+            now = self._clock()
+            if now >= deadline:
+                return _Woken([], False, next_due)
+            if now >= next_check:
+                woken = self._look(due_here)
+                if woken is not None:
+                    earlier = woken.next_due is not None and (
+                        next_due is None or woken.next_due < next_due)
+                    if woken.due_now or earlier:
+                        return woken  # an earlier due time ends the wait, to wait for it
+                    next_due = woken.next_due
+                since_write = now - self.last_wal_event
+                if self.watch is None:
+                    next_check = now + _IDLE_CHECK_INTERVAL
+                elif since_write < _SETTLE_CHECKS[1]:
+                    next_check = max(now + _SETTLE_CHECKS[0], self._quiet_until)
+                else:  # a slow fsync: back off gradually, not at once
+                    next_check = now + min(_SAFETY_CHECK_INTERVAL, since_write)
+            self.listen(now >= self._quiet_until)
+            events = self._selector.select(max(0.0, min(next_check, deadline) - now))
+            other = [event for event in events if event[0].data is None
+                     or event[0].data[0] != "wal"]
+            if other:
+                return _Woken(other, False, next_due)
+            if events and self.watch is not None and self.watch.written():
+                self.last_wal_event = self._clock()
+                next_check = self._quiet_until  # at once, unless others keep writing
+
+    def _look(self, due_here: Callable[[], float | None]) -> _Woken | None:
+        """If the database changed, when its next job is due (and whether it
+        is due now); None if it did not change."""
+        try:
+            version = self._storage.data_version()
+            if version == self._data_version:
+                return None
+            self._data_version = version
+            due = due_here()
+        except DatabaseError as exc:  # busy during a WAL recovery, say: look again soon
+            _log.debug("%s: %s", self._pool_id, exc)
+            return None
+        if due is not None and due <= time.time():
+            return _Woken([], True, due)
+        # Another pool is busy on this file: check less often while it lasts.
+        self._quiet_until = self._clock() + _OTHERS_CHANGES_CHECK
+        return _Woken([], False, due)
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
+
+
+class _Exit(NamedTuple):
+    """A worker process that exited, as its supervisor settles it: what it
+    sent last, the job it was running, how it exited, and whether that was
+    expected (stopped, or killed for a reason)."""
+
+    child: _Child
+    messages: list[_FromChild]
+    running: int
+    how: str
+    expected: bool
+
+
+class _Children:
+    """The pool's worker processes: it starts, hears, reaps, restarts and
+    stops them, and is the supervisor's end of their pipes.  It owns the
+    list of processes, their registrations in the pool's selector, and what
+    keeps a pool from restarting processes that cannot start (``young_deaths``
+    in a row, with a growing delay).  It reads messages, but what they mean
+    for the jobs is the supervisor's business."""
+
+    def __init__(self, pool_id: str, processes: int, ctx: Any,
+                 selector: selectors.BaseSelector, options: dict[str, Any],
+                 crashes: list[str], clock: Callable[[], float]):
+        self._pool_id = pool_id
+        self._processes = processes
+        self._ctx = ctx
+        self._selector = selector
+        self._options = options  # what each process gets at start: see _child_main
+        self._clock = clock
+        self.crashes = crashes
+        self.all: list[_Child] = []
+        self._numbers = itertools.count(1)
+        self.young_deaths = 0
+        self.restart_at: float | None = None
+
+    def fill(self) -> None:
+        """Start processes until there are as many as the pool has."""
+        while len(self.all) < self._processes:
+            self._start()
+
+    def _start(self) -> None:
+        number = next(self._numbers)
+        ours, theirs = self._ctx.Pipe(duplex=True)
+        slot = _RunningSlot(self._ctx.RawArray("d", 3))
+        process = self._ctx.Process(target=_child_main, args=(theirs, self._options, slot),
+                                    name=f"litejobs-child-{number}")
+        process.start()
+        theirs.close()
+        child = _Child(process, ours, number, slot, self._clock())
+        self.all.append(child)
+        self._selector.register(child.fd, selectors.EVENT_READ, ("conn", child))
+        self._selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
+        _log.debug("%s started child %d (pid %s)", self._pool_id, number, process.pid)
+
+    def all_ready(self) -> bool:
+        return sum(child.ready for child in self.all) >= self._processes
+
+    def receive(self, child: _Child, most: float = _RECEIVE_MOST) -> list[_FromChild]:
+        """What ``child`` sent about its jobs, reading at most ``most`` batches:
+        a process sending without end must not keep the supervisor from its
+        leases, heartbeats and timeouts (the rest is read at the next turn).
+        Readiness and log records are taken care of here."""
+        taken: list[_FromChild] = []
+        while most > 0:
+            most -= 1
+            try:
+                if not child.conn.poll():
+                    break
+                messages = child.conn.recv()
+            except (EOFError, OSError):
+                self.unregister(child, child.fd)  # it is exiting; its sentinel says when
+                break
+            child.heard = self._clock()
+            for message in messages:
+                if type(message) is _ForwardedLog:
+                    _handle_forwarded_log(message.data)
+                elif type(message) is _Ready:
+                    child.ready = True
+                    self.young_deaths = 0
+                    _log.debug("%s: child %d (pid %s) is ready", self._pool_id,
+                               child.number, message.pid)
+                elif type(message) is not _Started:  # a timed job began: the wait times it
+                    taken.append(message)
+        return taken
+
+    def reap(self, child: _Child) -> _Exit:
+        """``child`` exited: read what it sent last, and close it."""
+        messages = self.receive(child, math.inf)
+        running = child.slot.job_id  # what it was running when it died
+        child.process.join(timeout=5)
+        self.unregister(child, child.fd)
+        self.unregister(child, child.process.sentinel)
+        child.conn.close()
+        self.all.remove(child)
+        reason = child.kill_reason
+        expected = reason is not None or (child.stop_sent and child.process.exitcode == 0)
+        return _Exit(child, messages, running, _describe_exit(child.process.exitcode),
+                     expected)
+
+    def unregister(self, child: _Child, fd: int) -> None:
+        # Only the child's own registration: a closed fd's number is soon
+        # reused by the next child's pipe.
+        with contextlib.suppress(KeyError, ValueError):
+            if self._selector.get_key(fd).data[1] is child:
+                self._selector.unregister(fd)
+
+    def crashed(self, line: str) -> None:
+        self.crashes.append(line)
+        del self.crashes[:-_CRASHES_KEPT]
+        _log.error("%s: %s", self._pool_id, line)
+
+    def replace(self, child: _Child) -> None:
+        """Start a process in place of ``child``, which exited: at once, or,
+        if it died before it was ready, after a delay that grows with each
+        such death in a row.  Raises once that looks hopeless."""
+        exitcode = child.process.exitcode
+        if exitcode == _NO_MAIN_GUARD_EXIT and not child.ready:
+            raise LitejobsError(f"worker processes cannot start: {_NO_MAIN_GUARD}")
+        if child.ready or child.kill_reason is not None:
+            self._start()
+            return
+        self.young_deaths += 1  # a process that cannot start: do not spin
+        if self.young_deaths >= _MAX_YOUNG_DEATHS:
+            raise LitejobsError(
+                f"worker processes keep dying before they are ready ({self.young_deaths} "
+                f"in a row; the last {_describe_exit(exitcode)}); see their output above.  "
+                f"Can they import litejobs and open {self._options['path']}?")
+        low, high = _CHILD_START_BACKOFF
+        delay = min(high, low * 2 ** (self.young_deaths - 1))
+        _log.error("%s: child %d %s before it was ready; starting another in %.1fs",
+                   self._pool_id, child.number, _describe_exit(exitcode), delay)
+        if self.restart_at is None:
+            self.restart_at = self._clock() + delay
+
+    def restart_due(self, now: float) -> None:
+        if self.restart_at is not None and now >= self.restart_at:
+            self.restart_at = None
+            self.fill()
+
+    def stop_all(self) -> None:
+        """Ask every process to exit once its jobs have run; kill those still
+        there after 10 seconds."""
+        for child in self.all:
+            child.stop_sent = child.send(_Stop())
+        deadline = time.monotonic() + 10
+        for child in list(self.all):
+            child.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if child.process.is_alive():
+                child.kill("stop", None)
+                child.process.join(timeout=5)
+            child.conn.close()
+        self.all.clear()
+
+    def kill_all(self) -> list[_Child]:
+        """Kill every process at once (the pool is failing); return them, exited."""
+        children = list(self.all)
+        for child in children:
+            child.kill("stop", None)
+        for child in children:
+            child.process.join(timeout=5)
+        return children
+
+
+class _InFlight:
+    """The jobs a pool holds: claimed, handed to worker processes, and not
+    yet settled.  It deals claimed jobs out as the `_Dispatcher` plans, asks
+    stuck processes for the jobs they have not started, turns what the
+    processes report, and how they exit, into records for the `_Recorder`,
+    and stops the runs that must stop: cancelled, asked to stop, past their
+    timeout, or whose lease was lost.  It owns the map of jobs in flight."""
+
+    def __init__(self, worker: Worker, children: _Children, dispatcher: _Dispatcher,
+                 recorder: _Recorder, keeper: _Keeper, clock: Callable[[], float]):
+        self.worker = worker
+        self.storage = worker._storage
+        self.refusals = worker._refusals
+        self.children = children
+        self.dispatcher = dispatcher
+        self.recorder = recorder
+        self.keeper = keeper
+        self.clock = clock
+        self.jobs: dict[int, _Assignment] = {}
+
+    def hear(self, child: _Child, most: float = _RECEIVE_MOST) -> None:
+        """Act on what ``child`` sent (see `_Children.receive`)."""
+        for message in self.children.receive(child, most):
+            self._take(child, message)
+
+
+    def _take(self, child: _Child, message: _FromChild) -> None:
+        """Act on one message about a job."""
+        assert isinstance(message, (_Done, _Skipped, _Progress))
+        assignment = child.assignment(message.job_id)
+        if assignment is None:
+            return
+        if type(message) is _Progress:
+            self.recorder.add(_WriteKind.REPORT, assignment, message.fields)
+            return
+        child.assigned.remove(assignment)
+        self._forget(assignment)
+        if type(message) is _Skipped:
+            child.sent -= 1  # it never ran there: max_jobs_per_child counts runs
+            self.recorder.add(_WriteKind.RELEASE, assignment)
+            return
+        assert type(message) is _Done
+        outcome = message.outcome or _PLAIN_COMPLETION
+        assignment.seconds = message.seconds
+        if outcome.error_type == "builtins.MemoryError" \
+                and self.worker.memory_limit is not None:
+            child.retiring = True  # its heap may be left in pieces: start afresh
+        if outcome.refused:
+            self.refusals.cannot_import(assignment.row, outcome.error)
+        child.done += 1
+        self.dispatcher.note_duration(message.seconds)
+        self.recorder.add(_WriteKind.OUTCOME, assignment, outcome)
+
+
+    def _forget(self, assignment: _Assignment) -> None:
+        if self.jobs.get(assignment.job_id) is assignment:
+            del self.jobs[assignment.job_id]
+
+
+    def settle_exit(self, exit: _Exit, replace: bool) -> None:
+        """Settle the jobs of a worker process that exited, and, if ``replace``,
+        start another."""
+        child = exit.child
+        for message in exit.messages:
+            self._take(child, message)
+        reason, reason_job = child.kill_reason or (None, None)
+        # A process runs its jobs in the order they were sent, so those up to
+        # the last it started have run, and an outcome it still held died
+        # with it.  Such a run counts as an attempt, but not as an
+        # interruption: the job that killed the process is blamed, not these.
+        # The jobs after it never started, and are given back.
+        last = child.slot.last_started
+        ids = [assignment.job_id for assignment in child.assigned]
+        started = len(ids) - ids[::-1].index(last) if last in ids else 0
+        victim = None
+        for index, assignment in enumerate(child.assigned):
+            self._forget(assignment)
+            if assignment.job_id == exit.running and victim is None:
+                victim = assignment
+                self._settle_killed(assignment, child, reason, reason_job, exit.how)
+            elif index < started:
+                self.recorder.add(_WriteKind.LOST, assignment, (
+                    f"child {child.number} (pid {child.process.pid}) {exit.how} before "
+                    f"sending the outcome"))
+            else:
+                self.recorder.add(_WriteKind.RELEASE, assignment)
+        if not exit.expected:
+            self.children.crashed(
+                f"child {child.number} (pid {child.process.pid}) {exit.how}"
+                + (f" while running job {victim.job_id} ({victim.row['name']})"
+                   if victim is not None else ""))
+        if replace:
+            self.children.replace(child)
+
+
+    def _settle_killed(self, running: _Assignment, child: _Child, reason: str | None,
+                       reason_job: int | None, how: str) -> None:
+        """Record how the job a process was running when it died ended."""
+        name = running.row["name"]
+        if reason in ("timeout", "cancel", "lease", "overdue") \
+                and reason_job != running.job_id:
+            # Killed for a job that had just finished: this one was a bystander.
+            self.recorder.add(_WriteKind.RELEASE, running)
+        elif reason == "timeout":
+            limit = running.row["timeout"]
+            error = JobTimeout(f"job {running.job_id} ({name}) ran longer than its "
+                               f"timeout of {limit:g}s, so its process was killed")
+            self.recorder.add(_WriteKind.OUTCOME, running, _Outcome.failure(error))
+        elif reason == "lease" or running.lease_lost:
+            _log.warning("job %s (%s): this run was stopped because its lease was lost",
+                         running.job_id, name)
+        elif reason == "cancel":
+            self.recorder.add(_WriteKind.CANCEL, running, f"job {running.job_id} was "
+                              f"cancelled while running, so its process was killed")
+        elif reason == "overdue":
+            self.recorder.add(_WriteKind.CANCEL, running, f"job {running.job_id} was asked "
+                              f"to stop, and had not stopped by the time it was given, so "
+                              f"its process was killed")
+        elif reason == "stop":
+            # A deploy, say: not the job's fault, so no interruption is counted.
+            self.recorder.add(_WriteKind.HAND_BACK, running,
+                              f"the pool {self.worker.id} stopped before it ended")
+        else:
+            self.recorder.add(_WriteKind.INTERRUPT, running,
+                              f"its worker process (pid {child.process.pid}) {how}")
+
+
+    def deal(self, token: str, claimed: list[dict[str, Any]]) -> None:
+        """Hand the claimed jobs to processes as the dispatcher plans."""
+        now = self.clock()
+        plan, left = self.dispatcher.plan(claimed, self.children.all, now)
+        for row in left:  # more than the room asked for: cannot happen, but never lose one
+            with contextlib.suppress(LitejobsError):
+                self.storage.release(row["id"], token, time.time())
+        logged = _log.isEnabledFor(logging.DEBUG)
+        for child, planned in plan.items():
+            batch: list[_JobToRun] = []
+            for row in planned:
+                payload, signature = row.pop("payload"), row.pop("signature")
+                stale = self.jobs.get(row["id"])
+                if stale is not None:
+                    # This pool lost the job's lease (it was paused, say), and
+                    # has just claimed it again: stop the old run, whose outcome
+                    # the fence would reject anyway.
+                    stale.lease_lost = True
+                    self._stop_run(stale, "lease")
+                assignment = _Assignment(row["id"], token, row, child)
+                child.assigned.append(assignment)
+                self.jobs[row["id"]] = assignment
+                batch.append(_JobToRun(row["id"], row, payload, signature))
+                if logged:
+                    _log.debug("job %s (%s) attempt %d claimed for child %d", row["id"],
+                               row["name"], row["attempts"], child.number,
+                               extra=_job_log(row))
+            if batch:
+                if len(child.assigned) == len(batch):
+                    child.heard = now  # it had nothing: its silence counts from now
+                child.sent += len(batch)
+                limit = self.worker.max_jobs_per_child
+                if limit is not None and child.sent >= limit:
+                    child.retiring = True
+                child.send(_Run(batch))
+
+
+    def steal(self) -> None:
+        """Ask stuck processes for the jobs they hold but have not started, for
+        processes that are free (see `_Dispatcher`); given back, they are
+        released and claimed again in their order."""
+        by_child: dict[_Child, list[_Assignment]] = {}
+        for assignment in self.dispatcher.steals(self.children.all, self.clock()):
+            assert assignment.child is not None
+            by_child.setdefault(assignment.child, []).append(assignment)
+        for child, assignments in by_child.items():
+            if child.send(_Skip(tuple(a.job_id for a in assignments))):
+                for assignment in assignments:
+                    assignment.skip_sent = True
+                _log.debug("%s: child %d has run job %s for %.1fs; asking back the %d jobs "
+                           "it holds behind it", self.worker.id, child.number,
+                           child.slot.job_id, self.clock() - child.slot.since,
+                           len(assignments))
+
+
+    def enforce_timeouts(self) -> None:
+        """Kill the processes whose job ran past its timeout.  It touches no
+        database, and runs before anything that might wait for one."""
+        now = self.clock()
+        for child in self.children.all:
+            deadline = self.keeper.timeout_deadline(child)
+            if deadline is not None and now >= deadline:
+                child.kill("timeout", child.slot.job_id)
+
+
+    def lease_lost(self, job_id: int) -> None:
+        assignment = self.jobs.get(job_id)
+        if assignment is None:
+            return
+        assignment.lease_lost = True
+        _log.warning("job %s (%s): the lease was lost (the pool was paused or too slow "
+                     "to renew it), so another worker may run it; stopping this run",
+                     job_id, assignment.row["name"])
+        self._stop_run(assignment, "lease")
+
+
+    def stop_cancelled(self, job_id: int, reason: str) -> None:
+        assignment = self.jobs.get(job_id)
+        if assignment is not None:
+            assert assignment.child is not None
+            self.hear(assignment.child, math.inf)  # it may have just finished
+        if assignment is not None and job_id in self.jobs:
+            self._stop_run(assignment, reason)
+
+
+    def stop_asked(self, job_id: int, stop_by: float, now: float) -> None:
+        """Job ``job_id`` was asked to stop by ``stop_by``: one that has not
+        started never will (it ends cancelled); a running one sees the
+        request itself, and is stopped once its time is up."""
+        assignment = self.jobs.get(job_id)
+        if assignment is None or assignment.child is None:
+            return
+        if assignment.child.slot.job_id != job_id:
+            # Given back, it ends cancelled (_RELEASE_JOB); one the process
+            # starts meanwhile runs on, and sees the request.
+            if not assignment.skip_sent:
+                assignment.skip_sent = assignment.child.send(_Skip((job_id,)))
+        elif now >= stop_by:
+            self.stop_cancelled(job_id, "overdue")
+
+
+    def _stop_run(self, assignment: _Assignment, reason: str) -> None:
+        child = assignment.child
+        assert child is not None, "only assignments sent to a process are stopped"
+        if child.slot.job_id == assignment.job_id:
+            child.kill(reason, assignment.job_id)
+        elif not assignment.skip_sent:
+            assignment.skip_sent = child.send(_Skip((assignment.job_id,)))
+
+
+    def starts_due(self) -> list[_Assignment]:
+        """The runs that have gone on for ``_START_MARK_AFTER`` without the
+        database knowing they began: if the pool died, they would be taken
+        for claims that never started (see `_SQLiteStorage._recover`)."""
+        due = []
+        now = self.clock()
+        for child in self.children.all:
+            running = child.running()
+            if running is not None and not running.start_marked \
+                    and now - child.slot.since >= _START_MARK_AFTER:
+                due.append(running)
+        return due
+
+
+class _Supervisor:
+    """One run of a pool: the loop that claims jobs, hands them to worker
+    processes, records what they report, and keeps the pool's promises
+    (leases, timeouts, cancels, stops), built from the parts above.
+
+    It owns the jobs in flight (claimed and not yet settled), whether
+    there may be more to claim, and the stop under way.  `step` is one turn
+    of the loop, on the injected ``clock`` (monotonic seconds), so that a
+    test can drive it; `run` turns it until the pool is done.  What the
+    `Worker` asks of it (a stop, at once or not) it reads from the worker.
+    """
+
+    def __init__(self, worker: Worker, clock: Callable[[], float] = time.monotonic):
+        self.worker = worker
+        self.clock = clock
+        self.storage = worker._storage
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(worker._wake_reader, selectors.EVENT_READ, None)
+        options = {"path": worker.path, "busy_timeout": worker._busy_timeout,
+                   "log_levels": (logging.getLogger().getEffectiveLevel(), _log.level),
+                   "secrets": self.storage.secrets, "size_limit": self.storage.size_limit,
+                   "memory_limit": worker.memory_limit, "import_paths": worker.import_paths}
+        self.children = _Children(worker.id, worker.processes,
+                                  multiprocessing.get_context(worker.start_method),
+                                  self.selector, options, worker.crashes, clock)
+        self.dispatcher = _Dispatcher(worker.max_jobs_per_child)
+        self.keeper = _Keeper(self.storage, worker.id, worker.path, worker.lease,
+                              worker.retention, worker._file_identity)
+        self.recorder = _Recorder(self.storage, worker.id, worker.finished,
+                                  self.keeper.check_file, clock)
+        self.idle = _IdleWait(self.storage, self.selector, worker.path, worker.id, clock)
+        self.refusals = worker._refusals
+        self.flight = _InFlight(worker, self.children, self.dispatcher, self.recorder,
+                                self.keeper, clock)
+        self.drained = False  # the last claim took all there was
+        self.changed = False  # the database changed since: claim again
+        self.next_due: float | None = None  # wall time
+        self.next_poll = 0.0
+        self.grace_deadline: float | None = None  # stopping: when running jobs are killed
+
+    # -- the loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Register, start the worker processes, and turn the loop until the
+        pool is done; on a fatal error, settle what it can and raise."""
+        worker = self.worker
+        try:
+            if not self._register():
+                return  # stopped while it waited: nothing was claimed
+            _log.info("%s serving %s, queues %s, %d processes (%s), lease %ss",
+                      worker.id, worker.path, ", ".join(worker.queues or ["(all)"]),
+                      worker.processes, worker.start_method, worker.lease)
+            self.children.fill()
+            while self.step():
+                pass
+            self.recorder.info.flush(self.clock())
+            self.children.stop_all()
+            if worker.burst and self.recorder.dropped:
+                raise LitejobsError(
+                    f"{self.recorder.dropped} records about jobs could not be written; "
+                    f"those jobs run again once their leases run out")
+        except BaseException as exc:
+            self._abandon(release=not isinstance(exc, _FileGone))
+            raise
+        finally:
+            self.selector.close()
+            self.idle.close()
+
+    def step(self) -> bool:
+        """One turn of the loop: wait for something to do (a message, a
+        process's exit, a timer, new work), then do it.  False once the pool
+        is done: stopping, with nothing left running or unwritten; or, in
+        burst mode, with nothing due."""
+        worker = self.worker
+        if worker._stop_requested is not None and self.grace_deadline is None:
+            self._begin_stop()
+        if self.grace_deadline is not None and worker._stop_deadline is not None:
+            self.grace_deadline = min(self.grace_deadline, worker._stop_deadline)
+        if worker._stop_now and self.grace_deadline is not None:
+            self.grace_deadline = min(self.grace_deadline, self.clock())
+        if self.grace_deadline is not None:
+            if not self.flight.jobs and not self._unwritten():
+                return False
+            if self.clock() >= self.grace_deadline:
+                for child in self.children.all:
+                    if child.assigned:
+                        child.kill("stop", None)
+        elif worker.burst and self.drained and not self.flight.jobs \
+                and not self._unwritten() and not self._due_now():
+            return False
+        for key, _ in self._wait():
+            self._on_ready(key.data)
+        self.flight.enforce_timeouts()
+        if self.grace_deadline is None:
+            self.flight.steal()
+        self._write_and_claim()
+        self._housekeeping()
+        return True
+
+    def _register(self) -> bool:
+        """Add this pool to the registry.  While another connection holds the
+        write lock (an application's transaction, a busy neighbour), wait and
+        try again, as a running pool does; False if stopped meanwhile."""
+        worker = self.worker
+        waiting = False
+        while True:
+            try:
+                self.storage.register_worker(
+                    worker.id, host=socket.gethostname(), pid=os.getpid(),
+                    processes=worker.processes, queues=worker.queues, lease=worker.lease,
+                    now=time.time())
+                return True
+            except DatabaseBusy as exc:
+                if not waiting:
+                    _log.warning("%s waits for the write lock to start: %s", worker.id, exc)
+                    waiting = True
+            if worker._stop_requested is not None:
+                return False
+            with contextlib.suppress(OSError):  # a stop request wakes it at once
+                select.select([worker._wake_reader], [], [], _BUSY_BACKOFF)
+
+    def _unwritten(self) -> bool:
+        return self.recorder.unwritten() or bool(self.flight.starts_due())
+
+    def _due_now(self) -> bool:
+        return self.next_due is not None and self.next_due <= time.time()
+
+    def _claiming(self) -> bool:
+        return self.grace_deadline is None and self.clock() >= self.recorder.retry_at
+
+    def _free_slots(self) -> int:
+        return sum(self.dispatcher.rooms(self.children.all, self.clock()).values())
+
+    def _should_claim(self) -> bool:
+        if not self.drained or self.changed or self._due_now():
+            return True
+        return self.clock() >= self.next_poll
+
+    def _wait(self) -> list[tuple[selectors.SelectorKey, int]]:
+        """Wait for a process's message or exit, a wake-up, or the next timer."""
+        can_claim = self._claiming() and self._free_slots() > 0
+        writable = self.clock() >= self.recorder.retry_at
+        if (writable and self._unwritten()) or (can_claim and self._should_claim()):
+            return self.selector.select(0)
+        timeout = self._wait_time(can_claim)
+        if not (can_claim and self.drained):
+            return self.selector.select(timeout)
+        woken = self.idle.wait(timeout, self.next_due, self._next_due_here)
+        self.changed = self.changed or woken.due_now
+        self.next_due = woken.next_due
+        return woken.events
+
+    def _wait_time(self, can_claim: bool) -> float:
+        now = self.clock()
+        moments = self.keeper.moments(bool(self.flight.jobs))
+        for child in self.children.all:
+            deadline = self.keeper.timeout_deadline(child)
+            if deadline is not None:
+                moments.append(deadline)
+            running = child.running()
+            if running is not None and not running.start_marked:
+                moments.append(child.slot.since + _START_MARK_AFTER)
+        steal = self.dispatcher.next_steal(self.children.all, now)
+        if steal is not None:
+            moments.append(steal)
+        if self.grace_deadline is not None:
+            moments.append(self.grace_deadline)
+        elif self.children.restart_at is not None:
+            moments.append(self.children.restart_at)
+        if self.recorder.retry_at > now:
+            moments.append(self.recorder.retry_at)  # backing off after a database error
+        elif can_claim:
+            moments.append(self.next_poll)
+            if self.next_due is not None:
+                moments.append(now + self.next_due - time.time())
+        return max(0.0, min(moments) - now)
+
+    def _on_ready(self, data: Any) -> None:
+        if data is None:
+            with contextlib.suppress(OSError):
+                while self.worker._wake_reader.recv(4096):
+                    pass
+        elif data[0] == "wal":
+            self.idle.on_event()
+        elif data[1] not in self.children.all:
+            return  # reaped earlier in this batch of events; its fds may be reused
+        elif data[0] == "conn":
+            self.flight.hear(data[1])
+            if self.children.all_ready():
+                self.worker._ready.set()  # start() returns
+        else:
+            self.flight.settle_exit(self.children.reap(data[1]),
+                                    replace=self.grace_deadline is None)
+
+    # -- when the pool fails -------------------------------------------------------
+
+    def _abandon(self, release: bool) -> None:
+        """After a fatal error: kill the processes and, if the database still
+        takes writes, record what is known and release the rest, rather than
+        leave it all to the leases."""
+        self.grace_deadline = self.clock()  # no restarts from here
+        children = self.children.kill_all()
+        if not release:
+            return
+        with contextlib.suppress(Exception):  # the pool is failing already
+            for child in children:
+                self.flight.settle_exit(self.children.reap(child), replace=False)
+            self.recorder.log(self.recorder.write_each(self.recorder.take(), time.time(),
+                                                       self.clock()))
+
+    # -- recording and claiming ----------------------------------------------------
+
+    def _write_and_claim(self) -> None:
+        """Record what the processes reported and claim more, in one transaction."""
+        clock = self.clock()
+        if clock < self.recorder.retry_at:
+            return
+        want = self._free_slots() if self._claiming() and self._should_claim() else 0
+        if not want and not self._unwritten():
+            return
+        worker, refusals = self.worker, self.refusals
+        records, starts, now = self.recorder.take(), self.flight.starts_due(), time.time()
+        woken = self.storage.woken
+
+        def claim() -> tuple[str, list[dict[str, Any]]]:
+            return self.storage.claim(
+                owner=worker.id, queues=worker.queues, now=now, expires=now + worker.lease,
+                limit=want, unsigned_only=refusals.unsigned_only, avoid=refusals.avoided(),
+                started=False, holding=self.flight.jobs.keys())
+
+        result = self.recorder.write(records, starts, now, claim if want else None, clock)
+        if result is None:
+            return  # busy: all kept for the retry
+        written, token, claimed = result
+        if _CRASH_POINT is not None:
+            if claimed:
+                _crash_point("after-claim")
+            if any(record.kind is _WriteKind.OUTCOME for record in records):
+                _crash_point("after-finish")
+        if self.recorder.log(written):
+            self.drained = False  # a job went back to pending: look again
+        if want and self.recorder.retry_at <= clock:
+            self._after_claim(want, token, claimed)
+        if self.storage.woken != woken:
+            self.drained = False  # ends made jobs due (parts, postprocesses, callbacks)
+
+    def _after_claim(self, want: int, token: str, claimed: list[dict[str, Any]]) -> None:
+        self.changed = False
+        self.next_poll = self.clock() + self.worker.poll
+        self.drained = len(claimed) < want
+        if self.drained:
+            try:
+                self.next_due = self._next_due_here()
+            except DatabaseError as exc:
+                _log.error("%s: %s", self.worker.id, exc)
+                self.next_due = None
+        if not self.storage.secrets and any(row["signature"] for row in claimed):
+            runnable = []
+            for row in claimed:
+                if row["signature"] is None:
+                    runnable.append(row)
+                    continue
+                del row["payload"], row["signature"]
+                self.recorder.add(_WriteKind.REFUSE, _Assignment(row["id"], token, row, None),
+                                  self.refusals.signed_without_secret(row))
+            claimed = runnable
+        if claimed:
+            self.flight.deal(token, claimed)
+
+    def _next_due_here(self) -> float | None:
+        """When the next job this pool would claim falls due."""
+        return self.storage.next_due(self.worker.queues,
+                                     unsigned_only=self.refusals.unsigned_only,
+                                     avoid=self.refusals.avoided())
+
+    # -- timers and stops ----------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        now = self.clock()
+        self.recorder.info.take_turn(now)
+        for child in self.children.all:
+            if child.retiring and not child.assigned and not child.stop_sent:
+                child.stop_sent = child.send(_Stop())
+        if self.grace_deadline is None:
+            self.children.restart_due(now)
+        if now >= self.keeper.next_heartbeat:
+            beat = self.keeper.heartbeat(now, lambda: [(a.job_id, a.token)
+                                                       for a in self.flight.jobs.values()])
+            for job_id in beat.lost:
+                self.flight.lease_lost(job_id)
+            if beat.recovered:
+                self.drained = False  # their jobs are pending again: claim them
+        if self.flight.jobs:
+            wall = time.time()
+            for job_id, cancelled, stop_by in self.keeper.stop_requests(now):
+                if cancelled:
+                    self.flight.stop_cancelled(job_id, "cancel")
+                elif stop_by is not None:
+                    self.flight.stop_asked(job_id, stop_by, wall)
+        if now >= self.keeper.next_upkeep and self.grace_deadline is None:
+            self.keeper.upkeep(now)
+
+    def _begin_stop(self) -> None:
+        worker = self.worker
+        grace = worker._stop_requested or 0.0
+        self.grace_deadline = self.clock() if worker._stop_now else \
+            (worker._stop_deadline or self.clock())
+        _log.info("%s stopping: %d jobs running, %.3gs grace", worker.id,
+                  len(self.flight.jobs), grace)
+        for child in self.children.all:
+            child.send(_Skip(None))
+
+
+# -- the public face of a pool ----------------------------------------------------
 
 
 class Worker:
@@ -5840,9 +7309,6 @@ class Worker:
         self.crashes: list[str] = []
         #: Jobs this pool has recorded an outcome for, by status.
         self.finished: collections.Counter[str] = collections.Counter()
-        #: Records about jobs that could not be written (the jobs run again
-        #: once their leases run out).
-        self.dropped = 0
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
@@ -5853,7 +7319,7 @@ class Worker:
         self._ready = threading.Event()
         self._ended = threading.Event()
         self._error: BaseException | None = None
-        self._heartbeat_interval = min(_HEARTBEAT_INTERVAL, self.lease / 3)
+        self._supervisor: _Supervisor | None = None  # while it runs, and after
 
     def __repr__(self) -> str:
         return f"<litejobs.Worker {self.id} {self.path}>"
@@ -5929,6 +7395,19 @@ class Worker:
         self.stop()
 
     @property
+    def pids(self) -> list[int]:
+        """The process ids of its worker processes now (none before it starts)."""
+        supervisor = self._supervisor
+        return [] if supervisor is None else [child.process.pid
+                                              for child in list(supervisor.children.all)]
+
+    @property
+    def dropped(self) -> int:
+        """Records about jobs that could not be written (the jobs run again
+        once their leases run out)."""
+        return 0 if self._supervisor is None else self._supervisor.recorder.dropped
+
+    @property
     def alive(self) -> bool:
         """Whether the pool is running."""
         return self._ready.is_set() and not self._ended.is_set()
@@ -5956,948 +7435,24 @@ class Worker:
         with contextlib.suppress(OSError):
             self._wake_writer.send(b"\0")
 
-    # -- the supervisor loop ------------------------------------------------
-
     def _serve(self) -> None:
-        self._children: list[_Child] = []
-        self._in_flight: dict[int, _Assignment] = {}
-        self._outcomes: list[tuple[_Assignment, _Outcome]] = []
-        self._endings: list[tuple[_Assignment, str, str]] = []  # (job, how, reason)
-        self._releases: list[_Assignment] = []
-        self._reports: dict[int, tuple[_Assignment, dict[str, Any]]] = {}  # latest progress
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self._wake_reader, selectors.EVENT_READ, None)
-        self._wal_watch = _WalWatch.open(self.path)
-        self._listening = False
-        self._listen_to_wal(True)
-        self._job_seconds: float | None = None
-        self._last_wal_event = 0.0
-        self._quiet_until = 0.0
-        self._timed_jobs = 0
-        self._drained = False
-        self._changed = False
-        self._data_version: int | None = None
-        self._next_due: float | None = None
-        self._next_poll = 0.0
-        self._next_heartbeat = 0.0
-        self._next_renewal = 0.0
-        self._next_cancel_check = 0.0
-        self._next_upkeep = 0.0
-        self._retry_writes_at = 0.0
-        self._child_numbers = itertools.count(1)
-        self._young_deaths = 0
-        self._restart_at: float | None = None
-        self._grace_deadline: float | None = None
-        self._ctx: Any = multiprocessing.get_context(self.start_method)
         stop_reason = "stopped"
         try:
-            if not self._register():
-                return  # stopped while it waited: nothing was claimed
-            _log.info("%s serving %s, queues %s, %d processes (%s), lease %ss",
-                      self.id, self.path, ", ".join(self.queues or ["(all)"]),
-                      self.processes, self.start_method, self.lease)
-            for _ in range(self.processes):
-                self._start_child()
-            self._loop()
-            if self.burst and self.dropped:
-                raise LitejobsError(
-                    f"{self.dropped} records about jobs could not be written; those jobs "
-                    f"run again once their leases run out")
+            self._supervisor = _Supervisor(self)
+            self._supervisor.run()
         except BaseException as exc:
             self._error = exc
             stop_reason = f"failed: {type(exc).__name__}: {exc}"
             _log.critical("%s stopping: %s", self.id, exc, exc_info=not isinstance(
                 exc, LitejobsError))
-            self._abandon(release=not isinstance(exc, _FileGone))
         finally:
             with contextlib.suppress(LitejobsError):
-                if self._error is None or not isinstance(self._error, _FileGone):
+                if not isinstance(self._error, _FileGone):
                     self._storage.stop_worker(self.id, time.time(), stop_reason)
-            self._selector.close()
-            if self._wal_watch is not None:
-                self._wal_watch.close()
             self._storage.close()
             self._ready.set()
             self._ended.set()
             _log.info("%s %s", self.id, stop_reason)
-
-    def _register(self) -> bool:
-        """Add this pool to the registry.  While another connection holds the
-        write lock (an application's transaction, a busy neighbour), wait and
-        try again, as a running pool does; False if stopped meanwhile."""
-        waiting = False
-        while True:
-            try:
-                self._storage.register_worker(
-                    self.id, host=socket.gethostname(), pid=os.getpid(),
-                    processes=self.processes, queues=self.queues, lease=self.lease,
-                    now=time.time())
-                return True
-            except DatabaseBusy as exc:
-                if not waiting:
-                    _log.warning("%s waits for the write lock to start: %s", self.id, exc)
-                    waiting = True
-            if self._stop_requested is not None:
-                return False
-            with contextlib.suppress(OSError):  # a stop request wakes it at once
-                select.select([self._wake_reader], [], [], _BUSY_BACKOFF)
-
-    def _loop(self) -> None:
-        while True:
-            if self._stop_requested is not None and self._grace_deadline is None:
-                self._begin_stop()
-            if self._grace_deadline is not None and self._stop_deadline is not None:
-                self._grace_deadline = min(self._grace_deadline, self._stop_deadline)
-            if self._stop_now and self._grace_deadline is not None:
-                self._grace_deadline = min(self._grace_deadline, time.monotonic())
-            if self._grace_deadline is not None:
-                if not self._in_flight and not self._unwritten():
-                    break
-                if time.monotonic() >= self._grace_deadline:
-                    for child in self._children:
-                        if child.assigned:
-                            child.kill("stop", None)
-            elif self.burst and self._drained and not self._in_flight \
-                    and not self._unwritten() and not self._due_now():
-                break
-            for key, _ in self._wait():
-                self._on_ready(key.data)
-            self._enforce_timeouts()
-            self._write_and_claim()
-            self._housekeeping()
-        self._stop_children()
-
-    def _unwritten(self) -> bool:
-        return bool(self._outcomes or self._endings or self._releases or self._reports
-                    or self._starts_due())
-
-    def _starts_due(self) -> list[_Assignment]:
-        """The runs that have gone on for ``_START_MARK_AFTER`` without the
-        database knowing they began: if the pool died, they would be taken
-        for claims that never started (see `_SQLiteStorage._recover`)."""
-        due = []
-        now = time.monotonic()
-        for child in self._children:
-            running = child.running_job()
-            if running and now - child.running_since() >= _START_MARK_AFTER:
-                assignment = child.assignment(running)
-                if assignment is not None and not assignment.start_marked:
-                    due.append(assignment)
-        return due
-
-    def _due_now(self) -> bool:
-        return self._next_due is not None and self._next_due <= time.time()
-
-    def _wait(self) -> list[tuple[selectors.SelectorKey, int]]:
-        """Wait for a child's message or exit, a wake-up, or the next timer."""
-        can_claim = self._claiming() and self._free_slots() > 0
-        writable = time.monotonic() >= self._retry_writes_at
-        if (writable and self._unwritten()) or (can_claim and self._should_claim()):
-            return self._selector.select(0)
-        timeout = self._wait_time(can_claim)
-        if not (can_claim and self._drained):
-            return self._selector.select(timeout)
-        # Idle: most of an idle pool's life, which must cost next to no CPU.
-        # New work shows as a change of the database: wait for a write to the
-        # WAL if inotify tells of them, else poll every few milliseconds.
-        deadline = time.monotonic() + timeout
-        next_check = 0.0
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return []
-            if now >= next_check:
-                if self._database_changed():
-                    return []
-                since_write = now - self._last_wal_event
-                if self._wal_watch is None:
-                    next_check = now + _IDLE_CHECK_INTERVAL
-                elif since_write < _SETTLE_CHECKS[1]:
-                    next_check = max(now + _SETTLE_CHECKS[0], self._quiet_until)
-                else:  # a slow fsync: back off gradually, not at once
-                    next_check = now + min(_SAFETY_CHECK_INTERVAL, since_write)
-            # While others' commits bring nothing, do not even wake for them.
-            self._listen_to_wal(now >= self._quiet_until)
-            events = self._selector.select(max(0.0, min(next_check, deadline) - now))
-            other = [event for event in events if event[0].data is None
-                     or event[0].data[0] != "wal"]
-            if other:
-                return other
-            if events and self._wal_watch is not None and self._wal_watch.written():
-                self._last_wal_event = time.monotonic()
-                next_check = self._quiet_until  # at once, unless others keep writing
-
-    def _listen_to_wal(self, listen: bool) -> None:
-        watch = self._wal_watch
-        if watch is None or listen == self._listening:
-            return
-        if listen:  # writes made meanwhile are still queued, and show at once
-            self._selector.register(watch.fd, selectors.EVENT_READ, ("wal", None))
-        else:
-            self._selector.unregister(watch.fd)
-        self._listening = listen
-
-    def _database_changed(self) -> bool:
-        """Whether the database changed in a way that may bring work.
-
-        Other pools' commits change ``data_version`` all the time, so a change
-        is first checked with a read for due jobs; only then does the pool
-        claim, which takes the write lock.
-        """
-        try:
-            version = self._storage.data_version()
-            if version == self._data_version:
-                return False
-            self._data_version = version
-            due = self._next_due_here()
-        except DatabaseError as exc:  # busy during a WAL recovery, say: look again soon
-            _log.debug("%s: %s", self.id, exc)
-            return False
-        if due is not None and due <= time.time():
-            self._changed = True
-            return True
-        # Another pool is busy on this file: check less often while it lasts.
-        self._quiet_until = time.monotonic() + _OTHERS_CHANGES_CHECK
-        earlier = due is not None and (self._next_due is None or due < self._next_due)
-        self._next_due = due
-        return earlier  # so that the wait ends when it falls due
-
-    def _wait_time(self, can_claim: bool) -> float:
-        now = time.monotonic()
-        moments = [self._next_heartbeat, self._next_upkeep]
-        if self._in_flight:
-            moments.append(self._next_cancel_check)
-        for child in self._children:
-            running = child.running_job()
-            deadline = self._timeout_deadline(child, running)
-            if deadline is not None:
-                moments.append(deadline)
-            assignment = child.assignment(running) if running else None
-            if assignment is not None and not assignment.start_marked:
-                moments.append(child.running_since() + _START_MARK_AFTER)
-        if self._grace_deadline is not None:
-            moments.append(self._grace_deadline)
-        if self._restart_at is not None and self._grace_deadline is None:
-            moments.append(self._restart_at)
-        if self._retry_writes_at > now:
-            moments.append(self._retry_writes_at)  # backing off after a database error
-        elif can_claim:
-            moments.append(self._next_poll)
-            if self._next_due is not None:
-                moments.append(now + self._next_due - time.time())
-        return max(0.0, min(moments) - now)
-
-    def _on_ready(self, data: Any) -> None:
-        if data is None:
-            with contextlib.suppress(OSError):
-                while self._wake_reader.recv(4096):
-                    pass
-        elif data[0] == "wal":
-            assert self._wal_watch is not None
-            if self._wal_watch.written():  # the idle wait that follows checks closely
-                self._last_wal_event = time.monotonic()
-        elif data[1] not in self._children:
-            return  # reaped earlier in this batch of events; its fds may be reused
-        elif data[0] == "conn":
-            self._receive(data[1])
-        else:
-            self._reap(data[1])
-
-    def _claiming(self) -> bool:
-        return self._grace_deadline is None and time.monotonic() >= self._retry_writes_at
-
-    # -- children -----------------------------------------------------------
-
-    def _start_child(self) -> None:
-        number = next(self._child_numbers)
-        ours, theirs = self._ctx.Pipe(duplex=True)
-        running = self._ctx.RawArray("d", 3)
-        options = {"path": self.path, "busy_timeout": self._busy_timeout,
-                   "log_levels": (logging.getLogger().getEffectiveLevel(), _log.level),
-                   "secrets": self._storage.secrets, "size_limit": self._storage.size_limit,
-                   "memory_limit": self.memory_limit, "import_paths": self.import_paths}
-        process = self._ctx.Process(target=_child_main, args=(theirs, options, running),
-                                    name=f"litejobs-child-{number}")
-        process.start()
-        theirs.close()
-        child = _Child(process, ours, number, running)
-        self._children.append(child)
-        self._selector.register(child.fd, selectors.EVENT_READ, ("conn", child))
-        self._selector.register(process.sentinel, selectors.EVENT_READ, ("exit", child))
-        _log.debug("%s started child %d (pid %s)", self.id, number, process.pid)
-
-    def _receive(self, child: _Child, most: float = _RECEIVE_MOST) -> None:
-        """Take what ``child`` sent, at most ``most`` messages at a time: a
-        child sending without end must not keep the supervisor from its
-        leases, heartbeats and timeouts (the rest is read at the next turn)."""
-        while most > 0:
-            most -= 1
-            try:
-                if not child.conn.poll():
-                    return
-                messages = child.conn.recv()
-            except (EOFError, OSError):
-                self._unregister(child, child.fd)  # it is exiting; its sentinel says when
-                return
-            for message in messages:
-                if message[0] == "ready":
-                    child.ready = True
-                    if sum(other.ready for other in self._children) >= self.processes:
-                        self._ready.set()  # start() returns
-                    _log.debug("%s: child %d (pid %s) is ready", self.id, child.number,
-                               message[1])
-                    self._young_deaths = 0
-                    continue
-                if message[0] == "started":
-                    continue  # a timed job began: the wait that follows times it
-                if message[0] == "log":
-                    _handle_forwarded_log(message[1])
-                    continue
-                assignment = child.assignment(message[1])
-                if assignment is None:
-                    continue
-                if message[0] == "progress":
-                    self._reports[assignment.job_id] = (assignment, message[2])
-                    continue
-                child.assigned.remove(assignment)
-                self._forget(assignment)
-                if message[0] == "skipped":
-                    self._releases.append(assignment)
-                    continue
-                _, _, outcome, seconds = message
-                outcome = outcome or _PLAIN_COMPLETION
-                assignment.seconds = seconds
-                if outcome.error_type == "builtins.MemoryError" \
-                        and self.memory_limit is not None:
-                    child.retiring = True  # its heap may be left in pieces: start afresh
-                if outcome.refused:
-                    self._refusals.cannot_import(assignment.row, outcome.error)
-                child.done += 1
-                self._note_duration(seconds)
-                self._outcomes.append((assignment, outcome))
-
-    def _forget(self, assignment: _Assignment) -> None:
-        if self._in_flight.get(assignment.job_id) is assignment:
-            del self._in_flight[assignment.job_id]
-
-    def _unregister(self, child: _Child, fd: int) -> None:
-        # Only the child's own registration: a closed fd's number is soon
-        # reused by the next child's pipe.
-        with contextlib.suppress(KeyError, ValueError):
-            if self._selector.get_key(fd).data[1] is child:
-                self._selector.unregister(fd)
-
-    def _note_duration(self, seconds: float) -> None:
-        # Rises at once on a slow job, falls slowly: work is sent ahead only
-        # while jobs are reliably quick, so a slow one cannot hold quick ones up.
-        self._timed_jobs += 1
-        current = self._job_seconds
-        if current is None or seconds > current:
-            self._job_seconds = seconds
-        else:
-            self._job_seconds = current * 0.95 + seconds * 0.05
-
-    def _reap(self, child: _Child) -> None:
-        """A child exited: read what it sent last, then settle its jobs."""
-        self._receive(child, math.inf)
-        running = child.running_job()  # what it was running when it died
-        child.process.join(timeout=5)
-        self._unregister(child, child.fd)
-        self._unregister(child, child.process.sentinel)
-        child.conn.close()
-        self._children.remove(child)
-        how = _describe_exit(child.process.exitcode)
-        reason, reason_job = child.kill_reason or (None, None)
-        expected = reason is not None or (child.stop_sent and child.process.exitcode == 0)
-        # A child runs its jobs in the order they were sent, so those up to the
-        # last it started have run, and an outcome the child still held died
-        # with it.  Such a run counts as an attempt, but not as an
-        # interruption: the job that killed the child is blamed, not these.
-        # The jobs after it never started, and are given back.
-        last = child.last_started()
-        ids = [assignment.job_id for assignment in child.assigned]
-        started = len(ids) - ids[::-1].index(last) if last in ids else 0
-        victim = None
-        for index, assignment in enumerate(child.assigned):
-            self._forget(assignment)
-            if assignment.job_id == running and victim is None:
-                victim = assignment
-                self._settle_killed(assignment, child, reason, reason_job, how)
-            elif index < started:
-                self._endings.append((assignment, "lost", (
-                    f"child {child.number} (pid {child.process.pid}) {how} before "
-                    f"sending the outcome")))
-            else:
-                self._releases.append(assignment)
-        if not expected:
-            line = (f"child {child.number} (pid {child.process.pid}) {how}"
-                    + (f" while running job {victim.job_id} ({victim.row['name']})"
-                       if victim is not None else ""))
-            self.crashes.append(line)
-            del self.crashes[:-_CRASHES_KEPT]
-            _log.error("%s: %s", self.id, line)
-        if self._grace_deadline is None:
-            self._schedule_restart(child)
-
-    def _settle_killed(self, running: _Assignment, child: _Child, reason: str | None,
-                       reason_job: int | None, how: str) -> None:
-        """Record how the job a child was running when it died ended."""
-        name = running.row["name"]
-        if reason in ("timeout", "cancel", "lease", "overdue") \
-                and reason_job != running.job_id:
-            # Killed for a job that had just finished: this one was a bystander.
-            self._releases.append(running)
-        elif reason == "timeout":
-            limit = running.row["timeout"]
-            error = JobTimeout(f"job {running.job_id} ({name}) ran longer than its "
-                               f"timeout of {limit:g}s, so its process was killed")
-            self._outcomes.append((running, _Outcome.failure(error)))
-        elif reason == "lease" or running.lease_lost:
-            _log.warning("job %s (%s): this run was stopped because its lease was lost",
-                         running.job_id, name)
-        elif reason == "cancel":
-            self._endings.append((running, CANCELLED, f"job {running.job_id} was "
-                                  f"cancelled while running, so its process was killed"))
-        elif reason == "overdue":
-            self._endings.append((running, CANCELLED, f"job {running.job_id} was asked to "
-                                  f"stop, and had not stopped by the time it was given, so "
-                                  f"its process was killed"))
-        elif reason == "stop":
-            # A deploy, say: not the job's fault, so no interruption is counted.
-            self._endings.append((running, "hand back",
-                                  f"the pool {self.id} stopped before it ended"))
-        else:
-            self._endings.append((running, "interrupt",
-                                  f"its worker process (pid {child.process.pid}) {how}"))
-
-    def _schedule_restart(self, child: _Child) -> None:
-        if child.process.exitcode == _NO_MAIN_GUARD_EXIT and not child.ready:
-            raise LitejobsError(f"worker processes cannot start: {_NO_MAIN_GUARD}")
-        if not child.ready and child.kill_reason is None:
-            self._young_deaths += 1  # a child that cannot start: do not spin
-            if self._young_deaths >= _MAX_YOUNG_DEATHS:
-                raise LitejobsError(
-                    f"worker processes keep dying before they are ready ({self._young_deaths} "
-                    f"in a row; the last {_describe_exit(child.process.exitcode)}); see "
-                    f"their output above.  Can they import litejobs and open {self.path}?")
-            low, high = _CHILD_START_BACKOFF
-            delay = min(high, low * 2 ** (self._young_deaths - 1))
-            _log.error("%s: child %d %s before it was ready; starting another in %.1fs",
-                       self.id, child.number, _describe_exit(child.process.exitcode),
-                       delay)
-            if self._restart_at is None:
-                self._restart_at = time.monotonic() + delay
-        else:
-            self._start_child()
-
-    def _stop_children(self) -> None:
-        for child in self._children:
-            child.stop_sent = child.send(("stop",))
-        deadline = time.monotonic() + 10
-        for child in list(self._children):
-            child.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if child.process.is_alive():
-                child.kill("stop", None)
-                child.process.join(timeout=5)
-            child.conn.close()
-        self._children.clear()
-
-    def _abandon(self, release: bool) -> None:
-        """After a fatal error: kill the children and, if the database still
-        takes writes, record what is known and release the rest, rather than
-        leave it all to the leases."""
-        self._grace_deadline = time.monotonic()  # no restarts from here
-        children = list(getattr(self, "_children", []))
-        for child in children:
-            child.kill("stop", None)
-        for child in children:
-            child.process.join(timeout=5)
-        if not release:
-            return
-        with contextlib.suppress(Exception):  # the pool is failing already
-            for child in children:
-                self._reap(child)
-            self._after_writes(self._write_each(self._take_writes(), time.time()))
-
-    # -- claiming and recording -----------------------------------------------
-
-    def _chunk(self) -> tuple[int, int]:
-        """Jobs per message, and the most a child may hold, for jobs this fast."""
-        seconds = self._job_seconds
-        if seconds is None or seconds >= _FAST_JOB or self._timed_jobs < _FAST_EVIDENCE:
-            return 1, 1
-        chunk = max(1, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(seconds, 1e-6))))
-        return chunk, 2 * chunk
-
-    def _room(self, child: _Child, chunk: int, most: int) -> int:
-        if not child.ready or child.retiring or child.kill_reason is not None \
-                or child.stop_sent:
-            return 0
-        if self.max_jobs_per_child is not None:
-            most = min(most, self.max_jobs_per_child - child.sent + len(child.assigned))
-        held = len(child.assigned)
-        if most > 1 and held > most - chunk:
-            return 0  # refill only once a chunk's worth has been done
-        return max(0, most - held)
-
-    def _free_slots(self) -> int:
-        chunk, most = self._chunk()
-        return sum(self._room(child, chunk, most) for child in self._children)
-
-    def _write_and_claim(self) -> None:
-        """Record what the children reported and claim more, in one transaction."""
-        if time.monotonic() < self._retry_writes_at:
-            return
-        want = self._free_slots() if self._claiming() and self._should_claim() else 0
-        if not want and not self._unwritten():
-            return
-        writes = self._take_writes()
-        starts = self._starts_due()
-        now = time.time()
-        woken = self._storage.woken
-        token, claimed = "", cast(list[dict[str, Any]], [])
-        try:
-            with self._storage.write():
-                if starts:
-                    self._storage.mark_started([(a.job_id, a.token) for a in starts], now)
-                results = self._write_all(writes, now)
-                if want:
-                    token, claimed = self._storage.claim(
-                        owner=self.id, queues=self.queues, now=now,
-                        expires=now + self.lease, limit=want,
-                        unsigned_only=self._refusals.unsigned_only,
-                        avoid=self._refusals.avoided(), started=False,
-                        holding=self._in_flight.keys())
-        except DatabaseBusy as exc:
-            # Keep everything, and try again shortly.
-            _log.debug("%s: %s; retrying", self.id, exc)
-            self._keep_for_later(writes)
-            self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
-            return
-        except Exception as exc:  # one bad record, or the disk: each is written alone
-            self._check_file()
-            _log.error("%s could not write %d records and claims together: %s: %s; "
-                       "writing each on its own", self.id, len(writes),
-                       type(exc).__name__, exc)
-            results = self._write_each(writes, now)
-            self._retry_writes_at = max(self._retry_writes_at, time.monotonic() + 1.0)
-            want, starts = 0, []
-        for assignment in starts:
-            assignment.start_marked = True
-        if _CRASH_POINT is not None:
-            if claimed:
-                _crash_point("after-claim")
-            if any(kind == "outcome" for kind, _, _ in writes):
-                _crash_point("after-finish")
-        self._after_writes(results)
-        if want:
-            self._after_claim(want, token, claimed)
-        if self._storage.woken != woken:
-            self._drained = False  # ends made jobs due (parts, postprocesses, callbacks)
-
-    def _take_writes(self) -> list[tuple[str, _Assignment, Any]]:
-        """Everything waiting to be written, as (kind, assignment, detail);
-        `_keep_for_later` puts such a list back."""
-        # Progress first: once a job's outcome is written, its report is fenced off.
-        writes: list[tuple[str, _Assignment, Any]] = (
-            [("report", assignment, fields) for assignment, fields in self._reports.values()]
-            + [("outcome", assignment, outcome) for assignment, outcome in self._outcomes]
-            + [(how, assignment, reason) for assignment, how, reason in self._endings]
-            + [("release", assignment, None) for assignment in self._releases])
-        self._outcomes, self._endings, self._releases, self._reports = [], [], [], {}
-        return writes
-
-    def _keep_for_later(self, writes: list[tuple[str, _Assignment, Any]]) -> None:
-        for kind, assignment, detail in writes:
-            if kind == "report":
-                self._reports.setdefault(assignment.job_id, (assignment, detail))
-            elif kind == "outcome":
-                self._outcomes.append((assignment, detail))
-            elif kind == "release":
-                self._releases.append(assignment)
-            else:
-                self._endings.append((assignment, kind, detail))
-
-    def _write(self, kind: str, assignment: _Assignment, detail: Any,
-               now: float) -> str | None:
-        """One fenced write; the status it left, or None if the lease was lost."""
-        job_id, token = assignment.job_id, assignment.token
-        try:
-            if kind == "report":
-                self._storage.report([(job_id, token, detail)])
-                return None
-            if kind == "outcome":
-                return _record(self._storage, assignment.row, token, detail, now)
-            if kind == "interrupt":
-                return self._storage.interrupt(job_id, token, now,
-                                               f"job {job_id} was interrupted: {detail}")
-            if kind == CANCELLED:
-                return self._storage.finish(job_id, token, status=CANCELLED, now=now,
-                                            error=detail + "\n")
-            if kind == "lost":
-                return self._storage.outcome_lost(job_id, token, now, detail)
-            if kind == "hand back":
-                return self._storage.hand_back(job_id, token, now, detail)
-            if kind == "refuse":
-                return self._storage.refuse(job_id, token, now, detail)
-            return self._storage.release(job_id, token, now)
-        except LeaseLost:
-            return None
-
-    def _write_all(self, writes: list[tuple[str, _Assignment, Any]],
-                   now: float) -> list[tuple[str, _Assignment, Any, str | None]]:
-        """`_write` each record, in the transaction open; but runs that
-        completed without a result, the most common outcome of quick jobs,
-        are written together after the rest (`_SQLiteStorage.complete`).
-        Returns (kind, assignment, detail, status) for each, in order."""
-        statuses: list[str | None] = [None] * len(writes)
-        plain = []
-        for index, (kind, assignment, detail) in enumerate(writes):
-            if kind == "outcome" and detail.ok and detail.follow is None \
-                    and detail.result is None:
-                plain.append(index)
-            else:
-                statuses[index] = self._write(kind, assignment, detail, now)
-        if plain:
-            runs = [(writes[index][1].job_id, writes[index][1].token) for index in plain]
-            completed = self._storage.complete(runs, now)
-            for index, run in zip(plain, runs):
-                statuses[index] = completed.get(run)  # None: the lease was lost
-        return [(kind, assignment, detail, status)
-                for (kind, assignment, detail), status in zip(writes, statuses)]
-
-    def _write_each(self, writes: list[tuple[str, _Assignment, Any]],
-                    now: float) -> list[tuple[str, _Assignment, Any, str | None]]:
-        """After a batch failed: write each record alone, so that one that
-        cannot be written (a result too big, say) does not sink the rest.
-        An outcome that fails alone is recorded as a failure saying why; what
-        still fails is dropped, and its job runs again once its lease runs out."""
-        results = []
-        for index, (kind, assignment, detail) in enumerate(writes):
-            try:
-                status = self._write(kind, assignment, detail, now)
-            except DatabaseBusy:
-                # Locked by another connection: nothing wrong with the rest.
-                self._keep_for_later(writes[index:])
-                self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
-                break
-            except Exception as exc:
-                if kind == "report":
-                    continue  # progress is advisory; the next report replaces it
-                if isinstance(exc, DatabaseError) and kind != "outcome":
-                    self._drop(assignment, exc)
-                    continue
-                try:
-                    if isinstance(exc, (DatabaseError, PayloadTooLarge)):
-                        # An outcome that cannot be stored fails its job, saying why.
-                        detail = _Outcome.failure(LitejobsError(
-                            f"the outcome of job {assignment.job_id} "
-                            f"({assignment.row['name']}) could not be stored: {exc}"))
-                        status = self._write(kind, assignment, detail, now)
-                    else:
-                        # Data that litejobs' own steps choke on fails its job alone.
-                        status = self._storage.fail_alone(assignment.job_id,
-                                                          assignment.token, now, exc)
-                        detail = _Outcome.failure(exc) if kind == "outcome" else detail
-                except DatabaseBusy:
-                    self._keep_for_later(writes[index + 1:])
-                    self._keep_for_later([(kind, assignment, writes[index][2])])
-                    self._retry_writes_at = time.monotonic() + _BUSY_BACKOFF
-                    break
-                except LeaseLost:
-                    status = None
-                except Exception as again:
-                    self._drop(assignment, again)
-                    continue
-            results.append((kind, assignment, detail, status))
-        return results
-
-    def _drop(self, assignment: _Assignment, exc: Exception) -> None:
-        self.dropped += 1
-        _log.error("job %s (%s): what happened to it could not be written (%s); it runs "
-                   "again once its lease runs out", assignment.job_id,
-                   assignment.row["name"], exc)
-
-    def _after_writes(self, results: list[tuple[str, _Assignment, Any, str | None]]) -> None:
-        for kind, assignment, detail, status in results:
-            if kind == "report":
-                continue
-            if kind == "outcome":
-                self._log_outcome(assignment, detail, status)
-            elif kind == "interrupt":
-                _log.warning("job %s (%s) attempt %d was interrupted: %s; it is now %s",
-                             assignment.job_id, assignment.row["name"],
-                             assignment.row["attempts"], detail, status or "another worker's",
-                             extra=_job_log(assignment.row))
-            elif kind == "hand back":
-                _log.warning("job %s (%s) attempt %d was handed back: %s; it is now %s, and "
-                             "this run counts neither as an attempt nor as an interruption",
-                             assignment.job_id, assignment.row["name"],
-                             assignment.row["attempts"], detail, status or "another worker's",
-                             extra=_job_log(assignment.row))
-            elif kind == CANCELLED and status is not None:
-                _log.info("%s", detail, extra=_job_log(assignment.row))
-            if kind != "outcome" or status == PENDING:
-                self._drained = False  # a job went back to pending: look again
-
-    def _log_outcome(self, assignment: _Assignment, outcome: _Outcome,
-                     status: str | None) -> None:
-        _log_outcome(assignment.row, outcome, status, assignment.seconds)
-        self.finished["lease lost" if status is None else status] += 1  # logged first
-
-    def _should_claim(self) -> bool:
-        if not self._drained or self._changed or self._due_now():
-            return True
-        return time.monotonic() >= self._next_poll
-
-    def _after_claim(self, want: int, token: str, claimed: list[dict[str, Any]]) -> None:
-        self._changed = False
-        self._next_poll = time.monotonic() + self.poll
-        self._drained = len(claimed) < want
-        if self._drained:
-            try:
-                self._next_due = self._next_due_here()
-            except DatabaseError as exc:
-                _log.error("%s: %s", self.id, exc)
-                self._next_due = None
-        if not self._storage.secrets and any(row["signature"] for row in claimed):
-            runnable = []
-            for row in claimed:
-                if row["signature"] is None:
-                    runnable.append(row)
-                    continue
-                del row["payload"], row["signature"]
-                self._endings.append((_Assignment(row["id"], token, row, None), "refuse",
-                                      self._refusals.signed_without_secret(row)))
-            claimed = runnable
-        if claimed:
-            self._dispatch(token, claimed)
-
-    def _next_due_here(self) -> float | None:
-        """When the next job this pool would claim falls due."""
-        return self._storage.next_due(self.queues, unsigned_only=self._refusals.unsigned_only,
-                                      avoid=self._refusals.avoided())
-
-    def _dispatch(self, token: str, claimed: list[dict[str, Any]]) -> None:
-        """Deal the claimed jobs out one by one, idle children first, so that
-        no child holds work ahead while another has none."""
-        chunk, most = self._chunk()
-        rooms = {child: self._room(child, chunk, most) for child in self._children}
-        turn = [child for child in sorted(rooms, key=lambda c: len(c.assigned))
-                if rooms[child] > 0]
-        plan: dict[_Child, list[dict[str, Any]]] = {child: [] for child in turn}
-        rows = collections.deque(claimed)
-        while rows and turn:
-            for child in list(turn):
-                if not rows:
-                    break
-                plan[child].append(rows.popleft())
-                if len(plan[child]) >= rooms[child]:
-                    turn.remove(child)
-        for row in rows:  # more than the room asked for: cannot happen, but never lose one
-            with contextlib.suppress(LitejobsError):
-                self._storage.release(row["id"], token, time.time())
-        logged = _log.isEnabledFor(logging.DEBUG)
-        for child, planned in plan.items():
-            batch: list[_JobToRun] = []
-            for row in planned:
-                payload, signature = row.pop("payload"), row.pop("signature")
-                stale = self._in_flight.get(row["id"])
-                if stale is not None:
-                    # This pool lost the job's lease (it was paused, say), and
-                    # has just claimed it again: stop the old run, whose outcome
-                    # the fence would reject anyway.
-                    stale.lease_lost = True
-                    self._stop_run(stale, "lease")
-                assignment = _Assignment(row["id"], token, row, child)
-                child.assigned.append(assignment)
-                self._in_flight[row["id"]] = assignment
-                batch.append((row["id"], row, payload, signature))
-                if logged:
-                    _log.debug("job %s (%s) attempt %d claimed for child %d", row["id"],
-                               row["name"], row["attempts"], child.number,
-                               extra=_job_log(row))
-            if batch:
-                child.sent += len(batch)
-                if self.max_jobs_per_child is not None \
-                        and child.sent >= self.max_jobs_per_child:
-                    child.retiring = True
-                child.send(("run", batch))
-
-    # -- housekeeping -----------------------------------------------------------
-
-    def _enforce_timeouts(self) -> None:
-        """Kill the children whose job ran past its timeout.  It touches no
-        database, and runs before anything that might wait for one."""
-        now = time.monotonic()
-        for child in self._children:
-            running = child.running_job()
-            deadline = self._timeout_deadline(child, running)
-            if deadline is not None and now >= deadline:
-                child.kill("timeout", running)
-
-    def _housekeeping(self) -> None:
-        now = time.monotonic()
-        for child in self._children:
-            if child.retiring and not child.assigned and not child.stop_sent:
-                child.stop_sent = child.send(("stop",))
-        if self._restart_at is not None and now >= self._restart_at \
-                and self._grace_deadline is None:
-            self._restart_at = None
-            while len(self._children) < self.processes:
-                self._start_child()
-        if now >= self._next_heartbeat:
-            self._heartbeat(now)
-        if self._in_flight and now >= self._next_cancel_check:
-            self._next_cancel_check = now + _CANCEL_CHECK_INTERVAL
-            try:
-                requests = self._storage.stops_requested(self.id)
-            except DatabaseError as exc:  # looked for again at the next check
-                _log.debug("%s: %s", self.id, exc)
-                requests = []
-            wall = time.time()
-            for job_id, cancelled, stop_by in requests:
-                if cancelled:
-                    self._stop_cancelled(job_id, "cancel")
-                elif stop_by is not None:
-                    self._stop_asked(job_id, stop_by, wall)
-        if now >= self._next_upkeep and self._grace_deadline is None:
-            self._upkeep()
-
-    def _upkeep(self) -> None:
-        """Delete finished jobs past the retention, one small batch at a time
-        so that no transaction holds the write lock for long, and checkpoint
-        the WAL so that it stays small under a steady load."""
-        wait = _UPKEEP_INTERVAL
-        try:
-            if self.retention is not None:
-                deleted, under = self._storage.purge(time.time() - self.retention,
-                                                     limit=_PRUNE_BATCH)
-                if deleted:
-                    _log.info("%s deleted %d jobs (and %d under them) that ended over "
-                              "%s ago", self.id, deleted, under,
-                              _format_duration(self.retention))
-                if deleted == _PRUNE_BATCH:
-                    wait = _PRUNE_PAUSE  # more are due: go on soon
-            self._storage.checkpoint()
-        except DatabaseError as exc:  # tried again at the next upkeep
-            _log.log(logging.DEBUG if isinstance(exc, DatabaseBusy) else logging.WARNING,
-                     "%s: retention and checkpoint: %s", self.id, exc)
-        self._next_upkeep = time.monotonic() + wait
-
-    def _heartbeat(self, now: float) -> None:
-        self._check_file()
-        renew = now >= self._next_renewal
-        leases = [(a.job_id, a.token) for a in self._in_flight.values()] if renew else None
-        wall = time.time()
-        try:
-            alive, lost = self._storage.heartbeat(self.id, leases, wall + self.lease, wall)
-        except DatabaseBusy as exc:
-            _log.debug("%s: %s; retrying the heartbeat", self.id, exc)
-            self._next_heartbeat = now + _BUSY_BACKOFF  # the renewal stays due too
-            return
-        except DatabaseError as exc:
-            alive, lost = True, []
-            _log.error("%s could not record its heartbeat: %s", self.id, exc)
-        self._next_heartbeat = now + self._heartbeat_interval
-        if renew:
-            self._next_renewal = now + self.lease / 3
-        try:
-            if not alive:
-                _log.error("%s had been marked stopped by another pool, as it missed "
-                           "its heartbeats; its jobs were recovered, and it carries on",
-                           self.id)
-            for job_id in lost:
-                self._lease_lost(job_id)
-            if self._storage.recover_silent_workers(
-                    self.id, wall, _SILENT_HEARTBEATS * _HEARTBEAT_INTERVAL):
-                self._drained = False  # their jobs are pending again: claim them
-        except DatabaseError as exc:
-            _log.error("%s could not record its heartbeat: %s", self.id, exc)
-
-    def _lease_lost(self, job_id: int) -> None:
-        assignment = self._in_flight.get(job_id)
-        if assignment is None:
-            return
-        assignment.lease_lost = True
-        _log.warning("job %s (%s): the lease was lost (the pool was paused or too slow "
-                     "to renew it), so another worker may run it; stopping this run",
-                     job_id, assignment.row["name"])
-        self._stop_run(assignment, "lease")
-
-    def _stop_cancelled(self, job_id: int, reason: str) -> None:
-        assignment = self._in_flight.get(job_id)
-        if assignment is not None:
-            assert assignment.child is not None
-            self._receive(assignment.child, math.inf)  # it may have just finished
-        if assignment is not None and job_id in self._in_flight:
-            self._stop_run(assignment, reason)
-
-    def _stop_asked(self, job_id: int, stop_by: float, now: float) -> None:
-        """Job ``job_id`` was asked to stop by ``stop_by``: one that has not
-        started never will (it ends cancelled); a running one sees the
-        request itself, and is stopped once its time is up."""
-        assignment = self._in_flight.get(job_id)
-        if assignment is None or assignment.child is None:
-            return
-        if assignment.child.running_job() != job_id:
-            # Given back, it ends cancelled (_RELEASE_JOB); one the child
-            # starts meanwhile runs on, and sees the request.
-            if not assignment.skip_sent:
-                assignment.skip_sent = assignment.child.send(("skip", [job_id]))
-        elif now >= stop_by:
-            self._stop_cancelled(job_id, "overdue")
-
-    def _timeout_deadline(self, child: _Child, running: int) -> float | None:
-        """When job ``running``, which the child runs, reaches its timeout."""
-        if child.kill_reason is not None or not running:
-            return None
-        assignment = child.assignment(running)
-        if assignment is None or assignment.row["timeout"] is None:
-            return None
-        return child.running_since() + float(assignment.row["timeout"])
-
-    def _stop_run(self, assignment: _Assignment, reason: str) -> None:
-        child = assignment.child
-        assert child is not None, "only assignments sent to a child are stopped"
-        if child.running_job() == assignment.job_id:
-            child.kill(reason, assignment.job_id)
-        elif not assignment.skip_sent:
-            assignment.skip_sent = child.send(("skip", [assignment.job_id]))
-
-    def _check_file(self) -> None:
-        try:
-            identity = self._identify_file()
-        except FileNotFoundError:
-            self._empty_wal_of_moved_file()
-            raise _FileGone(f"{self.path} was deleted while the pool was running; "
-                            f"stopping rather than write to a file nobody sees") from None
-        if identity != self._file_identity:
-            self._empty_wal_of_moved_file()
-            raise _FileGone(f"{self.path} was replaced by another file while the pool "
-                            f"was running; stopping")
-
-    def _empty_wal_of_moved_file(self) -> None:
-        # The -wal beside the path still belongs to the old file.  SQLite
-        # leaves it on close once the file has moved, and whoever opens the
-        # path next would replay its pages onto the new file.  Checkpointed
-        # into the old file, it is empty.
-        try:
-            self._storage.checkpoint("TRUNCATE")
-        except (LitejobsError, sqlite3.Error) as exc:
-            _log.error("%s: could not empty the WAL of the old file (%s); remove %s-wal "
-                       "and %s-shm before opening the new one", self.id, exc, self.path,
-                       self.path)
-
-    def _begin_stop(self) -> None:
-        grace = self._stop_requested or 0.0
-        self._grace_deadline = time.monotonic() if self._stop_now else \
-            (self._stop_deadline or time.monotonic())
-        _log.info("%s stopping: %d jobs running, %.3gs grace", self.id,
-                  len(self._in_flight), grace)
-        for child in self._children:
-            child.send(("drain",))
-
 
 
 ###############################################################################
@@ -6997,7 +7552,7 @@ def _command_demo(args: argparse.Namespace) -> int:
             say(f"litejobs {__version__} demo, database {path}")
             say("Starting a pool of 2 worker processes: q.worker(processes=2)")
             with q.worker(processes=2, grace=5) as pool:
-                pids = ", ".join(str(child.process.pid) for child in pool._children)
+                pids = ", ".join(map(str, pool.pids))
                 say(f"   {pool.id} is up; its worker processes are {pids}\n")
                 jobs = _demo_put_jobs(q, tmp, say)
                 say("\nWatching the pool run them:")

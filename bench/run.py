@@ -236,16 +236,23 @@ def raw_claim_complete(folder: str, count: int, batch: int) -> float:
     return count / elapsed
 
 
-class Pool:
-    """``python -m litejobs worker`` in its own process, as in production."""
+POOL_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [BENCH_DIR, os.path.dirname(BENCH_DIR), os.environ.get("PYTHONPATH", "")]))
 
-    def __init__(self, path: str, processes: int, durable: bool = False):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            [BENCH_DIR, os.path.dirname(BENCH_DIR), os.environ.get("PYTHONPATH", "")]))
+
+class Pool:
+    """``python -m litejobs worker`` in its own process, as in production:
+    logging at ``log_level`` (None: the default, info) to a file beside the
+    database."""
+
+    def __init__(self, path: str, processes: int, durable: bool = False,
+                 log_level: str | None = "warning"):
         self.queue = litejobs.Queue(path, durable=durable)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "litejobs", "worker", path, "-p", str(processes),
-             "--log-level", "warning"], env=env)
+        level = [] if log_level is None else ["--log-level", log_level]
+        with open(path + ".log", "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "litejobs", "worker", path, "-p", str(processes),
+                 *level], env=POOL_ENV, stderr=log)
         try:
             self.wait_ready(processes)
         except BaseException:
@@ -349,14 +356,15 @@ def huey_sqlite(folder: str, count: int, workers: int) -> tuple[float, float]:
         return enqueue, count / (float(last.read()) - float(first.read()))
 
 
-def pool_drain(folder: str, processes: int, count: int, backlog: int = 0) -> float:
+def pool_drain(folder: str, processes: int, count: int, backlog: int = 0,
+               log_level: str | None = "warning") -> float:
     """Jobs per second a pool in its own process drains, put all at once,
     with ``backlog`` finished rows in the table."""
-    path = os.path.join(folder, f"pool-drain-{processes}-{backlog}.db")
+    path = os.path.join(folder, f"pool-drain-{processes}-{backlog}-{log_level}.db")
     if backlog:
         litejobs.Queue(path).close()
         add_finished_backlog(path, backlog)
-    pool = Pool(path, processes)
+    pool = Pool(path, processes, log_level=log_level)
     try:
         jobs = pool.queue.put_many(["jobs:noop"] * count)
         started = time.perf_counter()
@@ -382,6 +390,51 @@ def completed_between(path: str, first: int, last: int) -> int:
             (first, last)).fetchone()[0]
     finally:
         conn.close()
+
+
+def behind_a_slow_job(folder: str, quick: int, slow: float | None) -> float:
+    """Seconds from a put to the end of the last of its quick jobs, on a
+    warmed pool of 2: ``quick`` no-op jobs, one job sleeping ``slow``
+    seconds (None: no such job), then ``quick`` more, in one put_many."""
+    pool = Pool(os.path.join(folder, f"pool-slow-{slow}.db"), 2)
+    try:
+        pool.queue.put_many(["jobs:noop"] * 2000)[-1].wait(timeout=600)  # warm
+        middle = [] if slow is None else [litejobs.Job("time:sleep", slow)]
+        put_at = time.time()
+        jobs = pool.queue.put_many(["jobs:noop"] * quick + middle + ["jobs:noop"] * quick)
+        quick_ids = [job.id for job in jobs if job.name == "jobs:noop"]
+        with sqlite3.connect(pool.queue.path) as conn:
+            while True:
+                done, last = conn.execute(
+                    "SELECT count(*), max(finished_at) FROM litejobs_jobs WHERE id BETWEEN ? "
+                    "AND ? AND name = 'jobs:noop' AND status = 'completed'",
+                    (quick_ids[0], quick_ids[-1])).fetchone()
+                if done == len(quick_ids):
+                    return last - put_at
+                time.sleep(0.01)
+    finally:
+        pool.close()
+
+
+def cold_burst(folder: str, count: int, ramp: int, window: int) -> tuple[float, float]:
+    """Jobs per second of a cold ``--burst`` pool of 2 on ``count`` queued
+    no-op jobs, by the jobs' own end times: over the ``window`` jobs after
+    its first ``ramp``, and over its last ``window``."""
+    path = os.path.join(folder, "cold-burst.db")
+    with litejobs.Queue(path, durable=False) as queue:
+        queue.put_many(["jobs:noop"] * count)
+    subprocess.run([sys.executable, "-m", "litejobs", "worker", path, "-p", "2", "--burst",
+                    "--log-level", "warning"], env=POOL_ENV, check=True, timeout=600)
+    conn = sqlite3.connect(path)
+    try:
+        ends = [end for end, in conn.execute(
+            "SELECT finished_at FROM litejobs_jobs WHERE status = 'completed' "
+            "ORDER BY finished_at")]
+    finally:
+        conn.close()
+    assert len(ends) == count, (len(ends), count)
+    return (window / (ends[ramp + window - 1] - ends[ramp - 1]),
+            window / (ends[-1] - ends[-window - 1]))
 
 
 def pool_parallel(folder: str, processes: int, parts: int) -> float:
@@ -499,6 +552,7 @@ def main() -> int:
     drain = 500 if quick else 5000
     backlog = 50_000 if quick else 1_000_000
     pool_jobs = 5_000 if quick else 50_000
+    cold_jobs = 10_000 if quick else 50_000
     fan_out = 2_000 if quick else 10_000
     latency_samples = 50 if quick else 300
     idle_seconds = 3.0 if quick else 10.0
@@ -549,6 +603,13 @@ def main() -> int:
             drained[processes] = pool_drain(folder, processes, pool_jobs)
             row(f"pool drain, no-op jobs, {processes} process{'es' * (processes > 1)} "
                 f"({pool_jobs:,})", drained[processes], "raw claim+complete, 64 a batch", raw)
+        row(f"pool drain, 2 processes, default log level: info ({pool_jobs:,})",
+            pool_drain(folder, 2, pool_jobs, log_level=None),
+            "pool drain, 2 processes, --log-level warning", drained[2])
+        window = cold_jobs // 5
+        early, full_speed = cold_burst(folder, cold_jobs, 2_000, window)
+        row(f"cold --burst pool of 2 ({cold_jobs:,} queued): jobs 2,001 to {2_000 + window:,}",
+            early, f"its last {window:,}", full_speed)
         row(f"pool drain, 2 processes, {backlog:,} finished rows ({pool_jobs:,})",
             pool_drain(folder, 2, pool_jobs, backlog), "pool drain, 2 processes", drained[2])
         if peers and huey_missing() is None:
@@ -563,6 +624,13 @@ def main() -> int:
             skipped.append("huey or Dramatiq with Redis: skipped, " + (
                 "not written yet" if shutil.which("redis-server") else
                 "no redis-server on PATH"))
+        alone = behind_a_slow_job(folder, 2_000, None)
+        behind = behind_a_slow_job(folder, 2_000, 3.0)
+        rows.append(("4,000 quick jobs around one of 3 s: put to last quick end",
+                     f"{behind:.2f} s", f"without the slow job {alone:.2f} s",
+                     f"{alone / behind:.0%}"))
+        rows.append(("4,000 quick jobs around one of 3 s, target", f"{behind:.2f} s",
+                     "target 1 s", f"{1 / behind:.0%}"))
         row(f"parallel of {fan_out:,} no-op parts + postprocess, 2 processes",
             pool_parallel(folder, 2, fan_out), "pool drain, 2 processes", drained[2])
         for durable in (False, True):

@@ -38,7 +38,7 @@ def main():
         queue = litejobs.Queue(os.path.join(folder, "app.db"))
         with queue.worker(processes=2, queues=["reports"]) as pool:
             print(f"pool {pool.id}: worker processes "
-                  f"{sorted(child.process.pid for child in pool._children)}")
+                  f"{sorted(pool.pids)}")
             started = time.monotonic()
             ids = [handle_request(queue, folder, customer, pages)
                    for customer, pages in [("acme", 20), ("globex", 35), ("initech", 10),

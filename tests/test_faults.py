@@ -109,16 +109,31 @@ def test_a_job_waiting_behind_a_slow_one_does_not_start_past_its_deadline(
     worker = pool()
     q.put_many(Job(sample_jobs.add, i, 0) for i in range(300))  # jobs are quick: sent ahead
     wait_until(lambda: q.counts()["completed"] >= 300, WAIT, "the warm-up jobs")
-    assert worker._chunk()[0] > 1, "the pool sends one job at a time: the test proves nothing"
+    assert worker._supervisor.dispatcher.chunk()[0] > 1, \
+        "the pool sends one job at a time: the test proves nothing"
     ran = tmp_path / "ran"
+    # Handed to the one worker process behind the slow job, the late one is
+    # either reached there past its deadline, or taken back from there (the
+    # slow job holds it up) and found past its deadline at the next claim.
     slow, late = q.put_many([Job(sample_jobs.sleep_then, 1.5),
                              Job(sample_jobs.append_line, str(ran), "late")], begin_by=0.5)
     with pytest.raises(litejobs.JobFailed) as failed:
         late.wait(timeout=WAIT)
     assert failed.value.exc_type == "litejobs.DeadlineExceeded"
-    assert "its worker process reached it" in failed.value.traceback
     assert slow.wait(timeout=WAIT) is None
     assert runs(ran) == []
+
+
+def test_a_worker_process_does_not_start_a_job_it_reaches_past_its_deadline():
+    row = {"id": 7, "name": "app:job", "begin_by": time.time() - 1, "attempts": 1,
+           "not_started": 0}
+    outcome = litejobs._too_late(row)
+    assert outcome is not None and outcome.error_type == "litejobs.DeadlineExceeded"
+    assert "its worker process reached it" in outcome.error
+    assert litejobs._too_late({**row, "begin_by": time.time() + 60}) is None
+    # A run of it began before, and died: it goes on past the deadline.
+    assert litejobs._too_late({**row, "attempts": 2}) is None
+    assert litejobs._too_late({**row, "attempts": 2, "not_started": 1}) is not None
 
 
 # -- 3. data the pool's own steps choke on -----------------------------------------------

@@ -103,11 +103,11 @@ def _wait_until(predicate, timeout, what):
 
 
 def _put_on_an_idle_pool(q, worker):
-    assert worker._heartbeat_interval >= WAIT  # no heartbeat within the wait
+    assert worker._supervisor.keeper.heartbeat_interval >= WAIT  # no heartbeat within the wait
     events = _record_claims_and_checks(worker)
     # The pool has claimed and run a first job, so it is idle and drained.
     assert q.put(Job(sample_jobs.add, 1, 1)).wait(timeout=WAIT) == 2
-    assert not worker._in_flight
+    assert not worker._supervisor.flight.jobs
     # An idle wait begins with a check for changes, which would find a job
     # put before it whatever the mechanism under test does: put the job only
     # once the pool has made that check, found nothing new, and waits.
@@ -118,7 +118,7 @@ def _put_on_an_idle_pool(q, worker):
 @linux_only
 def test_an_idle_pool_is_woken_by_inotify(q, slow_fallbacks):
     with litejobs.Worker(q, processes=1, **slow_fallbacks) as worker:
-        assert worker._wal_watch is not None
+        assert worker._supervisor.idle.watch is not None
         job = _put_on_an_idle_pool(q, worker)
         assert job.wait(timeout=WAIT) == 42
 
@@ -126,7 +126,7 @@ def test_an_idle_pool_is_woken_by_inotify(q, slow_fallbacks):
 def test_without_inotify_an_idle_pool_polls_data_version(q, monkeypatch, slow_fallbacks):
     monkeypatch.setattr(litejobs._WalWatch, "open", classmethod(lambda cls, path: None))
     with litejobs.Worker(q, processes=1, **slow_fallbacks) as worker:
-        assert worker._wal_watch is None
+        assert worker._supervisor.idle.watch is None
         job = _put_on_an_idle_pool(q, worker)
         assert job.wait(timeout=WAIT) == 42
 
@@ -142,7 +142,7 @@ def test_a_delayed_job_starts_when_due_without_any_write(q, slow_fallbacks):
 @linux_only
 def test_the_watch_is_closed_when_the_pool_stops(q):
     worker = litejobs.Worker(q, processes=1).start()
-    fd = worker._wal_watch.fd
+    fd = worker._supervisor.idle.watch.fd
     worker.stop()
     with pytest.raises(OSError):
         os.fstat(fd)

@@ -88,7 +88,7 @@ def mark_then_wait(marker, go):
 
 def live_children(worker):
     """The pids of the pool's children that are up, ready and alive."""
-    return [child.process.pid for child in list(worker._children)
+    return [child.process.pid for child in list(worker._supervisor.children.all)
             if child.ready and child.process.is_alive()]
 
 
@@ -124,7 +124,7 @@ def warm_up(q, worker, count=300):
     and are written together.  Returns ``count``."""
     q.put_many(Job(sample_jobs.add, i, 0) for i in range(count))
     wait_until(lambda: q.counts()["completed"] >= count, WAIT, "the warm-up jobs")
-    chunk, _ = worker._chunk()
+    chunk, _ = worker._supervisor.dispatcher.chunk()
     assert chunk > 1, "the pool still sends one job at a time: the test proves nothing"
     return count
 
@@ -191,7 +191,7 @@ def test_many_quick_jobs_all_complete_with_their_results(q, pool):
     assert all(job.attempts == 1 and job.interruptions == 0 for job in jobs)
     assert worker.finished == collections.Counter({COMPLETED: count})
     assert worker.crashes == []
-    assert worker._in_flight == {}
+    assert worker._supervisor.flight.jobs == {}
 
 
 def test_queue_worker_is_a_started_pool_that_stops_at_exit(q):
@@ -429,7 +429,7 @@ def test_start_methods(q, pool, method):
         pytest.skip(f"{method} is not available on this platform")
     worker = pool(processes=1, start_method=method)
     assert all(type(child.process).__name__ == PROCESS_CLASSES[method]
-               for child in worker._children)
+               for child in worker._supervisor.children.all)
     jobs = q.put_many([Job(sample_jobs.pid), Job(sample_jobs.add, 20, 22),
                        Job(sample_jobs.pid)])
 
@@ -1059,3 +1059,47 @@ def test_a_busy_database_on_a_read_does_not_stop_the_pool(q, pool, monkeypatch):
     wait_until(lambda: calls["all"] >= 5, WAIT, "the idle pool to check for changes")
     assert worker.alive
     assert q.put(Job(sample_jobs.add, 3, 4)).wait(timeout=WAIT) == 7
+
+
+# -- no job waits behind a slow one -------------------------------------------------------
+
+
+def test_quick_jobs_handed_out_behind_a_slow_one_are_taken_back_for_a_free_process(
+        q, pool, tmp_path):
+    worker = pool(processes=2)
+    warm_up(q, worker)
+    gate = tmp_path / "gate"
+    around = q.put_many([Job(sample_jobs.add, i, 1) for i in range(400)]
+                        + [Job(sample_jobs.wait_for_file, str(gate))]
+                        + [Job(sample_jobs.add, i, 2) for i in range(400)])
+    slow = around[400]
+    quick_ones = around[:400] + around[401:]
+    # Every quick job ends while the slow one still runs: none waits behind it.
+    wait_until(lambda: all(job.refresh().status == COMPLETED for job in quick_ones), WAIT,
+               "the quick jobs")
+    assert slow.refresh().status == "active"
+    gate.write_text("go")
+    assert slow.wait(timeout=WAIT) == 1
+    assert all(job.attempts == 1 for job in quick_ones)  # taken back unstarted: no attempt used
+    assert all(job.history is None or "interrupted" not in job.history for job in quick_ones)
+
+
+def test_a_stopped_process_is_sent_no_more_work_and_its_jobs_run_once_it_goes_on(
+        q, pool):
+    worker = pool(processes=2)
+    warm_up(q, worker)
+    stopped = worker._supervisor.children.all[0]
+    os.kill(stopped.process.pid, signal.SIGSTOP)
+    try:
+        sent_before = stopped.sent
+        jobs = q.put_many([Job(sample_jobs.add, i, 3) for i in range(1000)])
+        held = wait_until(lambda: (len([j for j in jobs if j.refresh().status != COMPLETED])
+                                   == len(stopped.assigned)) and stopped.assigned,
+                          WAIT, "the other process to run all it can")
+        # One fill at most reached the stopped process: once stuck, it got nothing more.
+        assert stopped.sent - sent_before <= 2 * litejobs._MAX_CHUNK
+        assert held
+    finally:
+        os.kill(stopped.process.pid, signal.SIGCONT)
+    wait_until(lambda: all(job.refresh().status == COMPLETED for job in jobs), WAIT,
+               "the jobs it held")

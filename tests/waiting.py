@@ -92,7 +92,7 @@ def live_in_session(sid):
 
 def child_pids(worker):
     """The pids of a `litejobs.Worker`'s worker processes, sorted."""
-    return sorted(child.process.pid for child in list(worker._children))
+    return sorted(worker.pids)
 
 
 def stop_all(workers):
