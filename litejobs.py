@@ -124,8 +124,8 @@ import traceback
 import types
 import urllib.parse
 import uuid
-from typing import (Any, Callable, Collection, ContextManager, cast, Iterable, Iterator, Mapping,
-                    NamedTuple, Protocol, Sequence, Union)
+from typing import (Any, Callable, Collection, ContextManager, Generic, cast, Iterable, Iterator,
+                    Mapping, NamedTuple, overload, Protocol, Sequence, TypeVar, Union)
 
 ###############################################################################
 # Constants and exceptions
@@ -239,6 +239,7 @@ class _Default(enum.Enum):
 
 _DEFAULT = _Default.DEFAULT
 
+_T = TypeVar("_T")
 _log = logging.getLogger("litejobs")
 _log.addHandler(logging.NullHandler())  # the application decides where logs go
 
@@ -1538,6 +1539,9 @@ def _runner_alive_here(host: str | None, pid: int | None, since: float | None) -
     return since is None or state[1] <= since + 1.0
 
 
+# -- secrets -----------------------------------------------------------------------
+
+
 # The secrets given in code, by database path, in this process.  A Queue
 # rebuilt from a pickle (a job's argument, a pool's child's queue) uses them:
 # a pickle never carries a secret, and the environment may hold none.
@@ -1602,6 +1606,9 @@ def _signed_by_one_of(keys: Sequence[bytes], signature: bytes | None, *parts: by
     message = b"\x00".join(parts)
     return any(hmac.compare_digest(hmac.new(key, message, hashlib.sha256).digest(), signature)
                for key in keys)
+
+
+# -- waking on commits -------------------------------------------------------------
 
 
 class _WalWatch:
@@ -1677,7 +1684,7 @@ class _CommitWatch:
     with a growing pause where inotify is not available.
     """
 
-    def __init__(self, storage: _SQLiteStorage):
+    def __init__(self, storage: _SQLiteConnections):
         self._storage = storage
         self._wal = _WalWatch.open(storage.path)
         self._version = storage.data_version()
@@ -1711,6 +1718,9 @@ class _CommitWatch:
     def close(self) -> None:
         if self._wal is not None:
             self._wal.close()
+
+
+# -- the storage contract, and its SQLite layers -----------------------------------
 
 
 class _Commits(Protocol):
@@ -1810,7 +1820,7 @@ class _Write:
 
     __slots__ = ("storage", "atomic_steps", "conn", "thread", "joined")
 
-    def __init__(self, storage: _SQLiteStorage, atomic_steps: bool):
+    def __init__(self, storage: _SQLiteConnections, atomic_steps: bool):
         self.storage = storage
         self.atomic_steps = atomic_steps
         self.joined: ContextManager[sqlite3.Connection] | None = None
@@ -1859,8 +1869,11 @@ class _Write:
         return None
 
 
-class _SQLiteStorage:
-    """The SQLite `_Storage`: every SQL statement and all connection handling.
+class _SQLiteConnections:
+    """One SQLite file's connections and transactions, for the layers of
+    `_SQLiteStorage` above it: opening and checking the file, the schema's
+    migrations, reads, and BEGIN IMMEDIATE writes that a thread's nested
+    writes join.
 
     Connections are opened lazily, one per thread and per process, and held
     in a registry keyed by thread id rather than in a ``threading.local``: a
@@ -1899,8 +1912,6 @@ class _SQLiteStorage:
         self._connections[threading.get_ident()] = conn
         if version < _SCHEMA_VERSION:
             self._migrate(conn)
-
-    # -- connections ---------------------------------------------------------
 
     def _prepare_file(self) -> None:
         directory = os.path.dirname(self.path)
@@ -2093,7 +2104,28 @@ class _SQLiteStorage:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
 
-    # -- transactions --------------------------------------------------------
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits.
+        https://sqlite.org/pragma.html#pragma_data_version"""
+        with self.read() as conn:
+            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def watch_commits(self) -> _CommitWatch:
+        """A watch that wakes its thread when another connection commits; the
+        caller closes it."""
+        return _CommitWatch(self)
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]:
+        """Copy what the WAL holds into the database, as far as readers allow,
+        without waiting for anyone; the WAL then restarts from its beginning,
+        cut to ``_WAL_SIZE_LIMIT``.  ``"TRUNCATE"`` waits for readers and
+        empties the WAL file.  Returns the WAL's pages and those copied.
+        https://sqlite.org/pragma.html#pragma_wal_checkpoint"""
+        if mode not in ("PASSIVE", "TRUNCATE"):
+            raise ValueError(f"unknown checkpoint mode {mode!r}")
+        with self.read() as conn:
+            _, pages, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        return int(pages), int(copied)
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -2174,6 +2206,39 @@ class _SQLiteStorage:
             _log.warning("rolling back a transaction left open on %s", self.path)
             conn.execute("ROLLBACK")
 
+    def _transaction(self, conn: sqlite3.Connection | None) -> ContextManager[Any]:
+        return self.write() if conn is None else self._joined(conn)
+
+    @contextlib.contextmanager
+    def _joined(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """Write through the caller's own connection, inside the transaction
+        the caller has open: what is written commits or rolls back with it."""
+        if not isinstance(conn, sqlite3.Connection):
+            raise TypeError(f"conn must be a sqlite3.Connection, not {_describe(conn)}")
+        if not conn.in_transaction:
+            raise ValueError(
+                "conn has no open transaction: begin one (BEGIN IMMEDIATE) before "
+                "putting jobs through it, so they commit or roll back with your writes")
+        with self._errors(), _plain_rows(conn):
+            files = {row[1]: row[2] for row in conn.execute("PRAGMA database_list").fetchall()}
+            main = files.get("main")
+            if not main or not os.path.exists(main) or not os.path.samefile(main, self.path):
+                raise ValueError(f"conn is open on {main or 'a memory database'}, "
+                                 f"not on {self.path}")
+            try:
+                with _savepoint(conn):
+                    yield conn
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                # A transaction that began deferred and has read cannot wait
+                # for the write lock: SQLite fails it at once.
+                raise DatabaseBusy(
+                    f"conn's transaction on {self.path} could not take the write lock "
+                    f"({exc}): it began as a read (BEGIN, or Python's default), and "
+                    f"another connection wrote meanwhile, or holds the lock; begin your "
+                    f"transaction with BEGIN IMMEDIATE before putting jobs through it") from exc
+
     def _migrate(self, conn: sqlite3.Connection) -> None:
         with self.write():
             current = self._schema_version(conn)  # another process may have migrated
@@ -2198,7 +2263,407 @@ class _SQLiteStorage:
             f"({__version__}) knows only up to {_SCHEMA_VERSION}; upgrade litejobs"
         )
 
-    # -- jobs ----------------------------------------------------------------
+
+class _SQLiteFollowUps(_SQLiteConnections):
+    """What follows the end of a job, in the transaction that ended it (see
+    `_after_end`): cancels under a cancelled job, callbacks, jobs waiting on
+    a returned job, the counts of composites, and the tallies `counts`
+    reads.  It owns ``woken``, which counts the writes that may have made
+    jobs due, so that a pool claims again."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.woken = 0
+
+    def _after_end(self, conn: sqlite3.Connection, ended: Sequence[Mapping[str, Any]],
+                   now: float, counted: Collection[int] = ()) -> None:
+        """Take every step that follows the end of the ``ended`` rows (as
+        selected by ``_ENDED``), in the transaction that ended them, so that no
+        crash can fall between a job's end and what it sets off.
+
+        - A cancelled job cancels what is under it that has not ended.
+        - Its callbacks become due (or end, if they wait for the other outcome),
+          and jobs waiting on it take its outcome.
+        - The composite it is a part of counts it: a parallel becomes due once
+          every part has ended; a serial starts its next part, or, with
+          ``stop_on_failure`` after a part that did not complete, cancels the
+          rest.  A composite becomes due to run its postprocess.
+        - The tallies `counts` reads count it.
+
+        Steps that end further jobs queue them here, so chains of any depth
+        are followed without recursion.  Parts in ``counted`` were counted in
+        their composite already (`_count_parallel_parts`).
+        """
+        todo = collections.deque(ended)
+        tally: collections.Counter[tuple[str, str]] = collections.Counter()
+        while todo:
+            row = todo.popleft()
+            if row["status"] not in _FINISHED:
+                continue  # flagged for cancelling while it runs: it ends later
+            tally[row["queue"], row["status"]] += 1
+            if row["status"] == CANCELLED:
+                todo.extend(self._rows(conn, _CANCEL_DESCENDANTS, {"id": row["id"], "now": now}))
+            if row["followers"]:
+                todo.extend(self._tell_followers(conn, row, now))
+            if row["role"] == "part" and row["id"] not in counted:
+                todo.extend(self._count_part(conn, row, now))
+        self._count_ended(conn, tally)
+
+    def _count_parallel_parts(self, conn: sqlite3.Connection,
+                              ended: Sequence[Mapping[str, Any]], now: float) -> set[int]:
+        """Count in their composite, together, the ``ended`` parts of each
+        parallel that has more than one among them (a pool records a batch of
+        runs at once): one UPDATE for the parallel, not one for each part.
+        Returns the ids of the parts counted, which `_after_end` then skips."""
+        by_parent: dict[int, list[int]] = {}
+        for row in ended:
+            if row["role"] == "part" and row["status"] in _FINISHED:
+                by_parent.setdefault(row["parent_id"], []).append(row["id"])
+        counted: set[int] = set()
+        for parent_id, ids in by_parent.items():
+            if len(ids) < 2:
+                continue
+            kind = conn.execute(_COMPOSITE_OF, (parent_id,)).fetchone()
+            if kind is None or kind[0] != "parallel":
+                continue  # a serial runs one part at a time: each is counted alone
+            left = conn.execute(_PARTS_ENDED, {"parent": parent_id,
+                                               "count": len(ids)}).fetchone()
+            if left is not None and left[0] == 0:
+                self._make_ready(conn, parent_id, now)
+            counted.update(ids)
+        return counted
+
+    @staticmethod
+    def _count_ended(conn: sqlite3.Connection,
+                     tally: collections.Counter[tuple[str, str]]) -> None:
+        """Add jobs that ended, ``{(queue, status): jobs}``, to what `counts` reads."""
+        if tally:
+            conn.executemany(_COUNT_ENDED, ((queue, status, jobs)
+                                            for (queue, status), jobs in tally.items()))
+
+    @staticmethod
+    def _rows(conn: sqlite3.Connection, statement: str,
+              params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        cursor = conn.execute(statement, params)
+        return _as_dicts(cursor)
+
+    def _tell_followers(self, conn: sqlite3.Connection, row: Mapping[str, Any],
+                        now: float) -> list[dict[str, Any]]:
+        ended = []
+        for callback_id, role in conn.execute(_DORMANT_CALLBACKS, {"id": row["id"]}).fetchall():
+            ended += self._start_callback(conn, callback_id, role, row, now)
+        return ended + self._rows(conn, _TAKE_OUTCOME, {"source": row["id"], "now": now})
+
+    def _start_callback(self, conn: sqlite3.Connection, callback_id: int, role: str,
+                        parent: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
+        """Make a callback due, or end it unrun if it waits for the outcome
+        its job did not have; return the rows this ended."""
+        completed = parent["status"] == COMPLETED
+        if role in ("callback", "callbacks") or completed == (role == "success"):
+            self._make_ready(conn, callback_id, now)
+            return []
+        error = (f"not run: job {parent['id']} {parent['status']}, and this callback "
+                 f"runs only on {role}\n")
+        return self._rows(conn, _SKIP_CALLBACK, {"id": callback_id, "now": now,
+                                                 "error": error})
+
+    def _count_part(self, conn: sqlite3.Connection, part: Mapping[str, Any],
+                    now: float) -> list[dict[str, Any]]:
+        composite = conn.execute(_PART_ENDED, {"parent": part["parent_id"]}).fetchone()
+        if composite is None:
+            return []  # the composite ended already (cancelled)
+        left, kind = composite
+        if left == 0:
+            self._make_ready(conn, part["parent_id"], now)
+            return []
+        if kind == "parallel" or part["waiting_on"] == _DORMANT:
+            return []  # a serial part cancelled before its turn: the chain goes on
+        if kind == "serial_stop" and part["status"] != COMPLETED:
+            error = (f"not run: part {part['position']} of serial job {part['parent_id']} "
+                     f"(job {part['id']}) {part['status']}, and the serial stops on "
+                     f"failure\n")
+            return self._rows(conn, _CANCEL_REST_OF_SERIAL, {
+                "parent": part["parent_id"], "now": now, "error": error})
+        following = conn.execute(_NEXT_SERIAL_PART, {"parent": part["parent_id"],
+                                                     "position": part["position"]}).fetchone()
+        if following is not None:
+            self._activate(conn, following[0], now)
+        return []
+
+    def _activate(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
+        """Start a dormant job: a plain one becomes due; a parallel starts every
+        part, a serial its first part, and a composite with no parts left to
+        wait for becomes due to run its postprocess.  Nested composites are
+        followed without recursion."""
+        todo = [job_id]
+        while todo:
+            node = todo.pop()
+            kind = conn.execute(_COMPOSITE_OF, (node,)).fetchone()[0]
+            if kind is None:
+                self._make_ready(conn, node, now)
+                continue
+            parts = conn.execute(_WAITING_PARTS, {"id": node}).fetchall()
+            conn.execute(_SET_WAITING_ON, {"id": node, "count": len(parts)})
+            if not parts:
+                self._make_ready(conn, node, now)
+            elif kind == "parallel":
+                conn.execute(_MAKE_PLAIN_PARTS_READY, {"id": node, "now": now})
+                self.woken += 1
+                todo += [part_id for part_id, part_kind in parts if part_kind is not None]
+            else:
+                todo.append(parts[0][0])
+
+    def _make_ready(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
+        conn.execute(_MAKE_READY, {"id": job_id, "now": now})
+        self.woken += 1
+
+
+class _SQLiteRuns(_SQLiteFollowUps):
+    """The writes made on behalf of a run, each fenced by the lease token of
+    its claim (outcomes, interruptions, hand-backs, releases, progress), and
+    those that steer runs from outside (cancels, stop requests, meta)."""
+
+    def finish(self, job_id: int, token: str, *, status: str, now: float,
+               result: bytes | None = None, error: str | None = None,
+               error_type: str | None = None,
+               begin_after: float | None = None) -> str:
+        """Record the end of an attempt: ``COMPLETED``, ``FAILED``, or
+        ``PENDING`` again (a retry at ``begin_after``).  Fenced by ``token``:
+        raises `LeaseLost` when the attempt no longer owns the job.  Returns the
+        status written, which is ``CANCELLED`` when a cancel came meanwhile."""
+        params = {"id": job_id, "token": token, "status": status, "now": now,
+                  "result": result, "error": error, "error_type": error_type,
+                  "result_signature": None if result is None or not self.secrets
+                  else _sign(self.secrets, _SIGNED_RESULT, result),
+                  "begin_after": begin_after, "error_line": _last_line(error)}
+        with self.write() as conn:
+            status = self._ended(conn, _FINISH_JOB, params, now,
+                                 _lease_lost_text(job_id, token, "its result was discarded"))
+            _crash_point("in-finish")
+            return status
+
+    def complete(self, runs: Iterable[tuple[int, str]],
+                 now: float) -> dict[tuple[int, str], str]:
+        """`finish` each run ``(job_id, token)`` as ``COMPLETED`` with no result,
+        in one statement for the runs of each claim (each token), each one
+        fenced by its token.  Returns the status written for each run that
+        still owned its job; the others had lost their leases."""
+        by_token: dict[str, list[int]] = {}
+        for job_id, token in runs:
+            by_token.setdefault(token, []).append(job_id)
+        statuses: dict[tuple[int, str], str] = {}
+        with self.write() as conn:
+            for token, ids in by_token.items():
+                cursor = conn.execute(_FINISH_JOBS, {
+                    "ids": json.dumps(ids), "token": token, "status": COMPLETED, "now": now,
+                    "result": None, "result_signature": None, "error": None,
+                    "error_type": None, "begin_after": None, "error_line": None})
+                ended = _as_dicts(cursor)
+                self._after_end(conn, ended, now, counted=self._count_parallel_parts(
+                    conn, ended, now))
+                statuses.update(((row["id"], token), str(row["status"])) for row in ended)
+            _crash_point("in-finish")
+        return statuses
+
+    def _ended(self, conn: sqlite3.Connection, statement: str, params: Mapping[str, Any],
+               now: float, lost: str) -> str:
+        """Run a fenced statement that may end a job, and what follows its end;
+        return the job's status, or raise `LeaseLost` with ``lost``."""
+        status = self._end(conn, statement, params, now)
+        if status is None:
+            raise LeaseLost(lost)
+        return status
+
+    def _end(self, conn: sqlite3.Connection, statement: str, params: Mapping[str, Any],
+             now: float) -> str | None:
+        """Run a statement that may end a job (returning ``_ENDED``) and what
+        follows its end; return the job's status, or None if it matched nothing."""
+        cursor = conn.execute(statement, params)
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        ended = _as_dict(cursor, row)
+        self._after_end(conn, [ended], now)
+        return str(ended["status"])
+
+    def _fail_alone(self, conn: sqlite3.Connection, job_id: int, token: str, now: float,
+                    exc: BaseException) -> str:
+        """Fail a job without the steps that follow its end (its callbacks, its
+        composite's count), which raised ``exc``: the last resort that keeps
+        one job's data from stopping a pool.  Fenced."""
+        error = _storable("".join(traceback.format_exception(exc)))
+        cursor = conn.execute(_FINISH_JOB, {
+            "id": job_id, "token": token, "status": FAILED, "now": now, "result": None,
+            "result_signature": None, "error": error, "error_type": _qualified_type_name(
+                type(exc)), "begin_after": None, "error_line": _last_line(error)})
+        found = cursor.fetchone()
+        if found is None:
+            raise LeaseLost(_lease_lost_text(job_id, token))
+        self._count_ended(conn, collections.Counter([(_as_dict(cursor, found)["queue"],
+                                                      FAILED)]))
+        _log.error("job %s failed: what follows its end could not be recorded, and what "
+                   "waits for it (its callbacks, its composite) waits on: cancel that by "
+                   "hand\n%s", job_id, error.rstrip())
+        return FAILED
+
+    def fail_alone(self, job_id: int, token: str, now: float, exc: BaseException) -> str:
+        """`_fail_alone` in a transaction of its own."""
+        with self.write() as conn:
+            return self._fail_alone(conn, job_id, token, now, exc)
+
+    def mark_started(self, runs: Iterable[tuple[int, str]], now: float) -> None:
+        """Record that these claimed runs ``(job_id, token)`` have begun
+        (see `_MARK_STARTED`)."""
+        by_token: dict[str, list[int]] = {}
+        for job_id, token in runs:
+            by_token.setdefault(token, []).append(job_id)
+        with self.write() as conn:
+            for token, ids in by_token.items():
+                conn.execute(_MARK_STARTED, {"ids": json.dumps(ids), "token": token,
+                                             "now": now})
+
+    def interrupt(self, job_id: int, token: str, now: float, reason: str) -> str:
+        """Record that an attempt died without an outcome.  Fenced like `finish`."""
+        with self.write() as conn:
+            return self._interrupt(conn, job_id, token, now, reason)
+
+    def _interrupt(self, conn: sqlite3.Connection, job_id: int, token: str,
+                   now: float, reason: str) -> str:
+        error = _format_exception_only(Interrupted(reason))
+        cursor = conn.execute(_INTERRUPT_JOB, {
+            "id": job_id, "token": token, "now": now, "error": error,
+            "error_type": _INTERRUPTED_TYPE, "error_line": reason,
+            "backoff": _INTERRUPTION_BACKOFF[0], "backoff_most": _INTERRUPTION_BACKOFF[1]})
+        found = cursor.fetchone()
+        if found is None:
+            raise LeaseLost(_lease_lost_text(job_id, token))
+        row = _as_dict(cursor, found)
+        self._after_end(conn, [row], now)
+        if row["max_interruptions"] == _UNLIMITED and row["status"] == PENDING:
+            wait = row["begin_after"] - now
+            _log.warning("job %s (%s) was interrupted (%s); it retries interruptions for "
+                         "ever, as callbacks and postprocesses do by default, and runs "
+                         "again %s", job_id, row["name"], reason,
+                         f"in {_format_duration(wait)}" if wait > 0 else "at once")
+        return str(row["status"])
+
+    def renew(self, leases: Iterable[tuple[int, str]], expires: float) -> list[int]:
+        """Extend the given ``(job_id, token)`` leases; return the ids whose
+        lease was lost."""
+        lost = []
+        with self.write() as conn:
+            for job_id, token in leases:
+                cursor = conn.execute(_RENEW_LEASE, {"id": job_id, "token": token,
+                                                     "expires": expires})
+                if cursor.rowcount == 0:
+                    lost.append(job_id)
+        return lost
+
+    def release(self, job_id: int, token: str, now: float) -> str:
+        """Give back a claimed job that never started: pending again (or
+        cancelled, if that was asked), its attempt not counted.  Fenced."""
+        return self._fenced_end(_RELEASE_JOB, job_id, token, now)
+
+    def refuse(self, job_id: int, token: str, now: float, reason: str) -> str:
+        """`release` a job its runner cannot run (see `_REFUSE_JOB`), saying
+        why in its history."""
+        return self._fenced_end(_REFUSE_JOB, job_id, token, now, reason)
+
+    def hand_back(self, job_id: int, token: str, now: float, reason: str) -> str:
+        """Record a run that a stopping pool ended after its grace: pending
+        again, counted neither as an attempt nor as an interruption, and in
+        the history.  Fenced."""
+        return self._fenced_end(_HAND_BACK_JOB, job_id, token, now, reason)
+
+    def outcome_lost(self, job_id: int, token: str, now: float, reason: str) -> str:
+        """Record a run that ended, but whose outcome was lost with its
+        process when another job killed it: pending again, the attempt
+        counted and in the history, no interruption counted.  Fenced."""
+        return self._fenced_end(_OUTCOME_LOST, job_id, token, now, reason)
+
+    def _fenced_end(self, statement: str, job_id: int, token: str, now: float,
+                    reason: str | None = None) -> str:
+        with self.write() as conn:
+            return self._ended(conn, statement, {"id": job_id, "token": token, "now": now,
+                                                 "error_line": reason},
+                               now, _lease_lost_text(job_id, token))
+
+    def report(self, reports: Iterable[tuple[int, str, Mapping[str, Any]]]) -> None:
+        """Write the progress and progress message of running jobs, and merge
+        into their meta the keys they set, each as ``(job_id, token,
+        {"progress", "message", "meta"})`` (``meta`` a dict of the keys set
+        since the last report); fenced, so a report of a run that lost its
+        lease changes nothing."""
+        with self.write() as conn:
+            for job_id, token, fields in reports:
+                if fields.get("meta"):
+                    found = conn.execute(_META_OF_RUN, (job_id, token)).fetchone()
+                    if found is None:
+                        continue  # the run lost its lease: fenced off
+                    try:
+                        conn.execute(_SET_META, (_merged_meta(found[0], fields["meta"]), job_id))
+                    except (TypeError, ValueError) as exc:  # grown by others meanwhile
+                        _log.warning("job %s: its meta was not updated: %s", job_id, exc)
+                conn.execute(_REPORT, {"progress": fields.get("progress"),
+                                       "message": fields.get("message"),
+                                       "id": job_id, "token": token})
+
+    def cancel(self, job_id: int, now: float, *, created_at: float | None = None,
+               conn: sqlite3.Connection | None = None) -> str | None:
+        """Cancel a job that has not ended, with everything under it (see
+        `_after_end`); a running one is flagged for its pool to stop.  Returns
+        the status after, or None if the job had already ended (or, given
+        ``created_at``, is not the job created then)."""
+        with self._transaction(conn) as conn:
+            return self._end(conn, _CANCEL_JOB, {"id": job_id, "now": now,
+                                                 "created_at": created_at}, now)
+
+    def request_stop(self, job_id: int, now: float, deadline: float, *,
+                     created_at: float | None = None) -> str | None:
+        """Ask a running job to stop by ``deadline``: it sees `Job.stop_requested`
+        and may return early, and its pool stops it at the deadline (it then
+        ends cancelled).  A job not running is cancelled at once; the running
+        jobs under a composite are asked to stop in the same way.  Returns the
+        status after, or None if the job had already ended."""
+        with self.write() as conn:
+            conn.execute(_STOP_DESCENDANTS, {"id": job_id, "deadline": deadline})
+            return self._end(conn, _STOP_JOB, {"id": job_id, "now": now, "deadline": deadline,
+                                               "created_at": created_at}, now)
+
+    def update_meta(self, job_id: int, items: Mapping[str, Any], *,
+                    created_at: float | None = None) -> str:
+        """Merge ``items`` into a job's meta, whatever its status; return the
+        meta written, as JSON.  Raises `JobNotFound`, or ValueError when the
+        meta would grow over its limit."""
+        with self.write() as conn:
+            found = conn.execute(_META_OF_JOB, {"id": job_id,
+                                                "created_at": created_at}).fetchone()
+            if found is None:
+                raise JobNotFound(f"no job {job_id} in {self.path}")
+            text = _merged_meta(found[0], items)
+            conn.execute(_SET_META, (text, job_id))
+        return text
+
+    def news_of(self, job_id: int) -> tuple[str | None, float | None]:
+        """What a running job reads of itself: its meta (JSON), and the time it
+        was asked to stop by, if it was."""
+        with self.read() as conn:
+            found = conn.execute(_NEWS_OF_JOB, (job_id,)).fetchone()
+        return (None, None) if found is None else (found[0], found[1])
+
+    def stops_requested(self, owner: str) -> list[tuple[int, bool, float | None]]:
+        """The jobs ``owner`` is running that were cancelled or asked to stop:
+        ``(job_id, cancelled, stop_by)``."""
+        with self.read() as conn:
+            return [(job_id, bool(cancelled), stop_by) for job_id, cancelled, stop_by
+                    in conn.execute(_STOPS_REQUESTED, {"owner": owner}).fetchall()]
+
+
+class _SQLiteClaims(_SQLiteRuns):
+    """Putting jobs (by `Queue.put`, as callbacks, or returned by a run to
+    wait for), claiming them, and taking back the claims of runners that
+    are gone: expired leases, and the pools of the registry that stopped
+    beating (`_recover`)."""
 
     def insert(self, trees: Sequence[list[dict[str, Any]]], now: float,
                conn: sqlite3.Connection | None = None) -> list[tuple[list[dict[str, Any]], bool]]:
@@ -2281,376 +2746,6 @@ class _SQLiteStorage:
             statement, values = _insert_statement(nulls)
             conn.executemany(statement, map(values, run))
 
-    def _transaction(self, conn: sqlite3.Connection | None) -> ContextManager[Any]:
-        return self.write() if conn is None else self._joined(conn)
-
-    @contextlib.contextmanager
-    def _joined(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-        """Write through the caller's own connection, inside the transaction
-        the caller has open: what is written commits or rolls back with it."""
-        if not isinstance(conn, sqlite3.Connection):
-            raise TypeError(f"conn must be a sqlite3.Connection, not {_describe(conn)}")
-        if not conn.in_transaction:
-            raise ValueError(
-                "conn has no open transaction: begin one (BEGIN IMMEDIATE) before "
-                "putting jobs through it, so they commit or roll back with your writes")
-        with self._errors(), _plain_rows(conn):
-            files = {row[1]: row[2] for row in conn.execute("PRAGMA database_list").fetchall()}
-            main = files.get("main")
-            if not main or not os.path.exists(main) or not os.path.samefile(main, self.path):
-                raise ValueError(f"conn is open on {main or 'a memory database'}, "
-                                 f"not on {self.path}")
-            try:
-                with _savepoint(conn):
-                    yield conn
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise
-                # A transaction that began deferred and has read cannot wait
-                # for the write lock: SQLite fails it at once.
-                raise DatabaseBusy(
-                    f"conn's transaction on {self.path} could not take the write lock "
-                    f"({exc}): it began as a read (BEGIN, or Python's default), and "
-                    f"another connection wrote meanwhile, or holds the lock; begin your "
-                    f"transaction with BEGIN IMMEDIATE before putting jobs through it") from exc
-
-    def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]:
-        """The rows whose parent is ``job_id``: parts in order, then the job it
-        returned, then callbacks in the order added."""
-        with self.read() as conn:
-            cursor = conn.execute(_SELECT_CHILDREN, {"id": job_id, "role": role})
-            return _as_dicts(cursor)
-
-    def fetch(self, job_id: int) -> dict[str, Any] | None:
-        with self.read() as conn:
-            cursor = conn.execute(_SELECT_JOB, (job_id,))
-            row = cursor.fetchone()
-            return None if row is None else _as_dict(cursor, row)
-
-    def fetch_blob(self, job_id: int, column: str) -> tuple[bytes | None, bytes | None]:
-        """A job's pickled ``"payload"`` or ``"result"``, and its signature."""
-        statement = {"payload": _SELECT_PAYLOAD, "result": _SELECT_RESULT}[column]
-        with self.read() as conn:
-            row = conn.execute(statement, (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(f"no job {job_id} in {self.path}")
-        return row[0], row[1]
-
-    def counts(self, queue: str | None) -> dict[str, int]:
-        """Jobs by status, in every queue or in ``queue``; exact, and as
-        quick with a million ended jobs as with none."""
-        found: dict[str, int] = {}
-        with self.read() as conn:
-            for _, status, count in conn.execute(
-                    _COUNT_ALL_JOBS if queue is None else _COUNT_QUEUE_JOBS, {"queue": queue}):
-                found[status] = found.get(status, 0) + count
-        return found
-
-    def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
-              expires: float, limit: int, unsigned_only: bool = False,
-              avoid: Collection[str] = (), started: bool = True,
-              holding: Collection[int] = ()) -> tuple[str, list[dict[str, Any]]]:
-        """Claim up to ``limit`` jobs due at ``now`` for ``owner``, leased until
-        ``expires``; return the lease token and the claimed rows in claim order.
-        With ``unsigned_only``, signed jobs are left to others, and so are
-        jobs whose callable is named in ``avoid``.  A pool claims ahead of
-        running, with ``started`` False, and says when each run begins
-        (`mark_started`).
-
-        In the same transaction, jobs still pending past their ``begin_by``
-        deadline fail instead of being claimed, and active jobs whose lease
-        ran out are taken back (`_recover_expired_leases`); ``holding`` are
-        the ids of the jobs ``owner`` runs, whose leases it renews itself.
-        """
-        if queues is not None:
-            queues = list(dict.fromkeys(queues))  # a repeated name would claim less
-        token = uuid.uuid4().hex
-        params: dict[str, Any] = {"now": now, "owner": owner, "token": token,
-                                  "expires": expires, "limit": limit,
-                                  "error_type": _DEADLINE_TYPE, "avoid": json.dumps(list(avoid)),
-                                  "unstarted": 0 if started else 1}
-        for index, name in enumerate(queues or ()):
-            params[f"queue{index}"] = name
-        queue_count = None if queues is None else len(queues)
-        _crash_point("before-claim")
-        with self.write() as conn:
-            self._recover_expired_leases(conn, now, owner, holding)
-            cursor = conn.execute(_deadline_statement(queue_count), params)
-            self._after_end(conn, _as_dicts(cursor), now)
-            if queue_count == 0:
-                return token, []
-            cursor = conn.execute(_claim_statement(queue_count, unsigned_only, bool(avoid)),
-                                  params)
-            claimed = _as_dicts(cursor)
-            if claimed:
-                _crash_point("in-claim")
-        # RETURNING gives no order: https://sqlite.org/lang_returning.html
-        claimed.sort(key=lambda r: (-r["priority"], r["begin_after"], r["id"]))
-        return token, claimed
-
-    def _recover_expired_leases(self, conn: sqlite3.Connection, now: float, owner: str,
-                                holding: Collection[int]) -> None:
-        """Take back the jobs whose lease ran out, but for those ``owner`` (the
-        claiming runner) is ``holding``, and those of another pool that is
-        alive and running on this host: they could not be renewed while
-        another connection held the write lock (a paused pool, a long
-        transaction), and are renewed as soon as their pools can write.
-        Only after ``_STARVED_MOST`` is such a pool taken for hung."""
-        alive: dict[str, bool] = {}
-        for found in self._rows(conn, _EXPIRED_LEASES, {"now": now}):
-            holder = found["lease_owner"]
-            if holder == owner:
-                if found["id"] in holding:
-                    continue
-            elif now - found["lease_expires"] < _STARVED_MOST:
-                if holder not in alive:
-                    alive[holder] = self._pool_alive_here(conn, holder)
-                if alive[holder]:
-                    continue
-            self._recover(conn, found, now, f"the lease of {holder} ran out at "
-                                            f"{_format_time(found['lease_expires'])}")
-
-    def _pool_alive_here(self, conn: sqlite3.Connection, pool_id: str) -> bool:
-        """Whether ``pool_id`` is a registered pool, not stopped, whose process
-        runs on this host (see `_runner_alive_here`)."""
-        found = conn.execute(_POOL_PROCESS, (pool_id,)).fetchone()
-        return found is not None and bool(_runner_alive_here(*found))
-
-    def _recover(self, conn: sqlite3.Connection, found: Mapping[str, Any], now: float,
-                 why: str) -> str:
-        """Take back an active job from a runner that is gone or lost its
-        lease: a claim whose run had not begun is given back, uncounted; a
-        run that had begun was interrupted.  A job whose data breaks these
-        steps is failed alone, rather than every runner's claims with it."""
-        job_id, token = found["id"], found["lease_token"]
-        log = _job_log({"id": job_id, "name": found["name"], "attempts": found["attempts"]})
-        try:
-            with _savepoint(conn):
-                if found["unstarted"]:
-                    status = self._ended(conn, _NEVER_STARTED, {
-                        "id": job_id, "token": token, "now": now,
-                        "error_line": f"its run was not recorded as begun, and {why}"},
-                        now, _lease_lost_text(job_id, token))
-                    _log.warning("job %s (%s) had not been started (%s); it is now %s",
-                                 job_id, found["name"], why, status, extra=log)
-                    return status
-                status = self._interrupt(conn, job_id, token, now,
-                                         f"job {job_id} was interrupted: {why}")
-        except (sqlite3.OperationalError, DatabaseError):
-            raise  # the database's trouble, not this job's
-        except Exception as exc:
-            return self._fail_alone(conn, job_id, token, now, exc)
-        _log.warning("job %s (%s) was interrupted (%s); it is now %s", job_id,
-                     found["name"], why, status, extra=log)
-        return status
-
-    def _fail_alone(self, conn: sqlite3.Connection, job_id: int, token: str, now: float,
-                    exc: BaseException) -> str:
-        """Fail a job without the steps that follow its end (its callbacks, its
-        composite's count), which raised ``exc``: the last resort that keeps
-        one job's data from stopping a pool.  Fenced."""
-        error = _storable("".join(traceback.format_exception(exc)))
-        cursor = conn.execute(_FINISH_JOB, {
-            "id": job_id, "token": token, "status": FAILED, "now": now, "result": None,
-            "result_signature": None, "error": error, "error_type": _qualified_type_name(
-                type(exc)), "begin_after": None, "error_line": _last_line(error)})
-        found = cursor.fetchone()
-        if found is None:
-            raise LeaseLost(_lease_lost_text(job_id, token))
-        self._count_ended(conn, collections.Counter([(_as_dict(cursor, found)["queue"],
-                                                      FAILED)]))
-        _log.error("job %s failed: what follows its end could not be recorded, and what "
-                   "waits for it (its callbacks, its composite) waits on: cancel that by "
-                   "hand\n%s", job_id, error.rstrip())
-        return FAILED
-
-    def fail_alone(self, job_id: int, token: str, now: float, exc: BaseException) -> str:
-        """`_fail_alone` in a transaction of its own."""
-        with self.write() as conn:
-            return self._fail_alone(conn, job_id, token, now, exc)
-
-    def mark_started(self, runs: Iterable[tuple[int, str]], now: float) -> None:
-        """Record that these claimed runs ``(job_id, token)`` have begun
-        (see `_MARK_STARTED`)."""
-        by_token: dict[str, list[int]] = {}
-        for job_id, token in runs:
-            by_token.setdefault(token, []).append(job_id)
-        with self.write() as conn:
-            for token, ids in by_token.items():
-                conn.execute(_MARK_STARTED, {"ids": json.dumps(ids), "token": token,
-                                             "now": now})
-
-    def finish(self, job_id: int, token: str, *, status: str, now: float,
-               result: bytes | None = None, error: str | None = None,
-               error_type: str | None = None,
-               begin_after: float | None = None) -> str:
-        """Record the end of an attempt: ``COMPLETED``, ``FAILED``, or
-        ``PENDING`` again (a retry at ``begin_after``).  Fenced by ``token``:
-        raises `LeaseLost` when the attempt no longer owns the job.  Returns the
-        status written, which is ``CANCELLED`` when a cancel came meanwhile."""
-        params = {"id": job_id, "token": token, "status": status, "now": now,
-                  "result": result, "error": error, "error_type": error_type,
-                  "result_signature": None if result is None or not self.secrets
-                  else _sign(self.secrets, _SIGNED_RESULT, result),
-                  "begin_after": begin_after, "error_line": _last_line(error)}
-        with self.write() as conn:
-            status = self._ended(conn, _FINISH_JOB, params, now,
-                                 _lease_lost_text(job_id, token, "its result was discarded"))
-            _crash_point("in-finish")
-            return status
-
-    def complete(self, runs: Iterable[tuple[int, str]],
-                 now: float) -> dict[tuple[int, str], str]:
-        """`finish` each run ``(job_id, token)`` as ``COMPLETED`` with no result,
-        in one statement for the runs of each claim (each token), each one
-        fenced by its token.  Returns the status written for each run that
-        still owned its job; the others had lost their leases."""
-        by_token: dict[str, list[int]] = {}
-        for job_id, token in runs:
-            by_token.setdefault(token, []).append(job_id)
-        statuses: dict[tuple[int, str], str] = {}
-        with self.write() as conn:
-            for token, ids in by_token.items():
-                cursor = conn.execute(_FINISH_JOBS, {
-                    "ids": json.dumps(ids), "token": token, "status": COMPLETED, "now": now,
-                    "result": None, "result_signature": None, "error": None,
-                    "error_type": None, "begin_after": None, "error_line": None})
-                ended = _as_dicts(cursor)
-                self._after_end(conn, ended, now, counted=self._count_parallel_parts(
-                    conn, ended, now))
-                statuses.update(((row["id"], token), str(row["status"])) for row in ended)
-            _crash_point("in-finish")
-        return statuses
-
-    def _ended(self, conn: sqlite3.Connection, statement: str, params: Mapping[str, Any],
-               now: float, lost: str) -> str:
-        """Run a fenced statement that may end a job, and what follows its end;
-        return the job's status, or raise `LeaseLost` with ``lost``."""
-        status = self._end(conn, statement, params, now)
-        if status is None:
-            raise LeaseLost(lost)
-        return status
-
-    def _end(self, conn: sqlite3.Connection, statement: str, params: Mapping[str, Any],
-             now: float) -> str | None:
-        """Run a statement that may end a job (returning ``_ENDED``) and what
-        follows its end; return the job's status, or None if it matched nothing."""
-        cursor = conn.execute(statement, params)
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        ended = _as_dict(cursor, row)
-        self._after_end(conn, [ended], now)
-        return str(ended["status"])
-
-    def interrupt(self, job_id: int, token: str, now: float, reason: str) -> str:
-        """Record that an attempt died without an outcome.  Fenced like `finish`."""
-        with self.write() as conn:
-            return self._interrupt(conn, job_id, token, now, reason)
-
-    def _interrupt(self, conn: sqlite3.Connection, job_id: int, token: str,
-                   now: float, reason: str) -> str:
-        error = _format_exception_only(Interrupted(reason))
-        cursor = conn.execute(_INTERRUPT_JOB, {
-            "id": job_id, "token": token, "now": now, "error": error,
-            "error_type": _INTERRUPTED_TYPE, "error_line": reason,
-            "backoff": _INTERRUPTION_BACKOFF[0], "backoff_most": _INTERRUPTION_BACKOFF[1]})
-        found = cursor.fetchone()
-        if found is None:
-            raise LeaseLost(_lease_lost_text(job_id, token))
-        row = _as_dict(cursor, found)
-        self._after_end(conn, [row], now)
-        if row["max_interruptions"] == _UNLIMITED and row["status"] == PENDING:
-            wait = row["begin_after"] - now
-            _log.warning("job %s (%s) was interrupted (%s); it retries interruptions for "
-                         "ever, as callbacks and postprocesses do by default, and runs "
-                         "again %s", job_id, row["name"], reason,
-                         f"in {_format_duration(wait)}" if wait > 0 else "at once")
-        return str(row["status"])
-
-    def renew(self, leases: Iterable[tuple[int, str]], expires: float) -> list[int]:
-        """Extend the given ``(job_id, token)`` leases; return the ids whose
-        lease was lost."""
-        lost = []
-        with self.write() as conn:
-            for job_id, token in leases:
-                cursor = conn.execute(_RENEW_LEASE, {"id": job_id, "token": token,
-                                                     "expires": expires})
-                if cursor.rowcount == 0:
-                    lost.append(job_id)
-        return lost
-
-    def cancel(self, job_id: int, now: float, *, created_at: float | None = None,
-               conn: sqlite3.Connection | None = None) -> str | None:
-        """Cancel a job that has not ended, with everything under it (see
-        `_after_end`); a running one is flagged for its pool to stop.  Returns
-        the status after, or None if the job had already ended (or, given
-        ``created_at``, is not the job created then)."""
-        with self._transaction(conn) as conn:
-            return self._end(conn, _CANCEL_JOB, {"id": job_id, "now": now,
-                                                 "created_at": created_at}, now)
-
-    def release(self, job_id: int, token: str, now: float) -> str:
-        """Give back a claimed job that never started: pending again (or
-        cancelled, if that was asked), its attempt not counted.  Fenced."""
-        return self._fenced_end(_RELEASE_JOB, job_id, token, now)
-
-    def refuse(self, job_id: int, token: str, now: float, reason: str) -> str:
-        """`release` a job its runner cannot run (see `_REFUSE_JOB`), saying
-        why in its history."""
-        return self._fenced_end(_REFUSE_JOB, job_id, token, now, reason)
-
-    def hand_back(self, job_id: int, token: str, now: float, reason: str) -> str:
-        """Record a run that a stopping pool ended after its grace: pending
-        again, counted neither as an attempt nor as an interruption, and in
-        the history.  Fenced."""
-        return self._fenced_end(_HAND_BACK_JOB, job_id, token, now, reason)
-
-    def outcome_lost(self, job_id: int, token: str, now: float, reason: str) -> str:
-        """Record a run that ended, but whose outcome was lost with its
-        process when another job killed it: pending again, the attempt
-        counted and in the history, no interruption counted.  Fenced."""
-        return self._fenced_end(_OUTCOME_LOST, job_id, token, now, reason)
-
-    def _fenced_end(self, statement: str, job_id: int, token: str, now: float,
-                    reason: str | None = None) -> str:
-        with self.write() as conn:
-            return self._ended(conn, statement, {"id": job_id, "token": token, "now": now,
-                                                 "error_line": reason},
-                               now, _lease_lost_text(job_id, token))
-
-    def request_stop(self, job_id: int, now: float, deadline: float, *,
-                     created_at: float | None = None) -> str | None:
-        """Ask a running job to stop by ``deadline``: it sees `Job.stop_requested`
-        and may return early, and its pool stops it at the deadline (it then
-        ends cancelled).  A job not running is cancelled at once; the running
-        jobs under a composite are asked to stop in the same way.  Returns the
-        status after, or None if the job had already ended."""
-        with self.write() as conn:
-            conn.execute(_STOP_DESCENDANTS, {"id": job_id, "deadline": deadline})
-            return self._end(conn, _STOP_JOB, {"id": job_id, "now": now, "deadline": deadline,
-                                               "created_at": created_at}, now)
-
-    def update_meta(self, job_id: int, items: Mapping[str, Any], *,
-                    created_at: float | None = None) -> str:
-        """Merge ``items`` into a job's meta, whatever its status; return the
-        meta written, as JSON.  Raises `JobNotFound`, or ValueError when the
-        meta would grow over its limit."""
-        with self.write() as conn:
-            found = conn.execute(_META_OF_JOB, {"id": job_id,
-                                                "created_at": created_at}).fetchone()
-            if found is None:
-                raise JobNotFound(f"no job {job_id} in {self.path}")
-            text = _merged_meta(found[0], items)
-            conn.execute(_SET_META, (text, job_id))
-        return text
-
-    def news_of(self, job_id: int) -> tuple[str | None, float | None]:
-        """What a running job reads of itself: its meta (JSON), and the time it
-        was asked to stop by, if it was."""
-        with self.read() as conn:
-            found = conn.execute(_NEWS_OF_JOB, (job_id,)).fetchone()
-        return (None, None) if found is None else (found[0], found[1])
 
     def wait_for(self, job_id: int, token: str, now: float,
                  follow: int | list[dict[str, Any]]) -> str:
@@ -2752,156 +2847,47 @@ class _SQLiteStorage:
                         "parent": row["parent_id"], "position": row["position"]}).fetchall()]
         return False
 
-    # -- what follows the end of a job ------------------------------------------
+    def claim(self, *, owner: str, queues: Sequence[str] | None, now: float,
+              expires: float, limit: int, unsigned_only: bool = False,
+              avoid: Collection[str] = (), started: bool = True,
+              holding: Collection[int] = ()) -> tuple[str, list[dict[str, Any]]]:
+        """Claim up to ``limit`` jobs due at ``now`` for ``owner``, leased until
+        ``expires``; return the lease token and the claimed rows in claim order.
+        With ``unsigned_only``, signed jobs are left to others, and so are
+        jobs whose callable is named in ``avoid``.  A pool claims ahead of
+        running, with ``started`` False, and says when each run begins
+        (`mark_started`).
 
-    def _count_parallel_parts(self, conn: sqlite3.Connection,
-                              ended: Sequence[Mapping[str, Any]], now: float) -> set[int]:
-        """Count in their composite, together, the ``ended`` parts of each
-        parallel that has more than one among them (a pool records a batch of
-        runs at once): one UPDATE for the parallel, not one for each part.
-        Returns the ids of the parts counted, which `_after_end` then skips."""
-        by_parent: dict[int, list[int]] = {}
-        for row in ended:
-            if row["role"] == "part" and row["status"] in _FINISHED:
-                by_parent.setdefault(row["parent_id"], []).append(row["id"])
-        counted: set[int] = set()
-        for parent_id, ids in by_parent.items():
-            if len(ids) < 2:
-                continue
-            kind = conn.execute(_COMPOSITE_OF, (parent_id,)).fetchone()
-            if kind is None or kind[0] != "parallel":
-                continue  # a serial runs one part at a time: each is counted alone
-            left = conn.execute(_PARTS_ENDED, {"parent": parent_id,
-                                               "count": len(ids)}).fetchone()
-            if left is not None and left[0] == 0:
-                self._make_ready(conn, parent_id, now)
-            counted.update(ids)
-        return counted
-
-    def _after_end(self, conn: sqlite3.Connection, ended: Sequence[Mapping[str, Any]],
-                   now: float, counted: Collection[int] = ()) -> None:
-        """Take every step that follows the end of the ``ended`` rows (as
-        selected by ``_ENDED``), in the transaction that ended them, so that no
-        crash can fall between a job's end and what it sets off.
-
-        - A cancelled job cancels what is under it that has not ended.
-        - Its callbacks become due (or end, if they wait for the other outcome),
-          and jobs waiting on it take its outcome.
-        - The composite it is a part of counts it: a parallel becomes due once
-          every part has ended; a serial starts its next part, or, with
-          ``stop_on_failure`` after a part that did not complete, cancels the
-          rest.  A composite becomes due to run its postprocess.
-        - The tallies `counts` reads count it.
-
-        Steps that end further jobs queue them here, so chains of any depth
-        are followed without recursion.  Parts in ``counted`` were counted in
-        their composite already (`_count_parallel_parts`).
+        In the same transaction, jobs still pending past their ``begin_by``
+        deadline fail instead of being claimed, and active jobs whose lease
+        ran out are taken back (`_recover_expired_leases`); ``holding`` are
+        the ids of the jobs ``owner`` runs, whose leases it renews itself.
         """
-        todo = collections.deque(ended)
-        tally: collections.Counter[tuple[str, str]] = collections.Counter()
-        while todo:
-            row = todo.popleft()
-            if row["status"] not in _FINISHED:
-                continue  # flagged for cancelling while it runs: it ends later
-            tally[row["queue"], row["status"]] += 1
-            if row["status"] == CANCELLED:
-                todo.extend(self._rows(conn, _CANCEL_DESCENDANTS, {"id": row["id"], "now": now}))
-            if row["followers"]:
-                todo.extend(self._tell_followers(conn, row, now))
-            if row["role"] == "part" and row["id"] not in counted:
-                todo.extend(self._count_part(conn, row, now))
-        self._count_ended(conn, tally)
-
-    @staticmethod
-    def _count_ended(conn: sqlite3.Connection,
-                     tally: collections.Counter[tuple[str, str]]) -> None:
-        """Add jobs that ended, ``{(queue, status): jobs}``, to what `counts` reads."""
-        if tally:
-            conn.executemany(_COUNT_ENDED, ((queue, status, jobs)
-                                            for (queue, status), jobs in tally.items()))
-
-    @staticmethod
-    def _rows(conn: sqlite3.Connection, statement: str,
-              params: Mapping[str, Any]) -> list[dict[str, Any]]:
-        cursor = conn.execute(statement, params)
-        return _as_dicts(cursor)
-
-    def _tell_followers(self, conn: sqlite3.Connection, row: Mapping[str, Any],
-                        now: float) -> list[dict[str, Any]]:
-        ended = []
-        for callback_id, role in conn.execute(_DORMANT_CALLBACKS, {"id": row["id"]}).fetchall():
-            ended += self._start_callback(conn, callback_id, role, row, now)
-        return ended + self._rows(conn, _TAKE_OUTCOME, {"source": row["id"], "now": now})
-
-    def _start_callback(self, conn: sqlite3.Connection, callback_id: int, role: str,
-                        parent: Mapping[str, Any], now: float) -> list[dict[str, Any]]:
-        """Make a callback due, or end it unrun if it waits for the outcome
-        its job did not have; return the rows this ended."""
-        completed = parent["status"] == COMPLETED
-        if role in ("callback", "callbacks") or completed == (role == "success"):
-            self._make_ready(conn, callback_id, now)
-            return []
-        error = (f"not run: job {parent['id']} {parent['status']}, and this callback "
-                 f"runs only on {role}\n")
-        return self._rows(conn, _SKIP_CALLBACK, {"id": callback_id, "now": now,
-                                                 "error": error})
-
-    def _count_part(self, conn: sqlite3.Connection, part: Mapping[str, Any],
-                    now: float) -> list[dict[str, Any]]:
-        composite = conn.execute(_PART_ENDED, {"parent": part["parent_id"]}).fetchone()
-        if composite is None:
-            return []  # the composite ended already (cancelled)
-        left, kind = composite
-        if left == 0:
-            self._make_ready(conn, part["parent_id"], now)
-            return []
-        if kind == "parallel" or part["waiting_on"] == _DORMANT:
-            return []  # a serial part cancelled before its turn: the chain goes on
-        if kind == "serial_stop" and part["status"] != COMPLETED:
-            error = (f"not run: part {part['position']} of serial job {part['parent_id']} "
-                     f"(job {part['id']}) {part['status']}, and the serial stops on "
-                     f"failure\n")
-            return self._rows(conn, _CANCEL_REST_OF_SERIAL, {
-                "parent": part["parent_id"], "now": now, "error": error})
-        following = conn.execute(_NEXT_SERIAL_PART, {"parent": part["parent_id"],
-                                                     "position": part["position"]}).fetchone()
-        if following is not None:
-            self._activate(conn, following[0], now)
-        return []
-
-    def _activate(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
-        """Start a dormant job: a plain one becomes due; a parallel starts every
-        part, a serial its first part, and a composite with no parts left to
-        wait for becomes due to run its postprocess.  Nested composites are
-        followed without recursion."""
-        todo = [job_id]
-        while todo:
-            node = todo.pop()
-            kind = conn.execute(_COMPOSITE_OF, (node,)).fetchone()[0]
-            if kind is None:
-                self._make_ready(conn, node, now)
-                continue
-            parts = conn.execute(_WAITING_PARTS, {"id": node}).fetchall()
-            conn.execute(_SET_WAITING_ON, {"id": node, "count": len(parts)})
-            if not parts:
-                self._make_ready(conn, node, now)
-            elif kind == "parallel":
-                conn.execute(_MAKE_PLAIN_PARTS_READY, {"id": node, "now": now})
-                self.woken += 1
-                todo += [part_id for part_id, part_kind in parts if part_kind is not None]
-            else:
-                todo.append(parts[0][0])
-
-    def _make_ready(self, conn: sqlite3.Connection, job_id: int, now: float) -> None:
-        conn.execute(_MAKE_READY, {"id": job_id, "now": now})
-        self.woken += 1
-
-    def stops_requested(self, owner: str) -> list[tuple[int, bool, float | None]]:
-        """The jobs ``owner`` is running that were cancelled or asked to stop:
-        ``(job_id, cancelled, stop_by)``."""
-        with self.read() as conn:
-            return [(job_id, bool(cancelled), stop_by) for job_id, cancelled, stop_by
-                    in conn.execute(_STOPS_REQUESTED, {"owner": owner}).fetchall()]
+        if queues is not None:
+            queues = list(dict.fromkeys(queues))  # a repeated name would claim less
+        token = uuid.uuid4().hex
+        params: dict[str, Any] = {"now": now, "owner": owner, "token": token,
+                                  "expires": expires, "limit": limit,
+                                  "error_type": _DEADLINE_TYPE, "avoid": json.dumps(list(avoid)),
+                                  "unstarted": 0 if started else 1}
+        for index, name in enumerate(queues or ()):
+            params[f"queue{index}"] = name
+        queue_count = None if queues is None else len(queues)
+        _crash_point("before-claim")
+        with self.write() as conn:
+            self._recover_expired_leases(conn, now, owner, holding)
+            cursor = conn.execute(_deadline_statement(queue_count), params)
+            self._after_end(conn, _as_dicts(cursor), now)
+            if queue_count == 0:
+                return token, []
+            cursor = conn.execute(_claim_statement(queue_count, unsigned_only, bool(avoid)),
+                                  params)
+            claimed = _as_dicts(cursor)
+            if claimed:
+                _crash_point("in-claim")
+        # RETURNING gives no order: https://sqlite.org/lang_returning.html
+        claimed.sort(key=lambda r: (-r["priority"], r["begin_after"], r["id"]))
+        return token, claimed
 
     def next_due(self, queues: Sequence[str] | None, *, unsigned_only: bool = False,
                  avoid: Collection[str] = ()) -> float | None:
@@ -2916,16 +2902,61 @@ class _SQLiteStorage:
             found = conn.execute(statement, params).fetchone()[0]
         return None if found is None else float(found)
 
-    def data_version(self) -> int:
-        """A number that changes whenever another connection commits.
-        https://sqlite.org/pragma.html#pragma_data_version"""
-        with self.read() as conn:
-            return int(conn.execute("PRAGMA data_version").fetchone()[0])
+    def _recover_expired_leases(self, conn: sqlite3.Connection, now: float, owner: str,
+                                holding: Collection[int]) -> None:
+        """Take back the jobs whose lease ran out, but for those ``owner`` (the
+        claiming runner) is ``holding``, and those of another pool that is
+        alive and running on this host: they could not be renewed while
+        another connection held the write lock (a paused pool, a long
+        transaction), and are renewed as soon as their pools can write.
+        Only after ``_STARVED_MOST`` is such a pool taken for hung."""
+        alive: dict[str, bool] = {}
+        for found in self._rows(conn, _EXPIRED_LEASES, {"now": now}):
+            holder = found["lease_owner"]
+            if holder == owner:
+                if found["id"] in holding:
+                    continue
+            elif now - found["lease_expires"] < _STARVED_MOST:
+                if holder not in alive:
+                    alive[holder] = self._pool_alive_here(conn, holder)
+                if alive[holder]:
+                    continue
+            self._recover(conn, found, now, f"the lease of {holder} ran out at "
+                                            f"{_format_time(found['lease_expires'])}")
 
-    def watch_commits(self) -> _CommitWatch:
-        """A watch that wakes its thread when another connection commits; the
-        caller closes it."""
-        return _CommitWatch(self)
+    def _pool_alive_here(self, conn: sqlite3.Connection, pool_id: str) -> bool:
+        """Whether ``pool_id`` is a registered pool, not stopped, whose process
+        runs on this host (see `_runner_alive_here`)."""
+        found = conn.execute(_POOL_PROCESS, (pool_id,)).fetchone()
+        return found is not None and bool(_runner_alive_here(*found))
+
+    def _recover(self, conn: sqlite3.Connection, found: Mapping[str, Any], now: float,
+                 why: str) -> str:
+        """Take back an active job from a runner that is gone or lost its
+        lease: a claim whose run had not begun is given back, uncounted; a
+        run that had begun was interrupted.  A job whose data breaks these
+        steps is failed alone, rather than every runner's claims with it."""
+        job_id, token = found["id"], found["lease_token"]
+        log = _job_log({"id": job_id, "name": found["name"], "attempts": found["attempts"]})
+        try:
+            with _savepoint(conn):
+                if found["unstarted"]:
+                    status = self._ended(conn, _NEVER_STARTED, {
+                        "id": job_id, "token": token, "now": now,
+                        "error_line": f"its run was not recorded as begun, and {why}"},
+                        now, _lease_lost_text(job_id, token))
+                    _log.warning("job %s (%s) had not been started (%s); it is now %s",
+                                 job_id, found["name"], why, status, extra=log)
+                    return status
+                status = self._interrupt(conn, job_id, token, now,
+                                         f"job {job_id} was interrupted: {why}")
+        except (sqlite3.OperationalError, DatabaseError):
+            raise  # the database's trouble, not this job's
+        except Exception as exc:
+            return self._fail_alone(conn, job_id, token, now, exc)
+        _log.warning("job %s (%s) was interrupted (%s); it is now %s", job_id,
+                     found["name"], why, status, extra=log)
+        return status
 
     def register_worker(self, worker_id: str, *, host: str, pid: int, processes: int,
                         queues: Sequence[str] | None, lease: float, now: float) -> None:
@@ -3001,39 +3032,49 @@ class _SQLiteStorage:
                     f"its process runs: it is hung")
         return None
 
-    # -- progress, inspection and retention ------------------------------------
 
-    def report(self, reports: Iterable[tuple[int, str, Mapping[str, Any]]]) -> None:
-        """Write the progress and progress message of running jobs, and merge
-        into their meta the keys they set, each as ``(job_id, token,
-        {"progress", "message", "meta"})`` (``meta`` a dict of the keys set
-        since the last report); fenced, so a report of a run that lost its
-        lease changes nothing."""
-        with self.write() as conn:
-            for job_id, token, fields in reports:
-                if fields.get("meta"):
-                    found = conn.execute(_META_OF_RUN, (job_id, token)).fetchone()
-                    if found is None:
-                        continue  # the run lost its lease: fenced off
-                    try:
-                        conn.execute(_SET_META, (_merged_meta(found[0], fields["meta"]), job_id))
-                    except (TypeError, ValueError) as exc:  # grown by others meanwhile
-                        _log.warning("job %s: its meta was not updated: %s", job_id, exc)
-                conn.execute(_REPORT, {"progress": fields.get("progress"),
-                                       "message": fields.get("message"),
-                                       "id": job_id, "token": token})
+class _SQLiteStorage(_SQLiteClaims):
+    """The SQLite `_Storage`: the layers above, and reading jobs, counting
+    them, retention, and retries by hand.  Every SQL statement litejobs runs
+    is one of the named ones at the top of this file, run by these layers."""
 
-    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]:
-        """Copy what the WAL holds into the database, as far as readers allow,
-        without waiting for anyone; the WAL then restarts from its beginning,
-        cut to ``_WAL_SIZE_LIMIT``.  ``"TRUNCATE"`` waits for readers and
-        empties the WAL file.  Returns the WAL's pages and those copied.
-        https://sqlite.org/pragma.html#pragma_wal_checkpoint"""
-        if mode not in ("PASSIVE", "TRUNCATE"):
-            raise ValueError(f"unknown checkpoint mode {mode!r}")
+    def fetch(self, job_id: int) -> dict[str, Any] | None:
         with self.read() as conn:
-            _, pages, copied = conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-        return int(pages), int(copied)
+            cursor = conn.execute(_SELECT_JOB, (job_id,))
+            row = cursor.fetchone()
+            return None if row is None else _as_dict(cursor, row)
+
+    def fetch_blob(self, job_id: int, column: str) -> tuple[bytes | None, bytes | None]:
+        """A job's pickled ``"payload"`` or ``"result"``, and its signature."""
+        statement = {"payload": _SELECT_PAYLOAD, "result": _SELECT_RESULT}[column]
+        with self.read() as conn:
+            row = conn.execute(statement, (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job {job_id} in {self.path}")
+        return row[0], row[1]
+
+    def children(self, job_id: int, role: str | None) -> list[dict[str, Any]]:
+        """The rows whose parent is ``job_id``: parts in order, then the job it
+        returned, then callbacks in the order added."""
+        with self.read() as conn:
+            cursor = conn.execute(_SELECT_CHILDREN, {"id": job_id, "role": role})
+            return _as_dicts(cursor)
+
+    def counts(self, queue: str | None) -> dict[str, int]:
+        """Jobs by status, in every queue or in ``queue``; exact, and as
+        quick with a million ended jobs as with none."""
+        found: dict[str, int] = {}
+        with self.read() as conn:
+            for _, status, count in conn.execute(
+                    _COUNT_ALL_JOBS if queue is None else _COUNT_QUEUE_JOBS, {"queue": queue}):
+                found[status] = found.get(status, 0) + count
+        return found
+
+    def unfinished_under(self, job_id: int) -> int:
+        """How many jobs under ``job_id`` (its parts, the job it returned, and
+        theirs) have not ended."""
+        with self.read() as conn:
+            return int(conn.execute(_UNFINISHED_WORK_UNDER, {"id": job_id}).fetchone()[0])
 
     def overview(self, now: float) -> dict[str, Any]:
         """Counts by queue and status, the pending job due the longest, and
@@ -3086,12 +3127,6 @@ class _SQLiteStorage:
                 if not dry_run:
                     conn.executemany(_DELETE_JOB, tree + [(root,)])
         return len(roots), under
-
-    def unfinished_under(self, job_id: int) -> int:
-        """How many jobs under ``job_id`` (its parts, the job it returned, and
-        theirs) have not ended."""
-        with self.read() as conn:
-            return int(conn.execute(_UNFINISHED_WORK_UNDER, {"id": job_id}).fetchone()[0])
 
     def reopen(self, job_id: int, now: float) -> str:
         """Run a failed or cancelled job again, keeping its history.  A
@@ -3723,6 +3758,41 @@ def job(fn: Callable[..., Any] | None = None, /, *,
     return decorate if fn is None else decorate(fn)
 
 
+class _Column(Generic[_T]):
+    """A read-only attribute of a `Job` that shows one column of its row: as
+    stored, or through ``convert``; ``default`` before the job is put (or
+    when the column is NULL, for a default given)."""
+
+    def __init__(self, column: str, *, doc: str, default: Any = None,
+                 convert: Callable[[Any], _T] | None = None):
+        self.column = column
+        self.default = default
+        self.convert = convert
+        self.__doc__ = doc
+
+    @overload
+    def __get__(self, job: None, owner: type) -> _Column[_T]: ...
+
+    @overload
+    def __get__(self, job: Job, owner: type) -> _T: ...
+
+    def __get__(self, job: Job | None, owner: type) -> _Column[_T] | _T:
+        if job is None:
+            return self
+        value = job._row.get(self.column)
+        if value is None:
+            value = self.default
+        return value if self.convert is None else self.convert(value)
+
+    def __set__(self, job: Job, value: Any) -> None:
+        raise AttributeError(f"a job's {self.column} is read-only: it shows its row")
+
+
+def _time_column(column: str, doc: str) -> _Column[datetime.datetime | None]:
+    """A `_Column` of Unix seconds, shown as an aware datetime in UTC."""
+    return _Column[datetime.datetime | None](column, convert=_to_datetime, doc=doc)
+
+
 class Job:
     """A call to run later: ``Job(function, *args, **kwargs)``.
 
@@ -3765,10 +3835,7 @@ class Job:
 
     # -- what was asked ------------------------------------------------------
 
-    @property
-    def id(self) -> int | None:
-        """The job's id in its queue, or None before it is put."""
-        return self._row.get("id")
+    id = _Column[int | None]("id", doc="The job's id in its queue, or None before it is put.")
 
     @property
     def name(self) -> str:
@@ -3805,45 +3872,27 @@ class Job:
 
     # -- where it stands -----------------------------------------------------
 
-    @property
-    def status(self) -> str | None:
-        """One of `PENDING`, `ACTIVE`, `COMPLETED`, `FAILED`, `CANCELLED`; None before put."""
-        return self._row.get("status")
+    status = _Column[str | None](
+        "status",
+        doc="One of `PENDING`, `ACTIVE`, `COMPLETED`, `FAILED`, `CANCELLED`; None before put.")
+    queue = _Column[str | None]("queue", doc="The name of the queue the job is in.")
+    priority = _Column[int | None]("priority", doc="Larger runs first among due jobs.")
+    key = _Column[str | None]("key", doc="The unique key given to `Queue.put`, if any.")
+    attempts = _Column[int](
+        "attempts", default=0, convert=int,
+        doc="The number of the latest run, the current one included: every run gets the "
+            "next number, but for a claim a stopping pool gave back before the run began.  "
+            "Interruptions, runs handed back by a stopping pool and claims taken back as "
+            "not started do not count against `Retry`.")
 
-    @property
-    def queue(self) -> str | None:
-        """The name of the queue the job is in."""
-        return self._row.get("queue")
+    attempt = attempts  # zc.async's name
 
-    @property
-    def priority(self) -> int | None:
-        """Larger runs first among due jobs."""
-        return self._row.get("priority")
-
-    @property
-    def key(self) -> str | None:
-        """The unique key given to `Queue.put`, if any."""
-        return self._row.get("key")
-
-    @property
-    def attempts(self) -> int:
-        """The number of the latest run, the current one included: every run
-        gets the next number, but for a claim a stopping pool gave back before
-        the run began.  Interruptions, runs handed back by a stopping pool and
-        claims taken back as not started do not count against `Retry`."""
-        return int(self._row.get("attempts", 0))
-
-    attempt = attempts
-
-    @property
-    def max_attempts(self) -> int:
-        """How many runs its `Retry` policy allows for exceptions (1 without one)."""
-        return int(self._row.get("max_attempts", 1))
-
-    @property
-    def interruptions(self) -> int:
-        """How many runs ended without an outcome (process killed, lease lost)."""
-        return int(self._row.get("interruptions", 0))
+    max_attempts = _Column[int](
+        "max_attempts", default=1, convert=int,
+        doc="How many runs its `Retry` policy allows for exceptions (1 without one).")
+    interruptions = _Column[int](
+        "interruptions", default=0, convert=int,
+        doc="How many runs ended without an outcome (process killed, lease lost).")
 
     @property
     def max_interruptions(self) -> int | None:
@@ -3853,11 +3902,10 @@ class Job:
         most = self._row.get("max_interruptions", DEFAULT_MAX_INTERRUPTIONS)
         return None if most == _UNLIMITED else int(most)
 
-    @property
-    def handbacks(self) -> int:
-        """How many runs a stopping pool (a deploy, say) ended after its grace
-        and handed back: they count neither as attempts nor as interruptions."""
-        return int(self._row.get("handbacks", 0))
+    handbacks = _Column[int](
+        "handbacks", default=0, convert=int,
+        doc="How many runs a stopping pool (a deploy, say) ended after its grace and "
+            "handed back: they count neither as attempts nor as interruptions.")
 
     @property
     def stop_requested(self) -> bool:
@@ -3866,56 +3914,21 @@ class Job:
         then wrap up and return early, before its pool stops it."""
         return self._row.get("stop_requested") is not None
 
-    @property
-    def timeout(self) -> float | None:
-        """The hard time limit of a run in seconds, enforced by worker pools."""
-        return self._row.get("timeout")
-
-    @property
-    def created_at(self) -> datetime.datetime | None:
-        """When the job was put (aware, UTC)."""
-        return _to_datetime(self._row.get("created_at"))
-
-    @property
-    def begin_after(self) -> datetime.datetime | None:
-        """The job does not start before this moment (aware, UTC)."""
-        return _to_datetime(self._row.get("begin_after"))
-
-    @property
-    def begin_by(self) -> datetime.datetime | None:
-        """The job fails instead of starting after this moment (aware, UTC)."""
-        return _to_datetime(self._row.get("begin_by"))
-
-    @property
-    def started_at(self) -> datetime.datetime | None:
-        """When the latest run started (aware, UTC)."""
-        return _to_datetime(self._row.get("started_at"))
-
-    @property
-    def finished_at(self) -> datetime.datetime | None:
-        """When the job ended (aware, UTC)."""
-        return _to_datetime(self._row.get("finished_at"))
-
-    @property
-    def error(self) -> str | None:
-        """The full traceback text of the last failure."""
-        return self._row.get("error")
-
-    @property
-    def error_type(self) -> str | None:
-        """The qualified name of the last failure's exception type."""
-        return self._row.get("error_type")
-
-    @property
-    def progress(self) -> float | None:
-        """The fraction done, from 0 to 1, as the job last reported it with
-        `set_progress`; None if it never did."""
-        return self._row.get("progress")
-
-    @property
-    def progress_message(self) -> str | None:
-        """The message of the last `set_progress`, if any."""
-        return self._row.get("progress_message")
+    timeout = _Column[float | None](
+        "timeout", doc="The hard time limit of a run in seconds, enforced by worker pools.")
+    created_at = _time_column("created_at", "When the job was put (aware, UTC).")
+    begin_after = _time_column("begin_after", "The job does not start before this moment (aware, UTC).")
+    begin_by = _time_column("begin_by", "The job fails instead of starting after this moment (aware, UTC).")
+    started_at = _time_column("started_at", "When the latest run started (aware, UTC).")
+    finished_at = _time_column("finished_at", "When the job ended (aware, UTC).")
+    error = _Column[str | None]("error", doc="The full traceback text of the last failure.")
+    error_type = _Column[str | None](
+        "error_type", doc="The qualified name of the last failure's exception type.")
+    progress = _Column[float | None](
+        "progress", doc="The fraction done, from 0 to 1, as the job last reported it with "
+                        "`set_progress`; None if it never did.")
+    progress_message = _Column[str | None](
+        "progress_message", doc="The message of the last `set_progress`, if any.")
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -3923,10 +3936,9 @@ class Job:
         text = self._row.get("meta")
         return {} if text is None else dict(json.loads(text))
 
-    @property
-    def ran_by(self) -> str | None:
-        """The pool (or ``run_pending`` caller) that ran the latest attempt."""
-        return self._row.get("ran_by")
+    ran_by = _Column[str | None](
+        "ran_by",
+        doc="The pool (or ``run_pending`` caller) that ran the latest attempt.")
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -7543,6 +7555,12 @@ def _demo_report(*parts: Job) -> str:
 
 
 def _command_demo(args: argparse.Namespace) -> int:
+    """run a short tour on a temporary database
+
+    Put a few jobs in a temporary database and run them on a pool of 2 worker
+    processes: a simple job, one with arguments, a delayed one, a failing one, a
+    parallel and a serial composite.
+    """
     def say(text: str = "") -> None:
         print(text, flush=True)
 
@@ -7708,6 +7726,14 @@ def _parse_size(text: str) -> int:
 
 
 def _command_worker(args: argparse.Namespace) -> int:
+    """run a pool of worker processes on a database
+
+    Run jobs from DATABASE in a pool of worker processes until SIGTERM or SIGINT
+    (Ctrl-C).  A first signal stops claiming and gives running jobs --grace seconds
+    to finish; a second stops at once.  Jobs of a stopped pool are released to run
+    elsewhere.  Every process sharing the file must be on this host.  Durations take
+    a unit: 250ms, 30s, 10m, 2h.
+    """
     handler = logging.StreamHandler()
     handler.setFormatter(_JsonLogFormatter() if args.log_format == "json"
                          else logging.Formatter(_LOG_FORMAT))
@@ -7726,6 +7752,13 @@ def _command_worker(args: argparse.Namespace) -> int:
 
 
 def _command_init(args: argparse.Namespace) -> int:
+    """create a database, or add litejobs' tables to one
+
+    Create DATABASE as a litejobs database (mode 0600, WAL journal), or add
+    litejobs' tables to an existing SQLite file, leaving its own tables alone.  A
+    litejobs database is left as it is.  (A Queue created in code, and worker
+    --create, do the same.)
+    """
     existed = os.path.exists(args.database)
     current = False
     if existed:
@@ -7857,6 +7890,12 @@ def _pool_line(pool: Mapping[str, Any]) -> str:
 
 
 def _command_workers(args: argparse.Namespace) -> int:
+    """list the worker pools that have served a database
+
+    List the worker pools registered on DATABASE, newest first: alive, stopped (with
+    why), or gone (no heartbeat within its lease, or no process with its pid on this
+    host).  Stopped pools are listed for a week.
+    """
     with _open_to_read(args) as q:
         now = datetime.datetime.now(datetime.timezone.utc)
         pools = [_pool_json(pool, now) for pool in q.workers()]
@@ -7920,6 +7959,13 @@ def _status_text(status: Mapping[str, Any]) -> list[str]:
 
 
 def _command_status(args: argparse.Namespace) -> int:
+    """jobs by queue and status, throughput, and the pools
+
+    Show how many jobs each queue has in each status, how long the oldest due job
+    has waited, how many jobs ended in the last minute and hour, and every pool with
+    its host, pid, processes, queues, last heartbeat, jobs in flight, and whether it
+    is alive.
+    """
     with _open_to_read(args) as q:
         status = _status(q)
     if args.json:
@@ -7951,6 +7997,12 @@ _moment.__name__ = "time"
 
 
 def _command_list(args: argparse.Namespace) -> int:
+    """jobs, newest first, with filters
+
+    List jobs, newest first: id, status, callable, queue, attempt, how long it took,
+    runs or waited, and its progress.  Times are ISO 8601 or durations meaning that
+    long ago (30s, 10m, 2h, 7d).
+    """
     with _open_to_read(args) as q:
         rows = [job._row for job in q.jobs(status=args.status, queue=args.queue,
                                            name=args.callable, since=args.since,
@@ -8224,6 +8276,14 @@ def _show_text(shown: Mapping[str, Any], now: float) -> list[str]:
 
 
 def _command_show(args: argparse.Namespace) -> int:
+    """everything about one job
+
+    Show one job: its call (arguments shortened), status, attempts and
+    interruptions, who ran it, its timestamps and history, progress and meta, parent
+    and children (parts, callbacks), result (shortened) and full traceback.  The
+    call and the result are printed without importing or running anything of them;
+    with LITEJOBS_SECRET set, only what is signed with it.
+    """
     with _open_to_read(args) as q:
         shown = _show(q, args.id)
     if args.json:
@@ -8234,6 +8294,14 @@ def _command_show(args: argparse.Namespace) -> int:
 
 
 def _command_retry(args: argparse.Namespace) -> int:
+    """run failed or cancelled jobs again
+
+    Put failed or cancelled jobs back to pending, from a fresh start; what they went
+    through stays in their history.  A composite runs again the parts that did not
+    complete, then its postprocess; a part of a composite that has ended runs again,
+    then the composite's postprocess.  Exit status 1 if any job could not be
+    retried.
+    """
     if bool(args.ids) == args.failed:
         raise _UsageError("give job ids, or --failed (with --queue), not both")
     if args.queue and not args.failed:
@@ -8270,6 +8338,14 @@ def _print_results(args: argparse.Namespace, results: list[dict[str, Any]],
 
 
 def _command_cancel(args: argparse.Namespace) -> int:
+    """cancel jobs, at once or gracefully
+
+    Cancel jobs: one not running never runs; a running one is stopped by its pool.
+    Cancelling a composite cancels what is under it.  With --graceful, a running job
+    is asked to stop instead: it sees current_job().stop_requested within about a
+    second and may return early, and its pool stops it after --grace.  Exit status 1
+    if a job does not exist.
+    """
     if args.grace is not None and not args.graceful:
         raise _UsageError("--grace goes with --graceful")
     grace = DEFAULT_STOP_GRACE if args.grace is None else args.grace
@@ -8299,6 +8375,12 @@ def _cancel_line(result: Mapping[str, Any], grace: float) -> str:
 
 
 def _command_purge(args: argparse.Namespace) -> int:
+    """delete finished jobs
+
+    Delete jobs that ended more than --older-than ago, with the jobs under them, in
+    small transactions so that pools are not held up.  Asks first, unless --yes is
+    given or stdin is not a terminal.
+    """
     before = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(
         seconds=args.older_than)
     with _open_to_write(args) as q:
@@ -8326,6 +8408,13 @@ def _command_purge(args: argparse.Namespace) -> int:
 
 
 def _command_put(args: argparse.Namespace) -> int:
+    """put a job, from the shell or cron
+
+    Put a call to FUNCTION, an importable 'package.module:function', with ARGS_JSON:
+    a JSON array of positional arguments, or an object of keyword arguments.
+    FUNCTION is imported to check it, from the current directory, --path, PYTHONPATH
+    or an installed package, as a pool imports it.
+    """
     call_args: list[Any] = []
     call_kwargs: dict[str, Any] = {}
     if args.arguments is not None:
@@ -8401,6 +8490,14 @@ def _watch_frame(q: Queue, job_id: int | None, now: float) -> _WatchFrame:
 
 
 def _command_watch(args: argparse.Namespace) -> int:
+    """follow one job, or the whole database, live
+
+    Redraw one job's status and progress bar, or the status of the whole database,
+    every --interval until Ctrl-C.  Watching a job ends when it does: exit status 0
+    if it completed, 1 otherwise.  When stdout is not a terminal, prints a line only
+    when something changes, after the time; with --json, a JSON object per line
+    instead.
+    """
     live = sys.stdout.isatty() and not args.json
     shown: Any = None
     try:
@@ -8432,42 +8529,42 @@ def _database_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("database", metavar="DATABASE", help="the litejobs database file")
 
 
+def _ids_argument(parser: argparse.ArgumentParser, nargs: str, help: str) -> None:
+    parser.add_argument("ids", type=_positive_count, nargs=nargs, metavar="ID", help=help)
+
+
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print JSON, with the keys the README documents")
 
 
+def _subcommand(commands: Any, name: str, handler: Callable[[argparse.Namespace], int], *,
+                database: bool = True, json: bool = True) -> argparse.ArgumentParser:
+    """A command run by ``handler``, whose docstring is its help: the first
+    line in the list of commands, the rest on the command's own page.  With
+    ``database``, it takes DATABASE first, and with ``json``, ``--json``;
+    its builder adds the rest."""
+    summary, _, description = inspect.cleandoc(handler.__doc__ or "").partition("\n\n")
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=summary,
+                                                          description=description)
+    if database:
+        _database_argument(parser)
+    if json:
+        _json_option(parser)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def _add_demo_command(commands: Any) -> None:
-    demo = commands.add_parser(
-        "demo", help="run a short tour on a temporary database",
-        description="Put a few jobs in a temporary database and run them on a pool of "
-                    "2 worker processes: a simple job, one with arguments, a delayed "
-                    "one, a failing one, a parallel and a serial composite.")
-    demo.set_defaults(handler=_command_demo)
+    _subcommand(commands, "demo", _command_demo, database=False, json=False)
 
 
 def _add_init_command(commands: Any) -> None:
-    init = commands.add_parser(
-        "init", help="create a database, or add litejobs' tables to one",
-        description="Create DATABASE as a litejobs database (mode 0600, WAL journal), or "
-                    "add litejobs' tables to an existing SQLite file, leaving its own "
-                    "tables alone.  A litejobs database is left as it is.  (A Queue "
-                    "created in code, and worker --create, do the same.)")
-    _database_argument(init)
-    _json_option(init)
-    init.set_defaults(handler=_command_init)
+    _subcommand(commands, "init", _command_init)
 
 
 def _add_worker_command(commands: Any) -> None:
-    worker = commands.add_parser(
-        "worker", help="run a pool of worker processes on a database",
-        description="Run jobs from DATABASE in a pool of worker processes until "
-                    "SIGTERM or SIGINT (Ctrl-C).  A first signal stops claiming and "
-                    "gives running jobs --grace seconds to finish; a second stops at "
-                    "once.  Jobs of a stopped pool are released to run elsewhere.  "
-                    "Every process sharing the file must be on this host.  Durations "
-                    "take a unit: 250ms, 30s, 10m, 2h.")
-    worker.add_argument("database", metavar="DATABASE", help="the litejobs database file")
+    worker = _subcommand(commands, "worker", _command_worker, json=False)
     worker.add_argument("--processes", "-p", type=_positive_count, default=None,
                         help="worker processes (default: the CPU count, "
                              f"{os.cpu_count()} here)")
@@ -8518,40 +8615,18 @@ def _add_worker_command(commands: Any) -> None:
                              "info)")
     worker.add_argument("--log-format", default="text", choices=["text", "json"],
                         help="text lines, or one JSON object per line (default text)")
-    worker.set_defaults(handler=_command_worker)
 
 
 def _add_workers_command(commands: Any) -> None:
-    workers = commands.add_parser(
-        "workers", help="list the worker pools that have served a database",
-        description="List the worker pools registered on DATABASE, newest first: alive, "
-                    "stopped (with why), or gone (no heartbeat within its lease, or no "
-                    "process with its pid on this host).  Stopped pools are listed for "
-                    "a week.")
-    _database_argument(workers)
-    _json_option(workers)
-    workers.set_defaults(handler=_command_workers)
+    _subcommand(commands, "workers", _command_workers)
 
 
 def _add_status_command(commands: Any) -> None:
-    status = commands.add_parser(
-        "status", help="jobs by queue and status, throughput, and the pools",
-        description="Show how many jobs each queue has in each status, how long the "
-                    "oldest due job has waited, how many jobs ended in the last minute "
-                    "and hour, and every pool with its host, pid, processes, queues, "
-                    "last heartbeat, jobs in flight, and whether it is alive.")
-    _database_argument(status)
-    _json_option(status)
-    status.set_defaults(handler=_command_status)
+    _subcommand(commands, "status", _command_status)
 
 
 def _add_list_command(commands: Any) -> None:
-    listing = commands.add_parser(
-        "list", help="jobs, newest first, with filters",
-        description="List jobs, newest first: id, status, callable, queue, attempt, how "
-                    "long it took, runs or waited, and its progress.  Times are ISO 8601 "
-                    "or durations meaning that long ago (30s, 10m, 2h, 7d).")
-    _database_argument(listing)
+    listing = _subcommand(commands, "list", _command_list)
     listing.add_argument("--status", "-s", action="append", choices=STATUSES,
                          help="only jobs in this status; repeat for several")
     listing.add_argument("--queue", "-q", help="only jobs of this queue")
@@ -8563,89 +8638,42 @@ def _add_list_command(commands: Any) -> None:
                          help="only jobs put before TIME")
     listing.add_argument("--limit", "-n", type=_positive_count, default=50,
                          help="at most this many (default 50)")
-    _json_option(listing)
-    listing.set_defaults(handler=_command_list)
 
 
 def _add_show_command(commands: Any) -> None:
-    show = commands.add_parser(
-        "show", help="everything about one job",
-        description="Show one job: its call (arguments shortened), status, attempts and "
-                    "interruptions, who ran it, its timestamps and history, progress and "
-                    "meta, parent and children (parts, callbacks), result (shortened) "
-                    "and full traceback.  The call and the result are printed without "
-                    "importing or running anything of them; with LITEJOBS_SECRET set, "
-                    "only what is signed with it.")
-    _database_argument(show)
+    show = _subcommand(commands, "show", _command_show)
     show.add_argument("id", type=_positive_count, metavar="ID", help="the job's id")
-    _json_option(show)
-    show.set_defaults(handler=_command_show)
 
 
 def _add_retry_command(commands: Any) -> None:
-    retry = commands.add_parser(
-        "retry", help="run failed or cancelled jobs again",
-        description="Put failed or cancelled jobs back to pending, from a fresh start; "
-                    "what they went through stays in their history.  A composite runs "
-                    "again the parts that did not complete, then its postprocess; a part "
-                    "of a composite that has ended runs again, then the composite's "
-                    "postprocess.  Exit status 1 if any job could not be retried.")
-    _database_argument(retry)
-    retry.add_argument("ids", type=_positive_count, nargs="*", metavar="ID",
-                       help="the jobs to retry")
+    retry = _subcommand(commands, "retry", _command_retry)
+    _ids_argument(retry, "*", "the jobs to retry")
     retry.add_argument("--failed", action="store_true",
                        help="retry every failed job (not parts: their composites)")
     retry.add_argument("--queue", "-q", help="with --failed: only this queue's")
-    _json_option(retry)
-    retry.set_defaults(handler=_command_retry)
 
 
 def _add_cancel_command(commands: Any) -> None:
-    cancel = commands.add_parser(
-        "cancel", help="cancel jobs, at once or gracefully",
-        description="Cancel jobs: one not running never runs; a running one is stopped "
-                    "by its pool.  Cancelling a composite cancels what is under it.  With "
-                    "--graceful, a running job is asked to stop instead: it sees "
-                    "current_job().stop_requested within about a second and may return "
-                    "early, and its pool stops it after --grace.  Exit status 1 if a job "
-                    "does not exist.")
-    _database_argument(cancel)
-    cancel.add_argument("ids", type=_positive_count, nargs="+", metavar="ID",
-                        help="the jobs to cancel")
+    cancel = _subcommand(commands, "cancel", _command_cancel)
+    _ids_argument(cancel, "+", "the jobs to cancel")
     cancel.add_argument("--graceful", action="store_true",
                         help="ask running jobs to stop, and give them --grace to do so")
     cancel.add_argument("--grace", type=_parse_duration, default=None, metavar="DURATION",
                         help=f"with --graceful: how long a running job gets to stop "
                              f"(default {DEFAULT_STOP_GRACE:g}s)")
-    _json_option(cancel)
-    cancel.set_defaults(handler=_command_cancel)
 
 
 def _add_purge_command(commands: Any) -> None:
-    purge = commands.add_parser(
-        "purge", help="delete finished jobs",
-        description="Delete jobs that ended more than --older-than ago, with the jobs "
-                    "under them, in small transactions so that pools are not held up.  "
-                    "Asks first, unless --yes is given or stdin is not a terminal.")
-    _database_argument(purge)
+    purge = _subcommand(commands, "purge", _command_purge)
     purge.add_argument("--older-than", type=_parse_duration, required=True,
                        metavar="DURATION", help="how long ago they ended, such as 7d")
     purge.add_argument("--status", choices=sorted(_FINISHED),
                        help="only jobs that ended in this status")
     purge.add_argument("--yes", "-y", action="store_true", help="do not ask")
-    _json_option(purge)
-    purge.set_defaults(handler=_command_purge)
 
 
 def _add_put_command(commands: Any) -> None:
-    put = commands.add_parser(
-        "put", help="put a job, from the shell or cron",
-        description="Put a call to FUNCTION, an importable 'package.module:function', "
-                    "with ARGS_JSON: a JSON array of positional arguments, or an object "
-                    "of keyword arguments.  FUNCTION is imported to check it, from the "
-                    "current directory, --path, PYTHONPATH or an installed package, as "
-                    "a pool imports it.")
-    _database_argument(put)
+    put = _subcommand(commands, "put", _command_put)
     put.add_argument("function", metavar="FUNCTION", help="package.module:function")
     put.add_argument("arguments", nargs="?", metavar="ARGS_JSON",
                      help='such as \'[7, "a4"]\' or \'{"order": 7}\'')
@@ -8660,26 +8688,15 @@ def _add_put_command(commands: Any) -> None:
                      help="a directory to import FUNCTION from, ahead of the current "
                           "directory and PYTHONPATH; repeat for several")
     put.add_argument("--key", help="put nothing if an unfinished job has this key")
-    _json_option(put)
-    put.set_defaults(handler=_command_put)
 
 
 def _add_watch_command(commands: Any) -> None:
-    watch = commands.add_parser(
-        "watch", help="follow one job, or the whole database, live",
-        description="Redraw one job's status and progress bar, or the status of the "
-                    "whole database, every --interval until Ctrl-C.  Watching a job "
-                    "ends when it does: exit status 0 if it completed, 1 otherwise.  When "
-                    "stdout is not a terminal, prints a line only when something changes, "
-                    "after the time; with --json, a JSON object per line instead.")
-    _database_argument(watch)
+    watch = _subcommand(commands, "watch", _command_watch)
     watch.add_argument("id", type=_positive_count, nargs="?", metavar="ID",
                        help="the job to follow (default: the whole database)")
     watch.add_argument("--interval", type=_duration_type(0, above=True, most=3600),
                        default=1.0,
                        metavar="DURATION", help="how often to look (default 1s)")
-    _json_option(watch)
-    watch.set_defaults(handler=_command_watch)
 
 # The subcommands, in the order --help lists them.
 _COMMANDS: tuple[Callable[[Any], None], ...] = (
