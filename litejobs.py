@@ -3759,9 +3759,9 @@ def job(fn: Callable[..., Any] | None = None, /, *,
 
 
 class _Column(Generic[_T]):
-    """A read-only attribute of a `Job` that shows one column of its row: as
-    stored, or through ``convert``; ``default`` before the job is put (or
-    when the column is NULL, for a default given)."""
+    """A read-only attribute of a `Job` (see `_JobRow`) that shows one column
+    of its row: as stored, or through ``convert``; ``default`` before the
+    job is put (or when the column is NULL, for a default given)."""
 
     def __init__(self, column: str, *, doc: str, default: Any = None,
                  convert: Callable[[Any], _T] | None = None):
@@ -3774,9 +3774,9 @@ class _Column(Generic[_T]):
     def __get__(self, job: None, owner: type) -> _Column[_T]: ...
 
     @overload
-    def __get__(self, job: Job, owner: type) -> _T: ...
+    def __get__(self, job: _JobRow, owner: type) -> _T: ...
 
-    def __get__(self, job: Job | None, owner: type) -> _Column[_T] | _T:
+    def __get__(self, job: _JobRow | None, owner: type) -> _Column[_T] | _T:
         if job is None:
             return self
         value = job._row.get(self.column)
@@ -3784,7 +3784,7 @@ class _Column(Generic[_T]):
             value = self.default
         return value if self.convert is None else self.convert(value)
 
-    def __set__(self, job: Job, value: Any) -> None:
+    def __set__(self, job: _JobRow, value: Any) -> None:
         raise AttributeError(f"a job's {self.column} is read-only: it shows its row")
 
 
@@ -3793,7 +3793,97 @@ def _time_column(column: str, doc: str) -> _Column[datetime.datetime | None]:
     return _Column[datetime.datetime | None](column, convert=_to_datetime, doc=doc)
 
 
-class Job:
+class _JobRow:
+    """Where a job stands, as its row last read shows it: the attributes of
+    `Job` that only read a column (or a few).  It owns that row, which
+    `Job.refresh` replaces."""
+
+    def __init__(self, row: dict[str, Any]):
+        self._row = row
+
+    status = _Column[str | None](
+        "status",
+        doc="One of `PENDING`, `ACTIVE`, `COMPLETED`, `FAILED`, `CANCELLED`; None before put.")
+    queue = _Column[str | None]("queue", doc="The name of the queue the job is in.")
+    priority = _Column[int | None]("priority", doc="Larger runs first among due jobs.")
+    key = _Column[str | None]("key", doc="The unique key given to `Queue.put`, if any.")
+    attempts = _Column[int](
+        "attempts", default=0, convert=int,
+        doc="The number of the latest run, the current one included: every run gets the "
+            "next number, but for a claim a stopping pool gave back before the run began.  "
+            "Interruptions, runs handed back by a stopping pool and claims taken back as "
+            "not started do not count against `Retry`.")
+
+    attempt = attempts  # zc.async's name
+
+    max_attempts = _Column[int](
+        "max_attempts", default=1, convert=int,
+        doc="How many runs its `Retry` policy allows for exceptions (1 without one).")
+    interruptions = _Column[int](
+        "interruptions", default=0, convert=int,
+        doc="How many runs ended without an outcome (process killed, lease lost).")
+
+    @property
+    def max_interruptions(self) -> int | None:
+        """How many interruptions the job may have before it fails as
+        `Interrupted`; None for no limit (the default of callbacks and
+        postprocesses)."""
+        most = self._row.get("max_interruptions", DEFAULT_MAX_INTERRUPTIONS)
+        return None if most == _UNLIMITED else int(most)
+
+    handbacks = _Column[int](
+        "handbacks", default=0, convert=int,
+        doc="How many runs a stopping pool (a deploy, say) ended after its grace and "
+            "handed back: they count neither as attempts nor as interruptions.")
+
+    @property
+    def stop_requested(self) -> bool:
+        """Whether `request_stop` asked the job to stop.  Inside the running
+        job, it turns True within about a second of the request: the job may
+        then wrap up and return early, before its pool stops it."""
+        return self._row.get("stop_requested") is not None
+
+    timeout = _Column[float | None](
+        "timeout", doc="The hard time limit of a run in seconds, enforced by worker pools.")
+    created_at = _time_column("created_at", "When the job was put (aware, UTC).")
+    begin_after = _time_column("begin_after",
+                               "The job does not start before this moment (aware, UTC).")
+    begin_by = _time_column("begin_by",
+                            "The job fails instead of starting after this moment (aware, UTC).")
+    started_at = _time_column("started_at", "When the latest run started (aware, UTC).")
+    finished_at = _time_column("finished_at", "When the job ended (aware, UTC).")
+    error = _Column[str | None]("error", doc="The full traceback text of the last failure.")
+    error_type = _Column[str | None](
+        "error_type", doc="The qualified name of the last failure's exception type.")
+    progress = _Column[float | None](
+        "progress", doc="The fraction done, from 0 to 1, as the job last reported it with "
+                        "`set_progress`; None if it never did.")
+    progress_message = _Column[str | None](
+        "progress_message", doc="The message of the last `set_progress`, if any.")
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """A copy of the small JSON dict the job keeps with `update_meta`."""
+        text = self._row.get("meta")
+        return {} if text is None else dict(json.loads(text))
+
+    ran_by = _Column[str | None](
+        "ran_by",
+        doc="The pool (or ``run_pending`` caller) that ran the latest attempt.")
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """What the status alone no longer shows: each attempt that ended
+        without ending the job (``"retried"``, ``"interrupted"``, and
+        ``"outcome lost"`` for a run whose outcome died with its process when
+        another job killed it) and each ``"retried by hand"``, as dicts with
+        ``at`` (an aware datetime), ``event``, ``attempt``, ``by`` and
+        ``error`` (its last line)."""
+        entries = json.loads(self._row.get("history") or "[]")
+        return [{**entry, "at": _to_datetime(entry["at"])} for entry in entries]
+
+
+class Job(_JobRow):
     """A call to run later: ``Job(function, *args, **kwargs)``.
 
     Before `Queue.put` it is only a description.  ``put`` stores it and binds
@@ -3806,9 +3896,9 @@ class Job:
     """
 
     def __init__(self, fn: Callable[..., Any] | str, /, *args: Any, **kwargs: Any):
+        super().__init__({})
         self._call: tuple[Any, tuple[Any, ...], dict[str, Any]] | None = (fn, args, kwargs)
         self._queue: Queue | None = None
-        self._row: dict[str, Any] = {}
         self._result_cache: tuple[Any] | None = None
         self._reporter: _Reporter | None = None  # set while the job runs here
         self._own_meta: dict[str, Any] = {}  # the meta keys the running job set here
@@ -3869,87 +3959,6 @@ class Job:
     def kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the call."""
         return self._loaded_call()[2]
-
-    # -- where it stands -----------------------------------------------------
-
-    status = _Column[str | None](
-        "status",
-        doc="One of `PENDING`, `ACTIVE`, `COMPLETED`, `FAILED`, `CANCELLED`; None before put.")
-    queue = _Column[str | None]("queue", doc="The name of the queue the job is in.")
-    priority = _Column[int | None]("priority", doc="Larger runs first among due jobs.")
-    key = _Column[str | None]("key", doc="The unique key given to `Queue.put`, if any.")
-    attempts = _Column[int](
-        "attempts", default=0, convert=int,
-        doc="The number of the latest run, the current one included: every run gets the "
-            "next number, but for a claim a stopping pool gave back before the run began.  "
-            "Interruptions, runs handed back by a stopping pool and claims taken back as "
-            "not started do not count against `Retry`.")
-
-    attempt = attempts  # zc.async's name
-
-    max_attempts = _Column[int](
-        "max_attempts", default=1, convert=int,
-        doc="How many runs its `Retry` policy allows for exceptions (1 without one).")
-    interruptions = _Column[int](
-        "interruptions", default=0, convert=int,
-        doc="How many runs ended without an outcome (process killed, lease lost).")
-
-    @property
-    def max_interruptions(self) -> int | None:
-        """How many interruptions the job may have before it fails as
-        `Interrupted`; None for no limit (the default of callbacks and
-        postprocesses)."""
-        most = self._row.get("max_interruptions", DEFAULT_MAX_INTERRUPTIONS)
-        return None if most == _UNLIMITED else int(most)
-
-    handbacks = _Column[int](
-        "handbacks", default=0, convert=int,
-        doc="How many runs a stopping pool (a deploy, say) ended after its grace and "
-            "handed back: they count neither as attempts nor as interruptions.")
-
-    @property
-    def stop_requested(self) -> bool:
-        """Whether `request_stop` asked the job to stop.  Inside the running
-        job, it turns True within about a second of the request: the job may
-        then wrap up and return early, before its pool stops it."""
-        return self._row.get("stop_requested") is not None
-
-    timeout = _Column[float | None](
-        "timeout", doc="The hard time limit of a run in seconds, enforced by worker pools.")
-    created_at = _time_column("created_at", "When the job was put (aware, UTC).")
-    begin_after = _time_column("begin_after", "The job does not start before this moment (aware, UTC).")
-    begin_by = _time_column("begin_by", "The job fails instead of starting after this moment (aware, UTC).")
-    started_at = _time_column("started_at", "When the latest run started (aware, UTC).")
-    finished_at = _time_column("finished_at", "When the job ended (aware, UTC).")
-    error = _Column[str | None]("error", doc="The full traceback text of the last failure.")
-    error_type = _Column[str | None](
-        "error_type", doc="The qualified name of the last failure's exception type.")
-    progress = _Column[float | None](
-        "progress", doc="The fraction done, from 0 to 1, as the job last reported it with "
-                        "`set_progress`; None if it never did.")
-    progress_message = _Column[str | None](
-        "progress_message", doc="The message of the last `set_progress`, if any.")
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        """A copy of the small JSON dict the job keeps with `update_meta`."""
-        text = self._row.get("meta")
-        return {} if text is None else dict(json.loads(text))
-
-    ran_by = _Column[str | None](
-        "ran_by",
-        doc="The pool (or ``run_pending`` caller) that ran the latest attempt.")
-
-    @property
-    def history(self) -> list[dict[str, Any]]:
-        """What the status alone no longer shows: each attempt that ended
-        without ending the job (``"retried"``, ``"interrupted"``, and
-        ``"outcome lost"`` for a run whose outcome died with its process when
-        another job killed it) and each ``"retried by hand"``, as dicts with
-        ``at`` (an aware datetime), ``event``, ``attempt``, ``by`` and
-        ``error`` (its last line)."""
-        entries = json.loads(self._row.get("history") or "[]")
-        return [{**entry, "at": _to_datetime(entry["at"])} for entry in entries]
 
     # -- inside the running job -------------------------------------------------
 
@@ -5369,15 +5378,23 @@ class _Skipped(NamedTuple):
 
 
 class _Done(NamedTuple):
-    """From a worker process: a job ran.  ``outcome`` None is the most common
-    one, completed with no result, which pickles smallest."""
+    """From a worker process: a job ran, with this outcome, in these seconds."""
 
     job_id: int
-    outcome: _Outcome | None
+    outcome: _Outcome
     seconds: float
 
 
-_FromChild = Union[_Done, _Skipped, _Progress, _ForwardedLog, _Started, _Ready]
+class _Completed(NamedTuple):
+    """From a worker process: jobs that completed with no result, the most
+    common outcome of quick jobs, in one message for a batch of them, and
+    the seconds each took."""
+
+    job_ids: list[int]
+    seconds: list[float]
+
+
+_FromChild = Union[_Completed, _Done, _Skipped, _Progress, _ForwardedLog, _Started, _Ready]
 
 
 # -- worker processes -------------------------------------------------------------
@@ -5403,6 +5420,7 @@ class _ChildWork:
         self.lock = threading.Condition()  # guards the attributes below
         self.pending: collections.deque[_JobToRun] = collections.deque()
         self.outbox: list[_FromChild] = []
+        self.outcomes_held = 0  # jobs whose outcome is in the outbox
         self.held_since = 0.0
         self.stopping = False
         self._send_lock = threading.Lock()
@@ -5432,6 +5450,7 @@ class _ChildWork:
 
     def _take_outbox(self) -> list[_FromChild]:
         messages, self.outbox = self.outbox, []
+        self.outcomes_held = 0
         return messages
 
     def read(self) -> None:
@@ -5517,9 +5536,16 @@ class _ChildWork:
             if not self.outbox:
                 self.held_since = time.monotonic()
                 self.lock.notify_all()  # the flusher starts counting
-            self.outbox.append(_Done(job_id, None if outcome == _PLAIN_COMPLETION
-                                     else outcome, seconds))
-            full = timed or len(self.outbox) >= _MAX_CHUNK
+            last = self.outbox[-1] if self.outbox else None
+            if outcome != _PLAIN_COMPLETION:
+                self.outbox.append(_Done(job_id, outcome, seconds))
+            elif type(last) is _Completed:
+                last.job_ids.append(job_id)
+                last.seconds.append(seconds)
+            else:
+                self.outbox.append(_Completed([job_id], [seconds]))
+            self.outcomes_held += 1
+            full = timed or self.outcomes_held >= _MAX_CHUNK
             messages = self._take_outbox() if full else []
         self.send(messages)
 
@@ -5998,6 +6024,20 @@ class _Record(NamedTuple):
     detail: Any
 
 
+class _Batch(NamedTuple):
+    """What a pool writes in one transaction: `_Record`s, and the runs that
+    completed with no result, the most common outcome of quick jobs, which
+    are written together and cost no record each."""
+
+    records: list[_Record]
+    completions: list[_Assignment]
+
+    def as_records(self) -> list[_Record]:
+        """All of it as records, to write one by one."""
+        return self.records + [_Record(_WriteKind.OUTCOME, assignment, _PLAIN_COMPLETION)
+                               for assignment in self.completions]
+
+
 class _Written(NamedTuple):
     """A `_Record` once written, and the job's status after (None: the lease
     was lost, and the write was fenced off)."""
@@ -6025,6 +6065,7 @@ class _Recorder:
         self._check_file = check_file  # raises if the file is gone: see _Keeper
         self.records: list[_Record] = []
         self.reports: dict[int, _Record] = {}  # the latest progress of each job
+        self.completions: list[_Assignment] = []
         self.finished = finished
         self.dropped = 0
         self.retry_at = 0.0  # after a database error, writes wait till then (monotonic)
@@ -6036,27 +6077,32 @@ class _Recorder:
         else:
             self.records.append(_Record(kind, assignment, detail))
 
+    def completed(self, assignment: _Assignment) -> None:
+        """A run that completed with no result."""
+        self.completions.append(assignment)
+
     def unwritten(self) -> bool:
-        return bool(self.records or self.reports)
+        return bool(self.records or self.reports or self.completions)
 
-    def take(self) -> list[_Record]:
-        """Everything waiting to be written; `keep` puts such a list back."""
+    def take(self) -> _Batch:
+        """Everything waiting to be written; `keep` puts such a batch back."""
         # Progress first: once a job's outcome is written, its report is fenced off.
-        records = [*self.reports.values(), *self.records]
-        self.records, self.reports = [], {}
-        return records
+        batch = _Batch([*self.reports.values(), *self.records], self.completions)
+        self.records, self.reports, self.completions = [], {}, []
+        return batch
 
-    def keep(self, records: Iterable[_Record]) -> None:
-        for record in records:
+    def keep(self, batch: _Batch) -> None:
+        for record in batch.records:
             if record.kind is _WriteKind.REPORT:
                 self.reports.setdefault(record.assignment.job_id, record)
             else:
                 self.records.append(record)
+        self.completions += batch.completions
 
-    def write(self, records: list[_Record], starts: list[_Assignment], now: float,
+    def write(self, batch: _Batch, starts: list[_Assignment], now: float,
               claim: Callable[[], tuple[str, list[dict[str, Any]]]] | None, clock: float
               ) -> tuple[list[_Written], str, list[dict[str, Any]]] | None:
-        """Write ``records``, mark ``starts`` as begun and ``claim``, in one
+        """Write ``batch``, mark ``starts`` as begun and ``claim``, in one
         transaction.  Returns what was written, and the claim; None if the
         database was busy (all is kept, to try again shortly).  After
         another error, writes each record alone and claims nothing."""
@@ -6064,15 +6110,18 @@ class _Recorder:
             with self._storage.write():
                 if starts:
                     self._storage.mark_started([(a.job_id, a.token) for a in starts], now)
-                written = self._write_all(records, now)
+                written = [_Written(*record, self._write_one(record, now))
+                           for record in batch.records]
+                written += self._complete(batch.completions, now)
                 token, claimed = claim() if claim is not None else ("", [])
         except DatabaseBusy as exc:
             _log.debug("%s: %s; retrying", self._pool_id, exc)
-            self.keep(records)
+            self.keep(batch)
             self.retry_at = clock + _BUSY_BACKOFF
             return None
         except Exception as exc:  # one bad record, or the disk: each is written alone
             self._check_file()
+            records = batch.as_records()
             _log.error("%s could not write %d records and claims together: %s: %s; "
                        "writing each on its own", self._pool_id, len(records),
                        type(exc).__name__, exc)
@@ -6109,26 +6158,25 @@ class _Recorder:
         except LeaseLost:
             return None
 
-    def _write_all(self, records: list[_Record], now: float) -> list[_Written]:
-        """`_write_one` each record, in the transaction open; but runs that
-        completed without a result, the most common outcome of quick jobs,
-        are written together after the rest (`_Storage.complete`)."""
-        statuses: list[str | None] = [None] * len(records)
-        plain = []
-        for index, record in enumerate(records):
-            detail = record.detail
-            if record.kind is _WriteKind.OUTCOME and detail.ok and detail.follow is None \
-                    and detail.result is None:
-                plain.append(index)
+    def _complete(self, completions: list[_Assignment], now: float) -> list[_Written]:
+        """Write the runs that completed with no result, together
+        (`_Storage.complete`); return those that had lost their lease, and,
+        if INFO is logged, the others."""
+        if not completions:
+            return []
+        statuses = self._storage.complete([(a.job_id, a.token) for a in completions], now)
+        logged = _log.isEnabledFor(logging.INFO)
+        written = []
+        ended = 0
+        for assignment in completions:
+            status = statuses.get((assignment.job_id, assignment.token))
+            if status == COMPLETED and not logged:
+                ended += 1  # counted here: no record to log
             else:
-                statuses[index] = self._write_one(record, now)
-        if plain:
-            runs = [(records[index].assignment.job_id, records[index].assignment.token)
-                    for index in plain]
-            completed = self._storage.complete(runs, now)
-            for index, run in zip(plain, runs):
-                statuses[index] = completed.get(run)  # None: the lease was lost
-        return [_Written(*record, status) for record, status in zip(records, statuses)]
+                written.append(_Written(_WriteKind.OUTCOME, assignment, _PLAIN_COMPLETION,
+                                        status))
+        self.finished[COMPLETED] += ended
+        return written
 
     def write_each(self, records: list[_Record], now: float, clock: float) -> list[_Written]:
         """After a batch failed: write each record alone.  An outcome that
@@ -6141,7 +6189,7 @@ class _Recorder:
                 continue
             except DatabaseBusy:
                 # Locked by another connection: nothing wrong with the rest.
-                self.keep(records[index:])
+                self.keep(_Batch(records[index:], []))
                 self.retry_at = clock + _BUSY_BACKOFF
                 break
             except Exception as exc:
@@ -6149,7 +6197,7 @@ class _Recorder:
             try:
                 alone = self._write_failed(record, failed, now)
             except DatabaseBusy:
-                self.keep(records[index:])
+                self.keep(_Batch(records[index:], []))
                 self.retry_at = clock + _BUSY_BACKOFF
                 break
             if alone is not None:
@@ -6646,34 +6694,51 @@ class _InFlight:
         for message in self.children.receive(child, most):
             self._take(child, message)
 
-
     def _take(self, child: _Child, message: _FromChild) -> None:
-        """Act on one message about a job."""
+        """Act on one message about jobs."""
+        if type(message) is _Completed:
+            for job_id, seconds in zip(message.job_ids, message.seconds):
+                assignment = self._ran(child, job_id, seconds)
+                if assignment is not None:
+                    self.recorder.completed(assignment)
+            return
         assert isinstance(message, (_Done, _Skipped, _Progress))
+        if type(message) is _Done:
+            assignment = self._ran(child, message.job_id, message.seconds)
+            if assignment is not None:
+                self._done(child, assignment, message.outcome)
+            return
         assignment = child.assignment(message.job_id)
         if assignment is None:
-            return
+            return  # settled already: a progress report came after the outcome
         if type(message) is _Progress:
             self.recorder.add(_WriteKind.REPORT, assignment, message.fields)
             return
         child.assigned.remove(assignment)
         self._forget(assignment)
-        if type(message) is _Skipped:
-            child.sent -= 1  # it never ran there: max_jobs_per_child counts runs
-            self.recorder.add(_WriteKind.RELEASE, assignment)
-            return
-        assert type(message) is _Done
-        outcome = message.outcome or _PLAIN_COMPLETION
-        assignment.seconds = message.seconds
+        child.sent -= 1  # it never ran there: max_jobs_per_child counts runs
+        self.recorder.add(_WriteKind.RELEASE, assignment)
+
+    def _ran(self, child: _Child, job_id: int, seconds: float) -> _Assignment | None:
+        """The assignment of a job ``child`` ran, now settled there; None if
+        it was settled before (killed for its lease, say)."""
+        assignment = child.assignment(job_id)
+        if assignment is None:
+            return None
+        child.assigned.remove(assignment)
+        self._forget(assignment)
+        assignment.seconds = seconds
+        child.done += 1
+        self.dispatcher.note_duration(seconds)
+        return assignment
+
+    def _done(self, child: _Child, assignment: _Assignment, outcome: _Outcome) -> None:
         if outcome.error_type == "builtins.MemoryError" \
                 and self.worker.memory_limit is not None:
             child.retiring = True  # its heap may be left in pieces: start afresh
         if outcome.refused:
             self.refusals.cannot_import(assignment.row, outcome.error)
-        child.done += 1
-        self.dispatcher.note_duration(message.seconds)
         self.recorder.add(_WriteKind.OUTCOME, assignment, outcome)
-
 
     def _forget(self, assignment: _Assignment) -> None:
         if self.jobs.get(assignment.job_id) is assignment:
@@ -7079,8 +7144,8 @@ class _Supervisor:
         with contextlib.suppress(Exception):  # the pool is failing already
             for child in children:
                 self.flight.settle_exit(self.children.reap(child), replace=False)
-            self.recorder.log(self.recorder.write_each(self.recorder.take(), time.time(),
-                                                       self.clock()))
+            self.recorder.log(self.recorder.write_each(self.recorder.take().as_records(),
+                                                       time.time(), self.clock()))
 
     # -- recording and claiming ----------------------------------------------------
 
@@ -7093,7 +7158,7 @@ class _Supervisor:
         if not want and not self._unwritten():
             return
         worker, refusals = self.worker, self.refusals
-        records, starts, now = self.recorder.take(), self.flight.starts_due(), time.time()
+        batch, starts, now = self.recorder.take(), self.flight.starts_due(), time.time()
         woken = self.storage.woken
 
         def claim() -> tuple[str, list[dict[str, Any]]]:
@@ -7102,14 +7167,15 @@ class _Supervisor:
                 limit=want, unsigned_only=refusals.unsigned_only, avoid=refusals.avoided(),
                 started=False, holding=self.flight.jobs.keys())
 
-        result = self.recorder.write(records, starts, now, claim if want else None, clock)
+        result = self.recorder.write(batch, starts, now, claim if want else None, clock)
         if result is None:
             return  # busy: all kept for the retry
         written, token, claimed = result
         if _CRASH_POINT is not None:
             if claimed:
                 _crash_point("after-claim")
-            if any(record.kind is _WriteKind.OUTCOME for record in records):
+            if batch.completions or any(record.kind is _WriteKind.OUTCOME
+                                        for record in batch.records):
                 _crash_point("after-finish")
         if self.recorder.log(written):
             self.drained = False  # a job went back to pending: look again

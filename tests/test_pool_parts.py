@@ -229,10 +229,27 @@ def test_a_write_whose_lease_was_lost_is_fenced_off_and_counted(storage):
     assert writer.finished == {"lease lost": 1}
 
 
+def test_runs_that_completed_with_no_result_are_written_together_without_a_record_each(
+        storage, caplog):
+    caplog.set_level(logging.WARNING, logger="litejobs")  # completions are not logged
+    first, second, third = claimed(storage, 3)
+    stale = _Assignment(third.job_id, "a token of an older claim", third.row, None)
+    writer = recorder(storage)
+    for assignment in (first, second, stale):
+        writer.completed(assignment)
+    written, _, _ = writer.write(writer.take(), [], time.time(), None, clock=0.0)
+    assert [(w.assignment, w.status) for w in written] == [(stale, None)]
+    assert [status_of(storage, a.job_id) for a in (first, second, third)] == [
+        COMPLETED, COMPLETED, "active"]
+    assert writer.log(written) is False
+    assert writer.finished == {COMPLETED: 2, "lease lost": 1}
+    assert "lease was lost" in caplog.text
+
+
 def test_a_busy_database_keeps_every_record_for_a_retry_soon(storage):
     first, second = claimed(storage, 2)
     writer = recorder(storage)
-    writer.add(_WriteKind.OUTCOME, first, _Outcome(ok=True))
+    writer.completed(first)
     writer.add(_WriteKind.REPORT, second, {"progress": 0.1, "progress_message": None,
                                            "meta": None})
     blocker = sqlite3.connect(storage.path, isolation_level=None)
@@ -243,20 +260,23 @@ def test_a_busy_database_keeps_every_record_for_a_retry_soon(storage):
         blocker.execute("ROLLBACK")
         blocker.close()
     assert writer.retry_at == 7.0 + litejobs._BUSY_BACKOFF
-    assert [r.kind for r in writer.take()] == [_WriteKind.REPORT, _WriteKind.OUTCOME]
+    kept = writer.take()
+    assert [r.kind for r in kept.records] == [_WriteKind.REPORT]
+    assert kept.completions == [first]
     assert status_of(storage, first.job_id) == "active"
 
 
 def test_after_a_batch_fails_each_record_is_written_alone(storage):
     good, bad = claimed(storage, 2)
     writer = recorder(storage)
-    writer.add(_WriteKind.OUTCOME, good, _Outcome(ok=True))
+    writer.completed(good)
     # A job it returned that litejobs' own steps choke on: it fails that job alone.
     writer.add(_WriteKind.OUTCOME, bad, _Outcome(ok=True, follow=[{"not": "a row"}]))
     written, token, rows_claimed = writer.write(writer.take(), [], time.time(), None,
                                                 clock=3.0)
     assert (token, rows_claimed) == ("", [])
-    assert [w.status for w in written] == [COMPLETED, FAILED]
+    assert {w.assignment.job_id: w.status for w in written} == {good.job_id: COMPLETED,
+                                                              bad.job_id: FAILED}
     assert storage.fetch(bad.job_id)["error_type"] == "builtins.KeyError"
     assert writer.retry_at == 4.0  # claims wait a second after such an error
 
