@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_STOP_GRACE",
     "DatabaseBusy",
     "DatabaseError",
+    "DatabaseUnreachable",
     "DeadlineExceeded",
     "FAILED",
     "Failure",
@@ -108,6 +109,7 @@ import operator
 import os
 import pickle
 import random
+import re
 import reprlib
 import select
 import selectors
@@ -157,6 +159,15 @@ _PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _QUICK_CHECK_LIMIT = 256 * 2 ** 20  # bytes; larger files get only the header checks
 _WAL_SIZE_LIMIT = 64 * 2 ** 20  # bytes a WAL file keeps after a checkpoint
+_MOUNTS = "/proc/self/mounts"  # Linux: what is mounted where, and its filesystem type
+# Filesystems whose files other hosts may open too: SQLite's WAL, which keeps
+# its index in shared memory, cannot work there, and its locks may not either.
+_NETWORK_FILESYSTEMS = frozenset((
+    "nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "9p", "ceph", "glusterfs",
+    "lustre", "gpfs", "beegfs", "fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "davfs",
+    "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone",
+))
+_NETWORK_FILESYSTEM_ENV = "LITEJOBS_NETWORK_FILESYSTEM"  # "1": open such files anyway
 _PROGRESS_INTERVAL = 1.0  # seconds between a job's progress writes, at most
 _META_MOST = 64 * 2 ** 10  # bytes of JSON a job's meta may take
 _MESSAGE_MOST = 1000  # characters of a progress message kept
@@ -173,7 +184,7 @@ _SIGNED_RESULT = b"litejobs result"
 _CRASH_POINT = os.environ.get("LITEJOBS_TEST_CRASH_POINT")
 _CRASH_POINTS = ("before-claim", "in-claim", "after-claim", "in-job", "after-job",
                  "in-finish", "after-finish")
-_ABANDONED_CONNECTIONS: list[sqlite3.Connection] = []
+_ABANDONED_CONNECTIONS: list[Any] = []
 # max_interruptions as stored for "retry interruptions for ever", the default
 # of callbacks and postprocesses; such a job waits longer after each one.
 _UNLIMITED = -1
@@ -189,6 +200,7 @@ _OPTIONS_ATTRIBUTE = "__litejobs_options__"  # a function's defaults, set by `jo
 _HEARTBEAT_INTERVAL = 2.0  # seconds between a pool's heartbeats (at most lease/3)
 _SILENT_HEARTBEATS = 3  # heartbeats a pool may miss before others check on it
 _IDLE_CHECK_INTERVAL = 0.004  # seconds between change checks while idle, without inotify
+_POSTGRES_POLL_INTERVAL = 0.05  # the same on PostgreSQL without LISTEN: a query each
 _SETTLE_CHECKS = (0.001, 0.025)  # after a WAL write: check every ms, for this long
 _SAFETY_CHECK_INTERVAL = 0.25  # with inotify, still check this often
 _OTHERS_CHANGES_CHECK = 0.01  # while others' commits bring nothing, check this often
@@ -209,6 +221,7 @@ _MIN_LEASE = 0.1  # seconds; renewals come every lease / 3
 _CRASHES_KEPT = 1000  # Worker.crashes keeps the latest this many
 _SUPERVISOR_BUSY_TIMEOUT = 1.0  # seconds a supervisor waits for the write lock
 _BUSY_BACKOFF = 0.05  # seconds before a supervisor retries after a busy database
+_RECONNECT_BACKOFF = (0.1, 5.0)  # seconds: the first wait for an unreachable database, the longest
 _MAX_YOUNG_DEATHS = 8  # children dying before they are ready, in a row, stop a pool
 _START_MARK_AFTER = 0.05  # seconds a run goes before its pool records that it began
 _LOG_RATE = 1000  # log records a second a worker process forwards, at most ...
@@ -256,6 +269,12 @@ class DatabaseBusy(DatabaseError):
     """Another connection held the database's write lock for longer than the
     queue's ``busy_timeout``.  The message names the process holding it, where
     the system tells (Linux)."""
+
+
+class DatabaseUnreachable(DatabaseError):
+    """The database server could not be reached, or the connection to it was
+    lost (a restart, a network cut).  Nothing of the call was written; a
+    pool keeps what it must write and tries again."""
 
 
 class SchemaVersionError(DatabaseError):
@@ -678,7 +697,7 @@ _ENDED = "id, queue, status, parent_id, role, position, composite, waiting_on, f
 # once per statement's worth of ends ...
 _COUNT_ENDED = """
 INSERT INTO litejobs_ended_counts (queue, status, jobs) VALUES (?, ?, ?)
-ON CONFLICT (queue, status) DO UPDATE SET jobs = jobs + excluded.jobs
+ON CONFLICT (queue, status) DO UPDATE SET jobs = litejobs_ended_counts.jobs + excluded.jobs
 """
 # ... and a job about to be re-opened; nothing if it has not ended.  Deletes
 # are counted by the trigger litejobs_jobs_uncount_deleted.
@@ -690,13 +709,14 @@ WHERE (queue, status) = (SELECT queue, status FROM litejobs_jobs WHERE id = ?)
 # Fails, in one statement, every job still pending past its begin_by deadline.
 # The error reads like a formatted DeadlineExceeded; strftime's %f gives SS.SSS.
 # {queues} is "" (every queue) or " AND queue IN (:queue0, ...)".
+_DEADLINE_ERROR = """printf('%s: job %d (%s) was to start by %s but was still pending at %s' || char(10),
+                   :error_type, id, name,
+                   strftime('%Y-%m-%dT%H:%M:%fZ', begin_by, 'unixepoch'),
+                   strftime('%Y-%m-%dT%H:%M:%fZ', :now, 'unixepoch'))"""
 _EXPIRE_DEADLINES = """
 UPDATE litejobs_jobs
 SET status = 'failed', finished_at = :now, error_type = :error_type,
-    error = printf('%s: job %d (%s) was to start by %s but was still pending at %s' || char(10),
-                   :error_type, id, name,
-                   strftime('%Y-%m-%dT%H:%M:%fZ', begin_by, 'unixepoch'),
-                   strftime('%Y-%m-%dT%H:%M:%fZ', :now, 'unixepoch'))
+    error = """ + _DEADLINE_ERROR + """
 WHERE status = 'pending' AND begin_by IS NOT NULL AND begin_by < :now
     AND attempts <= not_started{queues}
 RETURNING """ + _ENDED
@@ -719,18 +739,18 @@ _HISTORY_ENTRY = (
 
 # A job asked to stop (request_stop) that still had to run again ends
 # cancelled instead: it was asked not to go on.
-_STOPPING = "(cancel_requested OR stop_requested IS NOT NULL)"
+_STOPPING = "(cancel_requested != 0 OR stop_requested IS NOT NULL)"
 
 # The fence: a worker's write lands only while the job is still active under
 # the token of its own claim.  A cancel requested meanwhile wins over the
 # result; a stop requested meanwhile keeps the result, but ends retries.
 _FINISH_JOB = f"""
 UPDATE litejobs_jobs
-SET status = CASE WHEN cancel_requested THEN 'cancelled'
+SET status = CASE WHEN cancel_requested != 0 THEN 'cancelled'
                   WHEN :status = 'pending' AND stop_requested IS NOT NULL THEN 'cancelled'
                   ELSE :status END,
-    result = CASE WHEN cancel_requested THEN NULL ELSE :result END,
-    result_signature = CASE WHEN cancel_requested THEN NULL ELSE :result_signature END,
+    result = CASE WHEN cancel_requested != 0 THEN NULL ELSE :result END,
+    result_signature = CASE WHEN cancel_requested != 0 THEN NULL ELSE :result_signature END,
     error = :error, error_type = :error_type,
     history = CASE WHEN :status = 'pending' AND NOT {_STOPPING}
                    THEN {_HISTORY_ENTRY.format(event="'retried'")} ELSE history END,
@@ -837,7 +857,7 @@ WHERE status = 'active' AND lease_owner = :owner
 _MARK_STARTED = """
 UPDATE litejobs_jobs SET unstarted = 0, started_at = :now
 WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'active'
-    AND lease_token = :token AND unstarted
+    AND lease_token = :token AND unstarted != 0
 """
 
 # The running jobs of a pool that were asked to end: cancelled (stopped at
@@ -845,7 +865,7 @@ WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'active'
 _STOPS_REQUESTED = """
 SELECT id, cancel_requested, stop_requested FROM litejobs_jobs INDEXED BY litejobs_jobs_lease
 WHERE status = 'active' AND lease_owner = :owner
-    AND (cancel_requested OR stop_requested IS NOT NULL)
+    AND (cancel_requested != 0 OR stop_requested IS NOT NULL)
 """
 
 # What a running job reads of itself while it runs: what others put in its
@@ -1015,7 +1035,7 @@ SET status = CASE WHEN status = 'active' THEN status ELSE 'cancelled' END,
     finished_at = CASE WHEN status = 'active' THEN finished_at ELSE :now END,
     cancel_requested = CASE WHEN status = 'active' AND stop_requested IS NOT NULL
                             THEN cancel_requested ELSE 1 END
-WHERE id IN tree AND status IN ('pending', 'waiting', 'active')
+WHERE id IN (SELECT id FROM tree) AND status IN ('pending', 'waiting', 'active')
 RETURNING {_ENDED}
 """
 
@@ -1024,7 +1044,7 @@ RETURNING {_ENDED}
 _STOP_DESCENDANTS = _WORK_UNDER + """
 UPDATE litejobs_jobs
 SET stop_requested = coalesce(min(stop_requested, :deadline), :deadline)
-WHERE id IN tree AND status = 'active'
+WHERE id IN (SELECT id FROM tree) AND status = 'active'
 """
 
 _DORMANT_CALLBACKS = f"""
@@ -1053,8 +1073,8 @@ RETURNING {_ENDED}
 
 _WAIT_FOR_JOB = f"""
 UPDATE litejobs_jobs
-SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'waiting' END,
-    finished_at = CASE WHEN cancel_requested THEN :now END,
+SET status = CASE WHEN cancel_requested != 0 THEN 'cancelled' ELSE 'waiting' END,
+    finished_at = CASE WHEN cancel_requested != 0 THEN :now END,
     waiting_on = 1, waiting_for = :target,
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
 WHERE id = :id AND status = 'active' AND lease_token = :token
@@ -1183,7 +1203,7 @@ assert _REOPEN_AROUND_PART != _REOPEN
 # Work of a job's own still going on: its parts, or the job it returned, and theirs.
 _UNFINISHED_WORK_UNDER = _WORK_UNDER + """
 SELECT count(*) FROM litejobs_jobs
-WHERE id IN tree AND status IN ('pending', 'waiting', 'active')
+WHERE id IN (SELECT id FROM tree) AND status IN ('pending', 'waiting', 'active')
 """
 
 _STATUS_OF = "SELECT status FROM litejobs_jobs WHERE id = ?"
@@ -1193,6 +1213,252 @@ SELECT id, error FROM litejobs_jobs
 WHERE parent_id = :id AND role = 'part' AND status IN ('failed', 'cancelled')
 ORDER BY position
 """
+
+
+# -- PostgreSQL's dialect -------------------------------------------------------
+#
+# The storage layers run the statements above on both backends.  On
+# PostgreSQL, `_postgres_sql` rewrites each once into its dialect (the
+# rewrites below, then psycopg's placeholders); what only PostgreSQL runs is
+# here, written with SQLite's placeholders like the rest.  Columns keep
+# SQLite's types: times are Unix seconds in double precision, flags are
+# integers, so that both backends give the layers the same plain values.
+
+_POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE SEQUENCE litejobs_jobs_id_seq",
+        # Ids come in consecutive runs (a composite and its parts are linked
+        # before they are inserted): a run is reserved under a short lock of
+        # its own, so that no other reservation falls inside it.  Held for two
+        # statements, not for the transaction, which may be long.
+        """
+        CREATE FUNCTION litejobs_reserve_ids(wanted bigint) RETURNS bigint
+        LANGUAGE plpgsql AS $$
+        DECLARE
+            lock_key constant bigint := hashtext(current_schema() || '.litejobs_jobs_id_seq');
+            first bigint;
+        BEGIN
+            PERFORM pg_advisory_lock(lock_key);
+            BEGIN
+                first := nextval('litejobs_jobs_id_seq');
+                IF wanted > 1 THEN
+                    PERFORM setval('litejobs_jobs_id_seq', first + wanted - 1);
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                PERFORM pg_advisory_unlock(lock_key);
+                RAISE;
+            END;
+            PERFORM pg_advisory_unlock(lock_key);
+            RETURN first;
+        END
+        $$
+        """,
+        """
+        CREATE TABLE litejobs_jobs (
+            id                bigint PRIMARY KEY DEFAULT litejobs_reserve_ids(1),
+            queue             text    NOT NULL,
+            priority          bigint  NOT NULL DEFAULT 0,
+            status            text    NOT NULL,
+            name              text    NOT NULL,
+            payload           bytea,
+            signature         bytea,
+            key               text,
+            attempts          bigint  NOT NULL DEFAULT 0,
+            max_attempts      bigint  NOT NULL DEFAULT 1,
+            retry_policy      text,
+            interruptions     bigint  NOT NULL DEFAULT 0,
+            max_interruptions bigint  NOT NULL DEFAULT 3,
+            timeout           double precision,
+            created_at        double precision NOT NULL,
+            begin_after       double precision NOT NULL,
+            begin_by          double precision,
+            started_at        double precision,
+            finished_at       double precision,
+            lease_owner       text,
+            lease_token       text,
+            lease_expires     double precision,
+            cancel_requested  bigint  NOT NULL DEFAULT 0,
+            parent_id         bigint REFERENCES litejobs_jobs (id) ON DELETE CASCADE,
+            role              text,
+            position          bigint,
+            composite         text,
+            waiting_on        bigint  NOT NULL DEFAULT 0,
+            waiting_for       bigint,
+            followers         bigint  NOT NULL DEFAULT 0,
+            result            bytea,
+            result_signature  bytea,
+            error             text,
+            error_type        text,
+            progress          double precision,
+            progress_message  text,
+            meta              text,
+            ran_by            text,
+            history           text,
+            handbacks         bigint  NOT NULL DEFAULT 0,
+            stop_requested    double precision,
+            unstarted         bigint  NOT NULL DEFAULT 0,
+            not_started       bigint  NOT NULL DEFAULT 0
+        )
+        """,
+        "ALTER SEQUENCE litejobs_jobs_id_seq OWNED BY litejobs_jobs.id",
+        # The same partial indexes as on SQLite, for the same reasons.
+        """
+        CREATE INDEX litejobs_jobs_ready
+            ON litejobs_jobs (priority DESC, begin_after, id) WHERE status = 'pending'
+        """,
+        """
+        CREATE INDEX litejobs_jobs_ready_by_queue
+            ON litejobs_jobs (queue, priority DESC, begin_after, id) WHERE status = 'pending'
+        """,
+        """
+        CREATE INDEX litejobs_jobs_deadline
+            ON litejobs_jobs (begin_by) WHERE status = 'pending' AND begin_by IS NOT NULL
+        """,
+        """
+        CREATE INDEX litejobs_jobs_lease
+            ON litejobs_jobs (lease_expires) WHERE status = 'active'
+        """,
+        "CREATE INDEX litejobs_jobs_owner ON litejobs_jobs (lease_owner) WHERE status = 'active'",
+        """
+        CREATE INDEX litejobs_jobs_finished
+            ON litejobs_jobs (finished_at) WHERE finished_at IS NOT NULL
+        """,
+        """
+        CREATE UNIQUE INDEX litejobs_jobs_live_key
+            ON litejobs_jobs (key)
+            WHERE key IS NOT NULL AND status IN ('pending', 'waiting', 'active')
+        """,
+        """
+        CREATE INDEX litejobs_jobs_parent
+            ON litejobs_jobs (parent_id, position) WHERE parent_id IS NOT NULL
+        """,
+        """
+        CREATE INDEX litejobs_jobs_waiting_for
+            ON litejobs_jobs (waiting_for) WHERE waiting_for IS NOT NULL
+        """,
+        "CREATE INDEX litejobs_jobs_waiting ON litejobs_jobs (queue) WHERE status = 'waiting'",
+        """
+        CREATE TABLE litejobs_workers (
+            id           text PRIMARY KEY,
+            host         text    NOT NULL,
+            pid          bigint  NOT NULL,
+            processes    bigint  NOT NULL,
+            queues       text,
+            lease        double precision NOT NULL,
+            started_at   double precision NOT NULL,
+            heartbeat_at double precision NOT NULL,
+            stopped_at   double precision,
+            stop_reason  text
+        )
+        """,
+        """
+        CREATE TABLE litejobs_ended_counts (
+            queue  text   NOT NULL,
+            status text   NOT NULL,
+            jobs   bigint NOT NULL,
+            PRIMARY KEY (queue, status)
+        )
+        """,
+        """
+        CREATE FUNCTION litejobs_uncount_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            UPDATE litejobs_ended_counts SET jobs = jobs - 1
+            WHERE queue = OLD.queue AND status = OLD.status;
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER litejobs_jobs_uncount_deleted AFTER DELETE ON litejobs_jobs
+        FOR EACH ROW WHEN (OLD.status IN ('completed', 'failed', 'cancelled'))
+        EXECUTE FUNCTION litejobs_uncount_deleted()
+        """,
+        # Wakes the pools that LISTEN, at the commit of any change of jobs
+        # (NOTIFY is delivered at commit; repeats within a transaction fold
+        # into one).  A statement trigger, so a batch notifies once.
+        """
+        CREATE FUNCTION litejobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_notify('litejobs', '');
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER litejobs_jobs_notify AFTER INSERT OR UPDATE OR DELETE ON litejobs_jobs
+        FOR EACH STATEMENT EXECUTE FUNCTION litejobs_notify()
+        """,
+    ),
+)
+_POSTGRES_SCHEMA_VERSION = len(_POSTGRES_MIGRATIONS)
+_POSTGRES_CHANNEL = "litejobs"
+
+_POSTGRES_CREATE_VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS litejobs_schema (
+    version    bigint PRIMARY KEY,
+    applied_at double precision NOT NULL
+)
+"""
+# Two processes opening a new database at once: one migrates, the other
+# waits, then finds the schema current.
+_POSTGRES_MIGRATION_LOCK = """
+SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.litejobs migrations'))
+"""
+_POSTGRES_RESERVE_IDS = "SELECT litejobs_reserve_ids(?)"
+# Two puts with one key at once: the second waits for the first's commit
+# (the lock is the transaction's), then finds its job (`_FIND_LIVE_KEY`, a
+# statement of its own, so that its snapshot is taken after the wait).
+_POSTGRES_LOCK_KEY = """
+SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.litejobs key'), hashtext(?))
+"""
+# Changes with every commit anywhere on the server: how a pool that does
+# not LISTEN (PgBouncer in transaction mode) sees that something changed.
+_POSTGRES_SNAPSHOT = "SELECT pg_current_snapshot()::text"
+_POSTGRES_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
+_POSTGRES_SERVER = "SELECT system_identifier FROM pg_control_system()"
+
+# Claims lock the due rows they take with SKIP LOCKED, so that claims from
+# many pools at once never wait on one another nor take the same job.  The
+# ready indexes serve the ORDER BY; named queues are one IN list.
+_POSTGRES_CLAIM_JOBS = f"""
+WITH due AS (
+    SELECT id FROM litejobs_jobs
+    WHERE status = 'pending' AND {_DUE}{{queues}}{{filters}}
+    ORDER BY priority DESC, begin_after, id
+    LIMIT :limit
+    FOR UPDATE SKIP LOCKED)
+UPDATE litejobs_jobs
+SET status = 'active', attempts = attempts + 1, started_at = :now, ran_by = :owner,
+    lease_owner = :owner, lease_token = :token, lease_expires = :expires,
+    unstarted = :unstarted
+WHERE id IN (SELECT id FROM due)
+RETURNING {_JOB_COLUMNS}, payload, signature
+"""
+
+# SQLite's text, and PostgreSQL's for it, in the order applied.
+_POSTGRES_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.DOTALL), replacement) for pattern, replacement in (
+        (r"\s+INDEXED BY \w+", ""),
+        (r"\bIN \(\)", "IN (NULL)"),  # an empty list of queues
+        # One array, built once: a subquery of the JSON would be scanned
+        # again for every row the statement looks at.
+        (r"id IN \(SELECT value FROM json_each\(:ids\)\)",
+         "id = ANY(ARRAY(SELECT json_array_elements_text(:ids::json)::bigint))"),
+        (r"SELECT value FROM json_each\(:avoid\)", "SELECT json_array_elements_text(:avoid::json)"),
+        (r"json_insert\(coalesce\(history, '\[\]'\), '\$\[#\]', json_object\((.*?)\)\)",
+         r"(coalesce(history, '[]')::jsonb || jsonb_build_array(jsonb_build_object(\1)))::text"),
+        (re.escape(_DEADLINE_ERROR),
+         "format('%s: job %s (%s) was to start by %s but was still pending at %s' || chr(10),"
+         " :error_type, id, name,"
+         """ to_char(to_timestamp(begin_by) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),"""
+         """ to_char(to_timestamp(:now) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))"""),
+        # bigint shifts take an int count; NULL results of a CASE need a type
+        (r"\(1 << min\(interruptions - 1, 30\)\)",
+         "(1::bigint << min(interruptions - 1, 30)::integer)"),
+        (r"ELSE :(result|result_signature) END", r"ELSE CAST(:\1 AS bytea) END"),
+        (r"FROM sqlite_master WHERE type = 'table' AND name = 'litejobs_schema'",
+         "FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'litejobs_schema'"),
+    ))
 
 
 ###############################################################################
@@ -1244,6 +1510,28 @@ def _unreadable_file(path: str, exc: sqlite3.DatabaseError) -> DatabaseError:
     return _translate_sqlite_error(exc, path)
 
 
+
+
+def _network_filesystem(directory: str, mounts: str | None = None) -> str | None:
+    """The type of the network filesystem ``directory`` is on (per the mount
+    table, ``mounts`` or Linux's own), or None: local, or unknown."""
+    if mounts is None:
+        try:
+            with open(_MOUNTS) as handle:
+                mounts = handle.read()
+        except OSError:
+            return None  # not Linux: nothing to read it from
+    directory = os.path.realpath(directory)
+    best, found = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = directory == point or directory.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, found = point, fields[2]
+    return found if found in _NETWORK_FILESYSTEMS else None
 
 
 def _write_lock_holder(path: str) -> str:
@@ -1391,7 +1679,7 @@ def _plain_rows(conn: sqlite3.Connection) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
+def _savepoint(conn: _DBConnection) -> Iterator[None]:
     """Inside an open transaction: what the block writes, or nothing if it raises."""
     conn.execute("SAVEPOINT litejobs_step")
     try:
@@ -1684,9 +1972,9 @@ class _CommitWatch:
     with a growing pause where inotify is not available.
     """
 
-    def __init__(self, storage: _SQLiteConnections):
+    def __init__(self, storage: _Connections):
         self._storage = storage
-        self._wal = _WalWatch.open(storage.path)
+        self._wal = storage.change_watch()
         self._version = storage.data_version()
         self._settle_until = -math.inf
         self._pause = _SETTLE_CHECKS[0]
@@ -1730,6 +2018,17 @@ class _Commits(Protocol):
     def close(self) -> None: ...
 
 
+class _ChangeWatch(Protocol):
+    """What `_Storage.change_watch` returns: a file descriptor that becomes
+    readable when the database may have changed, and `written`, which reads
+    what made it so and says whether it was news."""
+
+    fd: int
+
+    def written(self) -> bool: ...
+    def close(self) -> None: ...
+
+
 class _Storage(Protocol):
     """What ``Job``, ``Queue`` and the workers need from a database.
 
@@ -1751,7 +2050,11 @@ class _Storage(Protocol):
     size_limit: int | None
     woken: int
 
+    idle_check_interval: float
+
+    def clock(self) -> float: ...
     def write(self, *, atomic_steps: bool = False) -> ContextManager[Any]: ...
+    def own_connection(self, conn: Any) -> Any: ...
     def insert(self, trees: Sequence[list[dict[str, Any]]], now: float,
                conn: Any = None) -> list[tuple[list[dict[str, Any]], bool]]: ...
     def wait_for(self, job_id: int, token: str, now: float,
@@ -1790,7 +2093,10 @@ class _Storage(Protocol):
     def next_due(self, queues: Sequence[str] | None, *, unsigned_only: bool = False,
                  avoid: Collection[str] = ()) -> float | None: ...
     def data_version(self) -> int: ...
+    def change_watch(self) -> _ChangeWatch | None: ...
     def watch_commits(self) -> _Commits: ...
+    def identity(self) -> tuple[Any, ...]: ...
+    def open_to(self) -> str | None: ...
     def register_worker(self, worker_id: str, *, host: str, pid: int, processes: int,
                         queues: Sequence[str] | None, lease: float, now: float) -> None: ...
     def heartbeat(self, worker_id: str, leases: Iterable[tuple[int, str]] | None,
@@ -1812,6 +2118,181 @@ class _Storage(Protocol):
     def wait_for_locks(self, seconds: float) -> None: ...
     def close(self) -> None: ...
     def close_thread_connection(self) -> None: ...
+
+
+# Set by run_pending(now=...), so that jobs it runs put and cancel on its clock;
+# None elsewhere: the database's clock (`_now`).
+_CLOCK: contextvars.ContextVar[Callable[[], float] | None] = contextvars.ContextVar(
+    "litejobs_clock", default=None)
+
+
+def _now(storage: _Storage) -> float:
+    """Now, by ``run_pending(now=)``'s clock inside it, else by the database's."""
+    clock = _CLOCK.get()
+    return clock() if clock is not None else storage.clock()
+
+
+# A connection of the backend in use: a sqlite3.Connection, or a
+# `_PostgresConnection`.  The layers use what both have: execute and
+# executemany with SQLite's placeholders, cursors' fetchone, fetchall,
+# description and rowcount.
+_DBConnection = Any
+
+
+class _Connections:
+    """What the storage layers (`_FollowUps`, `_Runs`, `_Claims`, `_Jobs`)
+    need of a backend, and the state every backend has: where it is (for
+    messages), the secrets and the size limit its writes follow, and
+    ``woken``, which counts the writes that may have made jobs due, so that
+    a pool claims again.  `_SQLiteConnections` and `_PostgresConnections`
+    are the backends."""
+
+    # What the driver raises for a unique index refused, and for the
+    # database's own trouble (as opposed to one job's data).
+    _unique_violation: tuple[type[BaseException], ...] = ()
+    _database_trouble: tuple[type[BaseException], ...] = (DatabaseError,)
+    # Seconds between looks for changes of an idle pool that has no change_watch.
+    idle_check_interval = _IDLE_CHECK_INTERVAL
+    # The backend's schema: its migrations, and its table of versions.
+    _migrations = _MIGRATIONS
+    _create_version_table = _CREATE_VERSION_TABLE
+
+    def __init__(self, path: str, secrets: tuple[bytes, ...], size_limit: int | None):
+        self.path = path
+        self.secrets = secrets  # the first signs; any of them verifies
+        self.size_limit = size_limit
+        self.woken = 0
+        # A connection per thread, of this process only: one inherited across
+        # fork() is never used or closed (see `_forget_inherited_connections`).
+        self._pid = os.getpid()
+        self._connections: dict[int, Any] = {}
+        self._writing: dict[int, bool] = {}  # threads inside write(): atomic_steps
+        self._lock = threading.Lock()
+
+    def _register(self, conn: Any) -> None:
+        """Keep ``conn`` as the calling thread's, closing those of threads
+        that have ended."""
+        with self._lock:
+            alive = {thread.ident for thread in threading.enumerate()}
+            for ident in [ident for ident in self._connections if ident not in alive]:
+                self._close_quietly(self._connections.pop(ident))
+            self._connections[threading.get_ident()] = conn
+
+    def _forget_inherited_connections(self) -> None:
+        # Closing an inherited connection would end the parent's use of it
+        # too (SQLite's locks, PostgreSQL's session); the references are kept
+        # so that the garbage collector never closes them here either.
+        _ABANDONED_CONNECTIONS.extend(self._connections.values())
+        self._connections = {}
+        self._writing = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    @staticmethod
+    def _close_quietly(conn: Any) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close this process's connections; the next use reopens lazily."""
+        if self._pid != os.getpid():
+            self._forget_inherited_connections()
+            return
+        with self._lock:
+            connections, self._connections = self._connections, {}
+        for conn in connections.values():
+            self._close_quietly(conn)
+
+    def close_thread_connection(self) -> None:
+        """Close the calling thread's connection, if it has one."""
+        if self._pid != os.getpid():
+            return
+        with self._lock:
+            conn = self._connections.pop(threading.get_ident(), None)
+        if conn is not None:
+            self._close_quietly(conn)
+
+    def clock(self) -> float:
+        """Now, in Unix seconds, by the clock every user of the database
+        shares: due times, leases and deadlines are compared on it."""
+        return time.time()
+
+    def write(self, *, atomic_steps: bool = False) -> ContextManager[_DBConnection]:
+        raise NotImplementedError
+
+    def read(self) -> ContextManager[_DBConnection]:
+        raise NotImplementedError
+
+    def own_connection(self, conn: _DBConnection) -> Any:
+        """The driver's own connection behind ``conn``, for the application."""
+        return conn
+
+    def _transaction(self, conn: Any) -> ContextManager[_DBConnection]:
+        """`write`, or, given the application's connection ``conn``, a write
+        inside the transaction it has open."""
+        raise NotImplementedError
+
+    def _first_free_id(self, conn: _DBConnection, count: int) -> int:
+        """The first of ``count`` consecutive ids no job has had, reserved."""
+        raise NotImplementedError
+
+    def _apply_migrations(self, conn: _DBConnection) -> None:
+        """Bring litejobs' tables up to date, in the write transaction open on
+        ``conn``; another process may have done it meanwhile."""
+        current = self._schema_version(conn)
+        latest = len(self._migrations)
+        if current > latest:
+            raise self._too_new(current)
+        if current < latest:
+            conn.execute(self._create_version_table)
+            for version in range(current + 1, latest + 1):
+                for statement in self._migrations[version - 1]:
+                    conn.execute(statement)
+                conn.execute(_RECORD_VERSION, (version, time.time()))
+
+    @staticmethod
+    def _schema_version(conn: _DBConnection) -> int:
+        if conn.execute(_VERSION_TABLE_EXISTS).fetchone() is None:
+            return 0
+        return int(conn.execute(_READ_VERSION).fetchone()[0])
+
+    def _too_new(self, version: int) -> SchemaVersionError:
+        raise NotImplementedError
+
+    def _insert_one(self, conn: _DBConnection, row: dict[str, Any]) -> None:
+        """Insert a lone planned row without an id, setting the one it got."""
+        raise NotImplementedError
+
+    def _lock_key(self, conn: _DBConnection, key: str) -> None:
+        """Keep others from putting a job with ``key`` until this transaction
+        ends, where the write transaction does not already."""
+
+    def _claim_statement(self, queue_count: int | None, unsigned_only: bool,
+                         avoiding: bool) -> str:
+        return _claim_statement(queue_count, unsigned_only, avoiding)
+
+    def _name_matches(self, pattern: str) -> tuple[str, str]:
+        """A search term for names matching the glob ``pattern``, and the
+        value it binds to ``:name``."""
+        return "name GLOB :name", pattern
+
+    def identity(self) -> tuple[Any, ...]:
+        """What tells this database from another one found under its name
+        later: a pool stops when it changes (a file replaced under it)."""
+        raise NotImplementedError
+
+    def open_to(self) -> str | None:
+        """Who, besides its owner, may write the database, where that shows;
+        None when nobody may, or it does not show."""
+        return None
+
+    def change_watch(self) -> _ChangeWatch | None:
+        """What tells the calling thread, without polling, that the database
+        may have changed; None where nothing can (then it polls)."""
+        raise NotImplementedError
+
+    def data_version(self) -> int:
+        """A number that changes when others commit (see `change_watch`)."""
+        raise NotImplementedError
 
 
 class _Write:
@@ -1869,7 +2350,7 @@ class _Write:
         return None
 
 
-class _SQLiteConnections:
+class _SQLiteConnections(_Connections):
     """One SQLite file's connections and transactions, for the layers of
     `_SQLiteStorage` above it: opening and checking the file, the schema's
     migrations, reads, and BEGIN IMMEDIATE writes that a thread's nested
@@ -1883,22 +2364,21 @@ class _SQLiteConnections:
     Connections of threads that have ended are closed as new ones open.
     """
 
+    _unique_violation = (sqlite3.IntegrityError,)
+    _database_trouble = (sqlite3.OperationalError, DatabaseError)
+
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
                  create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
                  read_only: bool = False,
-                 secrets: tuple[bytes, ...] = (), size_limit: int | None = DEFAULT_SIZE_LIMIT):
-        self.path = os.path.abspath(os.fspath(path))
+                 secrets: tuple[bytes, ...] = (), size_limit: int | None = DEFAULT_SIZE_LIMIT,
+                 network_filesystem: bool = False):
+        super().__init__(os.path.abspath(os.fspath(path)), secrets, size_limit)
+        self.network_filesystem = network_filesystem or \
+            os.environ.get(_NETWORK_FILESYSTEM_ENV) == "1"
         self.durable = durable
-        self.secrets = secrets  # the first signs; any of them verifies
-        self.size_limit = size_limit
         self.read_only = read_only
         self.create = create and not read_only
         self.busy_timeout = busy_timeout
-        self._pid = os.getpid()
-        self._connections: dict[int, sqlite3.Connection] = {}
-        self._writing: dict[int, bool] = {}  # threads inside write(): atomic_steps
-        self.woken = 0  # counts writes that may have made jobs due: a pool then claims again
-        self._lock = threading.Lock()
         _check_sqlite_version()
         self._prepare_file()
         conn = self._connect(create=not os.path.exists(self.path))
@@ -1919,6 +2399,16 @@ class _SQLiteConnections:
             raise DatabaseError(
                 f"cannot open {self.path}: directory {directory} does not exist"
             )
+        remote = None if self.network_filesystem else _network_filesystem(directory)
+        if remote is not None:
+            raise DatabaseError(
+                f"{self.path} is on a network filesystem ({remote}): SQLite's WAL keeps "
+                f"its index in shared memory, which processes on other hosts cannot "
+                f"see, and its locks may not hold there either, so jobs could be lost "
+                f"or run twice.  Keep the file on a local disk, or, for pools on several "
+                f"hosts, use PostgreSQL (Queue(\"postgresql://...\")).  If only this "
+                f"host ever opens the file and you know the risk, pass "
+                f"network_filesystem=True (or set {_NETWORK_FILESYSTEM_ENV}=1)")
         if os.path.isdir(self.path):
             raise DatabaseError(f"{self.path} is a directory, not a database file")
         if not os.path.exists(self.path) and not self.create:
@@ -1997,24 +2487,13 @@ class _SQLiteConnections:
         if conn is None:
             threading.current_thread()  # registers a foreign thread, so pruning sees it
             conn = self._open()
-            with self._lock:
-                self._close_connections_of_ended_threads()
-                self._connections[threading.get_ident()] = conn
+            self._register(conn)
         return conn
 
-    def _close_connections_of_ended_threads(self) -> None:
-        alive = {thread.ident for thread in threading.enumerate()}
-        for ident in [ident for ident in self._connections if ident not in alive]:
-            with contextlib.suppress(sqlite3.Error):
-                self._connections.pop(ident).close()
-
-    def _forget_inherited_connections(self) -> None:
-        # Keep references so the garbage collector never closes them here.
-        _ABANDONED_CONNECTIONS.extend(self._connections.values())
-        self._connections = {}
-        self._writing = {}
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
+    @staticmethod
+    def _close_quietly(conn: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def _open(self) -> sqlite3.Connection:
         conn = self._connect()
@@ -2083,27 +2562,6 @@ class _SQLiteConnections:
         if conn is not None and self._pid == os.getpid():
             conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
-    def close(self) -> None:
-        """Close this process's connections; the next use reopens lazily."""
-        if self._pid != os.getpid():
-            self._forget_inherited_connections()
-            return
-        with self._lock:
-            connections, self._connections = self._connections, {}
-        for conn in connections.values():
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
-    def close_thread_connection(self) -> None:
-        """Close the calling thread's connection, if it has one."""
-        if self._pid != os.getpid():
-            return
-        with self._lock:
-            conn = self._connections.pop(threading.get_ident(), None)
-        if conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
-
     def data_version(self) -> int:
         """A number that changes whenever another connection commits.
         https://sqlite.org/pragma.html#pragma_data_version"""
@@ -2114,6 +2572,21 @@ class _SQLiteConnections:
         """A watch that wakes its thread when another connection commits; the
         caller closes it."""
         return _CommitWatch(self)
+
+    def change_watch(self) -> _WalWatch | None:
+        """inotify on the WAL (see `_WalWatch`)."""
+        return _WalWatch.open(self.path)
+
+    def identity(self) -> tuple[Any, ...]:
+        """The file's device and inode; raises FileNotFoundError once it is gone."""
+        info = os.stat(self.path)
+        return info.st_dev, info.st_ino
+
+    def open_to(self) -> str | None:
+        mode = os.stat(self.path).st_mode
+        if not mode & 0o022:
+            return None
+        return f"{'everyone' if mode & 0o002 else 'its group'} (mode {mode & 0o777:o})"
 
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]:
         """Copy what the WAL holds into the database, as far as readers allow,
@@ -2239,23 +2712,32 @@ class _SQLiteConnections:
                     f"another connection wrote meanwhile, or holds the lock; begin your "
                     f"transaction with BEGIN IMMEDIATE before putting jobs through it") from exc
 
+    def _first_free_id(self, conn: sqlite3.Connection, count: int) -> int:
+        """The id of the first of ``count`` new jobs; raises `DatabaseError` if
+        the ids SQLite can hold would run out."""
+        first = conn.execute(_NEXT_JOB_ID).fetchone()[0]  # a REAL past 2**63 - 1
+        if first + count - 1 > _ID_MOST:
+            raise self._ids_used_up()
+        return int(first)
+
+    def _ids_used_up(self) -> DatabaseError:
+        return DatabaseError(
+            f"{self.path} has no job ids left: ids are never reused, and the largest "
+            f"SQLite holds, {_ID_MOST:,}, is taken; put new jobs in a new database file")
+
+    def _insert_one(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+        statement, values = _insert_statement(_null_columns(row))
+        try:
+            row["id"] = conn.execute(statement, values(row)).lastrowid
+        except sqlite3.OperationalError as exc:  # SQLITE_FULL: no rowid left, or no disk
+            if "full" in str(exc).lower() and conn.execute(_NEXT_JOB_ID).fetchone()[0] \
+                    > _ID_MOST:
+                raise self._ids_used_up() from None
+            raise
+
     def _migrate(self, conn: sqlite3.Connection) -> None:
         with self.write():
-            current = self._schema_version(conn)  # another process may have migrated
-            if current > _SCHEMA_VERSION:
-                raise self._too_new(current)
-            if current < _SCHEMA_VERSION:
-                conn.execute(_CREATE_VERSION_TABLE)
-                for version in range(current + 1, _SCHEMA_VERSION + 1):
-                    for statement in _MIGRATIONS[version - 1]:
-                        conn.execute(statement)
-                    conn.execute(_RECORD_VERSION, (version, time.time()))
-
-    @staticmethod
-    def _schema_version(conn: sqlite3.Connection) -> int:
-        if conn.execute(_VERSION_TABLE_EXISTS).fetchone() is None:
-            return 0
-        return int(conn.execute(_READ_VERSION).fetchone()[0])
+            self._apply_migrations(conn)
 
     def _too_new(self, version: int) -> SchemaVersionError:
         return SchemaVersionError(
@@ -2264,16 +2746,12 @@ class _SQLiteConnections:
         )
 
 
-class _SQLiteFollowUps(_SQLiteConnections):
+class _FollowUps(_Connections):
     """What follows the end of a job, in the transaction that ended it (see
     `_after_end`): cancels under a cancelled job, callbacks, jobs waiting on
     a returned job, the counts of composites, and the tallies `counts`
     reads.  It owns ``woken``, which counts the writes that may have made
     jobs due, so that a pool claims again."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.woken = 0
 
     def _after_end(self, conn: sqlite3.Connection, ended: Sequence[Mapping[str, Any]],
                    now: float, counted: Collection[int] = ()) -> None:
@@ -2418,7 +2896,7 @@ class _SQLiteFollowUps(_SQLiteConnections):
         self.woken += 1
 
 
-class _SQLiteRuns(_SQLiteFollowUps):
+class _Runs(_FollowUps):
     """The writes made on behalf of a run, each fenced by the lease token of
     its claim (outcomes, interruptions, hand-backs, releases, progress), and
     those that steer runs from outside (cancels, stop requests, meta)."""
@@ -2659,7 +3137,7 @@ class _SQLiteRuns(_SQLiteFollowUps):
                     in conn.execute(_STOPS_REQUESTED, {"owner": owner}).fetchall()]
 
 
-class _SQLiteClaims(_SQLiteRuns):
+class _Claims(_Runs):
     """Putting jobs (by `Queue.put`, as callbacks, or returned by a run to
     wait for), claiming them, and taking back the claims of runners that
     are gone: expired leases, and the pools of the registry that stopped
@@ -2687,6 +3165,7 @@ class _SQLiteClaims(_SQLiteRuns):
             for tree in trees:
                 key = tree[0]["key"]
                 if key is not None:
+                    self._lock_key(conn, key)
                     cursor = conn.execute(_FIND_LIVE_KEY, (key,))
                     found = cursor.fetchone()
                     if found is not None:
@@ -2708,19 +3187,6 @@ class _SQLiteClaims(_SQLiteRuns):
                 out[index] = (_as_dicts(cursor), False)
         return out
 
-    def _first_free_id(self, conn: sqlite3.Connection, count: int) -> int:
-        """The id of the first of ``count`` new jobs; raises `DatabaseError` if
-        the ids SQLite can hold would run out."""
-        first = conn.execute(_NEXT_JOB_ID).fetchone()[0]  # a REAL past 2**63 - 1
-        if first + count - 1 > _ID_MOST:
-            raise self._ids_used_up()
-        return int(first)
-
-    def _ids_used_up(self) -> DatabaseError:
-        return DatabaseError(
-            f"{self.path} has no job ids left: ids are never reused, and the largest "
-            f"SQLite holds, {_ID_MOST:,}, is taken; put new jobs in a new database file")
-
     def _insert_rows(self, conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
         """Insert numbered rows (a lone row may have no id: SQLite gives it one),
         each checked against the size limit and, with secrets, signed; raises
@@ -2730,15 +3196,8 @@ class _SQLiteClaims(_SQLiteRuns):
             for row in rows:
                 row["signature"] = _sign(self.secrets, _SIGNED_CALL, row["name"].encode(),
                                          row["payload"] or b"")
-        if len(rows) == 1 and rows[0]["id"] is None:  # a lone row: SQLite gives its id
-            statement, values = _insert_statement(_null_columns(rows[0]))
-            try:
-                rows[0]["id"] = conn.execute(statement, values(rows[0])).lastrowid
-            except sqlite3.OperationalError as exc:  # SQLITE_FULL: no rowid left, or no disk
-                if "full" in str(exc).lower() and conn.execute(_NEXT_JOB_ID).fetchone()[0] \
-                        > _ID_MOST:
-                    raise self._ids_used_up() from None
-                raise
+        if len(rows) == 1 and rows[0]["id"] is None:  # a lone row: the database gives its id
+            self._insert_one(conn, rows[0])
             return
         # In order (a part's parent first, for its foreign key): one executemany
         # for each run of rows with the same NULL columns.
@@ -2880,7 +3339,7 @@ class _SQLiteClaims(_SQLiteRuns):
             self._after_end(conn, _as_dicts(cursor), now)
             if queue_count == 0:
                 return token, []
-            cursor = conn.execute(_claim_statement(queue_count, unsigned_only, bool(avoid)),
+            cursor = conn.execute(self._claim_statement(queue_count, unsigned_only, bool(avoid)),
                                   params)
             claimed = _as_dicts(cursor)
             if claimed:
@@ -2950,7 +3409,7 @@ class _SQLiteClaims(_SQLiteRuns):
                     return status
                 status = self._interrupt(conn, job_id, token, now,
                                          f"job {job_id} was interrupted: {why}")
-        except (sqlite3.OperationalError, DatabaseError):
+        except self._database_trouble:
             raise  # the database's trouble, not this job's
         except Exception as exc:
             return self._fail_alone(conn, job_id, token, now, exc)
@@ -3033,10 +3492,12 @@ class _SQLiteClaims(_SQLiteRuns):
         return None
 
 
-class _SQLiteStorage(_SQLiteClaims):
-    """The SQLite `_Storage`: the layers above, and reading jobs, counting
-    them, retention, and retries by hand.  Every SQL statement litejobs runs
-    is one of the named ones at the top of this file, run by these layers."""
+class _Jobs(_Claims):
+    """The storage layers above, and reading jobs, counting them, retention,
+    and retries by hand: all of `_Storage` but for what each backend's
+    connections do.  Every SQL statement litejobs runs is one of the named
+    ones at the top of this file, run by these layers (PostgreSQL's in its
+    dialect: `_postgres_sql`)."""
 
     def fetch(self, job_id: int) -> dict[str, Any] | None:
         with self.read() as conn:
@@ -3097,13 +3558,16 @@ class _SQLiteStorage(_SQLiteClaims):
         """Jobs, newest first, matching every filter given: statuses, queue,
         a glob on the callable's name, and created at or after ``since`` and
         before ``before``."""
-        terms = ["1"]
+        terms = ["TRUE"]
         params: dict[str, Any] = {"limit": limit, "queue": queue, "name": name,
                                   "since": since, "before": before}
         if statuses:
             terms.append(f"status IN ({', '.join(f':s{i}' for i in range(len(statuses)))})")
             params.update({f"s{i}": status for i, status in enumerate(statuses)})
-        for value, term in ((queue, "queue = :queue"), (name, "name GLOB :name"),
+        name_term = "name GLOB :name"
+        if name is not None:
+            name_term, params["name"] = self._name_matches(name)
+        for value, term in ((queue, "queue = :queue"), (name, name_term),
                             (since, "created_at >= :since"), (before, "created_at < :before")):
             if value is not None:
                 terms.append(term)
@@ -3159,7 +3623,7 @@ class _SQLiteStorage(_SQLiteClaims):
                                                        "error_line": _last_line(
                                                            composite["error"])})
                 self._activate(conn, around[-1]["id"] if around else job_id, now)
-            except sqlite3.IntegrityError:
+            except self._unique_violation:
                 key = next(found["key"] for found in [row, *around] if found["key"])
                 raise ValueError(f"job {job_id} (or a composite it is in) has the key "
                                  f"{key!r}, which an unfinished job holds now") from None
@@ -3192,16 +3656,530 @@ class _SQLiteStorage(_SQLiteClaims):
             self._reopen(conn, part_id, part_error, now)
 
 
+class _SQLiteStorage(_SQLiteConnections, _Jobs):
+    """The `_Storage` on an SQLite file."""
+
+
+###############################################################################
+# PostgreSQL
+###############################################################################
+#
+# The same storage layers on PostgreSQL, for pools on many hosts: psycopg 3
+# (the ``postgres`` extra) is imported only when a PostgreSQL URL is opened.
+
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+# The full URLs (with a password, if one was given) of those opened in this
+# process, by the URL shown (without it), so that a Queue rebuilt from a
+# pickle, which carries only the latter, connects as the original did.
+_URLS_BY_SHOWN: dict[str, str] = {}
+
+
+def _is_postgres_url(target: Any) -> bool:
+    return isinstance(target, str) and target.startswith(_POSTGRES_SCHEMES)
+
+
+def _shown_url(url: str) -> str:
+    """``url`` without its password, to show and to key by."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _import_psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise DatabaseError(
+            "a PostgreSQL URL needs psycopg 3, which litejobs installs with its "
+            "postgres extra: python -m pip install 'litejobs[postgres]'") from None
+    return psycopg
+
+
+_PLACEHOLDERS = re.compile(r"'(?:[^']|'')*'|::|%|\?|(?<![\w:]):([A-Za-z_]\w*)")
+
+
+def _psycopg_placeholders(statement: str) -> str:
+    """SQLite's ``?`` and ``:name`` as psycopg's ``%s`` and ``%(name)s``, with
+    every other ``%`` doubled; string literals and ``::`` casts kept."""
+    def swap(found: re.Match[str]) -> str:
+        text = found.group(0)
+        if text.startswith("'"):
+            return text.replace("%", "%%")
+        if text == "::":
+            return text
+        if text == "%":
+            return "%%"
+        return "%s" if text == "?" else f"%({found.group(1)})s"
+    return _PLACEHOLDERS.sub(swap, statement)
+
+
+_MIN_MAX = re.compile(r"\b(min|max)\(", re.IGNORECASE)
+
+
+def _least_greatest(statement: str) -> str:
+    """SQLite's scalar min(a, b) and max(a, b) as LEAST and GREATEST; the
+    aggregates, of one argument, stay."""
+    out, start = [], 0
+    for found in _MIN_MAX.finditer(statement):
+        depth, commas, index = 0, 0, found.end()
+        while depth >= 0 and index < len(statement):
+            char = statement[index]
+            depth += (char == "(") - (char == ")")
+            commas += char == "," and depth == 0
+            index += 1
+        out.append(statement[start:found.start()])
+        out.append(("LEAST(" if found.group(1).lower() == "min" else "GREATEST(")
+                   if commas else found.group(0))
+        start = found.end()
+    out.append(statement[start:])
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=512)
+def _postgres_sql(statement: str) -> str:
+    """A statement written for SQLite (or in its placeholders), as psycopg
+    runs it on PostgreSQL; once per statement."""
+    for pattern, replacement in _POSTGRES_REWRITES:
+        statement = pattern.sub(replacement, statement)
+    return _psycopg_placeholders(_least_greatest(statement))
+
+
+@functools.lru_cache(maxsize=64)
+def _postgres_claim_statement(queue_count: int | None, unsigned_only: bool,
+                              avoiding: bool) -> str:
+    return _POSTGRES_CLAIM_JOBS.format(queues=_queue_names_filter(queue_count),
+                                       filters=_claim_filters(unsigned_only, avoiding))
+
+
+def _glob_as_regex(pattern: str) -> str:
+    """A shell glob (``*``, ``?``, ``[...]``) as a PostgreSQL regular
+    expression matching the whole name, as SQLite's GLOB does."""
+    out, index = ["^"], 0
+    while index < len(pattern):
+        char = pattern[index]
+        index += 1
+        if char == "*":
+            out.append(".*")
+        elif char == "?":
+            out.append(".")
+        elif char == "[" and "]" in pattern[index + 1:] + pattern[index:index + 1]:
+            end = pattern.index("]", index + 1 if pattern[index:index + 1] == "]" else index)
+            body = pattern[index:end]
+            body = "^" + body[1:] if body.startswith("^") else body
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            index = end + 1
+        else:
+            out.append(re.escape(char))
+    return "".join(out) + "$"
+
+
+class _PostgresConnection:
+    """A psycopg connection as the storage layers use one (see
+    `_DBConnection`): each statement in SQLite's text runs in PostgreSQL's
+    (`_postgres_sql`), its parameters bound on the client, as literals whose
+    type PostgreSQL infers from where they stand (a NULL anywhere included)."""
+
+    __slots__ = ("raw", "_cursor")
+
+    def __init__(self, raw: Any, psycopg: Any):
+        self.raw = raw
+        self._cursor = functools.partial(psycopg.ClientCursor, raw,
+                                         row_factory=psycopg.rows.tuple_row)
+
+    def execute(self, statement: str, parameters: Any = ()) -> Any:
+        cursor = self._cursor()
+        cursor.execute(_postgres_sql(statement), parameters)
+        return cursor
+
+    def executemany(self, statement: str, rows: Iterable[Any]) -> Any:
+        cursor = self._cursor()
+        cursor.executemany(_postgres_sql(statement), list(rows))
+        return cursor
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.raw.info.transaction_status != 0)  # 0: IDLE
+
+
+class _PostgresListener:
+    """What wakes a thread waiting on a PostgreSQL database (a pool's idle
+    wait, `Job.wait`): a connection of its own that LISTENs to what the
+    trigger litejobs_jobs_notify sends at each commit that changes jobs.
+    ``fd`` is its socket, for a selector; `written` reads what came.  A
+    lost connection is opened again at the next look, and counts as news,
+    since what happened meanwhile is unknown."""
+
+    def __init__(self, storage: _PostgresConnections):
+        self._storage = storage
+        self._conn: Any = None
+        self.fd = -1
+        self.version = 0  # notifications seen, which `data_version` reports
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self._conn = self._storage._connect()
+            self._conn.execute(f"LISTEN {_POSTGRES_CHANNEL}")
+            self.fd = self._conn.pgconn.socket
+        except DatabaseError as exc:
+            _log.debug("cannot LISTEN on %s yet: %s", self._storage.path, exc)
+            self._conn, self.fd = None, -1
+
+    def written(self) -> bool:
+        """Read the notifications that arrived; whether any did."""
+        psycopg = self._storage._psycopg
+        if self._conn is None:
+            self._open()
+            self.version += 1
+            return True
+        try:
+            pgconn = self._conn.pgconn
+            pgconn.consume_input()
+            seen = 0
+            while pgconn.notifies() is not None:
+                seen += 1
+        except psycopg.Error:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn, self.fd = None, -1
+            self.version += 1
+            return True
+        self.version += seen
+        return seen > 0
+
+    def close(self) -> None:
+        self._storage._listeners.pop(threading.get_ident(), None)
+        if self._conn is not None and self._storage._pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self._conn.close()
+        self._conn, self.fd = None, -1
+
+
+class _PostgresConnections(_Connections):
+    """One PostgreSQL database's connections and transactions, for the
+    storage layers: opening and migrating, reads in autocommit, and write
+    transactions that a thread's nested writes join, as on SQLite.
+
+    A connection per thread and per process, opened lazily and opened again
+    when lost (a restart, pg_terminate_backend): a write that finds its
+    connection gone raises `DatabaseError`, and the next one reconnects.
+    The database must exist: litejobs adds its own tables to the current
+    schema (its migrations run under an advisory lock) and touches no
+    others.  ``busy_timeout`` is the lock_timeout.
+    """
+
+    _database_trouble = (DatabaseError,)
+    idle_check_interval = _POSTGRES_POLL_INTERVAL
+    _migrations = _POSTGRES_MIGRATIONS
+    _create_version_table = _POSTGRES_CREATE_VERSION_TABLE
+
+    def __init__(self, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+                 read_only: bool = False,
+                 secrets: tuple[bytes, ...] = (), size_limit: int | None = DEFAULT_SIZE_LIMIT,
+                 listen: bool = True):
+        psycopg = _import_psycopg()
+        shown = _shown_url(url)
+        url = _URLS_BY_SHOWN.get(url, url)
+        _URLS_BY_SHOWN[shown] = url
+        super().__init__(shown, secrets, size_limit)
+        self._psycopg = psycopg
+        self._unique_violation = (psycopg.errors.UniqueViolation,)
+        self._url = url
+        self.busy_timeout = busy_timeout
+        self.read_only = read_only
+        self.listen = listen
+        self.durable = True
+        self._listeners: dict[int, _PostgresListener] = {}
+        self._clock_offset = 0.0
+        with self.read() as conn:
+            version = self._schema_version(conn)
+        if version > _POSTGRES_SCHEMA_VERSION:
+            raise self._too_new(version)
+        if version < _POSTGRES_SCHEMA_VERSION:
+            if self.read_only:
+                raise DatabaseError(
+                    f"{self.path} has no litejobs tables" if version == 0 else
+                    f"{self.path} has litejobs schema version {version}: open it once "
+                    f"with a queue that may write, to upgrade it")
+            self._migrate()
+
+    # -- connections -------------------------------------------------------
+
+    def _connect(self) -> Any:
+        """A new autocommit connection, set up for litejobs."""
+        try:
+            raw = self._psycopg.connect(self._url, autocommit=True, connect_timeout=10,
+                                        application_name="litejobs")
+            raw.execute(f"SET lock_timeout = {max(1, int(self.busy_timeout * 1000))}")
+            # Short statements only: compiling one (JIT) costs more than it
+            # runs, and the planner's estimates of a purge asked for it.
+            raw.execute("SET jit = off")
+            if self.read_only:
+                raw.execute("SET default_transaction_read_only = on")
+            self._measure_clock(raw)
+        except self._psycopg.Error as exc:
+            raise self._translated(exc) from None
+        return raw
+
+    def _measure_clock(self, raw: Any) -> None:
+        """How far the server's clock is ahead of this host's: the host's
+        clock read halfway through the round trip that read the server's."""
+        sent = time.time()
+        server = float(raw.execute(_POSTGRES_NOW).fetchone()[0])
+        received = time.time()
+        self._clock_offset = server - (sent + received) / 2
+
+    def clock(self) -> float:
+        """Now by the server's clock (see `_measure_clock`): hosts' clocks
+        differ, and every pool compares due times, leases and deadlines on
+        this one."""
+        return time.time() + self._clock_offset
+
+    def _connection(self) -> _PostgresConnection:
+        if self._pid != os.getpid():
+            self._forget_inherited_connections()
+        thread = threading.get_ident()
+        conn = self._connections.get(thread)
+        if conn is not None and (conn.raw.closed or conn.raw.broken) \
+                and thread not in self._writing:
+            self._connections.pop(thread, None)
+            conn = None
+        if conn is None:
+            conn = _PostgresConnection(self._connect(), self._psycopg)
+            self._register(conn)
+        return conn
+
+    @staticmethod
+    def _close_quietly(conn: _PostgresConnection) -> None:
+        with contextlib.suppress(Exception):
+            conn.raw.close()
+
+    def _forget_inherited_connections(self) -> None:
+        _ABANDONED_CONNECTIONS.extend(self._listeners.values())
+        self._listeners = {}
+        super()._forget_inherited_connections()
+
+    def _translated(self, exc: BaseException) -> DatabaseError:
+        errors = self._psycopg.errors
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, (errors.LockNotAvailable, errors.DeadlockDetected)):
+            return DatabaseBusy(f"{self.path}: a lock stayed held by another connection for "
+                                f"longer than the busy timeout ({text}); keep transactions "
+                                f"short, or give the queue a longer busy_timeout")
+        if isinstance(exc, self._psycopg.OperationalError):
+            return DatabaseUnreachable(f"cannot reach PostgreSQL at {self.path}: {text}")
+        return DatabaseError(f"{self.path}: {text}")
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except self._psycopg.Error as exc:
+            raise self._translated(exc) from exc
+
+    # -- transactions ------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write(self, *, atomic_steps: bool = False) -> Iterator[_PostgresConnection]:
+        """One transaction, committed or rolled back; a write opened inside
+        another on the same thread joins it (see `_SQLiteConnections.write`)."""
+        conn = self._connection()
+        thread = threading.get_ident()
+        if thread in self._writing:
+            with self._errors():
+                if self._writing[thread]:
+                    with _savepoint(conn):
+                        yield conn
+                else:
+                    yield conn
+            return
+        self._writing[thread] = atomic_steps
+        try:
+            with self._errors():
+                conn = self._begin(conn)
+                try:
+                    yield conn
+                except BaseException:
+                    self._roll_back(conn)
+                    raise
+                conn.raw.execute("COMMIT")
+        finally:
+            del self._writing[thread]
+
+    def _begin(self, conn: _PostgresConnection) -> _PostgresConnection:
+        """BEGIN; on a connection the server closed since its last use (a
+        restart, pg_terminate_backend), on a new one: nothing was sent yet."""
+        try:
+            conn.raw.execute("BEGIN")
+            return conn
+        except self._psycopg.OperationalError:
+            if not (conn.raw.closed or conn.raw.broken):
+                raise
+        with self._lock:
+            self._connections.pop(threading.get_ident(), None)
+        conn = self._connection()
+        conn.raw.execute("BEGIN")
+        return conn
+
+    def _roll_back(self, conn: _PostgresConnection) -> None:
+        with contextlib.suppress(self._psycopg.Error):
+            if not conn.raw.closed and conn.in_transaction:
+                conn.raw.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[_PostgresConnection]:
+        """A connection for reads: autocommit, each statement on its own."""
+        conn = self._connection()
+        with self._errors():
+            yield conn
+
+    def own_connection(self, conn: _DBConnection) -> Any:
+        return conn.raw
+
+    def _transaction(self, conn: Any) -> ContextManager[_PostgresConnection]:
+        return self.write() if conn is None else self._joined(conn)
+
+    @contextlib.contextmanager
+    def _joined(self, conn: Any) -> Iterator[_PostgresConnection]:
+        """Write through the application's own psycopg connection, inside its
+        transaction: what is written commits or rolls back with it."""
+        psycopg = self._psycopg
+        if not isinstance(conn, psycopg.Connection):
+            raise TypeError(f"conn must be a psycopg.Connection, not {_describe(conn)}")
+        status = conn.info.transaction_status
+        if status == psycopg.pq.TransactionStatus.IDLE and conn.autocommit:
+            raise ValueError(
+                "conn is in autocommit mode with no transaction open: begin one (with "
+                "conn.transaction():) before putting jobs through it, so that they "
+                "commit or roll back with your writes")
+        if status not in (psycopg.pq.TransactionStatus.IDLE,
+                          psycopg.pq.TransactionStatus.INTRANS):
+            raise ValueError("conn's transaction has failed or its connection is gone: "
+                             "roll it back first")
+        if conn.info.dbname != urllib.parse.urlsplit(self._url).path.lstrip("/") \
+                and urllib.parse.urlsplit(self._url).path.lstrip("/"):
+            raise ValueError(f"conn is open on database {conn.info.dbname!r}, "
+                             f"not on {self.path}")
+        wrapped = _PostgresConnection(conn, psycopg)
+        with self._errors(), _savepoint(wrapped):
+            yield wrapped
+
+    # -- the schema --------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self.write() as conn:
+            conn.execute(_POSTGRES_MIGRATION_LOCK)
+            self._apply_migrations(conn)
+
+    def _too_new(self, version: int) -> SchemaVersionError:
+        return SchemaVersionError(
+            f"{self.path} has litejobs schema version {version}, but this litejobs "
+            f"({__version__}) knows only up to {_POSTGRES_SCHEMA_VERSION} on PostgreSQL; "
+            f"upgrade litejobs")
+
+    # -- what the layers ask of a backend ----------------------------------
+
+    def _first_free_id(self, conn: _DBConnection, count: int) -> int:
+        return int(conn.execute(_POSTGRES_RESERVE_IDS, (count,)).fetchone()[0])
+
+    def _insert_one(self, conn: _DBConnection, row: dict[str, Any]) -> None:
+        statement, values = _insert_statement(_null_columns(row))
+        row["id"] = conn.execute(statement + " RETURNING id", values(row)).fetchone()[0]
+
+    def _lock_key(self, conn: _DBConnection, key: str) -> None:
+        conn.execute(_POSTGRES_LOCK_KEY, (key,))
+
+    def _claim_statement(self, queue_count: int | None, unsigned_only: bool,
+                         avoiding: bool) -> str:
+        return _postgres_claim_statement(queue_count, unsigned_only, avoiding)
+
+    def _name_matches(self, pattern: str) -> tuple[str, str]:
+        return "name ~ :name", _glob_as_regex(pattern)
+
+    # -- waking, and the rest of the contract ------------------------------
+
+    def change_watch(self) -> _PostgresListener | None:
+        """This thread's listener for commits that change jobs (None when
+        LISTEN is off); `data_version` then counts what it heard."""
+        if not self.listen:
+            return None
+        listener = _PostgresListener(self)
+        self._listeners[threading.get_ident()] = listener
+        return listener
+
+    def data_version(self) -> int:
+        """A number that changes when jobs change: the notifications this
+        thread's listener heard, or, without one, the server's snapshot."""
+        listener = self._listeners.get(threading.get_ident())
+        if listener is not None:
+            listener.written()
+            return listener.version
+        with self.read() as conn:
+            return hash(conn.execute(_POSTGRES_SNAPSHOT).fetchone()[0])
+
+    def watch_commits(self) -> _CommitWatch:
+        return _CommitWatch(self)
+
+    def identity(self) -> tuple[Any, ...]:
+        return ("postgresql", self.path)
+
+    def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]:
+        """Nothing to do: PostgreSQL checkpoints by itself."""
+        if mode not in ("PASSIVE", "TRUNCATE"):
+            raise ValueError(f"unknown checkpoint mode {mode!r}")
+        return 0, 0
+
+    def wait_for_locks(self, seconds: float) -> None:
+        self.busy_timeout = seconds
+        conn = self._connections.get(threading.get_ident())
+        if conn is not None and self._pid == os.getpid() and not conn.raw.closed:
+            with self._errors():
+                conn.raw.execute(f"SET lock_timeout = {max(1, int(seconds * 1000))}")
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            for listener in list(self._listeners.values()):
+                listener.close()
+        super().close()
+
+
+class _PostgresStorage(_PostgresConnections, _Jobs):
+    """The `_Storage` on a PostgreSQL database."""
+
+
+def _storage_key(target: str | os.PathLike[str]) -> str:
+    """How a database is named, shown and keyed: an absolute path, or a
+    PostgreSQL URL without its password."""
+    if _is_postgres_url(target):
+        return _shown_url(cast(str, target))
+    return os.path.abspath(os.fspath(target))
+
+
+def _open_storage(target: str | os.PathLike[str], *, durable: bool, create: bool,
+                  busy_timeout: float, secrets: tuple[bytes, ...], size_limit: int | None,
+                  read_only: bool = False, listen: bool = True,
+                  network_filesystem: bool = False) -> _Storage:
+    """The storage for a path (SQLite) or a PostgreSQL URL."""
+    if _is_postgres_url(target):
+        return _PostgresStorage(cast(str, target), busy_timeout=busy_timeout,
+                                read_only=read_only, secrets=secrets, size_limit=size_limit,
+                                listen=listen)
+    return _SQLiteStorage(target, durable=durable, create=create, busy_timeout=busy_timeout,
+                          read_only=read_only, secrets=secrets, size_limit=size_limit,
+                          network_filesystem=network_filesystem)
+
+
 ###############################################################################
 # Job and Queue
 ###############################################################################
 
 _CURRENT_JOB: contextvars.ContextVar[Job | None] = contextvars.ContextVar(
     "litejobs_current_job", default=None)
-# Set by run_pending(now=...), so that jobs it runs put and cancel on its clock.
-_CLOCK: contextvars.ContextVar[Callable[[], float]] = contextvars.ContextVar(
-    "litejobs_clock", default=time.time)
-
 
 def _format_exception_only(exc: BaseException) -> str:
     return "".join(traceback.format_exception_only(type(exc), exc))
@@ -4012,7 +4990,7 @@ class Job(_JobRow):
         (`Queue.run_pending` runs no pool: there, the job alone decides.)
         """
         queue = self._require_queue()
-        now = _CLOCK.get()()
+        now = _now(queue._storage)
         deadline = _representable(now + _seconds(grace, "grace"), "now + grace")
         status = queue._storage.request_stop(self._require_id(), now, deadline,
                                              created_at=self._row.get("created_at"))
@@ -4130,7 +5108,7 @@ class Job(_JobRow):
         application's, as with `Queue.put`.
         """
         queue = self._require_queue()
-        status = queue._storage.cancel(self._require_id(), _CLOCK.get()(),
+        status = queue._storage.cancel(self._require_id(), _now(queue._storage),
                                        created_at=self._row.get("created_at"), conn=conn)
         if conn is None:
             self.refresh()
@@ -4146,7 +5124,7 @@ class Job(_JobRow):
         after; raises ValueError if the job is not failed or cancelled, or is
         a part of a composite that has not ended."""
         queue = self._require_queue()
-        status = queue._storage.reopen(self._require_id(), _CLOCK.get()())
+        status = queue._storage.reopen(self._require_id(), _now(queue._storage))
         self.refresh()
         return status
 
@@ -4215,7 +5193,7 @@ class Job(_JobRow):
         job_id = self._require_id()
         if "key" in options or "begin_by" in options:
             raise TypeError("a callback takes no key or begin_by")
-        now = _CLOCK.get()()
+        now = _now(queue._storage)
         common = _Options(now, _given(**options), base={
             **_PUT_DEFAULTS, "queue": self.queue, "priority": self.priority})
         planned = []
@@ -4626,13 +5604,18 @@ class _Refusals:
 
 
 class Queue:
-    """A job queue kept in the SQLite database at ``path``.
+    """A job queue kept in the SQLite database at ``path``, or in the
+    PostgreSQL database at a ``postgresql://`` URL (the ``postgres`` extra).
 
     The file is created if missing (mode 0600, WAL journal), and may be shared
     with the application's own tables: litejobs' tables are all prefixed
     ``litejobs_``, and it never touches ``PRAGMA user_version``.  Every process
-    using it must be on this host (WAL needs shared memory, so no network file
-    systems).
+    using it must be on this host: WAL needs shared memory, so a file on a
+    network filesystem (NFS, SMB and the like, per Linux's mount table) is
+    refused, unless ``network_filesystem=True`` says that only this host
+    ever opens it.  Pools on several hosts need PostgreSQL, where litejobs
+    adds its tables to the existing database; ``listen=False`` polls instead
+    of LISTENing for changes (behind PgBouncer in transaction mode).
 
     ``durable=True`` (the default) commits each put with ``synchronous=FULL``:
     once ``put`` returns, the job survives power loss.  ``durable=False`` uses
@@ -4666,16 +5649,16 @@ class Queue:
                  create: bool = True, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
                  read_only: bool = False,
                  secret: str | bytes | Sequence[str | bytes] | None = None,
-                 size_limit: int | None = DEFAULT_SIZE_LIMIT):
+                 size_limit: int | None = DEFAULT_SIZE_LIMIT, listen: bool = True,
+                 network_filesystem: bool = False):
         busy_timeout = _seconds(busy_timeout, "busy_timeout")
         if size_limit is not None:
             size_limit = _positive_int(size_limit, "size_limit")
-        self._storage: _Storage = _SQLiteStorage(path, durable=durable, create=create,
-                                                 busy_timeout=busy_timeout,
-                                                 read_only=read_only,
-                                                 secrets=_secrets_for(
-                                                     os.path.abspath(os.fspath(path)), secret),
-                                                 size_limit=size_limit)
+        self._storage: _Storage = _open_storage(
+            path, durable=durable, create=create, busy_timeout=busy_timeout,
+            read_only=read_only, secrets=_secrets_for(_storage_key(path), secret),
+            size_limit=size_limit, listen=listen, network_filesystem=network_filesystem)
+        self.network_filesystem = network_filesystem
         self.read_only = read_only
         self.busy_timeout = busy_timeout
         self.create = create
@@ -4684,7 +5667,8 @@ class Queue:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen_queue, (self.path, self.durable, self.create, self.busy_timeout,
-                                self.read_only, self._storage.size_limit))
+                                self.read_only, self._storage.size_limit,
+                                self.network_filesystem))
 
     def __repr__(self) -> str:
         return f"<litejobs.Queue {self.path}>"
@@ -4772,7 +5756,7 @@ class Queue:
     def _put(self, items: Iterable[Job | Composite | Callable[..., Any] | str], *,
              key: str | None, conn: sqlite3.Connection | None,
              given: dict[str, Any]) -> list[Job]:
-        now = _CLOCK.get()()
+        now = _now(self._storage)
         if key is not None and not isinstance(key, str):
             raise TypeError(f"key must be a string or None, not {key!r}")
         if key is not None:
@@ -4804,7 +5788,7 @@ class Queue:
         return out
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[Any]:
         """A block whose puts (and cancels and callbacks) on this queue, from
         this thread, commit together when it ends, or not at all if it raises::
 
@@ -4813,12 +5797,14 @@ class Queue:
                 q.put(Job(send_receipt, 7))
                 q.put(Job(ship, 7))
 
-        ``conn`` is the connection the block writes through, so the
-        application's own tables in the same file change in the same
-        transaction.  It holds the write lock: keep the block short.
+        ``conn`` is the connection the block writes through (a
+        ``sqlite3.Connection``, or a ``psycopg.Connection`` on PostgreSQL),
+        so the application's own tables in the same database change in the
+        same transaction.  On SQLite it holds the write lock: keep the block
+        short.
         """
         with self._storage.write(atomic_steps=True) as conn:
-            yield conn
+            yield self._storage.own_connection(conn)
 
     # -- reading -------------------------------------------------------------
 
@@ -4853,12 +5839,18 @@ class Queue:
             limit=-1 if limit is None else limit)
         return [Job._bound(self, row) for row in rows]
 
+    def now(self) -> float:
+        """Now, in Unix seconds, by the database's clock: this host's for
+        SQLite; for PostgreSQL, the server's (hosts' clocks differ, and every
+        pool compares due times, leases and deadlines on it)."""
+        return self._storage.clock()
+
     def overview(self) -> dict[str, Any]:
         """What ``status`` shows, as of ``now`` (Unix seconds): ``counts`` by
         queue and status (each queue with every status), the pending job due
         the longest (``oldest_due``: its row, or None), and how many jobs
         ended in the ``last_minute`` and ``last_hour`` (``finished``)."""
-        now = time.time()
+        now = self._storage.clock()
         return {**self._storage.overview(now), "now": now}
 
     def counts(self, queue: str | None = None) -> dict[str, int]:
@@ -4877,7 +5869,7 @@ class Queue:
         were deleted, or with ``dry_run`` would be."""
         before = _timestamp(older_than, "older_than") \
             if isinstance(older_than, datetime.datetime) \
-            else _CLOCK.get()() - _seconds(older_than, "older_than")
+            else _now(self._storage) - _seconds(older_than, "older_than")
         if status is not None and status not in _FINISHED:
             raise ValueError(f"only finished jobs are purged: status is one of "
                              f"{', '.join(sorted(_FINISHED))}, not {status!r}")
@@ -4937,7 +5929,7 @@ class Queue:
             fixed = _timestamp(now, "now")
             clock: Callable[[], float] = lambda: fixed  # noqa: E731
         else:
-            clock = time.time
+            clock = self._storage.clock
         if queues is not None:
             queues = [queues] if isinstance(queues, str) else list(queues)
         if limit is not None:
@@ -4947,7 +5939,7 @@ class Queue:
             raise ValueError("lease must be positive")
 
         def expiry() -> float:
-            return max(clock(), time.time()) + lease
+            return max(clock(), self._storage.clock()) + lease
 
         owner = _owner_id("inline")
         keeper = _LeaseKeeper(self._storage, lease, expiry)
@@ -5032,11 +6024,13 @@ class Queue:
 
 
 def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float,
-                  read_only: bool = False, size_limit: int | None = DEFAULT_SIZE_LIMIT) -> Queue:
-    keys = _SECRETS_BY_PATH.get(os.path.abspath(path))
+                  read_only: bool = False, size_limit: int | None = DEFAULT_SIZE_LIMIT,
+                  network_filesystem: bool = False) -> Queue:
+    keys = _SECRETS_BY_PATH.get(_storage_key(path))
     return Queue(path, durable=durable, create=create, busy_timeout=busy_timeout,
                  read_only=read_only, size_limit=size_limit,
-                 secret=None if keys is None else _Keys(keys))
+                 secret=None if keys is None else _Keys(keys),
+                 network_filesystem=network_filesystem)
 
 
 ###############################################################################
@@ -5245,7 +6239,7 @@ def _follow_up(job: Job, returned: Job | Composite) -> int | list[dict[str, Any]
         if returned.id == job.id:
             raise ValueError(f"job {job.id} returned itself; it cannot wait for itself")
         return returned.id
-    options = _Options(_CLOCK.get()(), {}, base={
+    options = _Options(_now(job._require_queue()._storage), {}, base={
         **_PUT_DEFAULTS, "queue": job.queue, "priority": job.priority})
     rows = _plan_tree(returned, options, set(), dormant=True)[0]
     # Checked here, so that the run fails with it; the fenced write checks again.
@@ -5762,11 +6756,10 @@ def _post_progress(work: _ChildWork, job_id: int, fields: dict[str, Any]) -> Non
     work.post(_Progress(job_id, fields))
 
 
-def _too_late(row: Mapping[str, Any]) -> _Outcome | None:
+def _too_late(row: Mapping[str, Any], now: float) -> _Outcome | None:
     """The outcome of a job whose ``begin_by`` passed while it waited in a
     worker process, behind a slow job: it is not started, as a job not
     claimed by then is not (`_EXPIRE_DEADLINES`).  None if it may start."""
-    now = time.time()
     begun_before = row["attempts"] - 1 > row["not_started"]  # claims before this one
     if row["begin_by"] is None or begun_before or now <= row["begin_by"]:
         return None
@@ -5798,7 +6791,8 @@ def _child_main(conn: Any, options: dict[str, Any], slot: _RunningSlot) -> None:
     # The pool's secrets, even none at all, here and for the Jobs and Queues
     # that jobs get as arguments.
     queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"],
-                  size_limit=options["size_limit"], secret=_Keys(options["secrets"]))
+                  size_limit=options["size_limit"], secret=_Keys(options["secrets"]),
+                  network_filesystem=options["network_filesystem"])
     news = _NewsWatch(queue._storage)
     work.send([_Ready(os.getpid())])
     for target, name in ((work.read, "reader"), (work.flush_held, "flusher")):
@@ -5815,7 +6809,7 @@ def _child_main(conn: Any, options: dict[str, Any], slot: _RunningSlot) -> None:
         job = Job._bound(queue, row)
         news.watch(job)
         try:
-            outcome = _too_late(row) or _execute(job, payload, signature,
+            outcome = _too_late(row, queue._storage.clock()) or _execute(job, payload, signature,
                                                  functools.partial(_post_progress, work, job_id))
             _crash_point("after-job")
         except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
@@ -6048,6 +7042,39 @@ class _Written(NamedTuple):
     status: str | None
 
 
+class _Outage:
+    """Whether the pool can reach its database, for the parts that write
+    (`_Recorder`, `_Keeper`): while it cannot (a PostgreSQL restart, a cut
+    connection), they keep what they must write and try again after a
+    backoff that doubles up to `_RECONNECT_BACKOFF`; the outage is logged
+    once as it begins and once as it ends, not at every try."""
+
+    def __init__(self, pool_id: str, clock: Callable[[], float]):
+        self._pool_id = pool_id
+        self._clock = clock
+        self.since: float | None = None  # when the outage began (the pool's clock)
+        self._backoff = _RECONNECT_BACKOFF[0]
+
+    def failed(self, exc: DatabaseUnreachable) -> float:
+        """Note a failed try; returns when to try again (the pool's clock)."""
+        now = self._clock()
+        if self.since is None:
+            self.since = now
+            self._backoff = _RECONNECT_BACKOFF[0]
+            _log.warning("%s lost its database (%s); it keeps what it has to write, and "
+                         "tries again", self._pool_id, exc)
+        else:
+            self._backoff = min(self._backoff * 2, _RECONNECT_BACKOFF[1])
+        return now + self._backoff
+
+    def reached(self) -> None:
+        """Note a write that went through."""
+        if self.since is not None:
+            _log.warning("%s reached its database again after %s", self._pool_id,
+                         _format_duration(self._clock() - self.since))
+            self.since = None
+
+
 class _Recorder:
     """What a pool has to write about the jobs it holds, and the writing.
 
@@ -6059,10 +7086,12 @@ class _Recorder:
     """
 
     def __init__(self, storage: _Storage, pool_id: str, finished: collections.Counter[str],
-                 check_file: Callable[[], None], clock: Callable[[], float]):
+                 check_file: Callable[[], None], outage: _Outage,
+                 clock: Callable[[], float]):
         self._storage = storage
         self._pool_id = pool_id
         self._check_file = check_file  # raises if the file is gone: see _Keeper
+        self._outage = outage
         self.records: list[_Record] = []
         self.reports: dict[int, _Record] = {}  # the latest progress of each job
         self.completions: list[_Assignment] = []
@@ -6119,6 +7148,10 @@ class _Recorder:
             self.keep(batch)
             self.retry_at = clock + _BUSY_BACKOFF
             return None
+        except DatabaseUnreachable as exc:
+            self.keep(batch)
+            self.retry_at = self._outage.failed(exc)
+            return None
         except Exception as exc:  # one bad record, or the disk: each is written alone
             self._check_file()
             records = batch.as_records()
@@ -6128,6 +7161,7 @@ class _Recorder:
             written = self.write_each(records, now, clock)
             self.retry_at = max(self.retry_at, clock + 1.0)
             return written, "", []
+        self._outage.reached()
         for assignment in starts:
             assignment.start_marked = True
         return written, token, claimed
@@ -6191,6 +7225,10 @@ class _Recorder:
                 # Locked by another connection: nothing wrong with the rest.
                 self.keep(_Batch(records[index:], []))
                 self.retry_at = clock + _BUSY_BACKOFF
+                break
+            except DatabaseUnreachable as exc:
+                self.keep(_Batch(records[index:], []))
+                self.retry_at = self._outage.failed(exc)
                 break
             except Exception as exc:
                 failed = exc
@@ -6282,13 +7320,14 @@ class _Keeper:
     (monotonic seconds), but for those stored, which are wall time."""
 
     def __init__(self, storage: _Storage, pool_id: str, path: str, lease: float,
-                 retention: float | None, file_identity: tuple[int, int]):
+                 retention: float | None, file_identity: tuple[Any, ...], outage: _Outage):
         self._storage = storage
         self._pool_id = pool_id
         self._path = path
         self._lease = lease
         self._retention = retention
         self._file_identity = file_identity
+        self._outage = outage
         self.heartbeat_interval = min(_HEARTBEAT_INTERVAL, lease / 3)
         self.next_heartbeat = 0.0
         self.next_renewal = 0.0
@@ -6304,13 +7343,16 @@ class _Keeper:
         """Beat, and renew the ``leases`` if that is due."""
         self.check_file()
         renew = now >= self.next_renewal
-        wall = time.time()
+        wall = self._storage.clock()
         try:
             alive, lost = self._storage.heartbeat(self._pool_id, leases() if renew else None,
                                                   wall + self._lease, wall)
         except DatabaseBusy as exc:
             _log.debug("%s: %s; retrying the heartbeat", self._pool_id, exc)
             self.next_heartbeat = now + _BUSY_BACKOFF  # the renewal stays due too
+            return _Beat([], False)
+        except DatabaseUnreachable as exc:
+            self.next_heartbeat = self._outage.failed(exc)  # the renewal stays due too
             return _Beat([], False)
         except DatabaseError as exc:
             alive, lost = True, []
@@ -6348,7 +7390,7 @@ class _Keeper:
         wait = _UPKEEP_INTERVAL
         try:
             if self._retention is not None:
-                deleted, under = self._storage.purge(time.time() - self._retention,
+                deleted, under = self._storage.purge(self._storage.clock() - self._retention,
                                                      limit=_PRUNE_BATCH)
                 if deleted:
                     _log.info("%s deleted %d jobs (and %d under them) that ended over %s "
@@ -6375,12 +7417,12 @@ class _Keeper:
     def check_file(self) -> None:
         """Raise `_FileGone` if the file was deleted or replaced."""
         try:
-            info = os.stat(self._path)
+            identity = self._storage.identity()
         except FileNotFoundError:
             self._empty_wal_of_moved_file()
             raise _FileGone(f"{self._path} was deleted while the pool was running; "
                             f"stopping rather than write to a file nobody sees") from None
-        if (info.st_dev, info.st_ino) != self._file_identity:
+        if identity != self._file_identity:
             self._empty_wal_of_moved_file()
             raise _FileGone(f"{self._path} was replaced by another file while the pool "
                             f"was running; stopping")
@@ -6425,22 +7467,25 @@ class _IdleWait:
         self._selector = selector
         self._pool_id = pool_id
         self._clock = clock
-        self.watch = _WalWatch.open(path)
-        self._listening = False
+        self.watch = storage.change_watch()
+        self._listening: int | None = None  # the fd registered in the selector
         self.last_wal_event = 0.0
         self._quiet_until = 0.0
         self._data_version: int | None = None
         self.listen(True)
 
     def listen(self, listen: bool) -> None:
+        """Have the selector watch the database (or stop); a watch whose fd
+        changed (a listener that reconnected) is registered again."""
         watch = self.watch
-        if watch is None or listen == self._listening:
+        wanted = watch.fd if watch is not None and listen and watch.fd >= 0 else None
+        if wanted == self._listening:
             return
-        if listen:  # writes made meanwhile are still queued, and show at once
-            self._selector.register(watch.fd, selectors.EVENT_READ, ("wal", None))
-        else:
-            self._selector.unregister(watch.fd)
-        self._listening = listen
+        if self._listening is not None:
+            self._selector.unregister(self._listening)
+        if wanted is not None:  # writes made meanwhile are still queued, and show at once
+            self._selector.register(wanted, selectors.EVENT_READ, ("wal", None))
+        self._listening = wanted
 
     def on_event(self) -> None:
         """The WAL watch's fd is readable (outside `wait`): the idle wait that
@@ -6468,7 +7513,7 @@ class _IdleWait:
                     next_due = woken.next_due
                 since_write = now - self.last_wal_event
                 if self.watch is None:
-                    next_check = now + _IDLE_CHECK_INTERVAL
+                    next_check = now + self._storage.idle_check_interval
                 elif since_write < _SETTLE_CHECKS[1]:
                     next_check = max(now + _SETTLE_CHECKS[0], self._quiet_until)
                 else:  # a slow fsync: back off gradually, not at once
@@ -6495,7 +7540,7 @@ class _IdleWait:
         except DatabaseError as exc:  # busy during a WAL recovery, say: look again soon
             _log.debug("%s: %s", self._pool_id, exc)
             return None
-        if due is not None and due <= time.time():
+        if due is not None and due <= self._storage.clock():
             return _Woken([], True, due)
         # Another pool is busy on this file: check less often while it lasts.
         self._quiet_until = self._clock() + _OTHERS_CHANGES_CHECK
@@ -6819,7 +7864,7 @@ class _InFlight:
         plan, left = self.dispatcher.plan(claimed, self.children.all, now)
         for row in left:  # more than the room asked for: cannot happen, but never lose one
             with contextlib.suppress(LitejobsError):
-                self.storage.release(row["id"], token, time.time())
+                self.storage.release(row["id"], token, self.storage.clock())
         logged = _log.isEnabledFor(logging.DEBUG)
         for child, planned in plan.items():
             batch: list[_JobToRun] = []
@@ -6955,18 +8000,20 @@ class _Supervisor:
         self.storage = worker._storage
         self.selector = selectors.DefaultSelector()
         self.selector.register(worker._wake_reader, selectors.EVENT_READ, None)
-        options = {"path": worker.path, "busy_timeout": worker._busy_timeout,
+        options = {"path": _URLS_BY_SHOWN.get(worker.path, worker.path), "busy_timeout": worker._busy_timeout,
                    "log_levels": (logging.getLogger().getEffectiveLevel(), _log.level),
                    "secrets": self.storage.secrets, "size_limit": self.storage.size_limit,
-                   "memory_limit": worker.memory_limit, "import_paths": worker.import_paths}
+                   "memory_limit": worker.memory_limit, "import_paths": worker.import_paths,
+                   "network_filesystem": worker.network_filesystem}
         self.children = _Children(worker.id, worker.processes,
                                   multiprocessing.get_context(worker.start_method),
                                   self.selector, options, worker.crashes, clock)
         self.dispatcher = _Dispatcher(worker.max_jobs_per_child)
+        self.outage = _Outage(worker.id, clock)
         self.keeper = _Keeper(self.storage, worker.id, worker.path, worker.lease,
-                              worker.retention, worker._file_identity)
+                              worker.retention, worker._file_identity, self.outage)
         self.recorder = _Recorder(self.storage, worker.id, worker.finished,
-                                  self.keeper.check_file, clock)
+                                  self.keeper.check_file, self.outage, clock)
         self.idle = _IdleWait(self.storage, self.selector, worker.path, worker.id, clock)
         self.refusals = worker._refusals
         self.flight = _InFlight(worker, self.children, self.dispatcher, self.recorder,
@@ -7047,7 +8094,7 @@ class _Supervisor:
                 self.storage.register_worker(
                     worker.id, host=socket.gethostname(), pid=os.getpid(),
                     processes=worker.processes, queues=worker.queues, lease=worker.lease,
-                    now=time.time())
+                    now=self.storage.clock())
                 return True
             except DatabaseBusy as exc:
                 if not waiting:
@@ -7062,7 +8109,7 @@ class _Supervisor:
         return self.recorder.unwritten() or bool(self.flight.starts_due())
 
     def _due_now(self) -> bool:
-        return self.next_due is not None and self.next_due <= time.time()
+        return self.next_due is not None and self.next_due <= self.storage.clock()
 
     def _claiming(self) -> bool:
         return self.grace_deadline is None and self.clock() >= self.recorder.retry_at
@@ -7111,7 +8158,7 @@ class _Supervisor:
         elif can_claim:
             moments.append(self.next_poll)
             if self.next_due is not None:
-                moments.append(now + self.next_due - time.time())
+                moments.append(now + self.next_due - self.storage.clock())
         return max(0.0, min(moments) - now)
 
     def _on_ready(self, data: Any) -> None:
@@ -7145,7 +8192,7 @@ class _Supervisor:
             for child in children:
                 self.flight.settle_exit(self.children.reap(child), replace=False)
             self.recorder.log(self.recorder.write_each(self.recorder.take().as_records(),
-                                                       time.time(), self.clock()))
+                                                       self.storage.clock(), self.clock()))
 
     # -- recording and claiming ----------------------------------------------------
 
@@ -7158,7 +8205,7 @@ class _Supervisor:
         if not want and not self._unwritten():
             return
         worker, refusals = self.worker, self.refusals
-        batch, starts, now = self.recorder.take(), self.flight.starts_due(), time.time()
+        batch, starts, now = self.recorder.take(), self.flight.starts_due(), self.storage.clock()
         woken = self.storage.woken
 
         def claim() -> tuple[str, list[dict[str, Any]]]:
@@ -7231,7 +8278,7 @@ class _Supervisor:
             if beat.recovered:
                 self.drained = False  # their jobs are pending again: claim them
         if self.flight.jobs:
-            wall = time.time()
+            wall = self.storage.clock()
             for job_id, cancelled, stop_by in self.keeper.stop_requests(now):
                 if cancelled:
                     self.flight.stop_cancelled(job_id, "cancel")
@@ -7286,6 +8333,11 @@ class Worker:
     - ``import_paths``: directories the worker processes import job modules
       from, ahead of the rest of ``sys.path`` (which they inherit from this
       process, the current directory included when it is there).
+    - ``network_filesystem``: open a file on a network filesystem anyway
+      (see `Queue`).
+    - ``listen``: on PostgreSQL, whether the pool LISTENs for new jobs (the
+      default; a dedicated connection), or polls every 50 ms instead: behind
+      PgBouncer in transaction mode, which cannot carry LISTEN.
     - ``create``, ``busy_timeout``, ``secret`` and ``size_limit``: as for
       `Queue`; a `Queue` passed in gives its own.
 
@@ -7313,7 +8365,8 @@ class Worker:
                  memory_limit: int | None = None,
                  secret: str | bytes | Sequence[str | bytes] | None = None,
                  size_limit: int | None = DEFAULT_SIZE_LIMIT,
-                 import_paths: Sequence[str | os.PathLike[str]] = ()):
+                 import_paths: Sequence[str | os.PathLike[str]] = (), listen: bool = True,
+                 network_filesystem: bool = False):
         if getattr(multiprocessing.current_process(), "_inheriting", False):
             # A worker process starting up imports the main script again: one
             # without the guard starts a pool here.  Its exit status tells the
@@ -7325,10 +8378,11 @@ class Worker:
                                 "it: give them to the Queue, or give the pool a path")
             path: str = queue.path
             busy_timeout = queue.busy_timeout
+            network_filesystem = network_filesystem or queue.network_filesystem
             secrets, size_limit = queue._storage.secrets, queue._storage.size_limit
         else:
             path = os.fspath(queue)
-            secrets = _secrets_for(os.path.abspath(path), secret)
+            secrets = _secrets_for(_storage_key(path), secret)
             if size_limit is not None:
                 size_limit = _positive_int(size_limit, "size_limit")
         self.memory_limit = (None if memory_limit is None
@@ -7369,20 +8423,22 @@ class Worker:
         # then short waits for the write lock: a supervisor blocked on another
         # connection's long transaction could neither kill timed-out jobs nor
         # renew leases.  It retries soon instead, keeping what it must write.
-        self._storage: _Storage = _SQLiteStorage(
+        self._storage: _Storage = _open_storage(
             path, durable=False, create=create, busy_timeout=busy_timeout,
-            secrets=secrets, size_limit=size_limit)
+            secrets=secrets, size_limit=size_limit, listen=listen,
+            network_filesystem=network_filesystem)
+        self.network_filesystem = network_filesystem
         self._storage.wait_for_locks(min(busy_timeout, self.lease / 6,
                                          _SUPERVISOR_BUSY_TIMEOUT))
         self.path = self._storage.path
         self._busy_timeout = busy_timeout
-        self._file_identity = self._identify_file()
-        mode = os.stat(self.path).st_mode
-        if mode & 0o022 and not secrets:
+        self._file_identity = self._storage.identity()
+        others = self._storage.open_to()
+        if others and not secrets:
             # Whoever can write the file can make this pool run code: jobs are pickles.
-            _log.warning("%s is writable by %s (mode %o): anyone who can write it can make "
-                         "this pool run code; chmod 600 it, or sign jobs with a secret",
-                         self.path, "everyone" if mode & 0o002 else "its group", mode & 0o777)
+            _log.warning("%s is writable by %s: anyone who can write it can make this pool "
+                         "run code; chmod 600 it, or sign jobs with a secret",
+                         self.path, others)
         #: Unexpected deaths of child processes, one line each (the latest 1000).
         self.crashes: list[str] = []
         #: Jobs this pool has recorded an outcome for, by status.
@@ -7401,10 +8457,6 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<litejobs.Worker {self.id} {self.path}>"
-
-    def _identify_file(self) -> tuple[int, int]:
-        info = os.stat(self.path)
-        return info.st_dev, info.st_ino
 
     # -- control ------------------------------------------------------------
 
@@ -7526,7 +8578,7 @@ class Worker:
         finally:
             with contextlib.suppress(LitejobsError):
                 if not isinstance(self._error, _FileGone):
-                    self._storage.stop_worker(self.id, time.time(), stop_reason)
+                    self._storage.stop_worker(self.id, self._storage.clock(), stop_reason)
             self._storage.close()
             self._ready.set()
             self._ended.set()
@@ -7807,6 +8859,7 @@ def _command_worker(args: argparse.Namespace) -> int:
     try:
         worker = Worker(args.database, processes=args.processes, queues=args.queue or None,
                         lease=args.lease, poll=args.poll, grace=args.grace,
+                        listen=not args.no_listen,
                         max_jobs_per_child=args.max_jobs_per_child,
                         start_method=args.start_method, burst=args.burst, create=args.create,
                         retention=args.retention or None, memory_limit=args.memory_limit,
@@ -7825,7 +8878,9 @@ def _command_init(args: argparse.Namespace) -> int:
     litejobs database is left as it is.  (A Queue created in code, and worker
     --create, do the same.)
     """
-    existed = os.path.exists(args.database)
+    postgres = _is_postgres_url(args.database)
+    existed = postgres or os.path.exists(args.database)
+    version = _POSTGRES_SCHEMA_VERSION if postgres else _SCHEMA_VERSION
     current = False
     if existed:
         try:
@@ -7837,15 +8892,16 @@ def _command_init(args: argparse.Namespace) -> int:
         path = q.path
     if args.json:
         _print_json({"database": path, "created": not existed, "changed": not current,
-                     "schema_version": _SCHEMA_VERSION})
+                     "schema_version": version})
     elif current:
-        print(f"{path} is a litejobs database already (schema version {_SCHEMA_VERSION})")
+        print(f"{path} is a litejobs database already (schema version {version})")
     elif existed:
-        print(f"{path}: litejobs' tables are ready (schema version {_SCHEMA_VERSION}); the "
-              f"file's other tables are untouched")
+        print(f"{path}: litejobs' tables are ready (schema version "
+              f"{version}); the "
+              f"{'database' if postgres else 'file'}'s other tables are untouched")
     else:
         print(f"created {path}: a litejobs database (mode 0600, WAL journal, schema version "
-              f"{_SCHEMA_VERSION})")
+              f"{version})")
     return 0
 
 
@@ -8076,7 +9132,7 @@ def _command_list(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([_job_json(row) for row in rows])
         return 0
-    now = time.time()
+    now = q.now()
     for row in rows:
         print(_job_line(row, now))
     if not rows:
@@ -8355,7 +9411,7 @@ def _command_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(shown)
     else:
-        print("\n".join(_show_text(shown, time.time())))
+        print("\n".join(_show_text(shown, q.now())))
     return 0
 
 
@@ -8569,16 +9625,16 @@ def _command_watch(args: argparse.Namespace) -> int:
     try:
         with _open_to_read(args) as q:
             while True:
-                frame = _watch_frame(q, args.id, time.time())
+                frame = _watch_frame(q, args.id, q.now())
                 if live:  # redraw in place: home, clear the screen
                     sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(frame.lines) + "\n")
                     sys.stdout.flush()
                 elif frame.state != shown and args.json:  # one object per line
-                    print(json.dumps({"time": _format_time(time.time()), **frame.data},
+                    print(json.dumps({"time": _format_time(q.now()), **frame.data},
                                      default=str), flush=True)
                 elif frame.state != shown:  # a block: the time, then lines indented
                     lines = [line for line in frame.lines if line]
-                    print(f"{_format_time(time.time())}  {lines[0]}", flush=True)
+                    print(f"{_format_time(q.now())}  {lines[0]}", flush=True)
                     for line in lines[1:]:
                         print(f"{' ' * 26}{line}", flush=True)
                 shown = frame.state
@@ -8663,6 +9719,9 @@ def _add_worker_command(commands: Any) -> None:
                              f"{DEFAULT_SIZE_LIMIT // 2 ** 20}M)")
     worker.add_argument("--burst", action="store_true",
                         help="run the jobs that are due, then exit 0")
+    worker.add_argument("--no-listen", action="store_true",
+                        help="on PostgreSQL, poll every 50ms rather than LISTEN for new "
+                             "jobs: behind PgBouncer in transaction mode")
     worker.add_argument("--path", action="append", metavar="DIR",
                         help="a directory to import job modules from, ahead of the "
                              "current directory and PYTHONPATH; repeat for several")

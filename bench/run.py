@@ -242,17 +242,20 @@ POOL_ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
 
 class Pool:
     """``python -m litejobs worker`` in its own process, as in production:
-    logging at ``log_level`` (None: the default, info) to a file beside the
-    database."""
+    logging at ``log_level`` (None: the default, info) to ``log_path`` (by
+    default a file beside the database).  ``path`` may be a PostgreSQL URL."""
 
     def __init__(self, path: str, processes: int, durable: bool = False,
-                 log_level: str | None = "warning"):
+                 log_level: str | None = "warning", log_path: str | None = None,
+                 wait: bool = True):
         self.queue = litejobs.Queue(path, durable=durable)
         level = [] if log_level is None else ["--log-level", log_level]
-        with open(path + ".log", "wb") as log:
+        with open(log_path or path + ".log", "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "litejobs", "worker", path, "-p", str(processes),
                  *level], env=POOL_ENV, stderr=log)
+        if not wait:
+            return
         try:
             self.wait_ready(processes)
         except BaseException:
@@ -317,10 +320,15 @@ def memory_growth(folder: str, first: int, last: int) -> dict[str, tuple[int, in
 # -- peers --------------------------------------------------------------------------
 
 
-def huey_missing() -> str | None:
-    if importlib.util.find_spec("huey") is None:
-        return "huey is not installed: pip install -e '.[bench]'"
+def peer_missing(module: str) -> str | None:
+    """Why a peer cannot be measured here, or None."""
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed: pip install -e '.[bench]'"
     return None
+
+
+def huey_missing() -> str | None:
+    return peer_missing("huey")
 
 
 def huey_sqlite(folder: str, count: int, workers: int) -> tuple[float, float]:
@@ -437,10 +445,12 @@ def cold_burst(folder: str, count: int, ramp: int, window: int) -> tuple[float, 
             window / (ends[-1] - ends[-window - 1]))
 
 
-def pool_parallel(folder: str, processes: int, parts: int) -> float:
+def pool_parallel(folder: str, processes: int, parts: int, pool: Pool | None = None) -> float:
     """Parts per second of one parallel of no-op parts with a postprocess,
-    counted from its put to its end, as `pool_drain` counts."""
-    pool = Pool(os.path.join(folder, f"pool-parallel-{processes}.db"), processes)
+    counted from its put to its end, as `pool_drain` counts; on ``pool`` if
+    given (it is closed)."""
+    if pool is None:
+        pool = Pool(os.path.join(folder, f"pool-parallel-{processes}.db"), processes)
     try:
         job = pool.queue.put(litejobs.parallel(*["jobs:noop"] * parts,
                                                postprocess="jobs:completed_parts"))
@@ -476,17 +486,23 @@ def pickup_latency(folder: str, samples: int, durable: bool) -> list[float]:
     inotify reports the write before that: the pool must keep looking.
     """
     pool = Pool(os.path.join(folder, f"pool-latency-{durable}.db"), 2, durable=durable)
-    rng = random.Random(7)
     try:
-        latencies = []
-        for _ in range(samples):
-            time.sleep(rng.uniform(0.02, 0.05))  # idle again, at a random phase
-            job = pool.queue.put("jobs:started_at")
-            put_returned = time.time()
-            latencies.append(max(0.0, job.wait(timeout=60) - put_returned))
-        return sorted(latencies)
+        return pickups(pool.queue, samples)
     finally:
         pool.close()
+
+
+def pickups(queue: litejobs.Queue, samples: int) -> list[float]:
+    """Put ``samples`` jobs, 20 to 50 ms apart, on the queue of an idle pool:
+    the seconds from each put returning to its job starting, sorted."""
+    rng = random.Random(7)
+    latencies = []
+    for _ in range(samples):
+        time.sleep(rng.uniform(0.02, 0.05))  # idle again, at a random phase
+        job = queue.put("jobs:started_at")
+        put_returned = time.time()
+        latencies.append(max(0.0, job.wait(timeout=60) - put_returned))
+    return sorted(latencies)
 
 
 def polling_wait(job: litejobs.Job, timeout: float) -> None:
@@ -544,6 +560,9 @@ def main() -> int:
                         help="skip the peers (huey); litejobs and raw SQLite only")
     parser.add_argument("--dir", help="where to put the databases (default: a temporary "
                                       "folder on the current disk)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="the PostgreSQL rows instead, on a throwaway server of the "
+                             "machine's PostgreSQL (bench/postgres.py)")
     options = parser.parse_args()
     quick = options.quick
     singles_full = 200 if quick else 2000
@@ -572,6 +591,10 @@ def main() -> int:
         print(f"  {measure}: done", file=sys.stderr, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="litejobs-bench-", dir=options.dir or ".") as folder:
+        if options.postgres:
+            import postgres
+            postgres.run_all(quick, peers, folder, row, rows, skipped)
+            return print_table(rows, skipped, quick, postgres.server_version())
         ours, raw = interleaved_commits(folder, singles_full, durable=True)
         durable_puts = ours
         row(f"put, durable ({singles_full})", ours, "raw FULL commit", raw)
@@ -671,10 +694,14 @@ def main() -> int:
                          f"{before / 2 ** 20:.1f} to {after / 2 ** 20:.1f} MiB",
                          "target: grows < 10%", f"{growth:+.1%}"))
 
+    return print_table(rows, skipped, quick, f"SQLite {sqlite3.sqlite_version}")
+
+
+def print_table(rows: list[tuple[str, str, str, str]], skipped: list[str], quick: bool,
+                database: str) -> int:
     stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     print(f"\nlitejobs {litejobs.__version__}, Python {sys.version.split()[0]}, "
-          f"SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs, {stamp}"
-          f"{' (quick)' if quick else ''}\n")
+          f"{database}, {os.cpu_count()} CPUs, {stamp}{' (quick)' if quick else ''}\n")
     header = ("measure", "litejobs", "baseline (same run)", "ratio")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
     for line in [header, tuple("-" * w for w in widths), *rows]:

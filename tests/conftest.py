@@ -52,6 +52,48 @@ def ended_tallies_stay_exact(tmp_path):
             assert ended_tallies_disagree(path) == {}, path
 
 
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway PostgreSQL server for the whole run (tests/postgres_server.py).
+    Where none can run here, the tests that need one are skipped, saying how
+    to get one."""
+    import postgres_server as servers
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg is not installed: python -m pip install -e '.[test]'")
+    if servers.binaries() is None:
+        pytest.skip(f"no PostgreSQL server binaries: {servers.HOW_TO_GET_THEM}")
+    server = servers.Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """The URL of a fresh, empty database on the run's PostgreSQL server."""
+    return postgres_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def each_backend(request, tmp_path):
+    """A fresh queue on each backend in turn: for the modules whose every test
+    must hold on both (they name it ``q``)."""
+    import litejobs
+    if request.param == "postgres":
+        queue = litejobs.Queue(request.getfixturevalue("postgres_url"))
+    else:
+        queue = litejobs.Queue(tmp_path / "litejobs.db")
+    yield queue
+    queue.close()
+
+
+@pytest.fixture
+def sqlite_q(litejobs_queue):
+    """A queue on SQLite, for what only SQLite has (its connections' rules)."""
+    return litejobs_queue
+
+
 @pytest.fixture
 def q(litejobs_queue):
     """The plugin's queue, under a short name."""

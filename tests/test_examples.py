@@ -95,11 +95,12 @@ def test_quickstart_shows_results_and_a_failure(example):
 
 
 UNIT = os.path.join(EXAMPLES, "litejobs-worker.service")
+POSTGRES_UNIT = os.path.join(EXAMPLES, "litejobs-worker-postgres.service")
 
 
-def _unit_settings():
+def _unit_settings(unit=UNIT):
     settings = {}
-    with open(UNIT) as handle:
+    with open(unit) as handle:
         for line in handle:
             line = line.strip()
             if line and not line.startswith(("#", "[")):
@@ -121,11 +122,22 @@ def test_the_systemd_unit_starts_a_valid_pool_that_can_stop_gracefully():
     assert os.path.dirname(args.database) in settings["ReadWritePaths"].split()
 
 
-def test_the_systemd_unit_passes_systemd_analyze(tmp_path):
+def test_the_postgresql_unit_starts_a_pool_on_a_url_that_can_stop_gracefully():
+    settings = _unit_settings(POSTGRES_UNIT)
+    command = settings["ExecStart"].split()
+    args = litejobs._build_parser().parse_args(command[3:])
+    assert args.command == "worker" and args.database.startswith("postgresql://")
+    assert ":" not in args.database.split("//", 1)[1].split("@", 1)[0]  # no password
+    assert settings["KillMode"] == "mixed"
+    assert float(settings["TimeoutStopSec"]) > args.grace
+
+
+@pytest.mark.parametrize("unit_file", [UNIT, POSTGRES_UNIT])
+def test_the_systemd_units_pass_systemd_analyze(tmp_path, unit_file):
     tool = shutil.which("systemd-analyze")
     if tool is None:
         pytest.skip("systemd-analyze is not installed here")
-    with open(UNIT) as handle:
+    with open(unit_file) as handle:
         text = handle.read().replace("/srv/myapp/venv/bin/python", sys.executable)
     unit = tmp_path / "litejobs-worker.service"
     unit.write_text(text)

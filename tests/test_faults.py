@@ -125,15 +125,15 @@ def test_a_job_waiting_behind_a_slow_one_does_not_start_past_its_deadline(
 
 
 def test_a_worker_process_does_not_start_a_job_it_reaches_past_its_deadline():
-    row = {"id": 7, "name": "app:job", "begin_by": time.time() - 1, "attempts": 1,
-           "not_started": 0}
-    outcome = litejobs._too_late(row)
+    now = 1_000_000.0  # the database's clock, which the worker process is given
+    row = {"id": 7, "name": "app:job", "begin_by": now - 1, "attempts": 1, "not_started": 0}
+    outcome = litejobs._too_late(row, now)
     assert outcome is not None and outcome.error_type == "litejobs.DeadlineExceeded"
     assert "its worker process reached it" in outcome.error
-    assert litejobs._too_late({**row, "begin_by": time.time() + 60}) is None
+    assert litejobs._too_late({**row, "begin_by": now + 60}, now) is None
     # A run of it began before, and died: it goes on past the deadline.
-    assert litejobs._too_late({**row, "attempts": 2}) is None
-    assert litejobs._too_late({**row, "attempts": 2, "not_started": 1}) is not None
+    assert litejobs._too_late({**row, "attempts": 2}, now) is None
+    assert litejobs._too_late({**row, "attempts": 2, "not_started": 1}, now) is not None
 
 
 # -- 3. data the pool's own steps choke on -----------------------------------------------

@@ -186,7 +186,8 @@ def claimed(storage, count, *, owner="pool-test"):
 
 
 def recorder(storage, clock=lambda: 0.0):
-    return _Recorder(storage, "pool-test", collections.Counter(), lambda: None, clock)
+    return _Recorder(storage, "pool-test", collections.Counter(), lambda: None,
+                     litejobs._Outage("pool-test", clock), clock)
 
 
 def status_of(storage, job_id):
@@ -264,6 +265,39 @@ def test_a_busy_database_keeps_every_record_for_a_retry_soon(storage):
     assert [r.kind for r in kept.records] == [_WriteKind.REPORT]
     assert kept.completions == [first]
     assert status_of(storage, first.job_id) == "active"
+
+
+def test_an_unreachable_database_keeps_every_record_backs_off_and_logs_once(
+        storage, monkeypatch, caplog):
+    first, second = claimed(storage, 2)
+    now = [10.0]
+    writer = recorder(storage, clock=lambda: now[0])
+    real_write = storage.write
+    down = [True]
+
+    def write(**options):
+        if down[0]:
+            raise litejobs.DatabaseUnreachable("cannot reach PostgreSQL (simulated)")
+        return real_write(**options)
+
+    monkeypatch.setattr(storage, "write", write)
+    writer.completed(first)
+    writer.completed(second)
+    retries = []
+    for _ in range(8):
+        assert writer.write(writer.take(), [], time.time(), None, clock=now[0]) is None
+        retries.append(writer.retry_at - now[0])
+        now[0] = writer.retry_at
+    assert retries == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0])  # doubling, to 5 s
+    assert writer.take().completions == [first, second]
+    writer.completed(first)
+    writer.completed(second)
+    down[0] = False
+    assert writer.write(writer.take(), [], time.time(), None, clock=now[0]) is not None
+    assert [status_of(storage, a.job_id) for a in (first, second)] == [COMPLETED, COMPLETED]
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 2, lines
+    assert "lost its database" in lines[0] and "reached its database again after" in lines[1]
 
 
 def test_after_a_batch_fails_each_record_is_written_alone(storage):

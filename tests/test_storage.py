@@ -11,6 +11,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import pickle
 import random
 import shutil
 import sqlite3
@@ -742,3 +743,42 @@ def test_opening_a_second_queue_keeps_the_first_ones_locks(db_path):
     assert fresh.execute("SELECT count(*) FROM litejobs_jobs").fetchone()[0] == 6
     assert fresh.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     fresh.close()
+
+
+# -- network filesystems --------------------------------------------------------------
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+server:/export /mnt/shared nfs4 rw,relatime 0 0
+//host/share /mnt/smb\\040share cifs rw 0 0
+tmpfs /mnt/shared/local tmpfs rw 0 0
+"""
+
+
+@pytest.mark.parametrize(("directory", "found"), [
+    ("/home/app", None),
+    ("/mnt/shared", "nfs4"),
+    ("/mnt/shared/jobs/deep", "nfs4"),
+    ("/mnt/shared/local/jobs", None),  # a local filesystem mounted inside the share
+    ("/mnt/sharedother", None),  # a sibling whose name starts the same
+    ("/mnt/smb share/x", "cifs"),
+])
+def test_the_mount_table_tells_which_directories_are_on_a_network_filesystem(
+        directory, found):
+    assert litejobs._network_filesystem(directory, MOUNTS) == found
+
+
+def test_a_file_on_a_network_filesystem_is_refused_unless_the_user_says_so(
+        tmp_path, monkeypatch):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/x {tmp_path} nfs rw 0 0\n")
+    monkeypatch.setattr(litejobs, "_MOUNTS", str(mounts))
+    with pytest.raises(litejobs.DatabaseError, match=r"network filesystem \(nfs\).*PostgreSQL"):
+        litejobs.Queue(tmp_path / "jobs.db")
+    assert not (tmp_path / "jobs.db").exists()  # refused before anything was created
+    with litejobs.Queue(tmp_path / "jobs.db", network_filesystem=True) as q:
+        assert q.put(litejobs.Job(abs, -1)).status == "pending"
+        assert pickle.loads(pickle.dumps(q)).counts()["pending"] == 1  # reopened as allowed
+    monkeypatch.setenv("LITEJOBS_NETWORK_FILESYSTEM", "1")
+    litejobs.Queue(tmp_path / "jobs.db").close()

@@ -3,8 +3,9 @@
 Each test takes the ``backend`` fixture: a `litejobs.Queue` on the backend
 under test, whose ``_storage`` the test drives with plain values (ids,
 tokens, Unix times, rows as dicts).  Jobs are planned as `Queue.put` plans
-them, so that the rows are those a real put writes.  Today the fixture yields
-SQLite; another backend joins by adding itself to ``BACKENDS``.
+them, so that the rows are those a real put writes.  The fixture yields
+SQLite and PostgreSQL (on the run's throwaway server); another backend joins
+by adding itself to conftest's ``each_backend``.
 """
 
 from __future__ import annotations
@@ -24,15 +25,12 @@ from litejobs import (ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, WAITING, Jo
 from pool_rows import finished_pid
 
 SECRET = "a contract secret of 32 bytes..."
-BACKENDS = ["sqlite"]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request, tmp_path):
-    """A queue on a fresh database of each backend."""
-    queue = litejobs.Queue(tmp_path / "contract.db")
-    yield queue
-    queue.close()
+@pytest.fixture
+def backend(each_backend):
+    """A queue on a fresh database of each backend (see conftest)."""
+    return each_backend
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ must let time pass on purpose (to outlive a lease), it says so.
 Some tests need several jobs in one message to one child (a "batch"): a pool
 sends jobs one at a time until it has seen that they are quick, so those tests
 first run a few hundred quick jobs (`warm_up`).  Tests of a failing database
-patch ``litejobs._SQLiteStorage.finish``, which the supervisor, a thread of
+patch the storage class's ``finish``, which the supervisor, a thread of
 this process, calls to record outcomes.
 """
 
@@ -28,7 +28,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sqlite3
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ import pytest
 
 import litejobs
 import sample_jobs
+from backends import change, outsider, row_of, write_lock_held
 from waiting import (WAIT, child_pids, pid_alive, process_ended, stop_all, wait_for_pid,
                      wait_until)
 from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, Job
@@ -92,31 +92,6 @@ def live_children(worker):
             if child.ready and child.process.is_alive()]
 
 
-@contextlib.contextmanager
-def raw_db(path):
-    """A plain sqlite3 connection to the file, outside litejobs."""
-    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def job_row(path, job_id):
-    with raw_db(path) as conn:
-        conn.row_factory = sqlite3.Row
-        return dict(conn.execute("SELECT * FROM litejobs_jobs WHERE id = ?",
-                                 (job_id,)).fetchone())
-
-
-def worker_row(path, worker_id):
-    with raw_db(path) as conn:
-        conn.row_factory = sqlite3.Row
-        row = conn.execute("SELECT * FROM litejobs_workers WHERE id = ?",
-                           (worker_id,)).fetchone()
-        return None if row is None else dict(row)
-
-
 def warm_up(q, worker, count=300):
     """Run ``count`` quick jobs, so that the pool has seen its jobs are quick
     and hands them out in chunks: from then on several jobs claimed together
@@ -148,6 +123,13 @@ def stop_in_thread(worker, grace):
 def expected_counts(**expected):
     """The queue's counts, all zero but those given."""
     return dict({status: 0 for status in litejobs.STATUSES}, **expected)
+
+
+@pytest.fixture
+def q(each_backend):
+    """Every test here holds on each backend, but for those of SQLite's own
+    behaviour (its write lock, its file), which take ``sqlite_q``."""
+    return each_backend
 
 
 @pytest.fixture
@@ -527,7 +509,7 @@ def test_stop_with_grace_lets_a_running_job_finish(q, pool, tmp_path):
     assert job.refresh().status == COMPLETED
     assert job.result == "finished"
     assert q.counts() == expected_counts(completed=1)
-    row = worker_row(q.path, worker.id)
+    row = row_of(q, "litejobs_workers", worker.id)
     assert row["stopped_at"] is not None
 
 
@@ -579,15 +561,11 @@ def test_stop_releases_jobs_claimed_but_not_started(q, pool, tmp_path):
 # -- 13. the fence ------------------------------------------------------------------------------------
 
 
-def steal(path, job_id, token, expires=None):
+def steal(q, job_id, token, expires=None):
     """Give the job's row to another (imaginary) attempt, as a newer claim would."""
-    with raw_db(path) as conn:
-        changed = conn.execute(
-            "UPDATE litejobs_jobs SET lease_token = ?, lease_owner = 'thief',"
-            " lease_expires = coalesce(?, lease_expires)"
-            " WHERE id = ? AND status = 'active'",
-            (token, expires, job_id)).rowcount
-    assert changed == 1
+    assert change(q, "UPDATE litejobs_jobs SET lease_token = ?, lease_owner = 'thief',"
+                     " lease_expires = coalesce(?, lease_expires)"
+                     " WHERE id = ? AND status = 'active'", (token, expires, job_id)) == 1
 
 
 def test_an_outcome_whose_lease_was_lost_is_discarded(q, pool, tmp_path, caplog):
@@ -598,12 +576,12 @@ def test_an_outcome_whose_lease_was_lost_is_discarded(q, pool, tmp_path, caplog)
     release = str(tmp_path / "go")
     job = q.put(Job(sample_jobs.wait_for_file, release))
     litejobs.wait_for_start(job, timeout=WAIT)
-    steal(q.path, job.id, "another-attempt", expires=time.time() + 600)
+    steal(q, job.id, "another-attempt", expires=time.time() + 600)
 
     open(release, "w").close()
     wait_until(lambda: worker.finished["lease lost"] == 1, WAIT, "the discarded outcome")
 
-    row = job_row(q.path, job.id)
+    row = row_of(q, "litejobs_jobs", job.id)
     assert row["status"] == ACTIVE
     assert row["lease_token"] == "another-attempt"
     assert row["lease_owner"] == "thief"
@@ -623,12 +601,12 @@ def test_a_lease_lost_on_renewal_stops_the_run(q, pool, tmp_path, caplog):
     worker = pool(lease=1)  # renewed every 1/3 s: the theft is noticed at once
     job = q.put(Job(sample_jobs.block_first_attempt, str(tmp_path)))
     runner = wait_for_pid(str(tmp_path / "started-1"))
-    steal(q.path, job.id, "another-attempt", expires=time.time() + 600)
+    steal(q, job.id, "another-attempt", expires=time.time() + 600)
 
     wait_until(lambda: not pid_alive(runner), 10, "the run that lost its lease to stop")
 
     wait_until(lambda: len(live_children(worker)) == 1, WAIT, "a replacement child")
-    row = job_row(q.path, job.id)
+    row = row_of(q, "litejobs_jobs", job.id)
     assert (row["status"], row["lease_token"], row["lease_owner"]) == (
         ACTIVE, "another-attempt", "thief")
     assert row["interruptions"] == 0  # the row is the other attempt's: untouched
@@ -656,7 +634,7 @@ def test_retry_through_the_pool(q, pool):
 
 def test_the_pool_registers_and_heartbeats_in_the_workers_table(q, pool):
     worker = pool(processes=2, lease=1.5, queues=["a", "b"])  # heartbeat every 0.5 s
-    row = worker_row(q.path, worker.id)
+    row = row_of(q, "litejobs_workers", worker.id)
     assert row is not None
     assert row["pid"] == os.getpid()
     assert row["processes"] == 2
@@ -666,11 +644,11 @@ def test_the_pool_registers_and_heartbeats_in_the_workers_table(q, pool):
     assert worker.id.startswith("pool@")
 
     first = row["heartbeat_at"]
-    wait_until(lambda: worker_row(q.path, worker.id)["heartbeat_at"] > first, 10,
+    wait_until(lambda: row_of(q, "litejobs_workers", worker.id)["heartbeat_at"] > first, 10,
                "a second heartbeat")
 
     worker.stop(grace=1)
-    row = worker_row(q.path, worker.id)
+    row = row_of(q, "litejobs_workers", worker.id)
     assert row["stopped_at"] is not None
     assert row["stopped_at"] >= row["heartbeat_at"]
     assert row["stop_reason"] == "stopped"
@@ -719,7 +697,7 @@ def test_a_second_pool_starts_and_runs_jobs_after_the_first_stopped(q, pool):
     second.stop(grace=1)
 
     # Every connection, old or new, in this process or not, sees both jobs.
-    with raw_db(q.path) as conn:
+    with outsider(q) as conn:
         assert conn.execute("SELECT count(*) FROM litejobs_jobs"
                             " WHERE status = 'completed'").fetchone() == (2,)
     assert q.counts() == expected_counts(completed=2)
@@ -891,7 +869,7 @@ def test_a_second_stop_with_a_shorter_grace_wins(q, pool, tmp_path, caplog):
 def test_an_outcome_that_cannot_be_written_fails_its_job_not_the_batch(q, pool, monkeypatch):
     worker = pool(processes=1)
     warmed = warm_up(q, worker)
-    real_finish = litejobs._SQLiteStorage.finish
+    real_finish = type(q._storage).finish
 
     def finish(self, job_id, token, *, result=None, **options):
         # The supervisor runs in a thread of this process: it uses this.
@@ -899,7 +877,7 @@ def test_an_outcome_that_cannot_be_written_fails_its_job_not_the_batch(q, pool, 
             raise litejobs.DatabaseError("disk I/O error (simulated)")
         return real_finish(self, job_id, token, result=result, **options)
 
-    monkeypatch.setattr(litejobs._SQLiteStorage, "finish", finish)
+    monkeypatch.setattr(type(q._storage), "finish", finish)
     # Claimed together, run by one child in one batch, so the big result is
     # written in the same transaction as (some of) the quick ones.
     *quick, big = q.put_many([Job(sample_jobs.add, i, 1) for i in range(20)]
@@ -927,7 +905,7 @@ def test_a_busy_lock_while_writing_one_by_one_keeps_good_outcomes_for_later(
     failure: it is kept and written once the lock is free."""
     worker = pool(processes=1)
     warmed = warm_up(q, worker)
-    real_finish = litejobs._SQLiteStorage.finish
+    real_finish = type(q._storage).finish
     calls = collections.Counter()
     # Due in a second, so both are claimed, run and recorded together.
     good, bad = q.put_many([Job(sample_jobs.add, 2, 3), Job(sample_jobs.add, 0, 0)],
@@ -941,7 +919,7 @@ def test_a_busy_lock_while_writing_one_by_one_keeps_good_outcomes_for_later(
             raise litejobs.DatabaseBusy("database is locked (simulated)")
         return real_finish(self, job_id, token, **options)
 
-    monkeypatch.setattr(litejobs._SQLiteStorage, "finish", finish)
+    monkeypatch.setattr(type(q._storage), "finish", finish)
 
     assert good.wait(timeout=WAIT) == 5
     with pytest.raises(litejobs.JobFailed):
@@ -957,7 +935,7 @@ def test_a_record_that_cannot_be_written_at_all_is_dropped_and_its_job_runs_agai
         q, pool, monkeypatch):
     worker = pool(processes=1, lease=1)  # a dropped job comes back after 1 s
     warmed = warm_up(q, worker)
-    real_finish = litejobs._SQLiteStorage.finish
+    real_finish = type(q._storage).finish
     failing = set()  # ids of jobs whose every finish() fails, result or failure alike
 
     def finish(self, job_id, token, **options):
@@ -965,7 +943,7 @@ def test_a_record_that_cannot_be_written_at_all_is_dropped_and_its_job_runs_agai
             raise litejobs.DatabaseError("disk I/O error (simulated)")
         return real_finish(self, job_id, token, **options)
 
-    monkeypatch.setattr(litejobs._SQLiteStorage, "finish", finish)
+    monkeypatch.setattr(type(q._storage), "finish", finish)
     # Due in a second, so that the test knows the target's id before it runs.
     jobs = q.put_many([Job(sample_jobs.add, i, 1000) for i in range(20)], begin_after=1.0)
     target = jobs[7]
@@ -998,17 +976,13 @@ def test_a_timeout_is_enforced_while_another_connection_holds_the_write_lock(
     job = q.put(Job(mark_then_sleep, marker, 60), timeout=3)
     runner = wait_for_pid(marker)
 
-    with raw_db(q.path) as conn:
-        conn.execute("BEGIN IMMEDIATE")  # hold the write lock
-        try:
-            # Before the job's 3 s are up, the pool's next heartbeat comes due
-            # and finds the database locked.  The kill must come anyway.
-            wait_until(lambda: process_ended(runner), 8,
-                       "the timed-out job's process to be killed")
-            # The failure cannot have been written: the lock is still held.
-            assert job.refresh().status == ACTIVE
-        finally:
-            conn.execute("ROLLBACK")
+    with write_lock_held(q):
+        # Before the job's 3 s are up, the pool's next heartbeat comes due
+        # and finds the database locked.  The kill must come anyway.
+        wait_until(lambda: process_ended(runner), 8,
+                   "the timed-out job's process to be killed")
+        # The failure cannot have been written: the lock is still held.
+        assert job.refresh().status == ACTIVE
 
     with pytest.raises(litejobs.JobFailed) as failure:
         job.wait(timeout=WAIT)
@@ -1045,7 +1019,7 @@ def test_a_timed_job_is_killed_even_when_it_starts_while_the_pool_waits(q, pool)
 def test_a_busy_database_on_a_read_does_not_stop_the_pool(q, pool, monkeypatch):
     """SQLite readers can get SQLITE_BUSY (during WAL recovery); the
     supervisor's reads then look again later, as its writes do."""
-    real = litejobs._SQLiteStorage.data_version
+    real = type(q._storage).data_version
     calls = collections.Counter()
 
     def data_version(self):
@@ -1054,7 +1028,7 @@ def test_a_busy_database_on_a_read_does_not_stop_the_pool(q, pool, monkeypatch):
             raise litejobs.DatabaseBusy("database is locked (simulated)")
         return real(self)
 
-    monkeypatch.setattr(litejobs._SQLiteStorage, "data_version", data_version)
+    monkeypatch.setattr(type(q._storage), "data_version", data_version)
     worker = pool(processes=1)
     wait_until(lambda: calls["all"] >= 5, WAIT, "the idle pool to check for changes")
     assert worker.alive

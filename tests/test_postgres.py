@@ -1,0 +1,197 @@
+"""What only PostgreSQL has: URLs and passwords, the server's clock, LISTEN
+and NOTIFY, advisory locks, and a server that restarts or cuts connections
+under a running pool.  What both backends share is tested on both
+(tests/test_storage_contract.py, test_composition*.py, test_worker.py).
+
+Every test runs on the run's throwaway server (conftest ``postgres_server``),
+but those that restart a server, which start one of their own."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pickle
+import select
+import subprocess
+import sys
+import time
+import urllib.parse
+
+import pytest
+
+import litejobs
+import postgres_server
+import sample_jobs
+from litejobs import COMPLETED, PENDING, Job
+from waiting import WAIT, wait_until
+
+
+def with_password(url, password):
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(
+        netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port}"))
+
+
+def test_a_url_without_psycopg_installed_names_the_extra(monkeypatch, postgres_url):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg raises ImportError
+    with pytest.raises(litejobs.DatabaseError, match=r"pip install 'litejobs\[postgres\]'"):
+        litejobs.Queue(postgres_url)
+
+
+def test_importing_litejobs_never_imports_psycopg():
+    found = subprocess.run([sys.executable, "-c", "import sys, litejobs; "
+                            "print('psycopg' in sys.modules)"],
+                           capture_output=True, text=True, timeout=60)
+    assert found.stdout.strip() == "False", found.stderr
+
+
+def test_the_password_of_a_url_is_never_shown_nor_pickled_but_pools_still_connect(
+        postgres_url, tmp_path):
+    url = with_password(postgres_url, "hunter2-secret")
+    q = litejobs.Queue(url)
+    assert "hunter2" not in q.path and "hunter2" not in repr(q)
+    assert b"hunter2" not in pickle.dumps(q)
+    job = q.put(Job(sample_jobs.add, 1, 2))
+    assert b"hunter2" not in pickle.dumps(job)
+    with q.worker(processes=1):  # spawned worker processes connect as the pool does
+        assert job.wait(timeout=WAIT) == 3
+    status = subprocess.run([sys.executable, "-m", "litejobs", "status", url],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "hunter2" not in status.stdout + status.stderr
+    q.close()
+
+
+def test_times_are_the_servers_even_on_a_host_whose_clock_is_an_hour_behind(
+        postgres_url, monkeypatch):
+    real = time.time
+    monkeypatch.setattr(litejobs.time, "time", lambda: real() - 3600)
+    q = litejobs.Queue(postgres_url)
+    job = q.put(Job(sample_jobs.add, 1, 1), begin_after=60)
+    assert job.created_at.timestamp() == pytest.approx(real(), abs=5)
+    assert job.begin_after.timestamp() == pytest.approx(real() + 60, abs=5)
+    assert q.now() == pytest.approx(real(), abs=5)
+    # A run claims it only once the server's clock says it is due.
+    assert q.run_pending() == 0
+    token, claimed = q._storage.claim(owner="late-host", queues=None, now=q.now(),
+                                      expires=q.now() + 30, limit=5)
+    assert claimed == []
+    q.close()
+
+
+def test_a_commit_that_changes_jobs_wakes_a_listener_without_polling(postgres_url):
+    q = litejobs.Queue(postgres_url)
+    watch = q._storage.change_watch()
+    try:
+        watch.written()  # nothing yet
+        other = litejobs.Queue(postgres_url)
+        other.put(Job(sample_jobs.add, 1, 1))
+        readable, _, _ = select.select([watch.fd], [], [], WAIT)
+        assert readable == [watch.fd]
+        assert watch.written()
+        assert not watch.written()  # read once
+        other.close()
+    finally:
+        watch.close()
+        q.close()
+
+
+def test_puts_of_one_key_at_once_from_many_connections_make_one_job(postgres_url):
+    queues = [litejobs.Queue(postgres_url) for _ in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(lambda q: q.put(Job(sample_jobs.add, 1, 1), key="only-one").id,
+                           queues))
+    assert len(ids) == 1
+    assert queues[0].counts()["pending"] == 1
+    for q in queues:
+        q.close()
+
+
+def test_processes_opening_a_new_database_at_once_migrate_it_once(postgres_url):
+    script = ("import sys, litejobs; q = litejobs.Queue(sys.argv[1]); "
+              "print(q.put(litejobs.Job(abs, -1)).id)")
+    runs = [subprocess.Popen([sys.executable, "-c", script, postgres_url],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(4)]
+    outputs = [run.communicate(timeout=60) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, outputs
+    assert sorted(int(out) for out, _ in outputs) == [1, 2, 3, 4]
+
+
+def test_litejobs_leaves_the_applications_tables_and_settings_alone(postgres_url):
+    import psycopg
+    with psycopg.connect(postgres_url, autocommit=True) as app:
+        app.execute("CREATE TABLE orders (id integer PRIMARY KEY, item text)")
+        app.execute("INSERT INTO orders VALUES (1, 'book')")
+    q = litejobs.Queue(postgres_url)
+    q.put(Job(sample_jobs.add, 1, 1))
+    with psycopg.connect(postgres_url, autocommit=True) as app:
+        assert app.execute("SELECT * FROM orders").fetchall() == [(1, "book")]
+        tables = {name for name, in app.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
+    assert tables == {"orders", "litejobs_jobs", "litejobs_workers", "litejobs_ended_counts",
+                      "litejobs_schema"}
+    q.close()
+
+
+def test_put_through_an_autocommit_connection_with_no_transaction_is_refused(postgres_url):
+    import psycopg
+    q = litejobs.Queue(postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as app:
+        with pytest.raises(ValueError, match="autocommit"):
+            q.put(Job(sample_jobs.add, 1, 1), conn=app)
+    with pytest.raises(TypeError, match="psycopg.Connection"):
+        q.put(Job(sample_jobs.add, 1, 1), conn=object())
+    assert q.counts()["pending"] == 0
+    q.close()
+
+
+# -- a server that goes away --------------------------------------------------------------
+
+
+@pytest.fixture
+def own_server():
+    """A server of this test's own, which it may stop and start."""
+    server = postgres_server.Server().start()
+    yield server
+    server.stop()
+
+
+def test_a_pool_survives_a_server_restart_and_a_cut_connection_and_loses_nothing(
+        own_server, caplog):
+    url = own_server.new_database()
+    q = litejobs.Queue(url)
+    database = urllib.parse.urlsplit(url).path.lstrip("/")
+    first = q.put_many([Job(sample_jobs.add, i, 0) for i in range(50)])
+    with q.worker(processes=2, lease=2) as pool:
+        wait_until(lambda: q.counts()["completed"] == 50, WAIT, "the first jobs")
+        own_server.restart()
+        second = q.put_many([Job(sample_jobs.add, i, 0) for i in range(50)])
+        assert own_server.terminate_connections(database) > 0  # the pool's, and q's
+        third = q.put_many([Job(sample_jobs.add, i, 0) for i in range(50)])
+        own_server.halt()
+        with pytest.raises(litejobs.DatabaseUnreachable, match="cannot reach PostgreSQL"):
+            q.put(Job(sample_jobs.add, 1, 1))
+        time.sleep(1.0)  # on purpose: the pool runs into the outage
+        own_server.resume()
+        fourth = q.put_many([Job(sample_jobs.add, i, 0) for i in range(50)])
+        wait_until(lambda: q.counts()["completed"] == 200, WAIT, "every job after the outage")
+        assert pool.alive and pool.crashes == []
+    for job in first + second + third + fourth:
+        assert job.refresh().status == COMPLETED and job.attempts == 1
+    lost = [r for r in caplog.records if "lost its database" in r.getMessage()]
+    back = [r for r in caplog.records if "reached its database again" in r.getMessage()]
+    assert len(lost) == len(back) >= 1
+    q.close()
+
+
+def test_a_put_while_the_server_is_down_raises_and_the_next_one_after_works(own_server):
+    url = own_server.new_database()
+    q = litejobs.Queue(url)
+    q.put(Job(sample_jobs.add, 1, 1))
+    own_server.halt()
+    with pytest.raises(litejobs.DatabaseUnreachable):
+        q.put(Job(sample_jobs.add, 2, 2))
+    own_server.resume()
+    assert q.put(Job(sample_jobs.add, 3, 3)).status == PENDING
+    assert q.counts()["pending"] == 2
+    q.close()
