@@ -168,6 +168,9 @@ _NETWORK_FILESYSTEMS = frozenset((
     "fuse.s3fs", "fuse.gcsfuse", "fuse.rclone",
 ))
 _NETWORK_FILESYSTEM_ENV = "LITEJOBS_NETWORK_FILESYSTEM"  # "1": open such files anyway
+# The name pools register their host under (default: the host name), for
+# hosts that share one (containers): a pool checks only the pids of its host.
+_HOST_ENV = "LITEJOBS_HOST"
 _PROGRESS_INTERVAL = 1.0  # seconds between a job's progress writes, at most
 _META_MOST = 64 * 2 ** 10  # bytes of JSON a job's meta may take
 _MESSAGE_MOST = 1000  # characters of a progress message kept
@@ -221,6 +224,7 @@ _MIN_LEASE = 0.1  # seconds; renewals come every lease / 3
 _CRASHES_KEPT = 1000  # Worker.crashes keeps the latest this many
 _SUPERVISOR_BUSY_TIMEOUT = 1.0  # seconds a supervisor waits for the write lock
 _BUSY_BACKOFF = 0.05  # seconds before a supervisor retries after a busy database
+_DEADLOCK_RETRIES = 5  # PostgreSQL: times a user's cancel (and the like) is tried again
 _RECONNECT_BACKOFF = (0.1, 5.0)  # seconds: the first wait for an unreachable database, the longest
 _MAX_YOUNG_DEATHS = 8  # children dying before they are ready, in a row, stop a pool
 _START_MARK_AFTER = 0.05  # seconds a run goes before its pool records that it began
@@ -1208,6 +1212,30 @@ WHERE id IN (SELECT id FROM tree) AND status IN ('pending', 'waiting', 'active')
 
 _STATUS_OF = "SELECT status FROM litejobs_jobs WHERE id = ?"
 
+# -- copying unfinished jobs to another database --------------------------------------
+#
+# Whole trees, so that composites, their parts (ended ones included) and
+# callbacks go together: the trees that hold a pending or waiting job.
+_UNFINISHED_TREES = f"""
+WITH RECURSIVE up (id, parent_id) AS (
+    SELECT id, parent_id FROM litejobs_jobs WHERE status IN ('pending', 'waiting')
+    UNION
+    SELECT job.id, job.parent_id FROM litejobs_jobs AS job JOIN up ON job.id = up.parent_id),
+down (id) AS (
+    SELECT id FROM up WHERE parent_id IS NULL
+    UNION
+    SELECT job.id FROM litejobs_jobs AS job JOIN down ON job.parent_id = down.id)
+SELECT {_JOB_COLUMNS}, payload, signature, result, result_signature, lease_token
+FROM litejobs_jobs WHERE id IN (SELECT id FROM down)
+ORDER BY id
+"""
+# Every column a copied row keeps (leases are never copied: no job running).
+_COPIED_COLUMNS = tuple(name.strip() for name in _JOB_COLUMNS.split(",")
+                        if name.strip() not in ("lease_owner", "lease_expires")) + (
+    "payload", "signature", "result", "result_signature")
+_INSERT_COPY = (f"INSERT INTO litejobs_jobs ({', '.join(_COPIED_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(_COPIED_COLUMNS))})")
+
 _UNDONE_PARTS = """
 SELECT id, error FROM litejobs_jobs
 WHERE parent_id = :id AND role = 'part' AND status IN ('failed', 'cancelled')
@@ -1230,7 +1258,8 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Ids come in consecutive runs (a composite and its parts are linked
         # before they are inserted): a run is reserved under a short lock of
         # its own, so that no other reservation falls inside it.  Held for two
-        # statements, not for the transaction, which may be long.
+        # statements, not for the transaction, which may be long; neither can
+        # fail short of the 2**63 ids running out.
         """
         CREATE FUNCTION litejobs_reserve_ids(wanted bigint) RETURNS bigint
         LANGUAGE plpgsql AS $$
@@ -1239,15 +1268,10 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             first bigint;
         BEGIN
             PERFORM pg_advisory_lock(lock_key);
-            BEGIN
-                first := nextval('litejobs_jobs_id_seq');
-                IF wanted > 1 THEN
-                    PERFORM setval('litejobs_jobs_id_seq', first + wanted - 1);
-                END IF;
-            EXCEPTION WHEN OTHERS THEN
-                PERFORM pg_advisory_unlock(lock_key);
-                RAISE;
-            END;
+            first := nextval('litejobs_jobs_id_seq');
+            IF wanted > 1 THEN
+                PERFORM setval('litejobs_jobs_id_seq', first + wanted - 1);
+            END IF;
             PERFORM pg_advisory_unlock(lock_key);
             RETURN first;
         END
@@ -1351,19 +1375,27 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             stop_reason  text
         )
         """,
+        # The tallies of ended jobs, as on SQLite, but each (queue, status)
+        # in 16 slots, one picked by the writing connection: every end counts
+        # in the transaction that records it, and with one row for all,
+        # pools on many hosts would queue on that row's lock.  Counts add
+        # the slots up (`_POSTGRES_SUM_ENDED`); a slot may go below zero.
         """
         CREATE TABLE litejobs_ended_counts (
-            queue  text   NOT NULL,
-            status text   NOT NULL,
-            jobs   bigint NOT NULL,
-            PRIMARY KEY (queue, status)
+            queue  text    NOT NULL,
+            status text    NOT NULL,
+            slot   integer NOT NULL,
+            jobs   bigint  NOT NULL,
+            PRIMARY KEY (queue, status, slot)
         )
         """,
         """
         CREATE FUNCTION litejobs_uncount_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            UPDATE litejobs_ended_counts SET jobs = jobs - 1
-            WHERE queue = OLD.queue AND status = OLD.status;
+            INSERT INTO litejobs_ended_counts (queue, status, slot, jobs)
+            VALUES (OLD.queue, OLD.status, pg_backend_pid() % 16, -1)
+            ON CONFLICT (queue, status, slot)
+            DO UPDATE SET jobs = litejobs_ended_counts.jobs - 1;
             RETURN NULL;
         END
         $$
@@ -1373,25 +1405,50 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         FOR EACH ROW WHEN (OLD.status IN ('completed', 'failed', 'cancelled'))
         EXECUTE FUNCTION litejobs_uncount_deleted()
         """,
-        # Wakes the pools that LISTEN, at the commit of any change of jobs
-        # (NOTIFY is delivered at commit; repeats within a transaction fold
-        # into one).  A statement trigger, so a batch notifies once.
+        # Wakes those that LISTEN, at commit (NOTIFY is delivered then, and
+        # repeats within a transaction fold into one): pools on
+        # litejobs_due when jobs became pending, Job.wait on litejobs_ended
+        # when jobs ended.  Claims, renewals and progress notify nobody, so
+        # that many pools on one server do not wake one another for nothing.
+        # Statement triggers: a batch notifies once.  Inserted jobs are new,
+        # so none has ended, and most are due: an insert notifies pools
+        # without looking at its rows.
         """
-        CREATE FUNCTION litejobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        CREATE FUNCTION litejobs_notify_due() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            PERFORM pg_notify('litejobs', '');
+            PERFORM pg_notify('litejobs_due', '');
             RETURN NULL;
         END
         $$
         """,
         """
-        CREATE TRIGGER litejobs_jobs_notify AFTER INSERT OR UPDATE OR DELETE ON litejobs_jobs
+        CREATE FUNCTION litejobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM changed WHERE status = 'pending') THEN
+                PERFORM pg_notify('litejobs_due', '');
+            END IF;
+            IF EXISTS (SELECT 1 FROM changed
+                       WHERE status IN ('completed', 'failed', 'cancelled')) THEN
+                PERFORM pg_notify('litejobs_ended', '');
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE TRIGGER litejobs_jobs_notify_insert AFTER INSERT ON litejobs_jobs
+        FOR EACH STATEMENT EXECUTE FUNCTION litejobs_notify_due()
+        """,
+        """
+        CREATE TRIGGER litejobs_jobs_notify_update AFTER UPDATE ON litejobs_jobs
+        REFERENCING NEW TABLE AS changed
         FOR EACH STATEMENT EXECUTE FUNCTION litejobs_notify()
         """,
     ),
 )
 _POSTGRES_SCHEMA_VERSION = len(_POSTGRES_MIGRATIONS)
-_POSTGRES_CHANNEL = "litejobs"
+_POSTGRES_DUE = "litejobs_due"  # the channel of jobs that became pending
+_POSTGRES_ENDED = "litejobs_ended"  # the channel of jobs that ended
 
 _POSTGRES_CREATE_VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS litejobs_schema (
@@ -1416,6 +1473,19 @@ SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.litejobs key'), hash
 _POSTGRES_SNAPSHOT = "SELECT pg_current_snapshot()::text"
 _POSTGRES_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 _POSTGRES_SERVER = "SELECT system_identifier FROM pg_control_system()"
+
+# The tallies of ended jobs, in the slot of the writing connection.
+_POSTGRES_COUNT_ENDED = """
+INSERT INTO litejobs_ended_counts (queue, status, slot, jobs)
+VALUES (?, ?, pg_backend_pid() % 16, ?)
+ON CONFLICT (queue, status, slot) DO UPDATE SET jobs = litejobs_ended_counts.jobs + excluded.jobs
+"""
+_POSTGRES_UNCOUNT_ENDED = """
+INSERT INTO litejobs_ended_counts (queue, status, slot, jobs)
+SELECT queue, status, pg_backend_pid() % 16, -1 FROM litejobs_jobs
+WHERE id = ? AND status IN ('completed', 'failed', 'cancelled')
+ON CONFLICT (queue, status, slot) DO UPDATE SET jobs = litejobs_ended_counts.jobs - 1
+"""
 
 # Claims lock the due rows they take with SKIP LOCKED, so that claims from
 # many pools at once never wait on one another nor take the same job.  The
@@ -1456,6 +1526,13 @@ _POSTGRES_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"\(1 << min\(interruptions - 1, 30\)\)",
          "(1::bigint << min(interruptions - 1, 30)::integer)"),
         (r"ELSE :(result|result_signature) END", r"ELSE CAST(:\1 AS bytea) END"),
+        # The tallies' slots (see litejobs_ended_counts in the migrations).
+        (re.escape(_COUNT_ENDED), _POSTGRES_COUNT_ENDED),
+        (re.escape(_UNCOUNT_ENDED), _POSTGRES_UNCOUNT_ENDED),
+        (re.escape("SELECT queue, status, jobs FROM litejobs_ended_counts WHERE jobs > 0"),
+         "SELECT queue, status, sum(jobs)::bigint FROM litejobs_ended_counts"
+         " WHERE TRUE"),
+        (r"(WHERE TRUE(?: AND queue = :queue)?)$", r"\1 GROUP BY queue, status HAVING sum(jobs) > 0"),
         (r"FROM sqlite_master WHERE type = 'table' AND name = 'litejobs_schema'",
          "FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'litejobs_schema'"),
     ))
@@ -1766,9 +1843,15 @@ def _crash_point(point: str) -> None:
 # application's long transaction) is starved, not dead, and keeps its jobs.
 
 
+def _host_name() -> str:
+    """This host's name, as pools register it (``LITEJOBS_HOST``, or the
+    host name)."""
+    return os.environ.get(_HOST_ENV) or socket.gethostname()
+
+
 def _owner_id(kind: str) -> str:
     """The id of a runner (a pool, or a run_pending call): kind@host:pid:random."""
-    return f"{kind}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return f"{kind}@{_host_name()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -1819,7 +1902,7 @@ def _runner_alive_here(host: str | None, pid: int | None, since: float | None) -
     on this host: its process exists, is neither stopped nor a zombie, and
     started before ``since`` (a process that started later got the pid of a
     dead one).  None for a runner elsewhere: only its heartbeat can tell."""
-    if host != socket.gethostname() or pid is None:
+    if host != _host_name() or pid is None:
         return None
     state = _process_state(pid)
     if state is None or state[0] in "TtZXx":
@@ -1918,7 +2001,11 @@ class _WalWatch:
 
     def __init__(self, fd: int, wal_name: bytes):
         self.fd = fd
+        self.broken = False  # inotify's descriptor does not break
         self._wal_name = wal_name
+
+    def reopen(self) -> None:
+        """Nothing to do (see `broken`)."""
 
     @classmethod
     def open(cls, database: str) -> _WalWatch | None:
@@ -1974,7 +2061,7 @@ class _CommitWatch:
 
     def __init__(self, storage: _Connections):
         self._storage = storage
-        self._wal = storage.change_watch()
+        self._wal = storage.change_watch(ends=True)
         self._version = storage.data_version()
         self._settle_until = -math.inf
         self._pause = _SETTLE_CHECKS[0]
@@ -1992,7 +2079,9 @@ class _CommitWatch:
             now = time.monotonic()
             if now >= deadline:
                 return False
-            if self._wal is None:  # poll: soon at first, then less often
+            if self._wal is not None and self._wal.broken:
+                self._wal.reopen()
+            if self._wal is None or self._wal.fd < 0:  # poll: soon at first, then less often
                 time.sleep(min(self._pause, deadline - now))
                 self._pause = min(self._pause * 2, _SAFETY_CHECK_INTERVAL / 5)
             elif now < self._settle_until:
@@ -2012,7 +2101,8 @@ class _CommitWatch:
 
 
 class _Commits(Protocol):
-    """What `_Storage.watch_commits` returns: a wait for others' commits."""
+    """What `_Storage.watch_commits` returns: a wait for others' commits that
+    end jobs (on SQLite, for any commit of others)."""
 
     def wait(self, timeout: float) -> bool: ...
     def close(self) -> None: ...
@@ -2024,8 +2114,10 @@ class _ChangeWatch(Protocol):
     what made it so and says whether it was news."""
 
     fd: int
+    broken: bool  # the watch must be reopened, once out of any selector
 
     def written(self) -> bool: ...
+    def reopen(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -2093,7 +2185,7 @@ class _Storage(Protocol):
     def next_due(self, queues: Sequence[str] | None, *, unsigned_only: bool = False,
                  avoid: Collection[str] = ()) -> float | None: ...
     def data_version(self) -> int: ...
-    def change_watch(self) -> _ChangeWatch | None: ...
+    def change_watch(self, *, ends: bool = False) -> _ChangeWatch | None: ...
     def watch_commits(self) -> _Commits: ...
     def identity(self) -> tuple[Any, ...]: ...
     def open_to(self) -> str | None: ...
@@ -2113,6 +2205,9 @@ class _Storage(Protocol):
     def purge(self, before: float, *, status: str | None = None, limit: int = 500,
               dry_run: bool = False) -> tuple[int, int]: ...
     def unfinished_under(self, job_id: int) -> int: ...
+    def unfinished_trees(self) -> list[dict[str, Any]]: ...
+    def insert_copies(self, rows: Sequence[dict[str, Any]]) -> dict[int, int]: ...
+    def delete_trees(self, roots: Iterable[int]) -> int: ...
     def reopen(self, job_id: int, now: float) -> str: ...
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]: ...
     def wait_for_locks(self, seconds: float) -> None: ...
@@ -2153,6 +2248,8 @@ class _Connections:
     _database_trouble: tuple[type[BaseException], ...] = (DatabaseError,)
     # Seconds between looks for changes of an idle pool that has no change_watch.
     idle_check_interval = _IDLE_CHECK_INTERVAL
+    # What ``LIMIT :limit`` takes for no limit (SQLite: a negative number).
+    _no_limit: int | None = -1
     # The backend's schema: its migrations, and its table of versions.
     _migrations = _MIGRATIONS
     _create_version_table = _CREATE_VERSION_TABLE
@@ -2285,9 +2382,10 @@ class _Connections:
         None when nobody may, or it does not show."""
         return None
 
-    def change_watch(self) -> _ChangeWatch | None:
+    def change_watch(self, *, ends: bool = False) -> _ChangeWatch | None:
         """What tells the calling thread, without polling, that the database
-        may have changed; None where nothing can (then it polls)."""
+        may have changed (that jobs became due; with ``ends``, that jobs
+        ended); None where nothing can (then it polls)."""
         raise NotImplementedError
 
     def data_version(self) -> int:
@@ -2573,8 +2671,8 @@ class _SQLiteConnections(_Connections):
         caller closes it."""
         return _CommitWatch(self)
 
-    def change_watch(self) -> _WalWatch | None:
-        """inotify on the WAL (see `_WalWatch`)."""
+    def change_watch(self, *, ends: bool = False) -> _WalWatch | None:
+        """inotify on the WAL (see `_WalWatch`): any commit, whatever it changed."""
         return _WalWatch.open(self.path)
 
     def identity(self) -> tuple[Any, ...]:
@@ -3559,7 +3657,8 @@ class _Jobs(_Claims):
         a glob on the callable's name, and created at or after ``since`` and
         before ``before``."""
         terms = ["TRUE"]
-        params: dict[str, Any] = {"limit": limit, "queue": queue, "name": name,
+        params: dict[str, Any] = {"limit": limit if limit >= 0 else self._no_limit,
+                                  "queue": queue, "name": name,
                                   "since": since, "before": before}
         if statuses:
             terms.append(f"status IN ({', '.join(f':s{i}' for i in range(len(statuses)))})")
@@ -3583,7 +3682,8 @@ class _Jobs(_Claims):
         of each were deleted (or, with ``dry_run``, would be)."""
         with (self.read() if dry_run else self.write()) as conn:
             roots = [job_id for job_id, in conn.execute(_PURGEABLE, {
-                "before": before, "status": status, "limit": limit}).fetchall()]
+                "before": before, "status": status,
+                "limit": limit if limit >= 0 else self._no_limit}).fetchall()]
             under = 0
             for root in roots:
                 tree = conn.execute(_TREE_DEEPEST_FIRST, {"id": root}).fetchall()
@@ -3656,7 +3756,58 @@ class _Jobs(_Claims):
             self._reopen(conn, part_id, part_error, now)
 
 
-class _SQLiteStorage(_SQLiteConnections, _Jobs):
+class _Copies(_Jobs):
+    """Copying unfinished jobs from one database to another (`Queue.copy_to`):
+    reading them out of the source, whole trees at a time, and writing them
+    into the destination under new ids."""
+
+    def unfinished_trees(self) -> list[dict[str, Any]]:
+        """Every row of the trees that hold a pending or waiting job,
+        payloads and results included, by id.  Raises ValueError if one of
+        them runs, or waits for a job outside them."""
+        with self.read() as conn:
+            rows = _as_dicts(conn.execute(_UNFINISHED_TREES))
+        ids = {row["id"] for row in rows}
+        for row in rows:
+            if row["status"] == ACTIVE or row.pop("lease_token") is not None:
+                raise ValueError(f"job {row['id']} is running in {self.path}: stop its pools "
+                                 f"first (a job copied while it runs may run twice)")
+            if row["waiting_for"] is not None and row["waiting_for"] not in ids:
+                raise ValueError(f"job {row['id']} waits for job {row['waiting_for']}, which "
+                                 f"is not under it: end or cancel one of them first")
+        return rows
+
+    def insert_copies(self, rows: Sequence[dict[str, Any]]) -> dict[int, int]:
+        """Insert ``rows`` (as `unfinished_trees` gives them, by id) under new
+        ids, in one transaction, links rewritten; returns {old id: new id}."""
+        with self.write() as conn:
+            first = self._first_free_id(conn, len(rows)) if rows else 0
+            new_ids = {row["id"]: first + index for index, row in enumerate(rows)}
+            copies = []
+            for row in rows:
+                copy = {**row, "id": new_ids[row["id"]]}
+                for link in ("parent_id", "waiting_for"):
+                    if copy[link] is not None:
+                        copy[link] = new_ids[copy[link]]
+                copies.append(tuple(copy[column] for column in _COPIED_COLUMNS))
+            conn.executemany(_INSERT_COPY, copies)
+            self._count_ended(conn, collections.Counter(
+                (row["queue"], row["status"]) for row in rows if row["status"] in _FINISHED))
+        return new_ids
+
+    def delete_trees(self, roots: Iterable[int]) -> int:
+        """Delete the jobs ``roots`` with everything under them, in one
+        transaction; returns how many jobs were deleted."""
+        deleted = 0
+        with self.write() as conn:
+            for root in roots:
+                tree = conn.execute(_TREE_DEEPEST_FIRST, {"id": root}).fetchall()
+                conn.executemany(_DELETE_JOB, tree + [(root,)])
+                deleted += len(tree) + 1
+        return deleted
+
+
+class _SQLiteStorage(_SQLiteConnections, _Copies):
     """The `_Storage` on an SQLite file."""
 
 
@@ -3782,18 +3933,42 @@ class _PostgresConnection:
     """A psycopg connection as the storage layers use one (see
     `_DBConnection`): each statement in SQLite's text runs in PostgreSQL's
     (`_postgres_sql`), its parameters bound on the client, as literals whose
-    type PostgreSQL infers from where they stand (a NULL anywhere included)."""
+    type PostgreSQL infers from where they stand (a NULL anywhere included).
 
-    __slots__ = ("raw", "_cursor")
+    A transaction's BEGIN is sent with its first statement (``begin_with``),
+    in one round trip: a lone put takes two, not three.  If that first
+    statement finds the connection closed by the server since its last use
+    (a restart, pg_terminate_backend), nothing of the transaction ran, and
+    it runs again on a new connection from ``reopen``."""
 
-    def __init__(self, raw: Any, psycopg: Any):
+    __slots__ = ("raw", "_cursor", "_psycopg", "_reopen", "begin_with")
+
+    def __init__(self, raw: Any, psycopg: Any, reopen: Callable[[], Any] | None = None):
+        self._psycopg = psycopg
+        self._reopen = reopen
+        self.begin_with = False  # a BEGIN is due with the next statement
+        self._bind(raw)
+
+    def _bind(self, raw: Any) -> None:
         self.raw = raw
-        self._cursor = functools.partial(psycopg.ClientCursor, raw,
-                                         row_factory=psycopg.rows.tuple_row)
+        self._cursor = functools.partial(self._psycopg.ClientCursor, raw,
+                                         row_factory=self._psycopg.rows.tuple_row)
 
     def execute(self, statement: str, parameters: Any = ()) -> Any:
         cursor = self._cursor()
-        cursor.execute(_postgres_sql(statement), parameters)
+        if not self.begin_with:
+            cursor.execute(_postgres_sql(statement), parameters)
+            return cursor
+        try:
+            cursor.execute("BEGIN;" + _postgres_sql(statement), parameters)
+        except self._psycopg.OperationalError:
+            if self._reopen is None or not (self.raw.closed or self.raw.broken):
+                raise
+            self._bind(self._reopen())
+            cursor = self._cursor()
+            cursor.execute("BEGIN;" + _postgres_sql(statement), parameters)
+        self.begin_with = False
+        cursor.nextset()  # the statement's result, after BEGIN's
         return cursor
 
     def executemany(self, statement: str, rows: Iterable[Any]) -> Any:
@@ -3808,33 +3983,41 @@ class _PostgresConnection:
 
 class _PostgresListener:
     """What wakes a thread waiting on a PostgreSQL database (a pool's idle
-    wait, `Job.wait`): a connection of its own that LISTENs to what the
-    trigger litejobs_jobs_notify sends at each commit that changes jobs.
-    ``fd`` is its socket, for a selector; `written` reads what came.  A
-    lost connection is opened again at the next look, and counts as news,
-    since what happened meanwhile is unknown."""
+    wait, `Job.wait`): a connection of its own that LISTENs on ``channel``,
+    where the triggers litejobs_jobs_notify_* send at commit.  ``fd`` is its
+    socket, for a selector; `written` reads what came.
 
-    def __init__(self, storage: _PostgresConnections):
+    A lost connection (a restart, pg_terminate_backend) counts as news, since
+    what happened meanwhile is unknown, and makes the listener ``broken``:
+    its owner takes ``fd`` out of its selector, then calls `reopen`.
+    ``fd`` is a duplicate of libpq's socket, which libpq closes as it finds
+    the connection lost: the duplicate stays open until `reopen`, so that
+    its number cannot be given to another file (a worker process's pipe)
+    while a selector still holds it."""
+
+    def __init__(self, storage: _PostgresConnections, channel: str):
         self._storage = storage
+        self._channel = channel
         self._conn: Any = None
         self.fd = -1
+        self.broken = False
         self.version = 0  # notifications seen, which `data_version` reports
         self._open()
 
     def _open(self) -> None:
         try:
             self._conn = self._storage._connect()
-            self._conn.execute(f"LISTEN {_POSTGRES_CHANNEL}")
-            self.fd = self._conn.pgconn.socket
-        except DatabaseError as exc:
+            self._conn.execute(f"LISTEN {self._channel}")
+            self.fd = os.dup(self._conn.pgconn.socket)
+        except (DatabaseError, self._storage._psycopg.Error) as exc:
             _log.debug("cannot LISTEN on %s yet: %s", self._storage.path, exc)
-            self._conn, self.fd = None, -1
+            self._close_connection()
 
     def written(self) -> bool:
-        """Read the notifications that arrived; whether any did."""
-        psycopg = self._storage._psycopg
-        if self._conn is None:
-            self._open()
+        """Read the notifications that arrived; whether any did (or whether
+        the connection was lost, which may hide some)."""
+        if self._conn is None or self.broken:
+            self.broken = True
             self.version += 1
             return True
         try:
@@ -3843,21 +4026,38 @@ class _PostgresListener:
             seen = 0
             while pgconn.notifies() is not None:
                 seen += 1
-        except psycopg.Error:
-            with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn, self.fd = None, -1
+        except self._storage._psycopg.Error:
+            self.broken = True
             self.version += 1
             return True
         self.version += seen
         return seen > 0
 
+    def reopen(self) -> None:
+        """After `written` found the connection lost: a new one, if the
+        server can be reached (else ``fd`` is -1, and this is tried again)."""
+        self._close_connection()
+        self.broken = False
+        self._open()
+
+    def _close_connection(self) -> None:
+        if self._storage._pid == os.getpid():
+            if self._conn is not None:
+                with contextlib.suppress(Exception):
+                    self._conn.close()
+            if self.fd >= 0:
+                os.close(self.fd)
+        self._conn, self.fd = None, -1
+
     def close(self) -> None:
         self._storage._listeners.pop(threading.get_ident(), None)
-        if self._conn is not None and self._storage._pid == os.getpid():
-            with contextlib.suppress(Exception):
-                self._conn.close()
-        self._conn, self.fd = None, -1
+        self._close_connection()
+
+
+class _Deadlocked(DatabaseBusy):
+    """PostgreSQL took this transaction for one side of a deadlock and rolled
+    it back: a cancel locks a composite, then its parts; a run's end locks
+    its part, then the composite.  SQLite's single writer never sees one."""
 
 
 class _PostgresConnections(_Connections):
@@ -3875,11 +4075,12 @@ class _PostgresConnections(_Connections):
 
     _database_trouble = (DatabaseError,)
     idle_check_interval = _POSTGRES_POLL_INTERVAL
+    _no_limit = None  # LIMIT NULL
     _migrations = _POSTGRES_MIGRATIONS
     _create_version_table = _POSTGRES_CREATE_VERSION_TABLE
 
-    def __init__(self, url: str, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-                 read_only: bool = False,
+    def __init__(self, url: str, *, durable: bool = True,
+                 busy_timeout: float = DEFAULT_BUSY_TIMEOUT, read_only: bool = False,
                  secrets: tuple[bytes, ...] = (), size_limit: int | None = DEFAULT_SIZE_LIMIT,
                  listen: bool = True):
         psycopg = _import_psycopg()
@@ -3893,7 +4094,7 @@ class _PostgresConnections(_Connections):
         self.busy_timeout = busy_timeout
         self.read_only = read_only
         self.listen = listen
-        self.durable = True
+        self.durable = durable
         self._listeners: dict[int, _PostgresListener] = {}
         self._clock_offset = 0.0
         with self.read() as conn:
@@ -3919,6 +4120,12 @@ class _PostgresConnections(_Connections):
             # Short statements only: compiling one (JIT) costs more than it
             # runs, and the planner's estimates of a purge asked for it.
             raw.execute("SET jit = off")
+            if not self.durable:
+                # As SQLite's synchronous=NORMAL: a commit is not waited on to
+                # reach the disk; the last ones may be lost if the server
+                # crashes, never half of one.  Pools write so: a claim or an
+                # outcome lost is a job run again.
+                raw.execute("SET synchronous_commit = off")
             if self.read_only:
                 raw.execute("SET default_transaction_read_only = on")
             self._measure_clock(raw)
@@ -3950,7 +4157,7 @@ class _PostgresConnections(_Connections):
             self._connections.pop(thread, None)
             conn = None
         if conn is None:
-            conn = _PostgresConnection(self._connect(), self._psycopg)
+            conn = _PostgresConnection(self._connect(), self._psycopg, self._connect)
             self._register(conn)
         return conn
 
@@ -3967,7 +4174,9 @@ class _PostgresConnections(_Connections):
     def _translated(self, exc: BaseException) -> DatabaseError:
         errors = self._psycopg.errors
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if isinstance(exc, (errors.LockNotAvailable, errors.DeadlockDetected)):
+        if isinstance(exc, (errors.DeadlockDetected, errors.SerializationFailure)):
+            return _Deadlocked(f"{self.path}: {text}")
+        if isinstance(exc, errors.LockNotAvailable):
             return DatabaseBusy(f"{self.path}: a lock stayed held by another connection for "
                                 f"longer than the busy timeout ({text}); keep transactions "
                                 f"short, or give the queue a longer busy_timeout")
@@ -4001,32 +4210,23 @@ class _PostgresConnections(_Connections):
         self._writing[thread] = atomic_steps
         try:
             with self._errors():
-                conn = self._begin(conn)
+                conn.begin_with = True
+                if atomic_steps:  # the application's: it may write through conn.raw first
+                    conn.execute("SELECT 1")
                 try:
                     yield conn
                 except BaseException:
                     self._roll_back(conn)
                     raise
-                conn.raw.execute("COMMIT")
+                if conn.begin_with:
+                    conn.begin_with = False  # nothing ran: nothing to commit
+                else:
+                    conn.raw.execute("COMMIT")
         finally:
             del self._writing[thread]
 
-    def _begin(self, conn: _PostgresConnection) -> _PostgresConnection:
-        """BEGIN; on a connection the server closed since its last use (a
-        restart, pg_terminate_backend), on a new one: nothing was sent yet."""
-        try:
-            conn.raw.execute("BEGIN")
-            return conn
-        except self._psycopg.OperationalError:
-            if not (conn.raw.closed or conn.raw.broken):
-                raise
-        with self._lock:
-            self._connections.pop(threading.get_ident(), None)
-        conn = self._connection()
-        conn.raw.execute("BEGIN")
-        return conn
-
     def _roll_back(self, conn: _PostgresConnection) -> None:
+        conn.begin_with = False
         with contextlib.suppress(self._psycopg.Error):
             if not conn.raw.closed and conn.in_transaction:
                 conn.raw.execute("ROLLBACK")
@@ -4103,12 +4303,12 @@ class _PostgresConnections(_Connections):
 
     # -- waking, and the rest of the contract ------------------------------
 
-    def change_watch(self) -> _PostgresListener | None:
+    def change_watch(self, *, ends: bool = False) -> _PostgresListener | None:
         """This thread's listener for commits that change jobs (None when
         LISTEN is off); `data_version` then counts what it heard."""
         if not self.listen:
             return None
-        listener = _PostgresListener(self)
+        listener = _PostgresListener(self, _POSTGRES_ENDED if ends else _POSTGRES_DUE)
         self._listeners[threading.get_ident()] = listener
         return listener
 
@@ -4148,8 +4348,35 @@ class _PostgresConnections(_Connections):
         super().close()
 
 
-class _PostgresStorage(_PostgresConnections, _Jobs):
-    """The `_Storage` on a PostgreSQL database."""
+def _retried_if_deadlocked(method: Callable[..., _T]) -> Callable[..., _T]:
+    """``method`` of a storage, run again (up to `_DEADLOCK_RETRIES` times,
+    after a short random pause) when its transaction was rolled back by a
+    deadlock: nothing of it was written.  Inside a transaction of the
+    caller's, the caller's to retry."""
+    @functools.wraps(method)
+    def retried(self: Any, *args: Any, **kwargs: Any) -> _T:
+        for attempt in range(_DEADLOCK_RETRIES):
+            if kwargs.get("conn") is not None or threading.get_ident() in self._writing:
+                break
+            try:
+                return method(self, *args, **kwargs)
+            except _Deadlocked as exc:
+                _log.debug("%s; trying again", exc)
+                time.sleep(random.uniform(0.001, 0.01) * (attempt + 1))
+        return method(self, *args, **kwargs)
+    return retried
+
+
+class _PostgresStorage(_PostgresConnections, _Copies):
+    """The `_Storage` on a PostgreSQL database.  What users call to steer
+    jobs from outside is retried after a deadlock (see `_Deadlocked`); a
+    pool retries its own writes."""
+
+    cancel = _retried_if_deadlocked(_Jobs.cancel)
+    request_stop = _retried_if_deadlocked(_Jobs.request_stop)
+    reopen = _retried_if_deadlocked(_Jobs.reopen)
+    update_meta = _retried_if_deadlocked(_Jobs.update_meta)
+    add_callback = _retried_if_deadlocked(_Jobs.add_callback)
 
 
 def _storage_key(target: str | os.PathLike[str]) -> str:
@@ -4166,7 +4393,7 @@ def _open_storage(target: str | os.PathLike[str], *, durable: bool, create: bool
                   network_filesystem: bool = False) -> _Storage:
     """The storage for a path (SQLite) or a PostgreSQL URL."""
     if _is_postgres_url(target):
-        return _PostgresStorage(cast(str, target), busy_timeout=busy_timeout,
+        return _PostgresStorage(cast(str, target), durable=durable, busy_timeout=busy_timeout,
                                 read_only=read_only, secrets=secrets, size_limit=size_limit,
                                 listen=listen)
     return _SQLiteStorage(target, durable=durable, create=create, busy_timeout=busy_timeout,
@@ -5858,6 +6085,28 @@ class Queue:
         found = self._storage.counts(queue)
         return {status: found.get(status, 0) for status in STATUSES}
 
+    def copy_to(self, destination: Queue, *, move: bool = False) -> dict[int, int]:
+        """Copy the jobs that have not run yet (pending and waiting ones,
+        with the composites, parts and callbacks around them) to
+        ``destination``, another database (from SQLite to PostgreSQL, say),
+        under new ids; returns {id here: id there}.  With ``move``, they are
+        then deleted here.
+
+        Stop the pools on this database first: a tree with a running job is
+        refused (ValueError).  The copy commits before the delete, so a crash
+        between the two leaves the jobs in both, never in neither.
+        Signatures are copied as they are: give the destination the same
+        secret."""
+        running = self._storage.counts(None).get(ACTIVE, 0)
+        if running:
+            raise ValueError(f"{running} jobs are running in {self.path}: stop its pools "
+                             f"first (a job copied while it runs may run twice)")
+        rows = self._storage.unfinished_trees()
+        new_ids = destination._storage.insert_copies(rows)
+        if move:
+            self._storage.delete_trees(row["id"] for row in rows if row["parent_id"] is None)
+        return new_ids
+
     def purge(self, older_than: float | datetime.timedelta | datetime.datetime, *,
               status: str | None = None, batch: int | None = None,
               dry_run: bool = False) -> int:
@@ -7478,6 +7727,11 @@ class _IdleWait:
         """Have the selector watch the database (or stop); a watch whose fd
         changed (a listener that reconnected) is registered again."""
         watch = self.watch
+        if watch is not None and watch.broken:  # out of the selector first: see _PostgresListener
+            if self._listening is not None:
+                self._selector.unregister(self._listening)
+                self._listening = None
+            watch.reopen()
         wanted = watch.fd if watch is not None and listen and watch.fd >= 0 else None
         if wanted == self._listening:
             return
@@ -8092,7 +8346,7 @@ class _Supervisor:
         while True:
             try:
                 self.storage.register_worker(
-                    worker.id, host=socket.gethostname(), pid=os.getpid(),
+                    worker.id, host=_host_name(), pid=os.getpid(),
                     processes=worker.processes, queues=worker.queues, lease=worker.lease,
                     now=self.storage.clock())
                 return True
@@ -9529,6 +9783,27 @@ def _command_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_copy(args: argparse.Namespace) -> int:
+    """copy the jobs not run yet to another database
+
+    Copy the pending and waiting jobs of DATABASE, with the composites, parts and
+    callbacks around them, to DESTINATION (another path or PostgreSQL URL), under
+    new ids: to move from SQLite to PostgreSQL, say.  Stop DATABASE's pools first.
+    With --move, delete them from DATABASE once the copy has committed.
+    """
+    with _open_to_write(args) as source, Queue(args.destination) as destination:
+        new_ids = source.copy_to(destination, move=args.move)
+        where = destination.path
+    if args.json:
+        _print_json({"copied": len(new_ids), "moved": args.move, "destination": where,
+                     "ids": {str(old): new for old, new in new_ids.items()}})
+    else:
+        print(f"{'moved' if args.move else 'copied'} {len(new_ids):,} jobs to {where}"
+              + (f" (ids {min(new_ids.values())} to {max(new_ids.values())})"
+                 if new_ids else ""))
+    return 0
+
+
 def _command_put(args: argparse.Namespace) -> int:
     """put a job, from the shell or cron
 
@@ -9797,6 +10072,14 @@ def _add_purge_command(commands: Any) -> None:
     purge.add_argument("--yes", "-y", action="store_true", help="do not ask")
 
 
+def _add_copy_command(commands: Any) -> None:
+    copy = _subcommand(commands, "copy", _command_copy)
+    copy.add_argument("destination", metavar="DESTINATION",
+                      help="the database to copy to: a path, or a postgresql:// URL")
+    copy.add_argument("--move", action="store_true",
+                      help="delete the jobs from DATABASE once copied")
+
+
 def _add_put_command(commands: Any) -> None:
     put = _subcommand(commands, "put", _command_put)
     put.add_argument("function", metavar="FUNCTION", help="package.module:function")
@@ -9835,6 +10118,7 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_retry_command,
     _add_cancel_command,
     _add_purge_command,
+    _add_copy_command,
     _add_put_command,
     _add_watch_command,
 )

@@ -3,6 +3,7 @@ processes are killed and paused at random, then the history is checked.
 
     python bench/chaos.py                        # 20,000 jobs, the default seed
     python bench/chaos.py --jobs 2000 --seed 7   # smaller, another sequence
+    python bench/chaos.py --postgres             # on PostgreSQL, pools on two "hosts"
 
 Two pools of two worker processes each (``python -m litejobs worker``, leases
 of 2 s) serve one database.  Every run of a job appends ``(job_id, attempt,
@@ -49,7 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable
+from typing import Any, Callable
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH_DIR)
@@ -66,6 +67,11 @@ POOLS = 2
 PROCESSES = 2  # worker processes per pool
 ACTIONS = ("kill child", "kill pool", "pause child")
 WEIGHTS = (5, 2, 3)
+# On PostgreSQL, with each pool on a host of its own: also stop a whole pool
+# past its lease (the other pool must take it for dead by its heartbeat's
+# age alone), and cut the pools' connections with pg_terminate_backend.
+POSTGRES_ACTIONS = ACTIONS + ("pause pool", "cut connections")
+POSTGRES_WEIGHTS = WEIGHTS + (1, 1)
 INTERVAL = (0.05, 0.5)  # seconds between two chaos actions, drawn uniformly
 PAUSE_PAST_LEASE = 0.5  # a pause lasts the lease and this many seconds more
 ORPHAN_BOUND = 5.0  # seconds the children of a killed supervisor get to exit
@@ -121,7 +127,7 @@ class Pool:
     """One pool slot: ``python -m litejobs worker`` started again after each kill.
     Every process started is kept, to be killed at the end whatever happened."""
 
-    def __init__(self, name: str, db: str, folder: str, lease: float):
+    def __init__(self, name: str, db: str, folder: str, lease: float, host: str | None = None):
         self.name = name
         self.db = db
         self.folder = folder
@@ -129,6 +135,8 @@ class Pool:
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [BENCH_DIR, ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH")
                                  else [])))
+        if host is not None:  # as if on a host of its own: pids elsewhere are not checked
+            self.env["LITEJOBS_HOST"] = host
         self.started: list[subprocess.Popen[bytes]] = []
         self.logs: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
@@ -219,6 +227,10 @@ class Figures:
     stop_problems: list[str] = dataclasses.field(default_factory=list)
     drain_timed_out: str = ""
     peak_wal: int = 0
+    backend: str = "SQLite"
+    pool_pauses: int = 0  # a whole pool stopped past its lease (PostgreSQL)
+    cuts: int = 0  # pg_terminate_backend rounds (PostgreSQL)
+    restarts: int = 0  # server restarts (PostgreSQL)
     wall: float = 0.0
     chaos_seconds: float = 0.0
     drain_seconds: float = 0.0
@@ -244,7 +256,7 @@ class Figures:
         if self.bad_completions:
             found.append(f"{len(self.bad_completions)} jobs without exactly one accepted "
                          f"completion, e.g. {self.bad_completions[:3]}")
-        if self.integrity != "ok":
+        if self.integrity not in ("ok", "not applicable"):
             found.append(f"integrity_check: {self.integrity}")
         for status in (litejobs.ACTIVE, litejobs.PENDING, litejobs.WAITING):
             if self.statuses.get(status):
@@ -283,7 +295,11 @@ def format_table(f: Figures) -> str:
          " / ".join(str(f.statuses.get(s, 0))
                     for s in (litejobs.ACTIVE, litejobs.PENDING, litejobs.WAITING))),
         ("kills: child / pool", f"{f.child_kills} / {f.pool_kills}"),
-        ("pauses (SIGSTOP past the lease, then SIGCONT)", f"{f.pauses}"),
+        ("pauses (SIGSTOP past the lease, then SIGCONT)", f"{f.pauses}"
+         + (f" of worker processes, {f.pool_pauses} of whole pools" if f.backend != "SQLite"
+            else "")),
+        *([("connections cut (pg_terminate_backend) / server restarts",
+            f"{f.cuts} / {f.restarts}")] if f.backend != "SQLite" else []),
         ("actions that found no process", f"{f.skipped}"),
         ("runs per job: mean / max", f"{f.runs_mean:.3f} / {f.runs_max}"),
         ("duplicate-execution rate (jobs run more than once)",
@@ -297,14 +313,16 @@ def format_table(f: Figures) -> str:
          (f"max {max(f.orphan_exit):.2f} s (n={len(f.orphan_exit)})" if f.orphan_exit
           else "none") + f"; outliving {ORPHAN_BOUND:g} s: {len(f.orphans_outliving)}"),
         ("pools that exited without being killed", f"{len(f.pool_exits)}"),
-        ("peak WAL size", f"{f.peak_wal / 2 ** 20:.2f} MiB"),
+        *([("peak WAL size", f"{f.peak_wal / 2 ** 20:.2f} MiB")] if f.backend == "SQLite"
+          else []),
         ("wall time", f"{f.wall:.1f} s (chaos {f.chaos_seconds:.1f} s, "
                       f"drain {f.drain_seconds:.1f} s)"),
     ]
     width = max(len(name) for name, _ in rows)
     value_width = max(len(value) for _, value in rows)
-    lines = [f"litejobs {litejobs.__version__} chaos soak: seed {f.seed}, {f.jobs:,} jobs, "
-             f"{POOLS} pools x {PROCESSES} processes, lease {f.lease:g} s, "
+    lines = [f"litejobs {litejobs.__version__} chaos soak on {f.backend}: seed {f.seed}, "
+             f"{f.jobs:,} jobs, {POOLS} pools x {PROCESSES} processes"
+             f"{' on hosts of their own' if f.backend != 'SQLite' else ''}, lease {f.lease:g} s, "
              f"work {f.work_ms:g} ms a job on average",
              f"| {'measure'.ljust(width)} | {'value'.ljust(value_width)} |",
              f"| {'-' * width} | {'-' * value_width} |"]
@@ -320,31 +338,46 @@ def format_table(f: Figures) -> str:
 
 def soak(folder: str, jobs: int = 20_000, seed: int = DEFAULT_SEED, lease: float = 2.0,
          work_ms: float = 10.0, chaos_seconds: float = 600.0, drain_seconds: float = 60.0,
-         progress: Callable[[str], None] | None = None) -> Figures:
+         progress: Callable[[str], None] | None = None, server: Any = None) -> Figures:
     """Run the soak in ``folder`` (its databases and pool logs stay there) and
     return the figures.  Chaos lasts until every job has ended, or
     ``chaos_seconds``; the pools then get ``drain_seconds`` to finish what is
     left.  Each job works ``work_ms`` on average (0 to twice that, from the
-    seed).  Every process started is killed before this returns or raises."""
+    seed).  Every process started is killed before this returns or raises.
+
+    With ``server`` (a tests/postgres_server.Server), the jobs are in a new
+    database of it, reached over TCP; each pool runs as if on a host of its
+    own; the chaos also stops whole pools past their lease and cuts the
+    pools' connections; and the server restarts once, a third of the way
+    into the chaos."""
     rng = random.Random(seed)
     figures = Figures(seed=seed, jobs=jobs, lease=lease, work_ms=work_ms, folder=folder)
-    db = os.path.join(folder, "jobs.db")
+    db = os.path.join(folder, "jobs.db") if server is None else server.new_database()
     audit_path = os.path.join(folder, "audit.db")
     wal = db + "-wal"
     say = progress or (lambda text: None)
+    actions, weights = (ACTIONS, WEIGHTS) if server is None else (POSTGRES_ACTIONS,
+                                                                  POSTGRES_WEIGHTS)
+    if server is not None:
+        figures.backend = "PostgreSQL"
+        figures.integrity = "not applicable"
+    database = db.rsplit("/", 1)[-1]
 
     with contextlib.closing(chaos_jobs.open_audit(audit_path)) as audit:
         audit.execute(chaos_jobs.AUDIT_SCHEMA)
     q = litejobs.Queue(db, durable=False)
-    pools = [Pool(name, db, folder, lease) for name in "AB"[:POOLS]]
+    pools = [Pool(name, db, folder, lease, None if server is None else f"chaos-host-{name}")
+             for name in "AB"[:POOLS]]
     started = time.monotonic()
+    restart_at = None if server is None else started + chaos_seconds / 3
 
     def event(text: str) -> None:
         figures.events.append(f"{time.monotonic() - started:9.3f}s  {text}")
 
     def sample_wal() -> None:
-        with contextlib.suppress(FileNotFoundError):
-            figures.peak_wal = max(figures.peak_wal, os.path.getsize(wal))
+        if server is None:
+            with contextlib.suppress(FileNotFoundError):
+                figures.peak_wal = max(figures.peak_wal, os.path.getsize(wal))
 
     paused: dict[int, float] = {}  # pid -> when to resume it (monotonic)
     watched: list[tuple[float, float, str, list[int]]] = []  # orphans: (killed, deadline, ...)
@@ -419,10 +452,27 @@ def soak(folder: str, jobs: int = 20_000, seed: int = DEFAULT_SEED, lease: float
         event(f"restarted as {pool.label}")
 
     def act() -> None:
-        action = rng.choices(ACTIONS, WEIGHTS)[0]
+        action = rng.choices(actions, weights)[0]
         pool = rng.choice(pools)
         if action == "kill pool":
             kill_pool(pool)
+            return
+        if action == "pause pool":
+            if pool.pid in paused:
+                figures.skipped += 1
+                return
+            os.kill(pool.pid, signal.SIGSTOP)
+            paused[pool.pid] = time.monotonic() + lease * 3 + PAUSE_PAST_LEASE
+            figures.pool_pauses += 1
+            event(f"SIGSTOP {pool.label}, the whole pool")
+            return
+        if action == "cut connections":
+            cut = server.sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                f"WHERE datname = '{database}' AND application_name = 'litejobs' "
+                "AND pid != pg_backend_pid()")[0][0]
+            figures.cuts += 1
+            event(f"pg_terminate_backend: {cut} connections cut")
             return
         children = [pid for pid in pool.children()
                     if action == "kill child" or pid not in paused]
@@ -444,7 +494,14 @@ def soak(folder: str, jobs: int = 20_000, seed: int = DEFAULT_SEED, lease: float
             event(f"SIGSTOP child {pid} of {pool.label}")
 
     def unfinished() -> int:
-        counts = q.counts()
+        for _ in range(50):  # its own connection may have been cut, or the server be restarting
+            try:
+                counts = q.counts()
+                break
+            except litejobs.DatabaseUnreachable:
+                time.sleep(0.1)
+        else:
+            counts = q.counts()
         return sum(counts[s] for s in (litejobs.PENDING, litejobs.WAITING, litejobs.ACTIVE))
 
     try:
@@ -478,6 +535,12 @@ def soak(folder: str, jobs: int = 20_000, seed: int = DEFAULT_SEED, lease: float
             if now >= chaos_end:
                 event(f"chaos stops after {chaos_seconds:g} s, {left} jobs still to end")
                 break
+            if restart_at is not None and now >= restart_at:
+                event("restarting the server")
+                server.restart()
+                figures.restarts += 1
+                restart_at = None
+                event("the server is back")
             if now >= next_action:
                 act()
                 next_action = time.monotonic() + rng.uniform(*INTERVAL)
@@ -572,8 +635,9 @@ def _check(figures: Figures, q: litejobs.Queue, db: str, audit_path: str, ids: s
 
     with contextlib.closing(sqlite3.connect(f"file:{audit_path}?mode=ro", uri=True)) as conn:
         audit = conn.execute("SELECT job_id, attempt, pid, at FROM audit ORDER BY at").fetchall()
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        figures.integrity = "; ".join(row[0] for row in conn.execute("PRAGMA integrity_check"))
+    if figures.backend == "SQLite":
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            figures.integrity = "; ".join(row[0] for row in conn.execute("PRAGMA integrity_check"))
 
     figures.unexpected = sum(1 for job_id, *_ in audit if job_id not in ids)
     runs = collections.Counter(job_id for job_id, *_ in audit if job_id in ids)
@@ -667,16 +731,29 @@ def main(argv: list[str] | None = None) -> int:
                                       "system's temporary folder)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the run's folder (databases, pool logs, events.log)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="on a throwaway PostgreSQL server of the machine's binaries, "
+                             "with the pools as if on two hosts (see soak)")
     options = parser.parse_args(argv)
     if options.jobs < 1:
         parser.error("--jobs must be at least 1")
 
     print(f"seed {options.seed}", flush=True)
     folder = tempfile.mkdtemp(prefix="litejobs-chaos-", dir=options.dir)
-    figures = soak(folder, jobs=options.jobs, seed=options.seed, lease=options.lease,
-                   work_ms=options.work_ms, chaos_seconds=options.chaos_seconds,
-                   drain_seconds=options.drain_seconds,
-                   progress=lambda text: print(text, file=sys.stderr, flush=True))
+    server = None
+    if options.postgres:
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
+        import postgres_server
+        server = postgres_server.Server().start()
+    try:
+        figures = soak(folder, jobs=options.jobs, seed=options.seed, lease=options.lease,
+                       work_ms=options.work_ms, chaos_seconds=options.chaos_seconds,
+                       drain_seconds=options.drain_seconds,
+                       progress=lambda text: print(text, file=sys.stderr, flush=True),
+                       server=server)
+    finally:
+        if server is not None:
+            server.stop()
     table = format_table(figures)
     print(table)
     with open(os.path.join(folder, "report.txt"), "w") as handle:

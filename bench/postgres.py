@@ -4,12 +4,13 @@ procrastinate, on one throwaway server (tests/postgres_server.py, with
 fsync and synchronous commits on, as in production), in one run.
 
 Raw rows use a table made by litejobs' own migrations, with its indexes, in
-a database of its own, without litejobs' two triggers (the NOTIFY one, and
+a database of its own, without litejobs' triggers (those that NOTIFY, and
 the one counting deletes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -57,8 +58,9 @@ def raw_database(server: postgres_server.Server) -> str:
     url = server.new_database()
     litejobs.Queue(url).close()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("DROP TRIGGER litejobs_jobs_notify ON litejobs_jobs")
-        conn.execute("DROP TRIGGER litejobs_jobs_uncount_deleted ON litejobs_jobs")
+        for trigger in ("litejobs_jobs_notify_insert", "litejobs_jobs_notify_update",
+                        "litejobs_jobs_uncount_deleted"):
+            conn.execute(f"DROP TRIGGER {trigger} ON litejobs_jobs")
     return url
 
 
@@ -214,7 +216,7 @@ def procrastinate_missing() -> str | None:
 
 
 def _procrastinate_env(url: str) -> dict[str, str]:
-    return dict(POOL_ENV, BENCH_PG_URL=url)
+    return dict(POOL_ENV, BENCH_PG_URL=url, BENCH_STAMPS=os.environ.get("BENCH_STAMPS", ""))
 
 
 def _python(script: str, url: str) -> str:
@@ -288,31 +290,33 @@ def procrastinate_drain(server: postgres_server.Server, count: int, processes: i
             worker.wait(timeout=60)
 
 
-def procrastinate_pickup(server: postgres_server.Server, samples: int) -> list[float]:
-    """Seconds from ``defer`` returning to the job starting (procrastinate's
-    'started' event, on the server's clock, on this host), on 2 idle workers."""
+def procrastinate_pickup(server: postgres_server.Server, folder: str,
+                         samples: int) -> list[float]:
+    """Seconds from ``defer`` returning to the task starting (it notes the
+    time), on 2 idle workers: as `pickup_latency` measures litejobs."""
     url = procrastinate_database(server)
+    stamps = os.path.join(folder, "procrastinate-stamps.txt")
+    os.environ["BENCH_STAMPS"] = stamps
     workers = _procrastinate_workers(url, 2, None)
     try:
-        latencies = []
-        script = ("import procrastinate_tasks as t, random, sys, time, json\n"
+        script = ("import procrastinate_tasks as t, random, time, json\n"
                   "rng = random.Random(7); out = []\n"
                   "with t.app.open():\n"
                   "    time.sleep(2)\n"
                   f"    for _ in range({samples}):\n"
                   "        time.sleep(rng.uniform(0.02, 0.05))\n"
-                  "        job_id = t.noop.defer(); out.append((job_id, time.time()))\n"
+                  "        job_id = t.started_at.defer(); out.append((job_id, time.time()))\n"
                   "print(json.dumps(out))\n")
         deferred = dict(json.loads(_python(script, url)))
-        time.sleep(1.0)
-        with psycopg.connect(url) as conn:
-            started = dict(conn.execute(
-                "SELECT job_id, extract(epoch FROM at) FROM procrastinate_events "
-                "WHERE type = 'started'").fetchall())
-        for job_id, put_returned in deferred.items():
-            if int(job_id) in started:
-                latencies.append(max(0.0, float(started[int(job_id)]) - put_returned))
-        return sorted(latencies)
+        deadline = time.monotonic() + 60
+        started: dict[int, float] = {}
+        while len(started) < len(deferred) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            with contextlib.suppress(FileNotFoundError), open(stamps) as handle:
+                started = {int(job): float(at) for job, at in
+                           (line.split() for line in handle if line.strip())}
+        return sorted(max(0.0, started[int(job_id)] - put_returned)
+                      for job_id, put_returned in deferred.items() if int(job_id) in started)
     finally:
         for worker in workers:
             worker.terminate()
@@ -368,7 +372,7 @@ def run_all(quick: bool, peers: bool, folder: str,
                     f"--concurrency {concurrency}"
                 row(f"PostgreSQL: pool drain, 2 processes ({pool_jobs:,})", drains[2],
                     f"procrastinate, 2 workers, {label} ({peer_jobs:,})", theirs, times=True)
-            their_latencies = procrastinate_pickup(server, samples // 3)
+            their_latencies = procrastinate_pickup(server, folder, samples // 3)
             theirs_p50 = percentile(their_latencies, 0.5)
         elif peers:
             skipped.append(f"procrastinate: skipped, {procrastinate_missing()}")

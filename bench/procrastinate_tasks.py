@@ -1,7 +1,8 @@
-"""The procrastinate app of the PostgreSQL benchmarks: one no-op task, on the
-database named by ``BENCH_PG_URL``."""
+"""The procrastinate app of the PostgreSQL benchmarks: a no-op task, and one
+that notes when it started, on the database named by ``BENCH_PG_URL``."""
 
 import os
+import time
 
 import procrastinate
 
@@ -12,3 +13,15 @@ app = procrastinate.App(connector=procrastinate.PsycopgConnector(
 @app.task(name="noop")
 def noop():
     """The job every drain runs."""
+
+
+@app.task(name="started_at", pass_context=True)
+def started_at(context):
+    """Append "job_id time" to the file ``BENCH_STAMPS`` names: when the
+    task began, on the wall clock, for pickup latency."""
+    line = f"{context.job.id} {time.time()}\n".encode()
+    fd = os.open(os.environ["BENCH_STAMPS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

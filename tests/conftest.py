@@ -70,6 +70,16 @@ def postgres_server():
 
 
 @pytest.fixture
+def own_postgres_server(postgres_server):
+    """A throwaway PostgreSQL server of this test's own, which it may stop,
+    restart and cut connections of without disturbing other tests."""
+    import postgres_server as servers
+    server = servers.Server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def postgres_url(postgres_server):
     """The URL of a fresh, empty database on the run's PostgreSQL server."""
     return postgres_server.new_database()

@@ -9,9 +9,12 @@ but those that restart a server, which start one of their own."""
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
+import json
 import pickle
 import select
 import subprocess
+import threading
 import sys
 import time
 import urllib.parse
@@ -19,7 +22,6 @@ import urllib.parse
 import pytest
 
 import litejobs
-import postgres_server
 import sample_jobs
 from litejobs import COMPLETED, PENDING, Job
 from waiting import WAIT, wait_until
@@ -148,31 +150,23 @@ def test_put_through_an_autocommit_connection_with_no_transaction_is_refused(pos
 # -- a server that goes away --------------------------------------------------------------
 
 
-@pytest.fixture
-def own_server():
-    """A server of this test's own, which it may stop and start."""
-    server = postgres_server.Server().start()
-    yield server
-    server.stop()
-
-
 def test_a_pool_survives_a_server_restart_and_a_cut_connection_and_loses_nothing(
-        own_server, caplog):
-    url = own_server.new_database()
+        own_postgres_server, caplog):
+    url = own_postgres_server.new_database()
     q = litejobs.Queue(url)
     database = urllib.parse.urlsplit(url).path.lstrip("/")
     first = q.put_many([Job(sample_jobs.add, i, 0) for i in range(50)])
     with q.worker(processes=2, lease=2) as pool:
         wait_until(lambda: q.counts()["completed"] == 50, WAIT, "the first jobs")
-        own_server.restart()
+        own_postgres_server.restart()
         second = q.put_many([Job(sample_jobs.add, i, 0) for i in range(50)])
-        assert own_server.terminate_connections(database) > 0  # the pool's, and q's
+        assert own_postgres_server.terminate_connections(database) > 0  # the pool's, and q's
         third = q.put_many([Job(sample_jobs.add, i, 0) for i in range(50)])
-        own_server.halt()
+        own_postgres_server.halt()
         with pytest.raises(litejobs.DatabaseUnreachable, match="cannot reach PostgreSQL"):
             q.put(Job(sample_jobs.add, 1, 1))
         time.sleep(1.0)  # on purpose: the pool runs into the outage
-        own_server.resume()
+        own_postgres_server.resume()
         fourth = q.put_many([Job(sample_jobs.add, i, 0) for i in range(50)])
         wait_until(lambda: q.counts()["completed"] == 200, WAIT, "every job after the outage")
         assert pool.alive and pool.crashes == []
@@ -184,14 +178,117 @@ def test_a_pool_survives_a_server_restart_and_a_cut_connection_and_loses_nothing
     q.close()
 
 
-def test_a_put_while_the_server_is_down_raises_and_the_next_one_after_works(own_server):
-    url = own_server.new_database()
+def test_a_put_while_the_server_is_down_raises_and_the_next_one_after_works(own_postgres_server):
+    url = own_postgres_server.new_database()
     q = litejobs.Queue(url)
     q.put(Job(sample_jobs.add, 1, 1))
-    own_server.halt()
+    own_postgres_server.halt()
     with pytest.raises(litejobs.DatabaseUnreachable):
         q.put(Job(sample_jobs.add, 2, 2))
-    own_server.resume()
+    own_postgres_server.resume()
     assert q.put(Job(sample_jobs.add, 3, 3)).status == PENDING
     assert q.counts()["pending"] == 2
     q.close()
+
+
+def test_a_call_rolled_back_by_a_deadlock_runs_again_unless_inside_a_callers_transaction():
+    calls = []
+
+    class Storage:
+        _writing = {}
+
+        @litejobs._retried_if_deadlocked
+        def cancel(self, job_id, conn=None):
+            calls.append(job_id)
+            if len(calls) < 3:
+                raise litejobs._Deadlocked("deadlock detected (simulated)")
+            return "cancelled"
+
+    storage = Storage()
+    assert storage.cancel(7) == "cancelled" and calls == [7, 7, 7]
+    calls.clear()
+    with pytest.raises(litejobs._Deadlocked):  # the caller's transaction: theirs to retry
+        storage.cancel(7, conn=object())
+    assert calls == [7]
+    calls.clear()
+    Storage._writing = {threading.get_ident(): False}
+    with pytest.raises(litejobs._Deadlocked):
+        storage.cancel(7)
+    assert calls == [7]
+
+
+# -- moving jobs across -------------------------------------------------------------------
+
+
+def unfinished_work(q):
+    """A plain pending job, a delayed one, a parallel with a part already
+    ended, a serial not started, and a callback of an ended job."""
+    plain = q.put(Job(sample_jobs.add, 1, 2), priority=-5)
+    later = q.put(Job(sample_jobs.add, 2, 3), begin_after=3600)
+    root = q.put(litejobs.parallel(Job(sample_jobs.add, 3, 4), Job(sample_jobs.add, 5, 6)),
+                 priority=-1)
+    done = q.put(Job(sample_jobs.add, 7, 8), priority=5)
+    assert q.run_pending(limit=2) == 2  # `done`, then a part of the parallel
+    callback = done.add_callback(sample_jobs.double)
+    series = q.put(litejobs.serial(Job(sample_jobs.add, 1, 1), Job(sample_jobs.add, 2, 2)),
+                   priority=-2)
+    return plain, later, root, callback, series
+
+
+@pytest.mark.parametrize("direction", ["sqlite to postgres", "postgres to sqlite"])
+def test_copy_moves_unfinished_trees_across_backends_and_they_run_there(
+        direction, tmp_path, postgres_url):
+    sqlite_q = litejobs.Queue(tmp_path / "jobs.db")
+    postgres_q = litejobs.Queue(postgres_url)
+    source, destination = ((sqlite_q, postgres_q) if direction == "sqlite to postgres"
+                           else (postgres_q, sqlite_q))
+    plain, later, root, callback, series = unfinished_work(source)
+    destination.put(Job(sample_jobs.add, 0, 0))  # ids there go on from its own
+    before = source.counts()
+    new_ids = source.copy_to(destination, move=True)
+    # Trees with an unfinished job, whole: the parallel with its ended part,
+    # the ended job with its callback; nothing else.
+    assert len(new_ids) == 1 + 1 + 3 + 2 + 3
+    assert min(new_ids.values()) > 1
+    assert source.counts() == dict.fromkeys(litejobs.STATUSES, 0)
+    copied = destination.counts()
+    assert copied["pending"] == before["pending"] + 1 and copied["waiting"] == before["waiting"]
+    assert copied["completed"] == before["completed"]
+    destination.run_pending(now=datetime.datetime.now(datetime.timezone.utc)
+                            + datetime.timedelta(hours=2))
+    assert destination.get(new_ids[plain.id]).result == 3
+    assert destination.get(new_ids[later.id]).result == 5
+    assert destination.get(new_ids[root.id]).result == [7, 11]
+    assert destination.get(new_ids[callback.id]).result == 30
+    assert destination.get(new_ids[series.id]).result == [2, 4]
+    assert destination.counts()["completed"] == 11
+    sqlite_q.close()
+    postgres_q.close()
+
+
+def test_copy_refuses_a_database_whose_jobs_are_running(tmp_path, postgres_url):
+    source = litejobs.Queue(tmp_path / "jobs.db")
+    destination = litejobs.Queue(postgres_url)
+    job = source.put(Job(sample_jobs.add, 1, 1))
+    source._storage.claim(owner="a pool", queues=None, now=source.now(),
+                          expires=source.now() + 60, limit=1)
+    source.put(Job(sample_jobs.add, 2, 2))
+    with pytest.raises(ValueError, match="1 jobs are running"):
+        source.copy_to(destination)
+    assert source.get(job.id).status == "active"
+    assert destination.counts()["pending"] == 0
+    source.close()
+    destination.close()
+
+
+def test_the_copy_command_copies_and_says_how_many(tmp_path, postgres_url):
+    path = str(tmp_path / "jobs.db")
+    with litejobs.Queue(path) as source:
+        source.put_many([Job(sample_jobs.add, i, i) for i in range(3)])
+    done = subprocess.run([sys.executable, "-m", "litejobs", "copy", path, postgres_url,
+                           "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["copied"], report["moved"]) == (3, False)
+    with litejobs.Queue(postgres_url) as destination, litejobs.Queue(path) as source:
+        assert destination.counts()["pending"] == 3 and source.counts()["pending"] == 3

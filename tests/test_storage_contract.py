@@ -355,6 +355,17 @@ def test_purge_deletes_ended_trees_and_keeps_unfinished_ones(backend):
     assert row(q, old.id) is None and row(q, waiting) is not None
 
 
+def test_a_search_and_a_dry_purge_with_no_limit_see_every_job(backend):
+    q = backend
+    ids = [job.id for job in q.put_many([Job(sample_jobs.add, i, i) for i in range(3)])]
+    assert [found["id"] for found in q._storage.search(limit=-1)] == ids[::-1]
+    assert [job.id for job in q.jobs(limit=None)] == ids[::-1]
+    token, _ = claim(q)
+    for job_id in ids:
+        q._storage.finish(job_id, token, status=COMPLETED, now=T0)
+    assert q._storage.purge(T0 + 1, limit=-1, dry_run=True) == (3, 0)
+
+
 def test_a_signing_queue_signs_calls_and_results(backend, signed):
     job_id = signed.put(Job(sample_jobs.add, 1, 1)).id
     assert backend._storage.fetch_blob(job_id, "payload")[1] is not None
@@ -439,13 +450,14 @@ def test_counts_stay_exact_through_every_kind_of_change(backend):
 # -- waking on commits ----------------------------------------------------------------------
 
 
-def test_a_commit_watch_wakes_on_another_connections_commit_and_not_otherwise(backend):
+def test_a_commit_watch_wakes_when_another_connection_ends_a_job_and_not_otherwise(backend):
     q = backend
     other = litejobs.Queue(q.path)
+    doomed = other.put(Job(sample_jobs.whoami))
     watch = q._storage.watch_commits()
     try:
         assert watch.wait(0.05) is False
-        timer = threading.Timer(0.1, other.put, (sample_jobs.whoami,))
+        timer = threading.Timer(0.1, doomed.cancel)
         timer.start()
         assert watch.wait(30) is True
         timer.join()
@@ -455,12 +467,15 @@ def test_a_commit_watch_wakes_on_another_connections_commit_and_not_otherwise(ba
         other.close()
 
 
-def test_a_commit_watch_without_inotify_still_wakes_on_commits(backend, monkeypatch):
+def test_a_commit_watch_that_cannot_listen_still_wakes_when_a_job_ends(backend, monkeypatch):
     q = backend
+    # No inotify (SQLite), no LISTEN (PostgreSQL): it polls.
     monkeypatch.setattr(litejobs._WalWatch, "open", classmethod(lambda cls, path: None))
+    monkeypatch.setattr(q._storage, "listen", False, raising=False)
     other = litejobs.Queue(q.path)
+    doomed = other.put(Job(sample_jobs.whoami))
     watch = q._storage.watch_commits()
-    timer = threading.Timer(0.05, other.put, (sample_jobs.whoami,))
+    timer = threading.Timer(0.05, doomed.cancel)
     try:
         timer.start()
         assert watch.wait(30) is True
