@@ -171,6 +171,7 @@ _NETWORK_FILESYSTEM_ENV = "LITEJOBS_NETWORK_FILESYSTEM"  # "1": open such files 
 # The name pools register their host under (default: the host name), for
 # hosts that share one (containers): a pool checks only the pids of its host.
 _HOST_ENV = "LITEJOBS_HOST"
+_TEST_POSTGRES_ENV = "LITEJOBS_TEST_POSTGRES"  # the pytest fixtures' queue on this URL
 _PROGRESS_INTERVAL = 1.0  # seconds between a job's progress writes, at most
 _META_MOST = 64 * 2 ** 10  # bytes of JSON a job's meta may take
 _MESSAGE_MOST = 1000  # characters of a progress message kept
@@ -10180,6 +10181,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 ###############################################################################
 
 
+@contextlib.contextmanager
+def _test_schema(url: str) -> Iterator[str]:
+    """A new schema in the PostgreSQL database at ``url``, for one test: the
+    URL of a connection whose search_path is it; dropped afterwards."""
+    psycopg = _import_psycopg()
+    schema = f"litejobs_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    joiner = "&" if urllib.parse.urlsplit(url).query else "?"
+    try:
+        yield f"{url}{joiner}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
 def pytest_configure(config: Any) -> None:
     """Register the litejobs fixtures.  Defined lazily, so that importing
     litejobs outside pytest never imports pytest."""
@@ -10192,15 +10209,26 @@ def pytest_configure(config: Any) -> None:
         @pytest.fixture
         def litejobs_queue(self, tmp_path: Any) -> Iterator[Queue]:
             """A fresh `Queue` on a file under ``tmp_path``, closed afterwards.
+            With ``LITEJOBS_TEST_POSTGRES`` set to a PostgreSQL URL, a fresh
+            queue there instead: in a schema of its own, dropped afterwards.
 
             Run its jobs deterministically with ``litejobs_queue.run_pending()``,
             passing ``now=`` to run delayed ones without sleeping.
             """
-            queue = Queue(tmp_path / "litejobs.db")
-            try:
-                yield queue
-            finally:
-                queue.close()
+            url = os.environ.get(_TEST_POSTGRES_ENV)
+            if not url:
+                queue = Queue(tmp_path / "litejobs.db")
+                try:
+                    yield queue
+                finally:
+                    queue.close()
+                return
+            with _test_schema(url) as schema_url:
+                queue = Queue(schema_url)
+                try:
+                    yield queue
+                finally:
+                    queue.close()
 
         @pytest.fixture
         def litejobs_worker(self, litejobs_queue: Queue) -> Iterator[Worker]:

@@ -212,3 +212,34 @@ def test_worker_fixture_runs_jobs_and_reports_crashed_processes(pytester):
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*litejobs worker processes died unexpectedly*",
                                  "*was killed by SIGKILL while running job 1*"])
+
+
+POSTGRES_FIXTURE = """
+    import litejobs
+    import pytest
+
+    seen = []
+
+    @pytest.mark.parametrize("round", [1, 2])
+    def test_a_fresh_postgres_queue_each_time(litejobs_queue, round):
+        assert litejobs_queue.path.startswith("postgresql://")
+        assert "search_path" in litejobs_queue.path
+        assert litejobs_queue.path not in seen and litejobs_queue.jobs() == []
+        seen.append(litejobs_queue.path)
+        job = litejobs_queue.put(litejobs.Job(abs, -round))
+        litejobs_queue.run_pending()
+        assert job.refresh().result == round
+"""
+
+
+def test_with_a_postgres_url_the_fixture_gives_a_schema_of_its_own_and_drops_it(
+        pytester, monkeypatch, postgres_url):
+    import psycopg
+    monkeypatch.setenv("LITEJOBS_TEST_POSTGRES", postgres_url)
+    pytester.makepyfile(POSTGRES_FIXTURE)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
+    with psycopg.connect(postgres_url) as conn:
+        left = conn.execute("SELECT count(*) FROM pg_namespace "
+                            "WHERE nspname LIKE 'litejobs_test_%'").fetchone()[0]
+    assert left == 0
