@@ -278,8 +278,11 @@ class DatabaseBusy(DatabaseError):
 
 class DatabaseUnreachable(DatabaseError):
     """The database server could not be reached, or the connection to it was
-    lost (a restart, a network cut).  Nothing of the call was written; a
-    pool keeps what it must write and tries again."""
+    lost (a restart, a network cut).  Nothing of the call was written, unless
+    the connection was lost while it committed (the message then says the
+    commit's outcome is unknown: look before doing it again).  A pool keeps
+    what it must write and tries again: at-least-once covers a write that
+    had gone through."""
 
 
 class SchemaVersionError(DatabaseError):
@@ -1185,6 +1188,18 @@ SELECT id FROM tree ORDER BY depth DESC
 
 _DELETE_JOB = "DELETE FROM litejobs_jobs WHERE id = ?"
 
+# Jobs under one that have not ended, at any depth, callbacks included: a
+# purge checks it again once it holds the root (PostgreSQL: a callback may
+# have been added meanwhile, under the snapshot `_PURGEABLE` read).
+_UNFINISHED_IN_TREE = """
+WITH RECURSIVE tree (id, status) AS (
+    SELECT id, status FROM litejobs_jobs WHERE parent_id = :id
+    UNION ALL
+    SELECT child.id, child.status FROM litejobs_jobs AS child
+    JOIN tree ON child.parent_id = tree.id)
+SELECT count(*) FROM tree WHERE status IN ('pending', 'waiting', 'active')
+"""
+
 # Back to its start, for a retry by hand; what it went through stays in history.
 _REOPEN = f"""
 UPDATE litejobs_jobs
@@ -1236,6 +1251,12 @@ _COPIED_COLUMNS = tuple(name.strip() for name in _JOB_COLUMNS.split(",")
     "payload", "signature", "result", "result_signature")
 _INSERT_COPY = (f"INSERT INTO litejobs_jobs ({', '.join(_COPIED_COLUMNS)}) "
                 f"VALUES ({', '.join('?' * len(_COPIED_COLUMNS))})")
+# A copied job, once those under it are gone: one with a job under it that was
+# not copied (added since) stays, or that job would go with it.
+_DELETE_CHILDLESS = """
+DELETE FROM litejobs_jobs
+WHERE id = ? AND NOT EXISTS (SELECT 1 FROM litejobs_jobs AS child WHERE child.parent_id = ?)
+"""
 
 _UNDONE_PARTS = """
 SELECT id, error FROM litejobs_jobs
@@ -1408,12 +1429,13 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         # Wakes those that LISTEN, at commit (NOTIFY is delivered then, and
         # repeats within a transaction fold into one): pools on
-        # litejobs_due when jobs became pending, Job.wait on litejobs_ended
-        # when jobs ended.  Claims, renewals and progress notify nobody, so
-        # that many pools on one server do not wake one another for nothing.
-        # Statement triggers: a batch notifies once.  Inserted jobs are new,
-        # so none has ended, and most are due: an insert notifies pools
-        # without looking at its rows.
+        # litejobs_due when jobs became pending; Job.wait, wait_for_start
+        # and the like on litejobs_changed when jobs that are not pending
+        # changed (claimed, started, ended, asked to stop).  Pools hear
+        # nothing of claims, renewals and progress, so that many pools on one
+        # server do not wake one another for nothing.  Statement triggers: a
+        # batch notifies once.  Inserted jobs are new, and most are due: an
+        # insert notifies pools without looking at its rows.
         """
         CREATE FUNCTION litejobs_notify_due() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
@@ -1428,9 +1450,8 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             IF EXISTS (SELECT 1 FROM changed WHERE status = 'pending') THEN
                 PERFORM pg_notify('litejobs_due', '');
             END IF;
-            IF EXISTS (SELECT 1 FROM changed
-                       WHERE status IN ('completed', 'failed', 'cancelled')) THEN
-                PERFORM pg_notify('litejobs_ended', '');
+            IF EXISTS (SELECT 1 FROM changed WHERE status != 'pending') THEN
+                PERFORM pg_notify('litejobs_changed', '');
             END IF;
             RETURN NULL;
         END
@@ -1449,7 +1470,7 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 _POSTGRES_SCHEMA_VERSION = len(_POSTGRES_MIGRATIONS)
 _POSTGRES_DUE = "litejobs_due"  # the channel of jobs that became pending
-_POSTGRES_ENDED = "litejobs_ended"  # the channel of jobs that ended
+_POSTGRES_CHANGED = "litejobs_changed"  # the channel of jobs that changed otherwise
 
 _POSTGRES_CREATE_VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS litejobs_schema (
@@ -1509,6 +1530,16 @@ RETURNING {_JOB_COLUMNS}, payload, signature
 # SQLite's text, and PostgreSQL's for it, in the order applied.
 _POSTGRES_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(pattern, re.DOTALL), replacement) for pattern, replacement in (
+        # Rows read to be changed in the same transaction are locked as they
+        # are read: SQLite's single writer made that so; PostgreSQL's READ
+        # COMMITTED does not.  Meta is merged under the lock (a run's report
+        # and an update from outside); a purge skips roots others hold (a
+        # callback being added); expired leases one pool is taking back are
+        # left to it.
+        (re.escape(_META_OF_RUN), _META_OF_RUN.rstrip() + " FOR UPDATE"),
+        (re.escape(_META_OF_JOB), _META_OF_JOB.rstrip() + " FOR UPDATE"),
+        (re.escape(_PURGEABLE), _PURGEABLE.rstrip() + " FOR UPDATE OF root SKIP LOCKED"),
+        (re.escape(_EXPIRED_LEASES), _EXPIRED_LEASES.rstrip() + " FOR UPDATE SKIP LOCKED"),
         (r"\s+INDEXED BY \w+", ""),
         (r"\bIN \(\)", "IN (NULL)"),  # an empty list of queues
         # One array, built once: a subquery of the JSON would be scanned
@@ -2003,6 +2034,7 @@ class _WalWatch:
     def __init__(self, fd: int, wal_name: bytes):
         self.fd = fd
         self.broken = False  # inotify's descriptor does not break
+        self.exact = True  # confirmed by data_version, which misses nothing
         self._wal_name = wal_name
 
     def reopen(self) -> None:
@@ -2062,7 +2094,7 @@ class _CommitWatch:
 
     def __init__(self, storage: _Connections):
         self._storage = storage
-        self._wal = storage.change_watch(ends=True)
+        self._wal = storage.change_watch(changes=True)
         self._version = storage.data_version()
         self._settle_until = -math.inf
         self._pause = _SETTLE_CHECKS[0]
@@ -2072,6 +2104,8 @@ class _CommitWatch:
         whether one came."""
         deadline = time.monotonic() + timeout
         while True:
+            if self._wal is not None and self._wal.broken:
+                self._wal.reopen()  # its loss was reported (a version change) already
             version = self._storage.data_version()
             if version != self._version:
                 self._version = version
@@ -2080,8 +2114,6 @@ class _CommitWatch:
             now = time.monotonic()
             if now >= deadline:
                 return False
-            if self._wal is not None and self._wal.broken:
-                self._wal.reopen()
             if self._wal is None or self._wal.fd < 0:  # poll: soon at first, then less often
                 time.sleep(min(self._pause, deadline - now))
                 self._pause = min(self._pause * 2, _SAFETY_CHECK_INTERVAL / 5)
@@ -2092,6 +2124,8 @@ class _CommitWatch:
                                             min(_SAFETY_CHECK_INTERVAL, deadline - now))
                 if ready and self._wal.written():
                     self._settle_until = time.monotonic() + _SETTLE_CHECKS[1]
+                elif not ready and not self._wal.exact and deadline - now > _SAFETY_CHECK_INTERVAL:
+                    return True  # a notification may be lost unseen: the caller looks
 
     def close(self) -> None:
         if self._wal is not None:
@@ -2103,7 +2137,7 @@ class _CommitWatch:
 
 class _Commits(Protocol):
     """What `_Storage.watch_commits` returns: a wait for others' commits that
-    end jobs (on SQLite, for any commit of others)."""
+    change jobs past pending (on SQLite, for any commit of others)."""
 
     def wait(self, timeout: float) -> bool: ...
     def close(self) -> None: ...
@@ -2116,6 +2150,7 @@ class _ChangeWatch(Protocol):
 
     fd: int
     broken: bool  # the watch must be reopened, once out of any selector
+    exact: bool  # whether what it reports can be trusted not to miss a change
 
     def written(self) -> bool: ...
     def reopen(self) -> None: ...
@@ -2186,7 +2221,7 @@ class _Storage(Protocol):
     def next_due(self, queues: Sequence[str] | None, *, unsigned_only: bool = False,
                  avoid: Collection[str] = ()) -> float | None: ...
     def data_version(self) -> int: ...
-    def change_watch(self, *, ends: bool = False) -> _ChangeWatch | None: ...
+    def change_watch(self, *, changes: bool = False) -> _ChangeWatch | None: ...
     def watch_commits(self) -> _Commits: ...
     def identity(self) -> tuple[Any, ...]: ...
     def open_to(self) -> str | None: ...
@@ -2208,7 +2243,7 @@ class _Storage(Protocol):
     def unfinished_under(self, job_id: int) -> int: ...
     def unfinished_trees(self) -> list[dict[str, Any]]: ...
     def insert_copies(self, rows: Sequence[dict[str, Any]]) -> dict[int, int]: ...
-    def delete_trees(self, roots: Iterable[int]) -> int: ...
+    def delete_copied(self, ids: Iterable[int]) -> int: ...
     def reopen(self, job_id: int, now: float) -> str: ...
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int]: ...
     def wait_for_locks(self, seconds: float) -> None: ...
@@ -2383,10 +2418,11 @@ class _Connections:
         None when nobody may, or it does not show."""
         return None
 
-    def change_watch(self, *, ends: bool = False) -> _ChangeWatch | None:
+    def change_watch(self, *, changes: bool = False) -> _ChangeWatch | None:
         """What tells the calling thread, without polling, that the database
-        may have changed (that jobs became due; with ``ends``, that jobs
-        ended); None where nothing can (then it polls)."""
+        may have changed: that jobs became due (for pools); with
+        ``changes``, that jobs changed otherwise (claimed, started, ended:
+        what waits look for).  None where nothing can (then it polls)."""
         raise NotImplementedError
 
     def data_version(self) -> int:
@@ -2672,7 +2708,7 @@ class _SQLiteConnections(_Connections):
         caller closes it."""
         return _CommitWatch(self)
 
-    def change_watch(self, *, ends: bool = False) -> _WalWatch | None:
+    def change_watch(self, *, changes: bool = False) -> _WalWatch | None:
         """inotify on the WAL (see `_WalWatch`): any commit, whatever it changed."""
         return _WalWatch.open(self.path)
 
@@ -3508,6 +3544,10 @@ class _Claims(_Runs):
                     return status
                 status = self._interrupt(conn, job_id, token, now,
                                          f"job {job_id} was interrupted: {why}")
+        except LeaseLost:
+            # Another runner took it back first (its transaction committed
+            # since this one read the expired leases): nothing to do.
+            return ACTIVE
         except self._database_trouble:
             raise  # the database's trouble, not this job's
         except Exception as exc:
@@ -3686,7 +3726,10 @@ class _Jobs(_Claims):
                 "before": before, "status": status,
                 "limit": limit if limit >= 0 else self._no_limit}).fetchall()]
             under = 0
-            for root in roots:
+            for root in list(roots):
+                if conn.execute(_UNFINISHED_IN_TREE, {"id": root}).fetchone()[0]:
+                    roots.remove(root)
+                    continue
                 tree = conn.execute(_TREE_DEEPEST_FIRST, {"id": root}).fetchall()
                 under += len(tree)
                 if not dry_run:
@@ -3796,15 +3839,15 @@ class _Copies(_Jobs):
                 (row["queue"], row["status"]) for row in rows if row["status"] in _FINISHED))
         return new_ids
 
-    def delete_trees(self, roots: Iterable[int]) -> int:
-        """Delete the jobs ``roots`` with everything under them, in one
-        transaction; returns how many jobs were deleted."""
+    def delete_copied(self, ids: Iterable[int]) -> int:
+        """Delete the jobs ``ids`` (copied: see `unfinished_trees`), in one
+        transaction, those under others first, and none that has a job under
+        it that is not among them (one added since), which would go with it;
+        returns how many were deleted."""
         deleted = 0
         with self.write() as conn:
-            for root in roots:
-                tree = conn.execute(_TREE_DEEPEST_FIRST, {"id": root}).fetchall()
-                conn.executemany(_DELETE_JOB, tree + [(root,)])
-                deleted += len(tree) + 1
+            for job_id in sorted(ids, reverse=True):  # a job's id is above its parent's
+                deleted += conn.execute(_DELETE_CHILDLESS, (job_id, job_id)).rowcount
         return deleted
 
 
@@ -3831,15 +3874,21 @@ def _is_postgres_url(target: Any) -> bool:
 
 
 def _shown_url(url: str) -> str:
-    """``url`` without its password, to show and to key by."""
+    """``url`` without its password (in the user part, or as a ``password``
+    or ``sslpassword`` parameter), to show and to key by."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if any(key in ("password", "sslpassword") for key, _ in pairs):
+        parts = parts._replace(query="&".join(
+            piece for piece in parts.query.split("&")
+            if piece.split("=", 1)[0] not in ("password", "sslpassword")))
+    return urllib.parse.urlunsplit(parts)
 
 
 def _import_psycopg() -> Any:
@@ -3942,12 +3991,17 @@ class _PostgresConnection:
     (a restart, pg_terminate_backend), nothing of the transaction ran, and
     it runs again on a new connection from ``reopen``."""
 
-    __slots__ = ("raw", "_cursor", "_psycopg", "_reopen", "begin_with")
+    __slots__ = ("raw", "_cursor", "_psycopg", "_reopen", "begin_with", "begin")
 
-    def __init__(self, raw: Any, psycopg: Any, reopen: Callable[[], Any] | None = None):
+    def __init__(self, raw: Any, psycopg: Any, reopen: Callable[[], Any] | None = None,
+                 begin: str = "BEGIN;"):
         self._psycopg = psycopg
         self._reopen = reopen
         self.begin_with = False  # a BEGIN is due with the next statement
+        # BEGIN and the transaction's SET LOCALs: settings that hold for the
+        # transaction alone, so that none stays on a server connection that
+        # PgBouncer in transaction mode hands to another client.
+        self.begin = begin
         self._bind(raw)
 
     def _bind(self, raw: Any) -> None:
@@ -3961,15 +4015,16 @@ class _PostgresConnection:
             cursor.execute(_postgres_sql(statement), parameters)
             return cursor
         try:
-            cursor.execute("BEGIN;" + _postgres_sql(statement), parameters)
+            cursor.execute(self.begin + _postgres_sql(statement), parameters)
         except self._psycopg.OperationalError:
             if self._reopen is None or not (self.raw.closed or self.raw.broken):
                 raise
             self._bind(self._reopen())
             cursor = self._cursor()
-            cursor.execute("BEGIN;" + _postgres_sql(statement), parameters)
+            cursor.execute(self.begin + _postgres_sql(statement), parameters)
         self.begin_with = False
-        cursor.nextset()  # the statement's result, after BEGIN's
+        for _ in range(self.begin.count(";")):
+            cursor.nextset()  # the statement's result, after BEGIN's and the SETs'
         return cursor
 
     def executemany(self, statement: str, rows: Iterable[Any]) -> Any:
@@ -4002,6 +4057,9 @@ class _PostgresListener:
         self._conn: Any = None
         self.fd = -1
         self.broken = False
+        # A connection a firewall dropped without a word hears nothing: a
+        # wait on it looks anyway at times (TCP keepalives find it out).
+        self.exact = False
         self.version = 0  # notifications seen, which `data_version` reports
         self._open()
 
@@ -4074,7 +4132,7 @@ class _PostgresConnections(_Connections):
     others.  ``busy_timeout`` is the lock_timeout.
     """
 
-    _database_trouble = (DatabaseError,)
+    _database_trouble: tuple[type[BaseException], ...] = (DatabaseError,)
     idle_check_interval = _POSTGRES_POLL_INTERVAL
     _no_limit = None  # LIMIT NULL
     _migrations = _POSTGRES_MIGRATIONS
@@ -4091,6 +4149,12 @@ class _PostgresConnections(_Connections):
         super().__init__(shown, secrets, size_limit)
         self._psycopg = psycopg
         self._unique_violation = (psycopg.errors.UniqueViolation,)
+        # Raised inside a write before it is translated: a lock wait that
+        # timed out, a deadlock, a lost connection; never one job's fault.
+        self._database_trouble = (DatabaseError, psycopg.OperationalError,
+                                  psycopg.errors.LockNotAvailable,
+                                  psycopg.errors.DeadlockDetected,
+                                  psycopg.errors.SerializationFailure)
         self._url = url
         self.busy_timeout = busy_timeout
         self.read_only = read_only
@@ -4116,23 +4180,30 @@ class _PostgresConnections(_Connections):
         """A new autocommit connection, set up for litejobs."""
         try:
             raw = self._psycopg.connect(self._url, autocommit=True, connect_timeout=10,
-                                        application_name="litejobs")
-            raw.execute(f"SET lock_timeout = {max(1, int(self.busy_timeout * 1000))}")
-            # Short statements only: compiling one (JIT) costs more than it
-            # runs, and the planner's estimates of a purge asked for it.
-            raw.execute("SET jit = off")
-            if not self.durable:
-                # As SQLite's synchronous=NORMAL: a commit is not waited on to
-                # reach the disk; the last ones may be lost if the server
-                # crashes, never half of one.  Pools write so: a claim or an
-                # outcome lost is a job run again.
-                raw.execute("SET synchronous_commit = off")
-            if self.read_only:
-                raw.execute("SET default_transaction_read_only = on")
+                                        application_name="litejobs", keepalives=1,
+                                        keepalives_idle=30, keepalives_interval=10,
+                                        keepalives_count=3)
+            if self.listen:  # a session of its own (not PgBouncer in transaction mode)
+                # Short statements only: compiling one (JIT) costs more than
+                # it runs, and the planner's estimates of a purge asked for it.
+                raw.execute("SET jit = off")
             self._measure_clock(raw)
         except self._psycopg.Error as exc:
             raise self._translated(exc) from None
         return raw
+
+    def _begin_sql(self) -> str:
+        """What a write transaction begins with: BEGIN, the busy timeout as
+        its lock_timeout, and, not durable (as SQLite's synchronous=NORMAL),
+        commits not waited on to reach the disk: the last ones may be lost
+        if the server crashes, never half of one.  Pools write so: a claim
+        or an outcome lost is a job run again."""
+        begin = f"BEGIN;SET LOCAL lock_timeout = {max(1, int(self.busy_timeout * 1000))};"
+        if not self.durable:
+            begin += "SET LOCAL synchronous_commit = off;"
+        if self.read_only:
+            begin = begin.replace("BEGIN;", "BEGIN READ ONLY;")
+        return begin
 
     def _measure_clock(self, raw: Any) -> None:
         """How far the server's clock is ahead of this host's: the host's
@@ -4158,7 +4229,9 @@ class _PostgresConnections(_Connections):
             self._connections.pop(thread, None)
             conn = None
         if conn is None:
-            conn = _PostgresConnection(self._connect(), self._psycopg, self._connect)
+            threading.current_thread()  # registers a foreign thread, so pruning sees it
+            conn = _PostgresConnection(self._connect(), self._psycopg, self._connect,
+                                       self._begin_sql())
             self._register(conn)
         return conn
 
@@ -4222,9 +4295,17 @@ class _PostgresConnections(_Connections):
                 if conn.begin_with:
                     conn.begin_with = False  # nothing ran: nothing to commit
                 else:
-                    conn.raw.execute("COMMIT")
+                    self._commit(conn)
         finally:
             del self._writing[thread]
+
+    def _commit(self, conn: _PostgresConnection) -> None:
+        try:
+            conn.raw.execute("COMMIT")
+        except self._psycopg.OperationalError as exc:
+            raise DatabaseUnreachable(
+                f"cannot reach PostgreSQL at {self.path}: the connection was lost while "
+                f"committing, so whether the commit took is unknown ({exc})") from exc
 
     def _roll_back(self, conn: _PostgresConnection) -> None:
         conn.begin_with = False
@@ -4304,12 +4385,12 @@ class _PostgresConnections(_Connections):
 
     # -- waking, and the rest of the contract ------------------------------
 
-    def change_watch(self, *, ends: bool = False) -> _PostgresListener | None:
+    def change_watch(self, *, changes: bool = False) -> _PostgresListener | None:
         """This thread's listener for commits that change jobs (None when
         LISTEN is off); `data_version` then counts what it heard."""
         if not self.listen:
             return None
-        listener = _PostgresListener(self, _POSTGRES_ENDED if ends else _POSTGRES_DUE)
+        listener = _PostgresListener(self, _POSTGRES_CHANGED if changes else _POSTGRES_DUE)
         self._listeners[threading.get_ident()] = listener
         return listener
 
@@ -4338,9 +4419,8 @@ class _PostgresConnections(_Connections):
     def wait_for_locks(self, seconds: float) -> None:
         self.busy_timeout = seconds
         conn = self._connections.get(threading.get_ident())
-        if conn is not None and self._pid == os.getpid() and not conn.raw.closed:
-            with self._errors():
-                conn.raw.execute(f"SET lock_timeout = {max(1, int(seconds * 1000))}")
+        if conn is not None and self._pid == os.getpid():
+            conn.begin = self._begin_sql()
 
     def close(self) -> None:
         if self._pid == os.getpid():
@@ -4504,8 +4584,11 @@ def _shortened(text: str, most: int) -> str:
 
 
 def _storable(text: str) -> str:
-    """``text`` as SQLite can store it: UTF-8.  A lone surrogate (from a
-    file name undecodable in the locale, say) is written as its escape."""
+    """``text`` as every backend can store it: UTF-8 without NUL
+    (PostgreSQL's text holds none).  A lone surrogate (from a file name
+    undecodable in the locale, say) or a NUL is written as its escape."""
+    if "\0" in text:
+        text = text.replace("\0", "\\x00")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -4514,7 +4597,10 @@ def _storable(text: str) -> str:
 
 
 def _check_text(value: str, what: str) -> str:
-    """Refuse a name SQLite cannot store: a string with a lone surrogate."""
+    """Refuse a name a backend cannot store: a string with a lone surrogate,
+    or with a NUL (PostgreSQL)."""
+    if "\0" in value:
+        raise ValueError(f"{what} {value!r} cannot be stored: it holds a NUL character")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -6105,7 +6191,11 @@ class Queue:
         rows = self._storage.unfinished_trees()
         new_ids = destination._storage.insert_copies(rows)
         if move:
-            self._storage.delete_trees(row["id"] for row in rows if row["parent_id"] is None)
+            deleted = self._storage.delete_copied(new_ids)
+            if deleted < len(new_ids):
+                _log.warning("%d of the %d jobs copied from %s to %s were kept in %s: jobs "
+                             "were added under them meanwhile", len(new_ids) - deleted,
+                             len(new_ids), self.path, destination.path, self.path)
         return new_ids
 
     def purge(self, older_than: float | datetime.timedelta | datetime.datetime, *,
@@ -7744,9 +7834,12 @@ class _IdleWait:
 
     def on_event(self) -> None:
         """The WAL watch's fd is readable (outside `wait`): the idle wait that
-        follows checks closely."""
+        follows checks closely.  A lost listener, whose socket would stay
+        readable, is reopened at once."""
         if self.watch is not None and self.watch.written():
             self.last_wal_event = self._clock()
+            if self.watch.broken:
+                self.listen(self._listening is not None)
 
     def wait(self, timeout: float, next_due: float | None,
              due_here: Callable[[], float | None]) -> _Woken:

@@ -292,3 +292,37 @@ def test_the_copy_command_copies_and_says_how_many(tmp_path, postgres_url):
     assert (report["copied"], report["moved"]) == (3, False)
     with litejobs.Queue(postgres_url) as destination, litejobs.Queue(path) as source:
         assert destination.counts()["pending"] == 3 and source.counts()["pending"] == 3
+
+
+def test_a_password_given_as_a_url_parameter_is_not_shown_either(postgres_url):
+    q = litejobs.Queue(postgres_url + "?password=hunter2-secret&application_name=app")
+    assert "hunter2" not in q.path and "application_name=app" in q.path
+    assert b"hunter2" not in pickle.dumps(q)
+    q.close()
+
+
+def test_an_error_message_holding_a_nul_is_stored_escaped(postgres_url):
+    q = litejobs.Queue(postgres_url)
+    job = q.put(Job(sample_jobs.fail, "bad\x00record"))
+    q.run_pending()
+    assert job.refresh().status == litejobs.FAILED
+    assert "bad\\x00record" in job.error
+    with pytest.raises(ValueError, match="NUL"):
+        q.put(Job(sample_jobs.add, 1, 1), queue="a\x00b")
+    q.close()
+
+
+def test_a_move_keeps_a_job_that_got_a_callback_after_it_was_copied(tmp_path, postgres_url):
+    source = litejobs.Queue(tmp_path / "jobs.db")
+    destination = litejobs.Queue(postgres_url)
+    kept = source.put(Job(sample_jobs.add, 1, 1))
+    moved = source.put(Job(sample_jobs.add, 2, 2))
+    rows = source._storage.unfinished_trees()
+    kept.add_callback(sample_jobs.double)  # after the copy read it, before the delete
+    new_ids = destination._storage.insert_copies(rows)
+    assert source._storage.delete_copied(new_ids) == 1
+    assert source.get(kept.id).children()[0].status == "waiting"
+    with pytest.raises(litejobs.JobNotFound):
+        source.get(moved.id)
+    source.close()
+    destination.close()
