@@ -5917,6 +5917,98 @@ class _Refusals:
         return reason
 
 
+class _InlineRun:
+    """One `Queue.run_pending` call: it owns its runner's identity, its
+    clock (``run_pending(now=)``'s, or the database's), the lease keeper,
+    the watch for stop requests and meta of the running job, and what this
+    process could not run.  Jobs run here one at a time, claimed and
+    recorded as a pool's are."""
+
+    def __init__(self, queue: Queue, clock: Callable[[], float],
+                 queues: Sequence[str] | None, lease: float):
+        self.queue = queue
+        self.storage = queue._storage
+        self.clock = clock
+        self.queues = queues
+        self.lease = lease
+        self.owner = _owner_id("inline")
+        self.keeper = _LeaseKeeper(self.storage, lease, self.expiry)
+        self.news = _NewsWatch(self.storage)
+        self.refusals = _Refusals(f"run_pending ({self.owner})")
+
+    def expiry(self) -> float:
+        """Leases run on the database's clock, however far ``clock`` is ahead."""
+        return max(self.clock(), self.storage.clock()) + self.lease
+
+    def run(self, limit: int | None) -> int:
+        """Claim and run due jobs until none is due or ``limit`` have run."""
+        ran = 0
+        reset = _CLOCK.set(self.clock)
+        try:
+            while limit is None or ran < limit:
+                token, claimed = self.storage.claim(
+                    owner=self.owner, queues=self.queues, now=self.clock(),
+                    expires=self.expiry(), limit=1,
+                    unsigned_only=self.refusals.unsigned_only, avoid=self.refusals.avoided())
+                if not claimed:
+                    break
+                _crash_point("after-claim")
+                for row in claimed:
+                    if self._run_claimed(row, token):
+                        ran += 1
+        finally:
+            _CLOCK.reset(reset)
+            self.keeper.stop()
+            self.news.stop()
+        return ran
+
+    def _run_claimed(self, claimed: dict[str, Any], token: str) -> bool:
+        """Run one claimed job here and record its outcome; False if this
+        process could not run it and gave it back (see `_Refusals`)."""
+        payload, signature = claimed.pop("payload"), claimed.pop("signature")
+        job = Job._bound(self.queue, claimed)
+        job_id = job._require_id()
+        if signature is not None and not self.storage.secrets:
+            reason = self.refusals.signed_without_secret(claimed)
+            with contextlib.suppress(LeaseLost):
+                self.storage.refuse(job_id, token, self.clock(), reason)
+            return False
+        self.keeper.hold(job_id, token)
+        self.news.watch(job)
+        _log.debug("job %s (%s) attempt %d started in this process", job_id, job.name,
+                   job.attempts, extra=_job_log(claimed))
+        started = time.perf_counter()
+        try:
+            outcome = _execute(job, payload, signature, lambda fields: self.storage.report(
+                [(job_id, token, fields)]))
+            _crash_point("after-job")
+        except KeyboardInterrupt:
+            with contextlib.suppress(LeaseLost):
+                self.storage.interrupt(job._require_id(), token, self.clock(),
+                                       "interrupted by KeyboardInterrupt")
+            raise
+        finally:
+            self.keeper.release(job._require_id())
+            self.news.watch(None)
+        duration = time.perf_counter() - started
+        if outcome.refused:
+            self.refusals.cannot_import(claimed, outcome.error)
+        try:
+            status: str | None = _record(self.storage, job._row, token, outcome, self.clock())
+            _crash_point("after-finish")
+        except LeaseLost:
+            status = None
+        except DatabaseError as exc:
+            # At-least-once: with its outcome unwritten, the job stays claimed
+            # until the lease runs out, then runs again.
+            _log.error("job %s (%s): could not record its outcome, so it will run "
+                       "again once its lease expires: %s", job.id, job.name, exc,
+                       extra=_job_log(claimed, duration))
+            raise
+        _log_outcome(claimed, outcome, status, duration)
+        return not outcome.refused
+
+
 class Queue:
     """A job queue kept in the SQLite database at ``path``, or in the
     PostgreSQL database at a ``postgresql://`` URL (the ``postgres`` extra).
@@ -6265,11 +6357,10 @@ class Queue:
 
         ``timeout`` is not enforced here; it needs a worker pool.
         """
+        clock: Callable[[], float] = self._storage.clock
         if now is not None:
             fixed = _timestamp(now, "now")
-            clock: Callable[[], float] = lambda: fixed  # noqa: E731
-        else:
-            clock = self._storage.clock
+            clock = lambda: fixed  # noqa: E731
         if queues is not None:
             queues = [queues] if isinstance(queues, str) else list(queues)
         if limit is not None:
@@ -6277,32 +6368,7 @@ class Queue:
         lease = _seconds(lease, "lease")
         if lease == 0:
             raise ValueError("lease must be positive")
-
-        def expiry() -> float:
-            return max(clock(), self._storage.clock()) + lease
-
-        owner = _owner_id("inline")
-        keeper = _LeaseKeeper(self._storage, lease, expiry)
-        news = _NewsWatch(self._storage)
-        refusals = _Refusals(f"run_pending ({owner})")
-        ran = 0
-        reset = _CLOCK.set(clock)
-        try:
-            while limit is None or ran < limit:
-                token, claimed = self._storage.claim(
-                    owner=owner, queues=queues, now=clock(), expires=expiry(), limit=1,
-                    unsigned_only=refusals.unsigned_only, avoid=refusals.avoided())
-                if not claimed:
-                    break
-                _crash_point("after-claim")
-                for row in claimed:
-                    if self._run_claimed(row, token, clock, keeper, news, refusals):
-                        ran += 1
-        finally:
-            _CLOCK.reset(reset)
-            keeper.stop()
-            news.stop()
-        return ran
+        return _InlineRun(self, clock, queues, lease).run(limit)
 
     def worker(self, processes: int | None = None, **options: Any) -> Worker:
         """Start a `Worker` pool on this queue's file in a background thread
@@ -6314,54 +6380,6 @@ class Queue:
         ``options`` are those of `Worker`.
         """
         return Worker(self, processes=processes, **options).start()
-
-    def _run_claimed(self, claimed: dict[str, Any], token: str, clock: Callable[[], float],
-                     keeper: _LeaseKeeper, news: _NewsWatch, refusals: _Refusals) -> bool:
-        """Run one claimed job here and record its outcome; False if this
-        process could not run it and gave it back (see `_Refusals`)."""
-        payload, signature = claimed.pop("payload"), claimed.pop("signature")
-        job = Job._bound(self, claimed)
-        job_id = job._require_id()
-        if signature is not None and not self._storage.secrets:
-            reason = refusals.signed_without_secret(claimed)
-            with contextlib.suppress(LeaseLost):
-                self._storage.refuse(job_id, token, clock(), reason)
-            return False
-        keeper.hold(job_id, token)
-        news.watch(job)
-        _log.debug("job %s (%s) attempt %d started in this process", job_id, job.name,
-                   job.attempts, extra=_job_log(claimed))
-        started = time.perf_counter()
-        try:
-            outcome = _execute(job, payload, signature, lambda fields: self._storage.report(
-                [(job_id, token, fields)]))
-            _crash_point("after-job")
-        except KeyboardInterrupt:
-            with contextlib.suppress(LeaseLost):
-                self._storage.interrupt(job._require_id(), token, clock(),
-                                        "interrupted by KeyboardInterrupt")
-            raise
-        finally:
-            keeper.release(job._require_id())
-            news.watch(None)
-        duration = time.perf_counter() - started
-        if outcome.refused:
-            refusals.cannot_import(claimed, outcome.error)
-        try:
-            status: str | None = _record(self._storage, job._row, token, outcome, clock())
-            _crash_point("after-finish")
-        except LeaseLost:
-            status = None
-        except DatabaseError as exc:
-            # At-least-once: with its outcome unwritten, the job stays claimed
-            # until the lease runs out, then runs again.
-            _log.error("job %s (%s): could not record its outcome, so it will run "
-                       "again once its lease expires: %s", job.id, job.name, exc,
-                       extra=_job_log(claimed, duration))
-            raise
-        _log_outcome(claimed, outcome, status, duration)
-        return not outcome.refused
-
 
 def _reopen_queue(path: str, durable: bool, create: bool, busy_timeout: float,
                   read_only: bool = False, size_limit: int | None = DEFAULT_SIZE_LIMIT,
