@@ -2098,6 +2098,7 @@ class _CommitWatch:
         self._version = storage.data_version()
         self._settle_until = -math.inf
         self._pause = _SETTLE_CHECKS[0]
+        self._looked = time.monotonic()  # when the caller last looked, for a watch not exact
 
     def wait(self, timeout: float) -> bool:
         """Wait at most ``timeout`` seconds for another connection's commit;
@@ -2110,6 +2111,7 @@ class _CommitWatch:
             if version != self._version:
                 self._version = version
                 self._pause = _SETTLE_CHECKS[0]
+                self._looked = time.monotonic()
                 return True
             now = time.monotonic()
             if now >= deadline:
@@ -2124,7 +2126,9 @@ class _CommitWatch:
                                             min(_SAFETY_CHECK_INTERVAL, deadline - now))
                 if ready and self._wal.written():
                     self._settle_until = time.monotonic() + _SETTLE_CHECKS[1]
-                elif not ready and not self._wal.exact and deadline - now > _SAFETY_CHECK_INTERVAL:
+                elif not ready and not self._wal.exact and \
+                        time.monotonic() - self._looked >= _SAFETY_CHECK_INTERVAL:
+                    self._looked = time.monotonic()
                     return True  # a notification may be lost unseen: the caller looks
 
     def close(self) -> None:

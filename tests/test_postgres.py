@@ -326,3 +326,23 @@ def test_a_move_keeps_a_job_that_got_a_callback_after_it_was_copied(tmp_path, po
         source.get(moved.id)
     source.close()
     destination.close()
+
+
+def test_a_wait_sees_a_job_end_even_when_no_notification_comes(postgres_url):
+    import psycopg
+    q = litejobs.Queue(postgres_url)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # as if one were lost
+        conn.execute("DROP TRIGGER litejobs_jobs_notify_update ON litejobs_jobs")
+    job = q.put(Job(sample_jobs.add, 2, 3))
+    other = litejobs.Queue(postgres_url)
+    token, _ = other._storage.claim(owner="elsewhere", queues=None, now=other.now(),
+                                    expires=other.now() + 60, limit=1)
+    timer = threading.Timer(0.1, other._storage.finish, (job.id, token),
+                            {"status": litejobs.COMPLETED, "now": other.now()})
+    timer.start()
+    started = time.monotonic()
+    job.wait(timeout=10)
+    assert job.status == litejobs.COMPLETED and time.monotonic() - started < 5
+    timer.join()
+    other.close()
+    q.close()
