@@ -7260,16 +7260,34 @@ class _Dispatcher:
     It owns what the pool knows of how long jobs take.  While jobs are
     reliably quick, each process gets work ahead, in chunks, so that it never
     waits for the supervisor; one slow job stops that at once.  A process
-    whose work has not moved for ``_STEAL_AFTER`` (a slow job, a stopped
+    whose work has not moved for ``steal_after`` (a slow job, a stopped
     process) is *stuck*: it gets nothing more, and the jobs it holds but has
     not started are asked back (`steals`), so that no job waits behind a slow
-    one.
+    one.  ``steal_after`` is `_STEAL_AFTER`, longer on a machine with more
+    runnable processes than cores (``load``, the load average's reader):
+    there, a process may not move only because it waits for a core, and
+    taking its jobs back would churn them for nothing.
     """
 
-    def __init__(self, max_jobs_per_child: int | None):
+    def __init__(self, max_jobs_per_child: int | None,
+                 load: Callable[[], float] = lambda: os.getloadavg()[0]):
         self.max_jobs_per_child = max_jobs_per_child
         self.job_seconds: float | None = None  # a cautious estimate: see note_duration
         self.timed_jobs = 0
+        self._load = load
+        self.steal_after = _STEAL_AFTER
+        self._load_read = -math.inf  # when ``load`` was last read (the pool's clock)
+
+    def _read_load(self, now: float) -> None:
+        """Scale ``steal_after`` with the machine's load, once a second at most."""
+        if now - self._load_read < 1.0:
+            return
+        self._load_read = now
+        try:
+            busy = self._load() / (os.cpu_count() or 1)
+        except OSError:  # no load average here
+            busy = 1.0
+        self.steal_after = _STEAL_AFTER * max(1.0, busy)
 
     def note_duration(self, seconds: float) -> None:
         # A moving average: a slow job among quick ones moves it only so far,
@@ -7289,13 +7307,13 @@ class _Dispatcher:
         chunk = max(1, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(seconds, 1e-6))))
         return chunk, 2 * chunk
 
-    @staticmethod
-    def stuck(child: _Child, now: float) -> bool:
-        """Whether the process's work has not moved for ``_STEAL_AFTER``: its
+    def stuck(self, child: _Child, now: float) -> bool:
+        """Whether the process's work has not moved for ``steal_after``: its
         job started that long ago, or it holds jobs and has said nothing."""
+        self._read_load(now)
         if child.slot.job_id:
-            return now - child.slot.since >= _STEAL_AFTER
-        return bool(child.assigned) and now - child.heard >= _STEAL_AFTER
+            return now - child.slot.since >= self.steal_after
+        return bool(child.assigned) and now - child.heard >= self.steal_after
 
     def room(self, child: _Child, now: float, chunk: int, most: int) -> int:
         """How many more jobs the process should get now."""
@@ -7344,15 +7362,14 @@ class _Dispatcher:
                 taken += [a for a in child.assigned if not a.skip_sent and a.job_id != running]
         return taken
 
-    @staticmethod
-    def next_steal(children: Iterable[_Child], now: float) -> float | None:
+    def next_steal(self, children: Iterable[_Child], now: float) -> float | None:
         """When a process holding jobs it has not started becomes stuck, if
         one will; once stuck, a process that frees up wakes the pool anyway."""
         moments = []
         for child in children:
             running = child.slot.job_id
             if any(not a.skip_sent and a.job_id != running for a in child.assigned):
-                moment = (child.slot.since if running else child.heard) + _STEAL_AFTER
+                moment = (child.slot.since if running else child.heard) + self.steal_after
                 if moment > now:
                     moments.append(moment)
         return min(moments, default=None)

@@ -7,6 +7,7 @@ test_worker_cli.py."""
 from __future__ import annotations
 
 import collections
+import os
 import logging
 import sqlite3
 import time
@@ -36,6 +37,11 @@ class FakePipe:
         self.sent.append(message)
 
 
+def IDLE():
+    """The load average of an idle machine: stealing after `_STEAL_AFTER`."""
+    return 0.0
+
+
 def child(number=1, *, ready=True, holding=(), now=0.0):
     """A worker process as the supervisor sees it, with no process behind it:
     ready, holding assignments of the job ids ``holding``, heard from at ``now``."""
@@ -61,14 +67,14 @@ def quick(dispatcher, jobs=40, seconds=50e-6):
 
 
 def test_until_jobs_are_known_to_be_quick_the_dispatcher_sends_one_at_a_time():
-    dispatcher = _Dispatcher(None)
+    dispatcher = _Dispatcher(None, load=IDLE)
     assert dispatcher.chunk() == (1, 1)
     quick(dispatcher, jobs=litejobs._FAST_EVIDENCE - 1)
     assert dispatcher.chunk() == (1, 1)
 
 
 def test_quick_jobs_go_ahead_in_chunks_and_slow_ones_one_at_a_time():
-    dispatcher = quick(_Dispatcher(None))
+    dispatcher = quick(_Dispatcher(None, load=IDLE))
     chunk, most = dispatcher.chunk()
     assert chunk == min(litejobs._MAX_CHUNK, int(litejobs._CHUNK_SECONDS / 50e-6))
     assert most == 2 * chunk
@@ -80,7 +86,7 @@ def test_quick_jobs_go_ahead_in_chunks_and_slow_ones_one_at_a_time():
 
 
 def test_rows_are_dealt_one_by_one_to_the_processes_holding_least():
-    dispatcher = quick(_Dispatcher(None), seconds=0.001)  # a chunk of 5, at most 10 held
+    dispatcher = quick(_Dispatcher(None, load=IDLE), seconds=0.001)  # a chunk of 5, at most 10 held
     assert dispatcher.chunk() == (5, 10)
     idle, busy = child(1), child(2, holding=[100, 101, 102, 103, 104])
     plan, left = dispatcher.plan(rows(*range(1, 15)), [busy, idle], now=0.0)
@@ -92,7 +98,7 @@ def test_rows_are_dealt_one_by_one_to_the_processes_holding_least():
 
 
 def test_a_process_not_ready_retiring_stopping_or_being_killed_gets_nothing():
-    dispatcher = _Dispatcher(None)
+    dispatcher = _Dispatcher(None, load=IDLE)
     starting = child(1, ready=False)
     retiring, stopping, killed = child(2), child(3), child(4)
     retiring.retiring, stopping.stop_sent = True, True
@@ -103,7 +109,7 @@ def test_a_process_not_ready_retiring_stopping_or_being_killed_gets_nothing():
 
 
 def test_a_process_is_refilled_only_once_a_chunk_of_its_work_is_done():
-    dispatcher = quick(_Dispatcher(None))
+    dispatcher = quick(_Dispatcher(None, load=IDLE))
     chunk, most = dispatcher.chunk()
     full = child(1, holding=range(most - chunk + 1))
     half = child(2, holding=range(1000, 1000 + most - chunk))
@@ -112,14 +118,14 @@ def test_a_process_is_refilled_only_once_a_chunk_of_its_work_is_done():
 
 
 def test_max_jobs_per_child_caps_what_a_process_is_given_over_its_life():
-    dispatcher = quick(_Dispatcher(max_jobs_per_child=5))
+    dispatcher = quick(_Dispatcher(max_jobs_per_child=5, load=IDLE))
     fresh = child(1)
     fresh.sent = 3  # three ran already
     assert dispatcher.rooms([fresh], now=0.0) == {fresh: 2}
 
 
 def test_a_process_running_one_job_past_the_steal_time_is_stuck_and_gets_nothing():
-    dispatcher = _Dispatcher(None)
+    dispatcher = _Dispatcher(None, load=IDLE)
     slow = child(1, holding=[1, 2, 3])
     slow.slot.start(1, 100.0)
     assert not dispatcher.stuck(slow, 100.0 + STEAL / 2)
@@ -128,7 +134,7 @@ def test_a_process_running_one_job_past_the_steal_time_is_stuck_and_gets_nothing
 
 
 def test_a_silent_process_holding_jobs_it_has_not_started_is_stuck():
-    dispatcher = _Dispatcher(None)
+    dispatcher = _Dispatcher(None, load=IDLE)
     stopped = child(1, holding=[5, 6], now=50.0)  # sent work at 50.0, and never heard of since
     idle = child(2, now=50.0)
     assert not dispatcher.stuck(stopped, 50.0 + STEAL / 2)
@@ -136,8 +142,19 @@ def test_a_silent_process_holding_jobs_it_has_not_started_is_stuck():
     assert not dispatcher.stuck(idle, 50.0 + 100 * STEAL)  # holding nothing, it waits
 
 
+def test_on_a_machine_with_more_runnable_processes_than_cores_stealing_waits_longer():
+    cores = os.cpu_count() or 1
+    slow = child(1, holding=[7, 8])
+    slow.slot.start(7, 100.0)
+    loaded = _Dispatcher(None, load=lambda: 10.0 * cores)  # ten runnable per core
+    assert loaded.steal_after == STEAL and not loaded.stuck(slow, 100.0 + 2 * STEAL)
+    assert loaded.steal_after == pytest.approx(10 * STEAL)
+    assert loaded.stuck(slow, 100.0 + 11 * STEAL)
+    assert _Dispatcher(None, load=IDLE).stuck(slow, 100.0 + 2 * STEAL)
+
+
 def test_the_unstarted_jobs_of_a_stuck_process_are_asked_back_once():
-    dispatcher = _Dispatcher(None)
+    dispatcher = _Dispatcher(None, load=IDLE)
     slow, other = child(1, holding=[1, 2, 3]), child(2, holding=[4, 5])
     slow.slot.start(1, 10.0)
     other.slot.start(4, 10.0 + 2 * STEAL)
@@ -150,7 +167,7 @@ def test_the_unstarted_jobs_of_a_stuck_process_are_asked_back_once():
 
 
 def test_the_pool_wakes_when_a_process_would_become_stuck_and_not_after():
-    dispatcher = _Dispatcher(None)
+    dispatcher = _Dispatcher(None, load=IDLE)
     slow, idle = child(1, holding=[1, 2]), child(2)
     slow.slot.start(1, 20.0)
     assert dispatcher.next_steal([slow, idle], 20.0) == pytest.approx(20.0 + STEAL)
