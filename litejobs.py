@@ -1494,7 +1494,6 @@ SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.litejobs key'), hash
 # not LISTEN (PgBouncer in transaction mode) sees that something changed.
 _POSTGRES_SNAPSHOT = "SELECT pg_current_snapshot()::text"
 _POSTGRES_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
-_POSTGRES_SERVER = "SELECT system_identifier FROM pg_control_system()"
 
 # The tallies of ended jobs, in the slot of the writing connection.
 _POSTGRES_COUNT_ENDED = """
@@ -1919,14 +1918,6 @@ def _process_state(pid: int) -> tuple[str, float] | None:
     except (OSError, ValueError, IndexError):  # no /proc here
         return ("?", 0.0) if _pid_alive(pid) else None
     return fields[0], started
-
-
-def _owner_host_and_pid(owner: str | None) -> tuple[str | None, int | None]:
-    """The host and pid in a runner's id (see `_owner_id`); Nones if it has
-    another form."""
-    _, at, place = (owner or "").partition("@")
-    host, _, pid = place.rpartition(":")[0].rpartition(":")
-    return (host, int(pid)) if at and pid.isdigit() else (None, None)
 
 
 def _runner_alive_here(host: str | None, pid: int | None, since: float | None) -> bool | None:
