@@ -3699,11 +3699,11 @@ class _Jobs(_Claims):
         if statuses:
             terms.append(f"status IN ({', '.join(f':s{i}' for i in range(len(statuses)))})")
             params.update({f"s{i}": status for i, status in enumerate(statuses)})
-        name_term = "name GLOB :name"
         if name is not None:
             name_term, params["name"] = self._name_matches(name)
-        for value, term in ((queue, "queue = :queue"), (name, name_term),
-                            (since, "created_at >= :since"), (before, "created_at < :before")):
+            terms.append(name_term)
+        for value, term in ((queue, "queue = :queue"), (since, "created_at >= :since"),
+                            (before, "created_at < :before")):
             if value is not None:
                 terms.append(term)
         with self.read() as conn:
@@ -4023,6 +4023,8 @@ class _PostgresConnection:
         return cursor
 
     def executemany(self, statement: str, rows: Iterable[Any]) -> Any:
+        if self.begin_with:  # the transaction's first statement: BEGIN goes first
+            self.execute("SELECT 1")
         cursor = self._cursor()
         cursor.executemany(_postgres_sql(statement), list(rows))
         return cursor

@@ -326,10 +326,6 @@ def procrastinate_pickup(server: postgres_server.Server, folder: str,
 # -- the rows -----------------------------------------------------------------------------
 
 
-def percentile(values: list[float], share: float) -> float:
-    return values[min(len(values) - 1, int(len(values) * share))]
-
-
 def run_all(quick: bool, peers: bool, folder: str,
             row: Callable[..., None], rows: list[Row], skipped: list[str]) -> None:
     singles = 200 if quick else 2000
@@ -373,10 +369,10 @@ def run_all(quick: bool, peers: bool, folder: str,
                 row(f"PostgreSQL: pool drain, 2 processes ({pool_jobs:,})", drains[2],
                     f"procrastinate, 2 workers, {label} ({peer_jobs:,})", theirs, times=True)
             their_latencies = procrastinate_pickup(server, folder, samples // 3)
-            theirs_p50 = percentile(their_latencies, 0.5)
+            theirs_p50 = run.percentile(their_latencies, 0.5)
         elif peers:
             skipped.append(f"procrastinate: skipped, {procrastinate_missing()}")
-        p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+        p50, p99 = run.percentile(latencies, 0.5), run.percentile(latencies, 0.99)
         if theirs_p50 is not None:
             rows.append((f"PostgreSQL: pickup latency p50, idle pool, durable puts ({samples})",
                          f"{p50 * 1000:.1f} ms", f"procrastinate {theirs_p50 * 1000:.1f} ms",

@@ -492,6 +492,11 @@ def pickup_latency(folder: str, samples: int, durable: bool) -> list[float]:
         pool.close()
 
 
+def percentile(values: list[float], share: float) -> float:
+    """The value ``share`` of the way up sorted ``values``."""
+    return values[min(len(values) - 1, int(len(values) * share))]
+
+
 def pickups(queue: litejobs.Queue, samples: int) -> list[float]:
     """Put ``samples`` jobs, 20 to 50 ms apart, on the queue of an idle pool:
     the seconds from each put returning to its job starting, sorted."""
@@ -658,8 +663,7 @@ def main() -> int:
             pool_parallel(folder, 2, fan_out), "pool drain, 2 processes", drained[2])
         for durable in (False, True):
             latencies = pickup_latency(folder, latency_samples, durable)
-            p50 = latencies[len(latencies) // 2]
-            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+            p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
             puts = "durable puts" if durable else "durable=False puts"
             for name, value, target in (("p50", p50, 0.005), ("p99", p99, 0.025)):
                 rows.append((f"pickup latency {name}, idle pool, {puts} ({latency_samples})",
@@ -667,13 +671,14 @@ def main() -> int:
                              f"{target / value:.0%}" if value else "-"))
         woken, polled = wait_latency(folder, latency_samples)
         for name, share in (("p50", 0.5), ("p99", 0.99)):
-            ours, theirs = (min(len(s) - 1, int(len(s) * share)) for s in (woken, polled))
+            ours, theirs = (percentile(s, share) for s in (woken, polled))
             rows.append((f"Job.wait lag after the job ends, {name} ({latency_samples})",
-                         f"{woken[ours] * 1000:.1f} ms",
-                         f"polling wait, 1 to 50 ms {polled[theirs] * 1000:.1f} ms",
-                         f"{polled[theirs] / woken[ours]:.1f}x" if woken[ours] else "-"))
-        rows.append(("Job.wait lag p50, target", f"{woken[len(woken) // 2] * 1000:.1f} ms",
-                     "target 5 ms", f"{0.005 / max(woken[len(woken) // 2], 1e-9):.0%}"))
+                         f"{ours * 1000:.1f} ms",
+                         f"polling wait, 1 to 50 ms {theirs * 1000:.1f} ms",
+                         f"{theirs / ours:.1f}x" if ours else "-"))
+        median = percentile(woken, 0.5)
+        rows.append(("Job.wait lag p50, target", f"{median * 1000:.1f} ms",
+                     "target 5 ms", f"{0.005 / max(median, 1e-9):.0%}"))
         largest, put = wal_under_load(folder, wal_seconds)
         limit = litejobs._WAL_SIZE_LIMIT
         rows.append((f"WAL size, steady load ({put:,} jobs in {wal_seconds:.0f} s)",
