@@ -213,7 +213,7 @@ _MAX_CHUNK = 128  # jobs per message to a child, and outcomes per message back
 _CHUNK_SECONDS = 0.005  # a chunk holds about this much work
 _FLUSH_AFTER = 0.005  # seconds a child may hold finished outcomes before sending
 _FAST_JOB = 0.01  # below this many seconds per job, children get work ahead
-_FAST_EVIDENCE = 16  # ... once this many jobs have shown it
+_FAST_EVIDENCE = 2  # ... once this many jobs have shown it, a chunk no more than were timed
 _CHILD_START_BACKOFF = (0.1, 5.0)  # restart delay after a child dies young
 _ORPHANED_EXIT = 75  # exit status of a child whose supervisor is gone
 _NO_MAIN_GUARD_EXIT = 76  # exit status of a child whose main script starts a pool as imported
@@ -2386,8 +2386,11 @@ class _Connections:
     def _too_new(self, version: int) -> SchemaVersionError:
         raise NotImplementedError
 
-    def _insert_one(self, conn: _DBConnection, row: dict[str, Any]) -> None:
-        """Insert a lone planned row without an id, setting the one it got."""
+    def _insert_one(self, conn: _DBConnection, row: dict[str, Any], *,
+                    last: bool = False) -> None:
+        """Insert a lone planned row without an id, setting the one it got.
+        ``last``: nothing follows it in its transaction, which a backend may
+        commit with it."""
         raise NotImplementedError
 
     def _lock_key(self, conn: _DBConnection, key: str) -> None:
@@ -2855,7 +2858,8 @@ class _SQLiteConnections(_Connections):
             f"{self.path} has no job ids left: ids are never reused, and the largest "
             f"SQLite holds, {_ID_MOST:,}, is taken; put new jobs in a new database file")
 
-    def _insert_one(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+    def _insert_one(self, conn: sqlite3.Connection, row: dict[str, Any], *,
+                    last: bool = False) -> None:
         statement, values = _insert_statement(_null_columns(row))
         try:
             row["id"] = conn.execute(statement, values(row)).lastrowid
@@ -3308,7 +3312,8 @@ class _Claims(_Runs):
                 if rows[0]["status"] == WAITING:
                     composites.append((len(out), rows))
                 out.append((rows, False))
-            self._insert_rows(conn, new_rows)
+            # A lone plain row is the transaction's last statement.
+            self._insert_rows(conn, new_rows, last=alone and not composites and trees[0][0]["key"] is None)
             for row in new_rows:
                 del row["payload"]  # the returned rows are those of bound jobs
             for index, rows in composites:
@@ -3317,7 +3322,8 @@ class _Claims(_Runs):
                 out[index] = (_as_dicts(cursor), False)
         return out
 
-    def _insert_rows(self, conn: sqlite3.Connection, rows: list[dict[str, Any]]) -> None:
+    def _insert_rows(self, conn: sqlite3.Connection, rows: list[dict[str, Any]], *,
+                     last: bool = False) -> None:
         """Insert numbered rows (a lone row may have no id: SQLite gives it one),
         each checked against the size limit and, with secrets, signed; raises
         `PayloadTooLarge` before writing any."""
@@ -3327,7 +3333,7 @@ class _Claims(_Runs):
                 row["signature"] = _sign(self.secrets, _SIGNED_CALL, row["name"].encode(),
                                          row["payload"] or b"")
         if len(rows) == 1 and rows[0]["id"] is None:  # a lone row: the database gives its id
-            self._insert_one(conn, rows[0])
+            self._insert_one(conn, rows[0], last=last)
             return
         # In order (a part's parent first, for its foreign key): one executemany
         # for each run of rows with the same NULL columns.
@@ -3974,6 +3980,13 @@ def _glob_as_regex(pattern: str) -> str:
     return "".join(out) + "$"
 
 
+def _has_input(fd: int) -> bool:
+    """Whether ``fd`` has something to read now (or is closed), without waiting."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class _PostgresConnection:
     """A psycopg connection as the storage layers use one (see
     `_DBConnection`): each statement in SQLite's text runs in PostgreSQL's
@@ -3981,15 +3994,19 @@ class _PostgresConnection:
     type PostgreSQL infers from where they stand (a NULL anywhere included).
 
     A transaction's BEGIN is sent with its first statement (``begin_with``),
-    in one round trip: a lone put takes two, not three.  If that first
-    statement finds the connection closed by the server since its last use
-    (a restart, pg_terminate_backend), nothing of the transaction ran, and
-    it runs again on a new connection from ``reopen``."""
+    in one round trip; a transaction of one statement sends its COMMIT with
+    it too, or, where the connection may (``lone_prepared``), runs as one
+    prepared statement (`execute_and_commit`): a lone put takes one round
+    trip, as a plain INSERT does.  If that first statement finds the connection closed
+    by the server since its last use (a restart, pg_terminate_backend),
+    nothing of the transaction ran, and it runs again on a new connection
+    from ``reopen``."""
 
-    __slots__ = ("raw", "_cursor", "_psycopg", "_reopen", "begin_with", "begin")
+    __slots__ = ("raw", "_cursor", "_psycopg", "_reopen", "begin_with", "begin",
+                 "outermost", "committed", "lone_prepared")
 
     def __init__(self, raw: Any, psycopg: Any, reopen: Callable[[], Any] | None = None,
-                 begin: str = "BEGIN;"):
+                 begin: str = "BEGIN;", *, lone_prepared: bool = False):
         self._psycopg = psycopg
         self._reopen = reopen
         self.begin_with = False  # a BEGIN is due with the next statement
@@ -3997,6 +4014,14 @@ class _PostgresConnection:
         # transaction alone, so that none stays on a server connection that
         # PgBouncer in transaction mode hands to another client.
         self.begin = begin
+        # Set by the write transaction that owns the connection, while no
+        # other is opened inside it: only that one may commit with a statement.
+        self.outermost = False
+        self.committed = False  # the transaction committed with its statement
+        # The transaction's settings hold for the whole session, so that a
+        # transaction of one statement may run as a prepared statement alone,
+        # which saves the server parsing and planning it each time.
+        self.lone_prepared = lone_prepared
         self._bind(raw)
 
     def _bind(self, raw: Any) -> None:
@@ -4005,6 +4030,9 @@ class _PostgresConnection:
                                          row_factory=self._psycopg.rows.tuple_row)
 
     def execute(self, statement: str, parameters: Any = ()) -> Any:
+        if self.committed:
+            raise RuntimeError(f"litejobs: a statement after its transaction committed: "
+                               f"{statement[:60]!r}")
         cursor = self._cursor()
         if not self.begin_with:
             cursor.execute(_postgres_sql(statement), parameters)
@@ -4020,6 +4048,29 @@ class _PostgresConnection:
         self.begin_with = False
         for _ in range(self.begin.count(";")):
             cursor.nextset()  # the statement's result, after BEGIN's and the SETs'
+        return cursor
+
+    def execute_and_commit(self, statement: str, parameters: Any = ()) -> Any:
+        """Run the statement of a transaction that has no other, with its
+        BEGIN and its COMMIT, in one round trip, and return its cursor.
+        Anywhere else (a transaction already under way or nested, the
+        application's), it runs as `execute` does, and the commit stays
+        the transaction's.  A connection whose server spoke while it was
+        idle (a termination) takes the two round trips of `execute`, which
+        can run again on a new connection; a connection lost during the
+        round trip raises, since whether it committed is unknown."""
+        if not (self.begin_with and self.outermost) or self.raw.closed or \
+                _has_input(self.raw.fileno()):
+            return self.execute(statement, parameters)
+        if self.lone_prepared:
+            cursor = self.raw.execute(_postgres_sql(statement), parameters, prepare=True)
+        else:
+            cursor = self._cursor()
+            cursor.execute(self.begin + _postgres_sql(statement) + ";COMMIT", parameters)
+            for _ in range(self.begin.count(";")):
+                cursor.nextset()
+        self.begin_with = False
+        self.committed = True
         return cursor
 
     def executemany(self, statement: str, rows: Iterable[Any]) -> Any:
@@ -4183,7 +4234,9 @@ class _PostgresConnections(_Connections):
             if self.listen:  # a session of its own (not PgBouncer in transaction mode)
                 # Short statements only: compiling one (JIT) costs more than
                 # it runs, and the planner's estimates of a purge asked for it.
-                raw.execute("SET jit = off")
+                # The lock timeout is each transaction's too (`_begin_sql`); on
+                # the session, it holds for a lone prepared put as well.
+                raw.execute(f"SET jit = off;SET lock_timeout = {self._lock_timeout_ms()}")
             self._measure_clock(raw)
         except self._psycopg.Error as exc:
             raise self._translated(exc) from None
@@ -4195,12 +4248,15 @@ class _PostgresConnections(_Connections):
         commits not waited on to reach the disk: the last ones may be lost
         if the server crashes, never half of one.  Pools write so: a claim
         or an outcome lost is a job run again."""
-        begin = f"BEGIN;SET LOCAL lock_timeout = {max(1, int(self.busy_timeout * 1000))};"
+        begin = f"BEGIN;SET LOCAL lock_timeout = {self._lock_timeout_ms()};"
         if not self.durable:
             begin += "SET LOCAL synchronous_commit = off;"
         if self.read_only:
             begin = begin.replace("BEGIN;", "BEGIN READ ONLY;")
         return begin
+
+    def _lock_timeout_ms(self) -> int:
+        return max(1, int(self.busy_timeout * 1000))
 
     def _measure_clock(self, raw: Any) -> None:
         """How far the server's clock is ahead of this host's: the host's
@@ -4227,8 +4283,9 @@ class _PostgresConnections(_Connections):
             conn = None
         if conn is None:
             threading.current_thread()  # registers a foreign thread, so pruning sees it
-            conn = _PostgresConnection(self._connect(), self._psycopg, self._connect,
-                                       self._begin_sql())
+            conn = _PostgresConnection(
+                self._connect(), self._psycopg, self._connect, self._begin_sql(),
+                lone_prepared=self.listen and self.durable and not self.read_only)
             self._register(conn)
         return conn
 
@@ -4271,12 +4328,16 @@ class _PostgresConnections(_Connections):
         conn = self._connection()
         thread = threading.get_ident()
         if thread in self._writing:
-            with self._errors():
-                if self._writing[thread]:
-                    with _savepoint(conn):
+            outermost, conn.outermost = conn.outermost, False
+            try:
+                with self._errors():
+                    if self._writing[thread]:
+                        with _savepoint(conn):
+                            yield conn
+                    else:
                         yield conn
-                else:
-                    yield conn
+            finally:
+                conn.outermost = outermost
             return
         self._writing[thread] = atomic_steps
         try:
@@ -4284,22 +4345,37 @@ class _PostgresConnections(_Connections):
                 conn.begin_with = True
                 if atomic_steps:  # the application's: it may write through conn.raw first
                     conn.execute("SELECT 1")
+                conn.outermost = True
                 try:
                     yield conn
                 except BaseException:
-                    self._roll_back(conn)
+                    if not conn.committed:
+                        self._roll_back(conn)
                     raise
-                if conn.begin_with:
+                if conn.committed:
+                    pass  # its one statement committed it
+                elif conn.begin_with:
                     conn.begin_with = False  # nothing ran: nothing to commit
                 else:
                     self._commit(conn)
         finally:
+            conn.outermost = conn.committed = False
             del self._writing[thread]
 
     def _commit(self, conn: _PostgresConnection) -> None:
-        try:
+        with self._commit_errors(conn):
             conn.raw.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _commit_errors(self, conn: _DBConnection) -> Iterator[None]:
+        """Around a COMMIT sent: a connection lost meanwhile leaves it unknown
+        whether the transaction committed, and the error says so.  (An error
+        the server answers with, such as a lock timeout, committed nothing.)"""
+        try:
+            yield
         except self._psycopg.OperationalError as exc:
+            if not (conn.raw.closed or conn.raw.broken):
+                raise
             raise DatabaseUnreachable(
                 f"cannot reach PostgreSQL at {self.path}: the connection was lost while "
                 f"committing, so whether the commit took is unknown ({exc})") from exc
@@ -4366,9 +4442,15 @@ class _PostgresConnections(_Connections):
     def _first_free_id(self, conn: _DBConnection, count: int) -> int:
         return int(conn.execute(_POSTGRES_RESERVE_IDS, (count,)).fetchone()[0])
 
-    def _insert_one(self, conn: _DBConnection, row: dict[str, Any]) -> None:
+    def _insert_one(self, conn: _DBConnection, row: dict[str, Any], *,
+                    last: bool = False) -> None:
         statement, values = _insert_statement(_null_columns(row))
-        row["id"] = conn.execute(statement + " RETURNING id", values(row)).fetchone()[0]
+        statement += " RETURNING id"
+        if not last:
+            row["id"] = conn.execute(statement, values(row)).fetchone()[0]
+            return
+        with self._commit_errors(conn):
+            row["id"] = conn.execute_and_commit(statement, values(row)).fetchone()[0]
 
     def _lock_key(self, conn: _DBConnection, key: str) -> None:
         conn.execute(_POSTGRES_LOCK_KEY, (key,))
@@ -4418,6 +4500,9 @@ class _PostgresConnections(_Connections):
         conn = self._connections.get(threading.get_ident())
         if conn is not None and self._pid == os.getpid():
             conn.begin = self._begin_sql()
+            if self.listen and not conn.in_transaction:
+                with self._errors():
+                    conn.raw.execute(f"SET lock_timeout = {self._lock_timeout_ms()}")
 
     def close(self) -> None:
         if self._pid == os.getpid():
@@ -7293,11 +7378,15 @@ class _Dispatcher:
     def chunk(self) -> tuple[int, int]:
         """Jobs per message, and the most a process may hold, for jobs this
         fast: one at a time until jobs are known to be quick, then enough for
-        ``_CHUNK_SECONDS`` of work."""
+        ``_CHUNK_SECONDS`` of work, but no more jobs than were timed so far:
+        a cold pool's chunks double as its jobs prove quick, so that it is
+        soon at speed, and never bets more on its estimate than the evidence
+        behind it."""
         seconds = self.job_seconds
         if seconds is None or seconds >= _FAST_JOB or self.timed_jobs < _FAST_EVIDENCE:
             return 1, 1
-        chunk = max(1, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(seconds, 1e-6))))
+        chunk = max(1, min(_MAX_CHUNK, int(_CHUNK_SECONDS / max(seconds, 1e-6)),
+                           self.timed_jobs))
         return chunk, 2 * chunk
 
     def stuck(self, child: _Child, now: float) -> bool:

@@ -24,6 +24,7 @@ import pytest
 import litejobs
 import sample_jobs
 from litejobs import COMPLETED, PENDING, Job
+from backends import outsider, write_lock_held
 from waiting import WAIT, wait_until
 
 
@@ -187,6 +188,62 @@ def test_a_put_while_the_server_is_down_raises_and_the_next_one_after_works(own_
         q.put(Job(sample_jobs.add, 2, 2))
     own_postgres_server.resume()
     assert q.put(Job(sample_jobs.add, 3, 3)).status == PENDING
+    assert q.counts()["pending"] == 2
+    q.close()
+
+
+def test_a_lone_put_held_by_a_lock_raises_busy_after_the_busy_timeout(postgres_url):
+    # A put of one job runs as one prepared statement, outside a transaction
+    # of its own: the busy timeout must hold for it all the same.
+    q = litejobs.Queue(postgres_url, busy_timeout=0.3)
+    q.put(Job(sample_jobs.add, 1, 1))  # the connection exists before the lock is taken
+    with write_lock_held(q):
+        started = time.monotonic()
+        with pytest.raises(litejobs.DatabaseBusy, match="busy timeout"):
+            q.put(Job(sample_jobs.add, 2, 2))
+        assert time.monotonic() - started < WAIT
+    assert q.put(Job(sample_jobs.add, 3, 3)).status == PENDING
+    assert q.counts()["pending"] == 2
+    q.close()
+
+
+def test_a_put_whose_connection_is_cut_before_it_commits_says_the_commit_is_unknown(
+        postgres_url):
+    q = litejobs.Queue(postgres_url)
+    q.put(Job(sample_jobs.add, 1, 1))
+    failed = []
+
+    def put():
+        try:
+            q.put(Job(sample_jobs.add, 2, 2))
+        except litejobs.DatabaseUnreachable as exc:
+            failed.append(str(exc))
+
+    with write_lock_held(q):
+        putter = threading.Thread(target=put)
+        putter.start()
+        with outsider(q) as conn:  # the put is sent, and waits for the lock
+            waiting = wait_until(lambda: conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()").fetchall(), WAIT,
+                "the put waiting for the lock")
+            conn.execute("SELECT pg_terminate_backend(%s)", waiting[0])
+        putter.join(WAIT)
+    assert len(failed) == 1 and "whether the commit took is unknown" in failed[0]
+    assert q.counts()["pending"] == 1  # this time, it did not
+    assert q.put(Job(sample_jobs.add, 3, 3)).status == PENDING  # on a new connection
+    q.close()
+
+
+def test_a_put_after_the_server_cut_its_idle_connection_reconnects_and_puts_once(postgres_url):
+    q = litejobs.Queue(postgres_url)
+    q.put(Job(sample_jobs.add, 1, 1))
+    pid = q._storage._connection().raw.info.backend_pid
+    with outsider(q) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    wait_until(lambda: select.select([q._storage._connection().raw.fileno()], [], [], 0)[0],
+               WAIT, "the termination to reach the client")
+    q.put(Job(sample_jobs.add, 2, 2))
     assert q.counts()["pending"] == 2
     q.close()
 
