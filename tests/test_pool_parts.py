@@ -57,7 +57,7 @@ def rows(*ids):
     return [{"id": job_id} for job_id in ids]
 
 
-def quick(dispatcher, jobs=40, seconds=50e-6):
+def quick(dispatcher, jobs=300, seconds=50e-6):
     for _ in range(jobs):
         dispatcher.note_duration(seconds)
     return dispatcher
@@ -71,6 +71,21 @@ def test_until_jobs_are_known_to_be_quick_the_dispatcher_sends_one_at_a_time():
     assert dispatcher.chunk() == (1, 1)
     quick(dispatcher, jobs=litejobs._FAST_EVIDENCE - 1)
     assert dispatcher.chunk() == (1, 1)
+
+
+def test_a_cold_pools_chunks_grow_with_the_jobs_timed_until_they_hold_their_share_of_work():
+    dispatcher = _Dispatcher(None, load=IDLE)
+    full = min(litejobs._MAX_CHUNK, int(litejobs._CHUNK_SECONDS / 50e-6))
+    chunks = []
+    while dispatcher.chunk()[0] < full:
+        chunk, most = dispatcher.chunk()
+        chunks.append(chunk)
+        assert chunk <= max(1, dispatcher.timed_jobs)
+        assert most == 2 * chunk or (chunk, most) == (1, 1)
+        quick(dispatcher, jobs=most)  # the round: what the process held, done
+        assert len(chunks) < 20, chunks
+    assert chunks == [1, 1, 2, 6, 18, 54]  # each round's jobs are the next chunk's evidence
+    assert dispatcher.chunk() == (full, 2 * full)
 
 
 def test_quick_jobs_go_ahead_in_chunks_and_slow_ones_one_at_a_time():
