@@ -2026,6 +2026,7 @@ class _WalWatch:
         self.fd = fd
         self.broken = False  # inotify's descriptor does not break
         self.exact = True  # confirmed by data_version, which misses nothing
+        self.means_due = False  # any commit, a pool's own included
         self._wal_name = wal_name
 
     def reopen(self) -> None:
@@ -2146,6 +2147,7 @@ class _ChangeWatch(Protocol):
     fd: int
     broken: bool  # the watch must be reopened, once out of any selector
     exact: bool  # whether what it reports can be trusted not to miss a change
+    means_due: bool  # whether its news is that jobs became pending: claim, no need to look
 
     def written(self) -> bool: ...
     def reopen(self) -> None: ...
@@ -2376,6 +2378,12 @@ class _Connections:
                 for statement in self._migrations[version - 1]:
                     conn.execute(statement)
                 conn.execute(_RECORD_VERSION, (version, time.time()))
+
+    def _rows_of_each(self, conn: _DBConnection, statements: Sequence[str],
+                      params: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
+        """Run ``statements`` in turn with the same parameters, in one round
+        trip where the backend can; the rows each gave."""
+        return [_as_dicts(conn.execute(statement, params)) for statement in statements]
 
     @staticmethod
     def _schema_version(conn: _DBConnection) -> int:
@@ -3470,9 +3478,14 @@ class _Claims(_Runs):
         queue_count = None if queues is None else len(queues)
         _crash_point("before-claim")
         with self.write() as conn:
-            self._recover_expired_leases(conn, now, owner, holding)
-            cursor = conn.execute(_deadline_statement(queue_count), params)
-            self._after_end(conn, _as_dicts(cursor), now)
+            # Both in one round trip; a job taken back unstarted may be past
+            # its deadline too, so that after any, the deadlines are read again.
+            expired, past_deadline = self._rows_of_each(
+                conn, (_EXPIRED_LEASES, _deadline_statement(queue_count)), params)
+            if self._recover_expired_leases(conn, expired, now, owner, holding):
+                past_deadline += _as_dicts(conn.execute(_deadline_statement(queue_count),
+                                                        params))
+            self._after_end(conn, past_deadline, now)
             if queue_count == 0:
                 return token, []
             cursor = conn.execute(self._claim_statement(queue_count, unsigned_only, bool(avoid)),
@@ -3497,16 +3510,19 @@ class _Claims(_Runs):
             found = conn.execute(statement, params).fetchone()[0]
         return None if found is None else float(found)
 
-    def _recover_expired_leases(self, conn: sqlite3.Connection, now: float, owner: str,
-                                holding: Collection[int]) -> None:
-        """Take back the jobs whose lease ran out, but for those ``owner`` (the
-        claiming runner) is ``holding``, and those of another pool that is
-        alive and running on this host: they could not be renewed while
-        another connection held the write lock (a paused pool, a long
-        transaction), and are renewed as soon as their pools can write.
-        Only after ``_STARVED_MOST`` is such a pool taken for hung."""
+    def _recover_expired_leases(self, conn: sqlite3.Connection,
+                                expired: list[dict[str, Any]], now: float, owner: str,
+                                holding: Collection[int]) -> int:
+        """Take back the ``expired`` jobs (read by `_EXPIRED_LEASES`), whose
+        lease ran out, but for those ``owner`` (the claiming runner) is
+        ``holding``, and those of another pool that is alive and running on
+        this host: they could not be renewed while another connection held
+        the write lock (a paused pool, a long transaction), and are renewed
+        as soon as their pools can write.  Only after ``_STARVED_MOST`` is
+        such a pool taken for hung.  Returns how many were taken back."""
         alive: dict[str, bool] = {}
-        for found in self._rows(conn, _EXPIRED_LEASES, {"now": now}):
+        taken = 0
+        for found in expired:
             holder = found["lease_owner"]
             if holder == owner:
                 if found["id"] in holding:
@@ -3518,6 +3534,8 @@ class _Claims(_Runs):
                     continue
             self._recover(conn, found, now, f"the lease of {holder} ran out at "
                                             f"{_format_time(found['lease_expires'])}")
+            taken += 1
+        return taken
 
     def _pool_alive_here(self, conn: sqlite3.Connection, pool_id: str) -> bool:
         """Whether ``pool_id`` is a registered pool, not stopped, whose process
@@ -4030,21 +4048,36 @@ class _PostgresConnection:
                                          row_factory=self._psycopg.rows.tuple_row)
 
     def execute(self, statement: str, parameters: Any = ()) -> Any:
+        return self._send(_postgres_sql(statement), parameters)
+
+    def execute_each(self, statements: Sequence[str],
+                     parameters: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
+        """Run ``statements`` in one round trip, with the same parameters;
+        the rows each gave."""
+        cursor = self._send(";".join(map(_postgres_sql, statements)), parameters)
+        found = [_as_dicts(cursor)]
+        while cursor.nextset():
+            found.append(_as_dicts(cursor))
+        return found
+
+    def _send(self, sql: str, parameters: Any) -> Any:
+        """Run ``sql`` (in PostgreSQL's text), after BEGIN if one is due;
+        its cursor, at its first statement's result."""
         if self.committed:
             raise RuntimeError(f"litejobs: a statement after its transaction committed: "
-                               f"{statement[:60]!r}")
+                               f"{sql[:60]!r}")
         cursor = self._cursor()
         if not self.begin_with:
-            cursor.execute(_postgres_sql(statement), parameters)
+            cursor.execute(sql, parameters)
             return cursor
         try:
-            cursor.execute(self.begin + _postgres_sql(statement), parameters)
+            cursor.execute(self.begin + sql, parameters)
         except self._psycopg.OperationalError:
             if self._reopen is None or not (self.raw.closed or self.raw.broken):
                 raise
             self._bind(self._reopen())
             cursor = self._cursor()
-            cursor.execute(self.begin + _postgres_sql(statement), parameters)
+            cursor.execute(self.begin + sql, parameters)
         self.begin_with = False
         for _ in range(self.begin.count(";")):
             cursor.nextset()  # the statement's result, after BEGIN's and the SETs'
@@ -4108,6 +4141,9 @@ class _PostgresListener:
         # A connection a firewall dropped without a word hears nothing: a
         # wait on it looks anyway at times (TCP keepalives find it out).
         self.exact = False
+        # The channel of jobs that became pending: a pool hearing it claims
+        # at once (a job put for later makes that claim come back empty).
+        self.means_due = channel == _POSTGRES_DUE
         self.version = 0  # notifications seen, which `data_version` reports
         self._open()
 
@@ -4451,6 +4487,10 @@ class _PostgresConnections(_Connections):
             return
         with self._commit_errors(conn):
             row["id"] = conn.execute_and_commit(statement, values(row)).fetchone()[0]
+
+    def _rows_of_each(self, conn: _DBConnection, statements: Sequence[str],
+                      params: Mapping[str, Any]) -> list[list[dict[str, Any]]]:
+        return conn.execute_each(statements, params)
 
     def _lock_key(self, conn: _DBConnection, key: str) -> None:
         conn.execute(_POSTGRES_LOCK_KEY, (key,))
@@ -8005,6 +8045,8 @@ class _IdleWait:
             if version == self._data_version:
                 return None
             self._data_version = version
+            if self.watch is not None and self.watch.means_due and not self.watch.broken:
+                return _Woken([], True, None)  # (a lost watch heard nothing: look)
             due = due_here()
         except DatabaseError as exc:  # busy during a WAL recovery, say: look again soon
             _log.debug("%s: %s", self._pool_id, exc)
@@ -8376,10 +8418,11 @@ class _InFlight:
             if child.send(_Skip(tuple(a.job_id for a in assignments))):
                 for assignment in assignments:
                     assignment.skip_sent = True
-                _log.debug("%s: child %d has run job %s for %.1fs; asking back the %d jobs "
-                           "it holds behind it", self.worker.id, child.number,
-                           child.slot.job_id, self.clock() - child.slot.since,
-                           len(assignments))
+                moved = (f"has run job {child.slot.job_id} for "
+                         f"{self.clock() - child.slot.since:.1f}s" if child.slot.job_id else
+                         f"has said nothing for {self.clock() - child.heard:.1f}s")
+                _log.debug("%s: child %d %s; asking back the %d jobs it holds behind it",
+                           self.worker.id, child.number, moved, len(assignments))
 
 
     def enforce_timeouts(self) -> None:
@@ -8704,12 +8747,17 @@ class _Supervisor:
         self.changed = False
         self.next_poll = self.clock() + self.worker.poll
         self.drained = len(claimed) < want
+        self._deal(token, claimed)  # the jobs go out first; when the next is due can wait
         if self.drained:
             try:
                 self.next_due = self._next_due_here()
             except DatabaseError as exc:
                 _log.error("%s: %s", self.worker.id, exc)
                 self.next_due = None
+
+    def _deal(self, token: str, claimed: list[dict[str, Any]]) -> None:
+        """Hand claimed jobs to the processes, but signed ones the pool has no
+        secret for, which it refuses."""
         if not self.storage.secrets and any(row["signature"] for row in claimed):
             runnable = []
             for row in claimed:
