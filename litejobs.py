@@ -3477,20 +3477,28 @@ class _Claims(_Runs):
             params[f"queue{index}"] = name
         queue_count = None if queues is None else len(queues)
         _crash_point("before-claim")
+        claim = None if queue_count == 0 else \
+            self._claim_statement(queue_count, unsigned_only, bool(avoid))
         with self.write() as conn:
-            # Both in one round trip; a job taken back unstarted may be past
-            # its deadline too, so that after any, the deadlines are read again.
-            expired, past_deadline = self._rows_of_each(
-                conn, (_EXPIRED_LEASES, _deadline_statement(queue_count)), params)
-            if self._recover_expired_leases(conn, expired, now, owner, holding):
+            # The three in one round trip where the backend can.  Claims take
+            # no job past its deadline, so the order does not matter, but for
+            # what the first two change: jobs taken back (one taken back
+            # unstarted may be past its deadline too), and jobs that the ends
+            # of others make due.  After any, the rest of the batch is claimed
+            # again, so that they are claimed in this transaction as well.
+            found = self._rows_of_each(
+                conn, (_EXPIRED_LEASES, _deadline_statement(queue_count)) + (
+                    (claim,) if claim is not None else ()), params)
+            expired, past_deadline = found[0], found[1]
+            claimed = found[2] if claim is not None else []
+            recovered = self._recover_expired_leases(conn, expired, now, owner, holding)
+            if recovered:
                 past_deadline += _as_dicts(conn.execute(_deadline_statement(queue_count),
                                                         params))
             self._after_end(conn, past_deadline, now)
-            if queue_count == 0:
-                return token, []
-            cursor = conn.execute(self._claim_statement(queue_count, unsigned_only, bool(avoid)),
-                                  params)
-            claimed = _as_dicts(cursor)
+            if claim is not None and (recovered or past_deadline) and len(claimed) < limit:
+                claimed += _as_dicts(conn.execute(claim, {**params,
+                                                          "limit": limit - len(claimed)}))
             if claimed:
                 _crash_point("in-claim")
         # RETURNING gives no order: https://sqlite.org/lang_returning.html
@@ -3998,13 +4006,6 @@ def _glob_as_regex(pattern: str) -> str:
     return "".join(out) + "$"
 
 
-def _has_input(fd: int) -> bool:
-    """Whether ``fd`` has something to read now (or is closed), without waiting."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
-
-
 class _PostgresConnection:
     """A psycopg connection as the storage layers use one (see
     `_DBConnection`): each statement in SQLite's text runs in PostgreSQL's
@@ -4021,7 +4022,7 @@ class _PostgresConnection:
     from ``reopen``."""
 
     __slots__ = ("raw", "_cursor", "_psycopg", "_reopen", "begin_with", "begin",
-                 "outermost", "committed", "lone_prepared")
+                 "outermost", "committed", "lone_prepared", "_lone", "_idle_input")
 
     def __init__(self, raw: Any, psycopg: Any, reopen: Callable[[], Any] | None = None,
                  begin: str = "BEGIN;", *, lone_prepared: bool = False):
@@ -4046,6 +4047,11 @@ class _PostgresConnection:
         self.raw = raw
         self._cursor = functools.partial(self._psycopg.ClientCursor, raw,
                                          row_factory=self._psycopg.rows.tuple_row)
+        # For `execute_and_commit`: a server-side cursor, kept, and a poller
+        # on the socket, for what the server sends while the connection idles.
+        self._lone = self._psycopg.Cursor(raw, row_factory=self._psycopg.rows.tuple_row)
+        self._idle_input = select.poll()
+        self._idle_input.register(raw.fileno(), select.POLLIN)
 
     def execute(self, statement: str, parameters: Any = ()) -> Any:
         return self._send(_postgres_sql(statement), parameters)
@@ -4093,10 +4099,10 @@ class _PostgresConnection:
         can run again on a new connection; a connection lost during the
         round trip raises, since whether it committed is unknown."""
         if not (self.begin_with and self.outermost) or self.raw.closed or \
-                _has_input(self.raw.fileno()):
+                self._idle_input.poll(0):
             return self.execute(statement, parameters)
         if self.lone_prepared:
-            cursor = self.raw.execute(_postgres_sql(statement), parameters, prepare=True)
+            cursor = self._lone.execute(_postgres_sql(statement), parameters, prepare=True)
         else:
             cursor = self._cursor()
             cursor.execute(self.begin + _postgres_sql(statement) + ";COMMIT", parameters)
