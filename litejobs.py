@@ -41,6 +41,7 @@ __all__ = [
     "CANCELLED",
     "COMPLETED",
     "Composite",
+    "CronError",
     "DEFAULT_BUSY_TIMEOUT",
     "DEFAULT_GRACE",
     "DEFAULT_LEASE",
@@ -70,6 +71,8 @@ __all__ = [
     "Queue",
     "Retry",
     "STATUSES",
+    "Schedule",
+    "ScheduleNotFound",
     "SchemaVersionError",
     "SignatureError",
     "WAITING",
@@ -87,6 +90,8 @@ __all__ = [
 
 import argparse
 import atexit
+import base64
+import calendar
 import collections
 import contextlib
 import contextvars
@@ -126,6 +131,7 @@ import traceback
 import types
 import urllib.parse
 import uuid
+import zoneinfo
 from typing import (Any, Callable, Collection, ContextManager, Generic, cast, Iterable, Iterator,
                     Mapping, NamedTuple, overload, Protocol, Sequence, TypeVar, Union)
 
@@ -183,6 +189,7 @@ _SECRET_ENV = "LITEJOBS_SECRET"  # comma-separated; the first signs, any verifie
 _SHORTEST_SECRET = 16  # bytes: the shortest secret accepted
 _SIGNED_CALL = b"litejobs call"  # what a signature covers is kept apart by kind
 _SIGNED_RESULT = b"litejobs result"
+_SIGNED_SCHEDULE = b"litejobs schedule"
 # Tests of the failure model make a process die at one named point of a
 # job's life (see _crash_point); unset in normal use.
 _CRASH_POINT = os.environ.get("LITEJOBS_TEST_CRASH_POINT")
@@ -238,6 +245,13 @@ _ESTIMATE_WEIGHT = 0.25  # how much a quick job moves a pool's estimate of job d
 _WAL_WRITE_LOCK_BYTE = 120  # in the -shm file: https://sqlite.org/walformat.html, 2.3.1
 _PARTS_NAMED = 20  # a PartsFailed error names this many failed parts at most
 _WORKER_ROWS_KEPT = 7 * 86400.0  # seconds a stopped pool's row is kept
+_SCHEDULE_POLL = 1.0  # seconds between a pool's looks for schedules added or changed
+_SCHEDULE_ON_TIME = 60.0  # seconds late a tick may fire and still be on time, not missed
+_CATCHUP_LIMIT = 100  # missed ticks catchup="all" fires, the latest ones, unless told
+_MOST_MISSED = 100_000  # missed ticks of a schedule read in one firing, at most
+_TICKS_KEPT = 7 * 86400.0  # seconds a fired tick's row is kept (next_tick never goes back)
+_CATCHUPS = ("latest", "all", "skip")
+_OVERLAPS = ("allow", "skip")
 # Above this many named queues, one filtered scan beats a seek per queue (and
 # SQLite allows at most 500 terms in a compound SELECT).
 _MAX_QUEUE_RANGES = 16
@@ -354,6 +368,18 @@ class PayloadTooLarge(LitejobsError, ValueError):
     """A job's pickled call, or its pickled result, is over the queue's
     ``size_limit``.  `Queue.put` raises it, writing nothing; a result over the
     limit fails its job with it."""
+
+
+class CronError(LitejobsError, ValueError):
+    """A cron expression that cannot be parsed, or can never fire; the
+    message names the field at fault."""
+
+
+class ScheduleNotFound(LitejobsError, KeyError):
+    """No schedule has the given name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
 
 
 class SignatureError(LitejobsError):
@@ -541,6 +567,43 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE INDEX litejobs_jobs_waiting
             ON litejobs_jobs (queue)
             WHERE status = 'waiting'
+        """,
+    ),
+    (
+        # Schedules (see "schedules" below): the job each tick puts, as the
+        # rows of a put, in JSON (payloads in base64), signed with the
+        # queue's secret if it has one; next_tick only ever moves forward.
+        """
+        CREATE TABLE litejobs_schedules (
+            name               TEXT PRIMARY KEY,
+            cron               TEXT    NOT NULL,
+            tz                 TEXT    NOT NULL,
+            job_name           TEXT    NOT NULL,
+            template           TEXT    NOT NULL,
+            template_signature BLOB,
+            catchup            TEXT    NOT NULL,
+            catchup_limit      INTEGER NOT NULL,
+            max_lag            REAL,
+            overlap            TEXT    NOT NULL,
+            paused             INTEGER NOT NULL DEFAULT 0,
+            next_tick          REAL,
+            last_tick          REAL,
+            last_job_id        INTEGER,
+            last_fired_at      REAL,
+            created_at         REAL    NOT NULL,
+            updated_at         REAL    NOT NULL
+        )
+        """,
+        # The ticks that fired, apart from the jobs they put: purging jobs
+        # never makes a tick look unfired.
+        """
+        CREATE TABLE litejobs_ticks (
+            schedule TEXT    NOT NULL,
+            tick     REAL    NOT NULL,
+            job_id   INTEGER,
+            fired_at REAL    NOT NULL,
+            PRIMARY KEY (schedule, tick)
+        ) WITHOUT ROWID
         """,
     ),
 )
@@ -1228,6 +1291,65 @@ WHERE id IN (SELECT id FROM tree) AND status IN ('pending', 'waiting', 'active')
 
 _STATUS_OF = "SELECT status FROM litejobs_jobs WHERE id = ?"
 
+# -- schedules ---------------------------------------------------------------------
+#
+# A tick fires in the transaction that moves its schedule's next_tick past
+# it: under SQLite's write lock, or the schedule's row lock on PostgreSQL,
+# where pools skip the schedules another is firing.  Each fired tick also
+# leaves a row in litejobs_ticks, whose key refuses a second.
+_SCHEDULE_COLUMNS = ("name, cron, tz, job_name, template, template_signature, catchup, "
+                     "catchup_limit, max_lag, overlap, paused, next_tick, last_tick, "
+                     "last_job_id, last_fired_at, created_at, updated_at")
+_SCHEDULES = f"SELECT {_SCHEDULE_COLUMNS} FROM litejobs_schedules ORDER BY name"
+_SCHEDULE_NAMED = f"SELECT {_SCHEDULE_COLUMNS} FROM litejobs_schedules WHERE name = :name"
+# The same, read to be changed (PostgreSQL: locked as it is read, see
+# _POSTGRES_REWRITES; the alias keeps the two statements apart there).
+_SCHEDULE_TO_CHANGE = (f"SELECT {_SCHEDULE_COLUMNS} FROM litejobs_schedules AS changing "
+                       f"WHERE name = :name")
+_INSERT_SCHEDULE = (
+    f"INSERT INTO litejobs_schedules ({_SCHEDULE_COLUMNS}) VALUES ("
+    + ", ".join(":" + name.strip() for name in _SCHEDULE_COLUMNS.split(",")) + ")")
+# Declared again (a program starting): what it says changes, but for what
+# only the schedule knows: whether it is paused, and its last fire.
+_UPDATE_SCHEDULE = """
+UPDATE litejobs_schedules
+SET cron = :cron, tz = :tz, job_name = :job_name, template = :template,
+    template_signature = :template_signature, catchup = :catchup,
+    catchup_limit = :catchup_limit, max_lag = :max_lag, overlap = :overlap,
+    next_tick = :next_tick, updated_at = :updated_at
+WHERE name = :name
+"""
+# Due schedules, the most overdue first; a pool takes a few at a time.
+_DUE_SCHEDULES = f"""
+SELECT {_SCHEDULE_COLUMNS} FROM litejobs_schedules
+WHERE paused = 0 AND next_tick <= :now
+ORDER BY next_tick
+LIMIT 20
+"""
+_NEXT_SCHEDULE_TICK = "SELECT min(next_tick) FROM litejobs_schedules WHERE paused = 0"
+# Nothing, if the tick has a row already: it fired.
+_RECORD_TICK = """
+INSERT INTO litejobs_ticks (schedule, tick, job_id, fired_at) VALUES (?, ?, NULL, ?)
+ON CONFLICT (schedule, tick) DO NOTHING
+"""
+_TICK_JOB = "UPDATE litejobs_ticks SET job_id = ? WHERE schedule = ? AND tick = ?"
+_SCHEDULE_MOVED = """
+UPDATE litejobs_schedules
+SET next_tick = :next_tick, last_tick = coalesce(:last_tick, last_tick),
+    last_job_id = coalesce(:last_job_id, last_job_id),
+    last_fired_at = coalesce(:last_fired_at, last_fired_at)
+WHERE name = :name
+"""
+_PAUSE_SCHEDULE = """
+UPDATE litejobs_schedules SET paused = :paused, next_tick = :next_tick, updated_at = :now
+WHERE name = :name
+"""
+_PRUNE_TICKS = "DELETE FROM litejobs_ticks WHERE schedule = ? AND tick < ?"
+# The job of a tick knows it: in its meta, before any run could change it.
+_TICK_META = "UPDATE litejobs_jobs SET meta = ? WHERE id = ?"
+_DELETE_SCHEDULE = "DELETE FROM litejobs_schedules WHERE name = ?"
+_DELETE_TICKS = "DELETE FROM litejobs_ticks WHERE schedule = ?"
+
 # -- copying unfinished jobs to another database --------------------------------------
 #
 # Whole trees, so that composites, their parts (ended ones included) and
@@ -1467,6 +1589,39 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
         FOR EACH STATEMENT EXECUTE FUNCTION litejobs_notify()
         """,
     ),
+    (
+        # As on SQLite (its migration 4).
+        """
+        CREATE TABLE litejobs_schedules (
+            name               text PRIMARY KEY,
+            cron               text   NOT NULL,
+            tz                 text   NOT NULL,
+            job_name           text   NOT NULL,
+            template           text   NOT NULL,
+            template_signature bytea,
+            catchup            text   NOT NULL,
+            catchup_limit      bigint NOT NULL,
+            max_lag            double precision,
+            overlap            text   NOT NULL,
+            paused             bigint NOT NULL DEFAULT 0,
+            next_tick          double precision,
+            last_tick          double precision,
+            last_job_id        bigint,
+            last_fired_at      double precision,
+            created_at         double precision NOT NULL,
+            updated_at         double precision NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE litejobs_ticks (
+            schedule text   NOT NULL,
+            tick     double precision NOT NULL,
+            job_id   bigint,
+            fired_at double precision NOT NULL,
+            PRIMARY KEY (schedule, tick)
+        )
+        """,
+    ),
 )
 _POSTGRES_SCHEMA_VERSION = len(_POSTGRES_MIGRATIONS)
 _POSTGRES_DUE = "litejobs_due"  # the channel of jobs that became pending
@@ -1539,6 +1694,8 @@ _POSTGRES_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (re.escape(_META_OF_JOB), _META_OF_JOB.rstrip() + " FOR UPDATE"),
         (re.escape(_PURGEABLE), _PURGEABLE.rstrip() + " FOR UPDATE OF root SKIP LOCKED"),
         (re.escape(_EXPIRED_LEASES), _EXPIRED_LEASES.rstrip() + " FOR UPDATE SKIP LOCKED"),
+        (re.escape(_DUE_SCHEDULES), _DUE_SCHEDULES.rstrip() + " FOR UPDATE SKIP LOCKED"),
+        (re.escape(_SCHEDULE_TO_CHANGE), _SCHEDULE_TO_CHANGE + " FOR UPDATE"),
         (r"\s+INDEXED BY \w+", ""),
         (r"\bIN \(\)", "IN (NULL)"),  # an empty list of queues
         # One array, built once: a subquery of the JSON would be scanned
@@ -2128,6 +2285,537 @@ class _CommitWatch:
             self._wal.close()
 
 
+# -- cron expressions, for schedules -----------------------------------------------
+#
+# Parsed here, so that the core needs nothing beyond the standard library.
+# A schedule's ticks are local wall-clock times in its time zone; `_Cron`
+# turns them into instants (Unix seconds), through the daylight saving
+# rules below.
+
+# Fields in expression order: (name, lowest, highest accepted value).
+# Day-of-week accepts 7 as a second spelling of Sunday (0).
+_CRON_FIELDS: tuple[tuple[str, int, int], ...] = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+    ("second", 0, 59),
+)
+# Positions (0-based) of the fields that get special treatment.
+_CRON_DOM, _CRON_MONTH, _CRON_DOW = 2, 3, 4
+# `*` and open-ended `a/n` in day-of-week stop at Saturday, so `1/2` means
+# Mon, Wed, Fri rather than also picking up Sunday as 7.
+_CRON_DOW_OPEN_MAX = 6
+_CRON_MONTH_NAMES: dict[str, int] = {
+    name: number
+    for number, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun",
+         "jul", "aug", "sep", "oct", "nov", "dec"),
+        start=1,
+    )
+}
+_CRON_DOW_NAMES: dict[str, int] = {
+    name: number
+    for number, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))
+}
+_CRON_ALIASES: dict[str, str] = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+# Longest possible length of each month (index 1-12); February counts 29 so
+# a leap-day expression is valid.
+_CRON_MONTH_MAX_DAYS = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# next_after gives up (returns None) when no tick falls within this many
+# years after `after`; 10 covers the longest leap-day wait (2096 -> 2104).
+_CRON_HORIZON_YEARS = 10
+# A wall time and its instant differ by at most about a day (UTC-12 to
+# UTC+14, plus gaps), so ticks_between scans walls this far past `end`.
+_CRON_WALL_MARGIN = datetime.timedelta(days=3)
+# Latest wall time datetime can represent; searches stop there.
+_CRON_WALL_MAX = (9999, 12, 31, 23, 59, 59)
+_CRON_NUMBER = re.compile(r"[0-9]+")  # ASCII digits only, unlike str.isdigit
+_CRON_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+
+# A local wall time as (year, month, day, hour, minute, second).  Search
+# cursors may hold one-past-the-end values (second 60, hour 24, month 13);
+# the search carries them over, so incrementing is just "+1 on the last".
+_CronWall = tuple[int, int, int, int, int, int]
+
+
+def _cron_fail(text: str, message: str) -> CronError:
+    return CronError(f"cron expression '{text}': {message}")
+
+
+def _cron_parse_value(text: str, pos: int, token: str, item: str) -> int:
+    name, low, high = _CRON_FIELDS[pos]
+    where = f"field {pos + 1} ({name})"
+    if _CRON_NUMBER.fullmatch(token):
+        value = int(token)
+        if not low <= value <= high:
+            raise _cron_fail(text, f"{where} has {token}, outside {low}-{high}")
+        return value
+    if not token:
+        raise _cron_fail(text, f"{where} has an empty value in '{item}'")
+    if pos == _CRON_MONTH and token.lower() in _CRON_MONTH_NAMES:
+        return _CRON_MONTH_NAMES[token.lower()]
+    if pos == _CRON_DOW and token.lower() in _CRON_DOW_NAMES:
+        return _CRON_DOW_NAMES[token.lower()]
+    expected = {
+        _CRON_MONTH: "a number or month name (jan-dec)",
+        _CRON_DOW: "a number or weekday name (sun-sat)",
+    }.get(pos, "a number")
+    raise _cron_fail(text, f"{where} has '{token}', expected {expected}")
+
+
+def _cron_parse_field(text: str, pos: int, raw: str) -> frozenset[int]:
+    name, low, high = _CRON_FIELDS[pos]
+    where = f"field {pos + 1} ({name})"
+    open_high = _CRON_DOW_OPEN_MAX if pos == _CRON_DOW else high
+    values: set[int] = set()
+    for item in raw.split(","):
+        if not item:
+            raise _cron_fail(text, f"{where} has an empty list item in '{raw}'")
+        base, slash, step_text = item.partition("/")
+        step = 1
+        if slash:
+            if not _CRON_NUMBER.fullmatch(step_text) or int(step_text) == 0:
+                raise _cron_fail(
+                    text,
+                    f"{where} has step '{step_text}' in '{item}', "
+                    "expected a whole number of 1 or more",
+                )
+            step = int(step_text)
+        if base == "*":
+            first, last = low, open_high
+        elif "-" in base:
+            start_text, _, end_text = base.partition("-")
+            first = _cron_parse_value(text, pos, start_text, item)
+            last = _cron_parse_value(text, pos, end_text, item)
+            if first > last:
+                hint = ""
+                if pos == _CRON_DOW and last == 0:
+                    hint = " (write 7 for Sunday at the end of a range)"
+                raise _cron_fail(
+                    text,
+                    f"{where} has range '{base}' whose start {first} "
+                    f"is after its end {last}{hint}",
+                )
+        else:
+            first = _cron_parse_value(text, pos, base, item)
+            # `a/n` runs from a to the top of the field.
+            last = max(first, open_high) if slash else first
+        values.update(range(first, last + 1, step))
+    if pos == _CRON_DOW and 7 in values:
+        values.discard(7)
+        values.add(0)
+    return frozenset(values)
+
+
+def _cron_check_fires(
+    text: str, days: frozenset[int], months: frozenset[int], either_day: bool
+) -> None:
+    # With the OR day rule a restricted weekday matches in every month, so
+    # only the AND rule can leave day-of-month and month incompatible.
+    if either_day:
+        return
+    longest = max(_CRON_MONTH_MAX_DAYS[month] for month in months)
+    if min(days) > longest:
+        listed = ", ".join(str(day) for day in sorted(days))
+        noun = "day" if len(days) == 1 else "any of days"
+        month_list = ", ".join(str(month) for month in sorted(months))
+        raise CronError(
+            f"cron expression '{text}' never fires: no month in it "
+            f"({month_list}) has {noun} {listed}"
+        )
+
+
+def _cron_next_table(allowed: frozenset[int], top: int) -> tuple[int, ...]:
+    # table[v] is the smallest allowed value >= v, or -1; index top + 1 is
+    # always -1 so a carried-over cursor value finds nothing.
+    table = [-1] * (top + 2)
+    following = -1
+    for value in range(top, -1, -1):
+        if value in allowed:
+            following = value
+        table[value] = following
+    return tuple(table)
+
+
+def _cron_offset(tz: datetime.tzinfo, naive: datetime.datetime) -> int:
+    delta = tz.utcoffset(naive)
+    if delta is None:
+        raise ValueError(f"time zone {tz!r} gives no UTC offset")
+    return delta // datetime.timedelta(seconds=1)
+
+
+def _cron_wall(instant: int, tz: datetime.tzinfo) -> _CronWall:
+    local = datetime.datetime.fromtimestamp(instant, tz)
+    return (local.year, local.month, local.day, local.hour, local.minute, local.second)
+
+
+def _cron_offset_change(low: int, high: int, tz: datetime.tzinfo) -> int:
+    # First instant in (low, high] whose UTC offset differs from low's.  A
+    # bisection needs nothing from the zone beyond fromtimestamp, so no zone
+    # rules are assumed (transitions need not fall on whole hours).
+    before = datetime.datetime.fromtimestamp(low, tz).utcoffset()
+    while high - low > 1:
+        middle = (low + high) // 2
+        if datetime.datetime.fromtimestamp(middle, tz).utcoffset() == before:
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+class _Cron:
+    """A parsed cron expression.
+
+    Owns the allowed values of each field (second, minute, hour,
+    day-of-month, month, day-of-week), the day rule (Vixie: OR when both day
+    fields are restricted, else AND), and lookup tables for finding the next
+    matching local wall time.  It maps those wall times to instants in a
+    given zone: a repeated wall time fires on its first pass only, a skipped
+    one fires when the gap ends, and equal instants count once.
+    """
+
+    def __init__(
+        self,
+        text: str,
+        fields: tuple[frozenset[int], ...],
+        dom_star: bool,
+        dow_star: bool,
+    ) -> None:
+        # `fields` holds the allowed values in expression order, with the
+        # second last (just {0} for a 5-field expression).
+        minutes, hours, days, months, weekdays, seconds = fields
+        self.text: str = text
+        self._seconds: frozenset[int] = seconds
+        self._minutes: frozenset[int] = minutes
+        self._hours: frozenset[int] = hours
+        self._days: frozenset[int] = days
+        self._months: frozenset[int] = months
+        self._weekdays: frozenset[int] = weekdays  # 0 = Sunday
+        # Vixie cron's rule: a day field counts as unrestricted when its text
+        # starts with '*', so `*/2` is unrestricted too.  If either day field
+        # is unrestricted a day must match both (each field's own values
+        # still apply, so `*/2` keeps meaning odd days); if both are
+        # restricted, matching either is enough.
+        self._day_either: bool = not (dom_star or dow_star)
+        self._all_weekdays: bool = len(weekdays) == 7
+        self._next_second: tuple[int, ...] = _cron_next_table(seconds, 59)
+        self._next_minute: tuple[int, ...] = _cron_next_table(minutes, 59)
+        self._next_hour: tuple[int, ...] = _cron_next_table(hours, 23)
+        self._next_dom: tuple[int, ...] = _cron_next_table(days, 31)
+        self._next_month: tuple[int, ...] = _cron_next_table(months, 12)
+
+    @classmethod
+    def parse(cls, text: str) -> _Cron:
+        """Parse a 5-field (minute hour day-of-month month day-of-week),
+        6-field (the same plus second last) or @alias expression.
+
+        Raises CronError for anything malformed or never firing.
+        """
+        if not isinstance(text, str):
+            raise CronError(
+                f"cron expression must be a string, got {type(text).__name__}"
+            )
+        stripped = text.strip()
+        if not stripped:
+            raise _cron_fail(stripped, "empty, expected 5 or 6 fields or an @alias")
+        fields = stripped.split()
+        if fields[0].startswith("@"):
+            if len(fields) > 1:
+                raise _cron_fail(stripped, f"alias '{fields[0]}' takes no other fields")
+            expanded = _CRON_ALIASES.get(fields[0].lower())
+            if expanded is None:
+                known = ", ".join(_CRON_ALIASES)
+                raise _cron_fail(stripped, f"unknown alias '{fields[0]}', known: {known}")
+            fields = expanded.split()
+        if len(fields) not in (5, 6):
+            five = " ".join(name for name, _, _ in _CRON_FIELDS[:5])
+            plural = "field" if len(fields) == 1 else "fields"
+            raise _cron_fail(
+                stripped,
+                f"{len(fields)} {plural}, expected 5 ({five}) or 6 ({five} second)",
+            )
+        sets = [_cron_parse_field(stripped, pos, raw) for pos, raw in enumerate(fields)]
+        if len(sets) == 5:
+            sets.append(frozenset({0}))
+        dom_star = fields[_CRON_DOM].startswith("*")
+        dow_star = fields[_CRON_DOW].startswith("*")
+        _cron_check_fires(
+            stripped, sets[_CRON_DOM], sets[_CRON_MONTH], not (dom_star or dow_star)
+        )
+        return cls(stripped, tuple(sets), dom_star, dow_star)
+
+    def __repr__(self) -> str:
+        return f"_Cron({self.text!r})"
+
+    def matches(self, local: datetime.datetime) -> bool:
+        """Whether a naive local wall time is a tick.
+
+        Only the wall-clock fields count: microseconds and any tzinfo are
+        ignored, and a wall time that a DST gap skips still matches.
+        """
+        if (
+            local.second not in self._seconds
+            or local.minute not in self._minutes
+            or local.hour not in self._hours
+            or local.month not in self._months
+        ):
+            return False
+        dom_ok = local.day in self._days
+        dow_ok = local.isoweekday() % 7 in self._weekdays
+        return (dom_ok or dow_ok) if self._day_either else (dom_ok and dow_ok)
+
+    def next_after(self, after: float, tz: datetime.tzinfo) -> float | None:
+        """First tick instant strictly after `after` (Unix seconds), or None
+        if there is none within the search horizon of 10 years."""
+        now = datetime.datetime.fromtimestamp(int(after // 1), tz)
+        limit = (now.year + _CRON_HORIZON_YEARS, now.month, now.day,
+                 now.hour, now.minute, now.second)
+        for instant in self._instants(after, tz, min(limit, _CRON_WALL_MAX)):
+            return float(instant)
+        return None
+
+    def ticks_between(
+        self, start: float, end: float, tz: datetime.tzinfo, limit: int
+    ) -> list[float]:
+        """Tick instants t with start < t <= end, ascending, at most the
+        first `limit` of them."""
+        ticks: list[float] = []
+        if limit <= 0 or end <= start:
+            return ticks
+        try:
+            last = datetime.datetime.fromtimestamp(end, tz) + _CRON_WALL_MARGIN
+            wall_limit = (last.year, last.month, last.day, last.hour, last.minute, last.second)
+        except (OverflowError, ValueError, OSError):
+            # `end` past what datetime can hold (even inf): no wall bound.
+            wall_limit = _CRON_WALL_MAX
+        for instant in self._instants(start, tz, wall_limit):
+            if instant > end:
+                break
+            ticks.append(float(instant))
+            if len(ticks) >= limit:
+                break
+        return ticks
+
+    def _instants(
+        self, after: float, tz: datetime.tzinfo, wall_limit: _CronWall
+    ) -> Iterator[int]:
+        # Walk matching wall times upwards from the wall time of `after` and
+        # map each to its instant.  Those instants never decrease, so one
+        # "latest so far" value both enforces "strictly after" and drops
+        # duplicates (several skipped wall times landing on one gap end).
+        latest: float = after
+        cursor = _cron_wall(int(after // 1), tz)
+        cursor = cursor[:5] + (cursor[5] + 1,)
+        while True:
+            wall = self._next_wall(cursor, wall_limit)
+            if wall is None:
+                return
+            naive = datetime.datetime(*wall)
+            offset = _cron_offset(tz, naive)
+            other = _cron_offset(tz, naive.replace(fold=1))
+            wall_seconds = (naive.toordinal() - _CRON_EPOCH_ORDINAL) * 86400 + (
+                wall[3] * 3600 + wall[4] * 60 + wall[5]
+            )
+            instant = wall_seconds - offset
+            cursor = wall[:5] + (wall[5] + 1,)
+            if offset != other:
+                # The two folds disagree: a repeated or a skipped wall time.
+                # Either way the transition lies between these two instants.
+                early = wall_seconds - max(offset, other)
+                late = wall_seconds - min(offset, other)
+                if _cron_wall(early, tz) == wall:
+                    # Repeated: fire on the first pass only.  If `after` is in
+                    # the second pass, every repeated wall time still ahead
+                    # maps to the past, so jump to the end of the repetition.
+                    instant = early
+                    if instant <= latest:
+                        change = _cron_offset_change(early, late, tz)
+                        if change <= latest:
+                            cursor = _cron_wall(change + (late - early), tz)
+                else:
+                    # Skipped: fire when the gap ends, once for the whole gap,
+                    # and resume at the first wall time after it (which, if it
+                    # matches, maps to that same instant).
+                    instant = _cron_offset_change(early, late, tz)
+                    cursor = _cron_wall(instant, tz)
+            if instant > latest:
+                latest = instant
+                yield instant
+
+    def _next_wall(self, start: _CronWall, limit: _CronWall) -> _CronWall | None:
+        # Smallest matching wall time >= start and <= limit.  Each level
+        # jumps straight to its next allowed value via the tables; when a
+        # level runs out it carries into the level above and resets below.
+        year, month, day, hour, minute, second = start
+        limit_month = limit[:2]
+        while True:
+            if (year, month) > limit_month:
+                return None
+            found = self._next_month[month]
+            if found < 0:
+                year, month, day, hour, minute, second = year + 1, 1, 1, 0, 0, 0
+                continue
+            if found != month:
+                month, day, hour, minute, second = found, 1, 0, 0, 0
+                continue  # re-check the limit for the new month
+            found = self._next_day(year, month, day)
+            if found == 0:
+                month, day, hour, minute, second = month + 1, 1, 0, 0, 0
+                continue
+            if found != day:
+                day, hour, minute, second = found, 0, 0, 0
+            found = self._next_hour[hour]
+            if found < 0:
+                day, hour, minute, second = day + 1, 0, 0, 0
+                continue
+            if found != hour:
+                hour, minute, second = found, 0, 0
+            found = self._next_minute[minute]
+            if found < 0:
+                hour, minute, second = hour + 1, 0, 0
+                continue
+            if found != minute:
+                minute, second = found, 0
+            found = self._next_second[second]
+            if found < 0:
+                minute, second = minute + 1, 0
+                continue
+            wall = (year, month, day, hour, minute, found)
+            return wall if wall <= limit else None
+
+    def _next_day(self, year: int, month: int, day: int) -> int:
+        # Smallest day >= `day` in this month passing the day rule, or 0.
+        last = 28 + calendar.isleap(year) if month == 2 else _CRON_MONTH_MAX_DAYS[month]
+        if day > last:
+            return 0
+        if self._all_weekdays and not self._day_either:
+            found = self._next_dom[day]
+            return found if 0 < found <= last else 0
+        weekday = datetime.date(year, month, day).isoweekday() % 7
+        for candidate in range(day, last + 1):
+            dom_ok = candidate in self._days
+            dow_ok = weekday in self._weekdays
+            if (dom_ok or dow_ok) if self._day_either else (dom_ok and dow_ok):
+                return candidate
+            weekday = (weekday + 1) % 7
+        return 0
+
+
+# -- what a due schedule fires ------------------------------------------------------
+
+
+def _zone(name: str) -> datetime.tzinfo:
+    """The time zone named ``name`` ("UTC", or an IANA name such as
+    "Europe/Berlin"); raises ValueError naming it if this host has no such zone."""
+    if name == "UTC":
+        return datetime.timezone.utc
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ValueError(f"unknown time zone {name!r}: give an IANA name such as "
+                         f"'Europe/Berlin' or 'UTC' (on a system without time zone data, "
+                         f"install the tzdata package)") from exc
+
+
+def _template_text(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The rows of a put, as a schedule keeps them: JSON, bytes in base64."""
+    return json.dumps([{name: {"$bytes": base64.b64encode(value).decode()}
+                        if isinstance(value, bytes) else value
+                        for name, value in row.items()} for row in rows], sort_keys=True)
+
+
+def _template_rows(text: str) -> list[dict[str, Any]]:
+    return [{name: base64.b64decode(value["$bytes"])
+             if isinstance(value, dict) and "$bytes" in value else value
+             for name, value in row.items()} for row in json.loads(text)]
+
+
+def _due_ticks(cron: _Cron, zone: datetime.tzinfo, first: float, now: float,
+               keep: int) -> tuple[list[float], int]:
+    """The latest ``keep`` ticks from ``first`` (a tick) to ``now``, oldest
+    first, and how many there are in all.  Read in runs of `_MOST_MISSED`,
+    keeping only the latest, so that a long outage of a schedule that ticks
+    every second costs time, not memory."""
+    latest: collections.deque[float] = collections.deque([first], maxlen=max(1, keep))
+    total, start = 1, first
+    while True:
+        found = cron.ticks_between(start, now, zone, _MOST_MISSED)
+        latest.extend(found)
+        total += len(found)
+        if len(found) < _MOST_MISSED:
+            return list(latest), total
+        start = found[-1]
+
+
+class _SkippedTicks(NamedTuple):
+    """Ticks a firing left unfired, for one reason: how many (``ticks``),
+    and the first and last of them (the first is None when only counted)."""
+    reason: str
+    ticks: int
+    first: float | None
+    last: float
+
+
+def _plan_ticks(latest: list[float], total: int, now: float, *, catchup: str,
+                catchup_limit: int, max_lag: float | None, overlap: str,
+                running: int | None) -> tuple[list[float], list[_SkippedTicks]]:
+    """Which of a schedule's due ticks fire (``latest``, the latest of
+    ``total``), and which are skipped and why.  ``running`` is the job of
+    its previous run that has not ended, if any."""
+    skipped: list[_SkippedTicks] = []
+
+    def skip(ticks: Sequence[float], reason: str, uncounted: int = 0) -> None:
+        if ticks or uncounted:
+            skipped.append(_SkippedTicks(reason, len(ticks) + uncounted,
+                                         ticks[0] if ticks and not uncounted else None,
+                                         ticks[-1] if ticks else latest[0]))
+
+    older = total - len(latest)  # read, but not kept: older than all of latest
+    candidates = latest
+    if max_lag is not None:
+        skip([t for t in candidates if now - t > max_lag],
+             f"more than max_lag ({max_lag:g}s) late", older)
+        older = 0
+        candidates = [t for t in candidates if now - t <= max_lag]
+    if catchup == "all":
+        fire, missed = candidates[-catchup_limit:], candidates[:-catchup_limit]
+        skip(missed, f"missed, beyond catchup_limit ({catchup_limit})", older)
+    elif catchup == "latest":
+        fire, missed = candidates[-1:], candidates[:-1]
+        skip(missed, "missed (catchup='latest' fires the latest only)", older)
+    else:
+        fire = [t for t in candidates[-1:] if now - t <= _SCHEDULE_ON_TIME]
+        skip([t for t in candidates if t not in fire], "missed (catchup='skip')", older)
+    if overlap == "skip" and fire:
+        if running is not None:
+            skip(fire, f"its previous run, job {running}, has not ended (overlap='skip')")
+            fire = []
+        else:
+            skip(fire[:-1], "would run alongside the next (overlap='skip')")
+            fire = fire[-1:]
+    return fire, skipped
+
+
+class _Firing(NamedTuple):
+    """What firing one due schedule did: the ticks that fired, each with
+    the id of the job it put; those skipped; or why this runner could not
+    fire it at all (``trouble``: it stays due, for another)."""
+    schedule: str
+    fired: list[tuple[float, int]]
+    skipped: list[_SkippedTicks]
+    trouble: str | None = None
+
+
 # -- the storage contract, and its SQLite layers -----------------------------------
 
 
@@ -2239,6 +2927,13 @@ class _Storage(Protocol):
               dry_run: bool = False) -> tuple[int, int]: ...
     def unfinished_under(self, job_id: int) -> int: ...
     def unfinished_trees(self) -> list[dict[str, Any]]: ...
+    def save_schedule(self, row: dict[str, Any], now: float) -> dict[str, Any]: ...
+    def remove_schedule(self, name: str) -> bool: ...
+    def fetch_schedules(self, name: str | None = None) -> list[dict[str, Any]]: ...
+    def pause_schedule(self, name: str, paused: bool, now: float) -> bool: ...
+    def next_schedule_tick(self) -> float | None: ...
+    def fire_due(self, now: float) -> list[_Firing]: ...
+    def trigger_schedule(self, name: str, now: float) -> int | None: ...
     def insert_copies(self, rows: Sequence[dict[str, Any]]) -> dict[int, int]: ...
     def delete_copied(self, ids: Iterable[int]) -> int: ...
     def reopen(self, job_id: int, now: float) -> str: ...
@@ -3878,7 +4573,145 @@ class _Copies(_Jobs):
         return deleted
 
 
-class _SQLiteStorage(_SQLiteConnections, _Copies):
+class _Schedules(_Copies):
+    """Schedules: storing them, and firing their due ticks (`fire_due`),
+    each as a job put in the transaction that moves its schedule past the
+    tick and records it in litejobs_ticks."""
+
+    def save_schedule(self, row: dict[str, Any], now: float) -> dict[str, Any]:
+        """Store the schedule ``row`` (its name, cron, tz, job_name, template
+        and its signature, catchup, catchup_limit, max_lag, overlap and
+        next_tick), in place of one of the same name, and return it as
+        stored.  One whose cron and time zone stay keeps its next tick, so
+        that a program declaring its schedules each time it starts neither
+        skips nor repeats a tick; it stays paused if it was."""
+        with self.write() as conn:
+            found = self._rows(conn, _SCHEDULE_TO_CHANGE, {"name": row["name"]})
+            if not found:
+                conn.execute(_INSERT_SCHEDULE, {
+                    **row, "paused": 0, "last_tick": None, "last_job_id": None,
+                    "last_fired_at": None, "created_at": now, "updated_at": now})
+            else:
+                old = found[0]
+                keep = (old["cron"], old["tz"]) == (row["cron"], row["tz"])
+                conn.execute(_UPDATE_SCHEDULE, {
+                    **row, "next_tick": old["next_tick"] if keep else row["next_tick"],
+                    "updated_at": now})
+            return self._rows(conn, _SCHEDULE_NAMED, {"name": row["name"]})[0]
+
+    def remove_schedule(self, name: str) -> bool:
+        """Remove a schedule and its record of ticks; whether there was one.
+        The jobs it put stay."""
+        with self.write() as conn:
+            gone = conn.execute(_DELETE_SCHEDULE, (name,)).rowcount
+            conn.execute(_DELETE_TICKS, (name,))
+        return bool(gone)
+
+    def fetch_schedules(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Every schedule by name, or the one named ``name`` (if any)."""
+        with self.read() as conn:
+            if name is None:
+                return self._rows(conn, _SCHEDULES, {})
+            return self._rows(conn, _SCHEDULE_NAMED, {"name": name})
+
+    def pause_schedule(self, name: str, paused: bool, now: float) -> bool:
+        """Pause or resume a schedule; whether there is one.  The ticks of a
+        pause were not wanted: a resumed schedule ticks next after ``now``."""
+        with self.write() as conn:
+            found = self._rows(conn, _SCHEDULE_TO_CHANGE, {"name": name})
+            if not found:
+                return False
+            row = found[0]
+            next_tick = row["next_tick"]
+            if row["paused"] and not paused:
+                next_tick = _Cron.parse(row["cron"]).next_after(now, _zone(row["tz"]))
+            conn.execute(_PAUSE_SCHEDULE, {"name": name, "paused": int(paused),
+                                           "next_tick": next_tick, "now": now})
+        return True
+
+    def next_schedule_tick(self) -> float | None:
+        """The earliest next tick of the schedules not paused."""
+        with self.read() as conn:
+            found = conn.execute(_NEXT_SCHEDULE_TICK).fetchone()[0]
+        return None if found is None else float(found)
+
+    def fire_due(self, now: float) -> list[_Firing]:
+        """Fire the due ticks of the schedules due at ``now`` (a few at a
+        time: call again while it fires some), in one transaction."""
+        with self.write() as conn:
+            return [self._fire(conn, schedule, now)
+                    for schedule in self._rows(conn, _DUE_SCHEDULES, {"now": now})]
+
+    def trigger_schedule(self, name: str, now: float) -> int | None:
+        """Put the job of schedule ``name`` now, whatever its ticks, and
+        return its id (None: no such schedule).  Not a tick: the next stays."""
+        with self.write() as conn:
+            found = self._rows(conn, _SCHEDULE_TO_CHANGE, {"name": name})
+            if not found:
+                return None
+            self._check_template(found[0])
+            job_id = self._put_tick(conn, found[0], now, now)
+            conn.execute(_SCHEDULE_MOVED, {"name": name, "next_tick": found[0]["next_tick"],
+                                           "last_tick": None, "last_job_id": job_id,
+                                           "last_fired_at": now})
+        return job_id
+
+    def _check_template(self, schedule: Mapping[str, Any]) -> None:
+        """A runner with secrets puts only what was scheduled with one of them."""
+        if self.secrets and not _signed_by_one_of(
+                self.secrets, schedule["template_signature"], _SIGNED_SCHEDULE,
+                schedule["name"].encode(), schedule["template"].encode()):
+            raise SignatureError(f"schedule {schedule['name']!r} is not signed with any "
+                                 f"of this queue's secrets")
+
+    def _fire(self, conn: _DBConnection, schedule: Mapping[str, Any], now: float) -> _Firing:
+        name = schedule["name"]
+        try:
+            cron, zone = _Cron.parse(schedule["cron"]), _zone(schedule["tz"])
+            self._check_template(schedule)
+        except (ValueError, SignatureError) as exc:  # another runner may fire it
+            return _Firing(name, [], [], str(exc))
+        keep = schedule["catchup_limit"] if schedule["catchup"] == "all" else 1
+        latest, total = _due_ticks(cron, zone, schedule["next_tick"], now, keep)
+        running = None
+        if schedule["overlap"] == "skip" and schedule["last_job_id"] is not None:
+            status = conn.execute(_STATUS_OF, (schedule["last_job_id"],)).fetchone()
+            if status is not None and status[0] in (PENDING, WAITING, ACTIVE):
+                running = schedule["last_job_id"]
+        fire, skipped = _plan_ticks(
+            latest, total, now, catchup=schedule["catchup"],
+            catchup_limit=schedule["catchup_limit"], max_lag=schedule["max_lag"],
+            overlap=schedule["overlap"], running=running)
+        fired = []
+        for tick in fire:
+            if conn.execute(_RECORD_TICK, (name, tick, now)).rowcount == 0:
+                continue  # it fired already: its row says so
+            job_id = self._put_tick(conn, schedule, tick, now)
+            conn.execute(_TICK_JOB, (job_id, name, tick))
+            fired.append((tick, job_id))
+        conn.execute(_SCHEDULE_MOVED, {
+            "name": name, "next_tick": cron.next_after(now, zone),
+            "last_tick": fired[-1][0] if fired else None,
+            "last_job_id": fired[-1][1] if fired else None,
+            "last_fired_at": now if fired else None})
+        conn.execute(_PRUNE_TICKS, (name, now - _TICKS_KEPT))
+        return _Firing(name, fired, skipped)
+
+    def _put_tick(self, conn: _DBConnection, schedule: Mapping[str, Any], tick: float,
+                  now: float) -> int:
+        """Put the schedule's job for ``tick``, due now; its id.  Its meta
+        names the schedule and the tick."""
+        rows = _template_rows(schedule["template"])
+        for row in rows:
+            row["begin_after"] = now
+        (stored, _), = self.insert([rows], now)
+        job_id = int(stored[0]["id"])
+        conn.execute(_TICK_META, (json.dumps({"schedule": schedule["name"],
+                                              "tick": _format_time(tick)}), job_id))
+        return job_id
+
+
+class _SQLiteStorage(_SQLiteConnections, _Schedules):
     """The `_Storage` on an SQLite file."""
 
 
@@ -4576,7 +5409,7 @@ def _retried_if_deadlocked(method: Callable[..., _T]) -> Callable[..., _T]:
     return retried
 
 
-class _PostgresStorage(_PostgresConnections, _Copies):
+class _PostgresStorage(_PostgresConnections, _Schedules):
     """The `_Storage` on a PostgreSQL database.  What users call to steer
     jobs from outside is retried after a deadlock (see `_Deadlocked`); a
     pool retries its own writes."""
@@ -6069,10 +6902,12 @@ class _InlineRun:
         return max(self.clock(), self.storage.clock()) + self.lease
 
     def run(self, limit: int | None) -> int:
-        """Claim and run due jobs until none is due or ``limit`` have run."""
+        """Fire the schedules due by the clock, then claim and run due jobs
+        until none is due or ``limit`` have run."""
         ran = 0
         reset = _CLOCK.set(self.clock)
         try:
+            _fire_all_due(self.storage, self.clock(), self.owner, set())
             while limit is None or ran < limit:
                 token, claimed = self.storage.claim(
                     owner=self.owner, queues=self.queues, now=self.clock(),
@@ -6418,6 +7253,57 @@ class Queue:
                              len(new_ids), self.path, destination.path, self.path)
         return new_ids
 
+    # -- schedules -------------------------------------------------------------
+
+    def schedule(self, name: str, cron: str,
+                 job: Job | Composite | Callable[..., Any] | str, *, tz: str = "UTC",
+                 catchup: str = "latest", catchup_limit: int = _CATCHUP_LIMIT,
+                 max_lag: float | datetime.timedelta | None = None, overlap: str = "allow",
+                 queue: str | _Default = _DEFAULT, priority: int | _Default = _DEFAULT,
+                 retry: Retry | None | _Default = _DEFAULT,
+                 timeout: float | None | _Default = _DEFAULT,
+                 max_interruptions: int | None | _Default = _DEFAULT) -> Schedule:
+        """Put ``job`` at each tick of the cron expression ``cron``, in the
+        time zone ``tz``, from every pool on this database, once a tick::
+
+            q.schedule("nightly-digest", "30 2 * * *", Job(send_digest), tz="Europe/Berlin")
+            q.schedule("sync", "*/5 * * * *", "myapp.tasks:sync", overlap="skip", queue="io")
+
+        The schedule is stored under ``name``, replacing one of that name:
+        declare it each time the program starts; one whose cron and time
+        zone stay keeps its next tick, so a restart neither skips nor
+        repeats one.  Ticks missed while no pool ran fire by ``catchup``:
+        "latest" (one run, for the latest), "all" (each, oldest first, the
+        latest ``catchup_limit`` of them) or "skip" (none, but a tick less
+        than a minute late).  A tick more than ``max_lag`` seconds late is
+        skipped, and logged.  ``overlap="skip"`` puts no job while the
+        previous run has not ended.  The other options are `put`'s; the
+        job's meta holds ``schedule`` and ``tick`` (ISO 8601, UTC).
+
+        See the README for cron's syntax and daylight saving.  Raises
+        `CronError` for a bad expression, ValueError for an unknown zone.
+        """
+        row = _schedule_row(self, name, cron, job, tz=tz, catchup=catchup,
+                            catchup_limit=catchup_limit, max_lag=max_lag, overlap=overlap,
+                            given=_given(queue=queue, priority=priority, retry=retry,
+                                         timeout=timeout, max_interruptions=max_interruptions))
+        return Schedule(self, self._storage.save_schedule(row, _now(self._storage)))
+
+    def unschedule(self, name: str) -> bool:
+        """Remove the schedule ``name``; whether there was one.  Jobs it put stay."""
+        return self._storage.remove_schedule(_check_text(name, "name"))
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, by name."""
+        return [Schedule(self, row) for row in self._storage.fetch_schedules()]
+
+    def get_schedule(self, name: str) -> Schedule:
+        """The schedule ``name``; raises `ScheduleNotFound` if there is none."""
+        found = self._storage.fetch_schedules(_check_text(name, "name"))
+        if not found:
+            raise ScheduleNotFound(f"no schedule {name!r} in {self.path}")
+        return Schedule(self, found[0])
+
     def purge(self, older_than: float | datetime.timedelta | datetime.datetime, *,
               status: str | None = None, batch: int | None = None,
               dry_run: bool = False) -> int:
@@ -6756,6 +7642,128 @@ def _describe_exit(exitcode: int | None) -> str:
 def _ignore_signal(signum: int, frame: Any) -> None:
     """A no-op handler.  Unlike SIG_IGN, a handler is reset by exec, so
     programs a job starts still get the default signal behaviour."""
+
+
+# -- schedules, as users see them -----------------------------------------------------
+
+
+def _schedule_row(queue: Queue, name: str, cron: str, job: Any, *, tz: str, catchup: str,
+                  catchup_limit: int, max_lag: float | datetime.timedelta | None,
+                  overlap: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The row `Queue.schedule` stores, every argument checked: the job
+    planned as a put of it would be (its rows are the template each tick
+    puts again), signed if the queue has a secret."""
+    name = _check_text(name, "name")
+    if not name.strip() or len(name) > 200:
+        raise ValueError("a schedule's name is 1 to 200 characters, not only spaces")
+    if not isinstance(cron, str):
+        raise TypeError(f"cron must be a string, not {_describe(cron)}")
+    parsed, zone = _Cron.parse(cron), _zone(tz)
+    if catchup not in _CATCHUPS:
+        raise ValueError(f"catchup is one of {', '.join(map(repr, _CATCHUPS))}, not {catchup!r}")
+    if overlap not in _OVERLAPS:
+        raise ValueError(f"overlap is one of {', '.join(map(repr, _OVERLAPS))}, not {overlap!r}")
+    catchup_limit = _positive_int(catchup_limit, "catchup_limit")
+    if catchup_limit > _MOST_MISSED:
+        raise ValueError(f"catchup_limit is at most {_MOST_MISSED:,}")
+    lag = None if max_lag is None else _seconds(max_lag, "max_lag")
+    if lag == 0:
+        raise ValueError("max_lag must be positive, or None for no limit")
+    storage = queue._storage
+    now = _now(storage)
+    rows, _ = _plan_tree(job, _Options(now, given), set())
+    rows[0]["key"] = None
+    _check_sizes(rows, storage.size_limit)
+    template = _template_text(rows)
+    signature = _sign(storage.secrets, _SIGNED_SCHEDULE, name.encode(), template.encode()) \
+        if storage.secrets else None
+    return {"name": name, "cron": parsed.text, "tz": tz, "job_name": rows[0]["name"],
+            "template": template, "template_signature": signature, "catchup": catchup,
+            "catchup_limit": catchup_limit, "max_lag": lag, "overlap": overlap,
+            "next_tick": parsed.next_after(now, zone)}
+
+
+def _when(stamp: float | None) -> datetime.datetime | None:
+    return None if stamp is None else datetime.datetime.fromtimestamp(stamp,
+                                                                      datetime.timezone.utc)
+
+
+class Schedule:
+    """A recurring job (`Queue.schedule`), as read from the database when
+    this object was made; `refresh` reads it again.  Its ticks fire from
+    any pool on the database, each once.
+
+    Attributes: ``name``, ``cron``, ``tz``, ``job_name`` (the callable's),
+    ``catchup``, ``catchup_limit``, ``max_lag`` (seconds, or None),
+    ``overlap``, ``paused``, and, as aware datetimes (UTC) or None,
+    ``next_tick``, ``last_tick`` (the latest that fired) and
+    ``last_fired_at``; ``last_job_id`` is the id of the job it put last.
+    """
+
+    def __init__(self, queue: Queue, row: Mapping[str, Any]):
+        self._queue = queue
+        self._row = dict(row)
+
+    name = property(lambda self: str(self._row["name"]))
+    cron = property(lambda self: str(self._row["cron"]))
+    tz = property(lambda self: str(self._row["tz"]))
+    job_name = property(lambda self: str(self._row["job_name"]))
+    catchup = property(lambda self: str(self._row["catchup"]))
+    catchup_limit = property(lambda self: int(self._row["catchup_limit"]))
+    max_lag = property(lambda self: self._row["max_lag"])
+    overlap = property(lambda self: str(self._row["overlap"]))
+    paused = property(lambda self: bool(self._row["paused"]))
+    next_tick = property(lambda self: _when(self._row["next_tick"]))
+    last_tick = property(lambda self: _when(self._row["last_tick"]))
+    last_fired_at = property(lambda self: _when(self._row["last_fired_at"]))
+    last_job_id = property(lambda self: self._row["last_job_id"])
+
+    def __repr__(self) -> str:
+        when = "paused" if self.paused else f"next {_format_time(self._row['next_tick'])}"
+        return f"<Schedule {self.name!r} {self.cron!r} {self.tz} {when}>"
+
+    def refresh(self) -> Schedule:
+        """Read the schedule again; raises `ScheduleNotFound` once removed."""
+        self._row = self._queue.get_schedule(self.name)._row
+        return self
+
+    def pause(self) -> Schedule:
+        """Fire no tick until `resume`; a pool already running its job goes on."""
+        return self._set_paused(True)
+
+    def resume(self) -> Schedule:
+        """Fire again, from the next tick after now: ticks of the pause do not fire."""
+        return self._set_paused(False)
+
+    def _set_paused(self, paused: bool) -> Schedule:
+        if not self._queue._storage.pause_schedule(self.name, paused, _now(self._queue._storage)):
+            raise ScheduleNotFound(f"no schedule {self.name!r} in {self._queue.path}")
+        return self.refresh()
+
+    def trigger(self) -> Job:
+        """Put its job now, outside its ticks (its meta's tick is now); the
+        next tick stays as it was."""
+        job_id = self._queue._storage.trigger_schedule(self.name, _now(self._queue._storage))
+        if job_id is None:
+            raise ScheduleNotFound(f"no schedule {self.name!r} in {self._queue.path}")
+        self.refresh()
+        return self._queue.get(job_id)
+
+    def remove(self) -> bool:
+        """`Queue.unschedule` this schedule."""
+        return self._queue.unschedule(self.name)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Its fields as plain values (times as ISO 8601 text), as the command
+        line prints them with --json."""
+        row = self._row
+        return {"name": self.name, "cron": self.cron, "tz": self.tz, "job": self.job_name,
+                "catchup": self.catchup, "catchup_limit": self.catchup_limit,
+                "max_lag": self.max_lag, "overlap": self.overlap, "paused": self.paused,
+                "next_tick": row["next_tick"] and _format_time(row["next_tick"]),
+                "last_tick": row["last_tick"] and _format_time(row["last_tick"]),
+                "last_fired_at": row["last_fired_at"] and _format_time(row["last_fired_at"]),
+                "last_job_id": self.last_job_id}
 
 
 # -- what a supervisor and its worker processes tell each other -------------------
@@ -7818,6 +8826,35 @@ class _Beat(NamedTuple):
     recovered: bool
 
 
+def _fire_all_due(storage: _Storage, now: float, who: str,
+                  logged: set[tuple[str, str]]) -> list[_Firing]:
+    """Fire what is due at ``now`` until nothing is (`_Storage.fire_due`
+    takes a few schedules at a time), and log it: each fired tick at INFO,
+    skipped ones at WARNING, and a schedule this runner cannot fire (its
+    time zone unknown here, its signature not ours) once, at ERROR."""
+    firings: list[_Firing] = []
+    while True:
+        batch = storage.fire_due(now)
+        firings += batch
+        for firing in batch:
+            for tick, job_id in firing.fired:
+                _log.info("%s: schedule %s fired its tick of %s: job %d", who,
+                          firing.schedule, _format_time(tick), job_id)
+            for skipped in firing.skipped:
+                last = _format_time(skipped.last)
+                span = f"up to {last}" if skipped.first is None else last \
+                    if skipped.first == skipped.last else f"{_format_time(skipped.first)} to {last}"
+                _log.warning("%s: schedule %s skipped %d tick%s (%s): %s", who,
+                             firing.schedule, skipped.ticks, "s" * (skipped.ticks != 1),
+                             span, skipped.reason)
+            if firing.trouble and (firing.schedule, firing.trouble) not in logged:
+                logged.add((firing.schedule, firing.trouble))
+                _log.error("%s: schedule %s cannot fire here, and is left to other "
+                           "runners: %s", who, firing.schedule, firing.trouble)
+        if not batch or all(firing.trouble for firing in batch):
+            return firings
+
+
 class _Keeper:
     """The pool's timers, and the database work each sets off: heartbeats,
     which renew the leases of the jobs it holds every lease / 3 and take
@@ -7840,11 +8877,38 @@ class _Keeper:
         self.next_renewal = 0.0
         self.next_stop_check = 0.0
         self.next_upkeep = 0.0
+        self.next_schedules = 0.0
+        self.schedule_trouble: set[tuple[str, str]] = set()  # logged once each
 
     def moments(self, holding: bool) -> list[float]:
         """When a timer falls due next; the stop checks only while ``holding`` jobs."""
-        return [self.next_heartbeat, self.next_upkeep] + ([self.next_stop_check]
-                                                          if holding else [])
+        return [self.next_heartbeat, self.next_upkeep, self.next_schedules] + (
+            [self.next_stop_check] if holding else [])
+
+    def fire_schedules(self, now: float) -> bool:
+        """Fire the due ticks of schedules, and set when to look again: at
+        the earliest next tick, or within `_SCHEDULE_POLL` for schedules
+        added or changed meanwhile.  Whether a tick put a job."""
+        wall = self._storage.clock()
+        try:
+            firings = _fire_all_due(self._storage, wall, self._pool_id, self.schedule_trouble)
+            upcoming = self._storage.next_schedule_tick()
+        except DatabaseBusy as exc:
+            _log.debug("%s: %s; retrying the schedules", self._pool_id, exc)
+            self.next_schedules = now + _BUSY_BACKOFF
+            return False
+        except DatabaseUnreachable as exc:
+            self.next_schedules = self._outage.failed(exc)
+            return False
+        except DatabaseError as exc:
+            _log.error("%s could not fire its schedules: %s", self._pool_id, exc)
+            self.next_schedules = now + _SCHEDULE_POLL
+            return False
+        wait = _SCHEDULE_POLL
+        if upcoming is not None and not any(firing.trouble for firing in firings):
+            wait = min(wait, max(0.0, upcoming - wall))
+        self.next_schedules = now + wait
+        return any(firing.fired for firing in firings)
 
     def heartbeat(self, now: float, leases: Callable[[], list[tuple[int, str]]]) -> _Beat:
         """Beat, and renew the ``leases`` if that is due."""
@@ -8809,6 +9873,9 @@ class _Supervisor:
                     self.flight.stop_asked(job_id, stop_by, wall)
         if now >= self.keeper.next_upkeep and self.grace_deadline is None:
             self.keeper.upkeep(now)
+        if now >= self.keeper.next_schedules and self.grace_deadline is None:
+            if self.keeper.fire_schedules(now):
+                self.drained = False  # the jobs of the ticks are due: claim them
 
     def _begin_stop(self) -> None:
         worker = self.worker
@@ -9982,6 +11049,66 @@ def _print_results(args: argparse.Namespace, results: list[dict[str, Any]],
     return 1 if any(result["error"] for result in results) else 0
 
 
+def _command_schedules(args: argparse.Namespace) -> int:
+    """list the schedules of a database
+
+    List the schedules on DATABASE by name: cron expression and time zone, the
+    job each tick puts, its next tick, and its last fire with the job it put.
+    """
+    with _open_to_read(args) as q:
+        found = [schedule.as_dict() for schedule in q.schedules()]
+    if args.json:
+        _print_json(found)
+    elif not found:
+        print(f"no schedule on {q.path}")
+    else:
+        print("\n".join(_schedule_line(schedule) for schedule in found))
+    return 0
+
+
+def _schedule_line(found: Mapping[str, Any]) -> str:
+    last = "never fired" if found["last_tick"] is None else \
+        f"last {found['last_tick']} (job {found['last_job_id']})"
+    upcoming = "paused" if found["paused"] else f"next {found['next_tick'] or 'never'}"
+    return (f"{found['name']}: '{found['cron']}' {found['tz']}, {found['job']}; "
+            f"{upcoming}; {last}")
+
+
+def _command_schedule(args: argparse.Namespace) -> int:
+    """pause, resume, trigger or remove a schedule
+
+    pause: fire no tick until resumed (a running job goes on).  resume: fire again
+    from the next tick after now.  trigger: put its job now, outside its ticks.
+    remove: delete the schedule (the jobs it put stay).  Exit status 1 if there
+    is no such schedule.
+    """
+    with _open_to_write(args) as q:
+        try:
+            schedule = q.get_schedule(args.name)
+        except ScheduleNotFound as exc:
+            return _print_results(args, [{"name": args.name, "error": str(exc)}],
+                                  lambda result: str(result["error"]))
+        job = None
+        if args.action == "trigger":
+            job = schedule.trigger()
+        elif args.action == "remove":
+            schedule.remove()
+        else:
+            getattr(schedule, args.action)()
+        result = {"name": args.name, "action": args.action, "error": None,
+                  "job_id": None if job is None else job.id,
+                  "schedule": None if args.action == "remove" else schedule.as_dict()}
+    return _print_results(args, [result], _schedule_action_line)
+
+
+def _schedule_action_line(result: Mapping[str, Any]) -> str:
+    if result["action"] == "trigger":
+        return f"schedule {result['name']}: put job {result['job_id']}"
+    if result["action"] == "remove":
+        return f"schedule {result['name']}: removed"
+    return f"{result['action']}d {_schedule_line(result['schedule'])}"
+
+
 def _command_cancel(args: argparse.Namespace) -> int:
     """cancel jobs, at once or gracefully
 
@@ -10375,6 +11502,14 @@ def _add_watch_command(commands: Any) -> None:
                        default=1.0,
                        metavar="DURATION", help="how often to look (default 1s)")
 
+def _add_schedule_commands(commands: Any) -> None:
+    _subcommand(commands, "schedules", _command_schedules)
+    schedule = _subcommand(commands, "schedule", _command_schedule)
+    schedule.add_argument("action", choices=("pause", "resume", "trigger", "remove"),
+                          help="what to do with the schedule")
+    schedule.add_argument("name", metavar="NAME", help="the schedule's name")
+
+
 # The subcommands, in the order --help lists them.
 _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_demo_command,
@@ -10390,6 +11525,7 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_copy_command,
     _add_put_command,
     _add_watch_command,
+    _add_schedule_commands,
 )
 
 

@@ -610,3 +610,8 @@ def fail_unless_exists(path):
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     return "found"
+
+
+def my_tick():
+    """The tick a schedule put this job for, from its meta."""
+    return litejobs.current_job().meta["tick"]

@@ -32,8 +32,7 @@ RUNS = {
                                          "PDF ready after"]),
     "transactional_enqueue.py": ([], ["never existed",
                                       "orders: [(1, 'ada', 1), (2, 'cy', 1)]"]),
-    "recurring.py": ([], ["got a Failure (failed, builtins.ConnectionError): put run 3",
-                          "pending: 1 "]),
+    "recurring.py": ([], ["the mail server did not answer", "'failed': 1"]),
 }
 TIMEOUT = 90  # below pytest-timeout's 120 s, so a hung script fails with its output
 
@@ -271,66 +270,40 @@ def test_transactional_enqueue_leaves_both_schemas_in_the_given_file(tmp_path):
     assert litejobs.Queue(path).counts()[litejobs.COMPLETED] == 2
 
 
-def test_recurring_runs_each_slot_once(example):
+def test_recurring_fires_each_tick_once_and_a_failed_run_does_not_stop_it(example):
     done = example("recurring.py")
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    # Starting the application twice puts the first run and its callback once.
-    first = re.search(r"first run: job (\d+) at \S+ with callback job (\d+); putting it "
-                      r"again returned job (\d+) with callback job (\d+)", out)
-    assert first and first.group(1, 2) == first.group(3, 4), out
-    # Each callback got its run's outcome, a Failure for the failed run, and
-    # put the next run; five runs ran (run 2 failed) and run 5 is pending.
-    callbacks = re.findall(r"callback of run (\d), attempt (\d), got (.*?): (put|found) "
-                           r"run (\d) as job (\d+) at \S+ with callback job (\d+)", out)
-    assert [(run, attempt, verb, upcoming) for run, attempt, _, verb, upcoming, _, _
-            in callbacks] == [("0", "1", "put", "1"), ("1", "1", "put", "2"),
-                              ("2", "1", "put", "3"), ("3", "1", "put", "4"),
-                              ("3", "2", "found", "4"), ("4", "1", "put", "5")], out
-    got = {run: text for run, _, text, *_ in callbacks}
-    assert got["2"] == "a Failure (failed, builtins.ConnectionError)", out
-    assert [got[run] for run in "0134"] == [f"'digest {n} sent'" for n in (0, 1, 3, 4)]
-    # The retried callback found the job and callback its first attempt put.
-    assert callbacks[3][5:] == callbacks[4][5:], out
-    summary = re.findall(r"run (\d) \(job \d+\): (\w+) .*; callbacks: (.*)", out)
-    assert [(run, status) for run, status, _ in summary] == [
-        ("0", "completed"), ("1", "completed"), ("2", "failed"), ("3", "completed"),
-        ("4", "completed"), ("5", "pending")], out
-    assert all(listed.count("job ") == 1 for _, _, listed in summary), out
-    assert "pending: 1 " in out
+    # Declared twice, as by two starts: one schedule, its first tick kept.
+    declared = re.search(r"first tick (\S+) UTC; declared again, next tick (\S+) UTC; "
+                         r"1 schedule", out)
+    assert declared and declared.group(1) == declared.group(2), out
+    # Ticks 0 to 3 on time (2 fails), 4 to 6 missed, 7 for the latest of them, then 8.
+    runs = re.findall(r"tick (\d) \(\S+\): (digest sent|the mail server did not answer)", out)
+    assert [number for number, _ in runs] == ["0", "1", "2", "3", "7", "8"], out
+    assert [number for number, what in runs if what != "digest sent"] == ["2"], out
 
 
-def test_recurring_stores_one_callback_per_run(tmp_path):
-    """Read the schedule back from the database the script leaves."""
+def test_recurring_leaves_one_job_per_tick_each_knowing_its_tick(tmp_path):
+    """Read the schedule and its jobs back from the database the script leaves."""
     path = tmp_path / "recurring.db"
     done = _run("recurring.py", tmp_path, str(path))
     assert done.returncode == 0, done.stdout + done.stderr
     queue = litejobs.Queue(path)
     try:
-        runs = sorted((job for job in queue.jobs(limit=None)
-                       if (job.key or "").startswith("digest@")), key=lambda job: job.id)
+        schedule = queue.get_schedule("digest")
+        runs = sorted(queue.jobs(limit=None), key=lambda job: job.id)
+        ticks = [datetime.datetime.fromisoformat(run.meta["tick"].replace("Z", "+00:00"))
+                 for run in runs]
+        first = ticks[0]
+        assert [(tick - first) // datetime.timedelta(minutes=10) for tick in ticks] == [
+            0, 1, 2, 3, 7, 8]
         assert [run.status for run in runs] == [
             litejobs.COMPLETED, litejobs.COMPLETED, litejobs.FAILED, litejobs.COMPLETED,
-            litejobs.COMPLETED, litejobs.PENDING]
-        # One slot per run, ten minutes apart: nothing doubled, nothing skipped.
-        assert len({run.key for run in runs}) == 6
-        gaps = {later.begin_after - earlier.begin_after for earlier, later in zip(runs, runs[1:])}
-        assert gaps == {datetime.timedelta(minutes=10)}
-        assert runs[2].error_type == "builtins.ConnectionError"
-        for run in runs:
-            children = run.children()
-            assert [child.role for child in children] == ["callback"], run
-            assert children[0].parent() == run
-        callbacks = [run.children()[0] for run in runs]
-        assert [cb.status for cb in callbacks] == [litejobs.COMPLETED] * 5 + [litejobs.WAITING]
-        # The failed run's callback got a Failure and still put the next run.
-        assert callbacks[2].result == ("got a Failure (failed, builtins.ConnectionError); "
-                                       f"run 3 is job {runs[3].id}")
-        assert callbacks[1].result == f"got 'digest 1 sent'; run 2 is job {runs[2].id}"
-        # The callback that ran twice added neither a second run nor a second callback.
-        assert [cb.attempts for cb in callbacks[:5]] == [1, 1, 1, 2, 1]
-        assert queue.counts() == {litejobs.PENDING: 1, litejobs.WAITING: 1,
-                                  litejobs.ACTIVE: 0, litejobs.COMPLETED: 9,
-                                  litejobs.FAILED: 1, litejobs.CANCELLED: 0}
+            litejobs.COMPLETED, litejobs.COMPLETED]
+        assert {run.meta["schedule"] for run in runs} == {"digest"}
+        assert (schedule.last_tick, schedule.last_job_id) == (ticks[-1], runs[-1].id)
+        assert schedule.next_tick == ticks[-1] + datetime.timedelta(minutes=10)
+        assert (schedule.tz, schedule.overlap) == ("Europe/Berlin", "skip")
     finally:
         queue.close()

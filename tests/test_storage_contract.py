@@ -483,3 +483,97 @@ def test_a_commit_watch_that_cannot_listen_still_wakes_when_a_job_ends(backend, 
         timer.join()
         watch.close()
         other.close()
+
+
+# -- schedules --------------------------------------------------------------------------
+
+
+def schedule_row(q, name, cron="* * * * *", *, next_tick, **options):
+    """A schedule's row as `Queue.schedule` builds it, ticking first at ``next_tick``."""
+    row = litejobs._schedule_row(q, name, cron, Job(sample_jobs.my_tick), tz="UTC",
+                                 catchup=options.pop("catchup", "latest"),
+                                 catchup_limit=options.pop("catchup_limit", 100),
+                                 max_lag=None, overlap=options.pop("overlap", "allow"),
+                                 given=options)
+    return {**row, "next_tick": next_tick}
+
+
+def test_a_due_tick_fires_once_as_a_job_that_names_it_and_the_schedule_moves_on(backend):
+    q = backend
+    minute = (T0 // 60 + 1) * 60
+    stored = q._storage.save_schedule(schedule_row(q, "s", next_tick=minute), T0)
+    assert (stored["next_tick"], stored["paused"], stored["last_job_id"]) == (minute, 0, None)
+    assert q._storage.fire_due(minute - 1) == []  # not yet
+    firing, = q._storage.fire_due(minute + 1)
+    assert (firing.schedule, firing.skipped, firing.trouble) == ("s", [], None)
+    (tick, job_id), = firing.fired
+    assert tick == minute
+    assert json.loads(row(q, job_id)["meta"]) == {
+        "schedule": "s", "tick": litejobs._format_time(minute)}
+    assert q._storage.fire_due(minute + 2) == []  # fired: the schedule moved on
+    after, = q._storage.fetch_schedules("s")
+    assert (after["next_tick"], after["last_tick"], after["last_job_id"]) == (
+        minute + 60, minute, job_id)
+    assert q._storage.next_schedule_tick() == minute + 60
+
+
+def test_runners_firing_at_once_put_one_job_per_tick(backend):
+    q = backend
+    second = float(int(T0) + 1)
+    q._storage.save_schedule(schedule_row(q, "fast", "* * * * * *", next_tick=second,
+                                          catchup="all"), T0)  # a slow runner skips none
+    others = [litejobs.Queue(q.path) for _ in range(4)]
+    fired: list[float] = []
+    errors = []
+
+    def fire(queue):
+        try:
+            for step in range(30):
+                for firing in queue._storage.fire_due(second + step * 0.5):
+                    fired.extend(tick for tick, _ in firing.fired)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fire, args=(other,)) for other in others]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for other in others:
+        other.close()
+    assert errors == []
+    assert sorted(fired) == [second + n for n in range(15)]  # each once, none lost
+    assert len(q.jobs(limit=None)) == 15
+
+
+def test_a_schedule_a_runner_cannot_fire_is_left_due_for_others(backend):
+    q = backend
+    minute = (T0 // 60 + 1) * 60
+    q._storage.save_schedule(
+        {**schedule_row(q, "elsewhere", next_tick=minute), "tz": "Nowhere/Atlantis"}, T0)
+    firing, = q._storage.fire_due(minute + 1)
+    assert firing.fired == [] and "unknown time zone 'Nowhere/Atlantis'" in firing.trouble
+    assert q._storage.fetch_schedules("elsewhere")[0]["next_tick"] == minute
+
+
+def test_pausing_keeps_a_schedule_from_firing_and_resuming_skips_the_ticks_of_the_pause(backend):
+    q = backend
+    minute = (T0 // 60 + 1) * 60
+    q._storage.save_schedule(schedule_row(q, "p", next_tick=minute), T0)
+    assert q._storage.pause_schedule("p", True, T0) is True
+    assert q._storage.fire_due(minute + 600) == [] and q._storage.next_schedule_tick() is None
+    assert q._storage.pause_schedule("p", False, minute + 600) is True
+    assert q._storage.fetch_schedules("p")[0]["next_tick"] == minute + 660
+    assert q._storage.pause_schedule("nope", True, T0) is False
+
+
+def test_trigger_puts_a_job_now_and_remove_keeps_the_jobs(backend):
+    q = backend
+    minute = (T0 // 60 + 1) * 60
+    q._storage.save_schedule(schedule_row(q, "t", next_tick=minute), T0)
+    job_id = q._storage.trigger_schedule("t", T0)
+    assert row(q, job_id)["status"] == PENDING
+    assert q._storage.fetch_schedules("t")[0]["next_tick"] == minute
+    assert q._storage.trigger_schedule("nope", T0) is None
+    assert q._storage.remove_schedule("t") is True and q._storage.remove_schedule("t") is False
+    assert q._storage.fetch_schedules() == [] and row(q, job_id)["status"] == PENDING
