@@ -605,6 +605,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (schedule, tick)
         ) WITHOUT ROWID
         """,
+        # Paused queues (`Queue.pause`): their jobs are not claimed until
+        # resumed, or until ``until`` (NULL: until resumed).
+        """
+        CREATE TABLE litejobs_paused (
+            queue     TEXT PRIMARY KEY,
+            until     REAL,
+            paused_at REAL NOT NULL
+        ) WITHOUT ROWID
+        """,
     ),
 )
 
@@ -759,6 +768,10 @@ SELECT * FROM (
 # has no secret to check them with, and callables it could not import.
 _UNSIGNED_ONLY = " AND signature IS NULL"
 _AVOIDING_NAMES = " AND name NOT IN (SELECT value FROM json_each(:avoid))"
+# A paused queue's jobs wait (`Queue.pause`).  The list is read once per
+# statement, and is empty but while an operator pauses a queue.
+_NOT_PAUSED = (" AND queue NOT IN (SELECT queue FROM litejobs_paused"
+               " WHERE until IS NULL OR until > :now)")
 
 
 # What a statement that may end jobs returns, for `_SQLiteStorage._after_end`.
@@ -1350,6 +1363,19 @@ _TICK_META = "UPDATE litejobs_jobs SET meta = ? WHERE id = ?"
 _DELETE_SCHEDULE = "DELETE FROM litejobs_schedules WHERE name = ?"
 _DELETE_TICKS = "DELETE FROM litejobs_ticks WHERE schedule = ?"
 
+# -- paused queues -----------------------------------------------------------------
+_PAUSE_QUEUE = """
+INSERT INTO litejobs_paused (queue, until, paused_at) VALUES (?, ?, ?)
+ON CONFLICT (queue) DO UPDATE SET until = excluded.until, paused_at = excluded.paused_at
+"""
+_RESUME_QUEUE = "DELETE FROM litejobs_paused WHERE queue = ?"
+# Pauses that have run out stay until the next pause or resume of their queue.
+_PAUSED_QUEUES = """
+SELECT queue, until, paused_at FROM litejobs_paused
+WHERE until IS NULL OR until > :now
+ORDER BY queue
+"""
+
 # -- copying unfinished jobs to another database --------------------------------------
 #
 # Whole trees, so that composites, their parts (ended ones included) and
@@ -1621,6 +1647,13 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (schedule, tick)
         )
         """,
+        """
+        CREATE TABLE litejobs_paused (
+            queue     text PRIMARY KEY,
+            until     double precision,
+            paused_at double precision NOT NULL
+        )
+        """,
     ),
 )
 _POSTGRES_SCHEMA_VERSION = len(_POSTGRES_MIGRATIONS)
@@ -1648,6 +1681,9 @@ SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.litejobs key'), hash
 # Changes with every commit anywhere on the server: how a pool that does
 # not LISTEN (PgBouncer in transaction mode) sees that something changed.
 _POSTGRES_SNAPSHOT = "SELECT pg_current_snapshot()::text"
+# What the triggers send when jobs become pending, for jobs that became due
+# otherwise (a queue resumed): delivered at commit.
+_POSTGRES_ANNOUNCE_DUE = "SELECT pg_notify('litejobs_due', '')"
 _POSTGRES_NOW = "SELECT extract(epoch FROM clock_timestamp())::float8"
 
 # The tallies of ended jobs, in the slot of the writing connection.
@@ -1873,8 +1909,10 @@ def _queue_names_filter(queue_count: int | None) -> str:
 
 def _claim_filters(unsigned_only: bool, avoiding: bool) -> str:
     """The terms that leave jobs to other runners: signed ones, for a runner
-    without a secret, and those whose callable is in ``:avoid`` (a JSON array)."""
-    return (_UNSIGNED_ONLY if unsigned_only else "") + (_AVOIDING_NAMES if avoiding else "")
+    without a secret, and those whose callable is in ``:avoid`` (a JSON array);
+    and those no runner claims now: jobs of paused queues."""
+    return (_UNSIGNED_ONLY if unsigned_only else "") + (_AVOIDING_NAMES if avoiding else "") \
+        + _NOT_PAUSED
 
 
 @functools.lru_cache(maxsize=64)
@@ -2934,6 +2972,9 @@ class _Storage(Protocol):
     def next_schedule_tick(self) -> float | None: ...
     def fire_due(self, now: float) -> list[_Firing]: ...
     def trigger_schedule(self, name: str, now: float) -> int | None: ...
+    def pause_queue(self, queue: str, until: float | None, now: float) -> None: ...
+    def resume_queue(self, queue: str) -> bool: ...
+    def paused_queues(self, now: float) -> dict[str, float | None]: ...
     def insert_copies(self, rows: Sequence[dict[str, Any]]) -> dict[int, int]: ...
     def delete_copied(self, ids: Iterable[int]) -> int: ...
     def reopen(self, job_id: int, now: float) -> str: ...
@@ -3099,6 +3140,10 @@ class _Connections:
     def _lock_key(self, conn: _DBConnection, key: str) -> None:
         """Keep others from putting a job with ``key`` until this transaction
         ends, where the write transaction does not already."""
+
+    def _announce_due(self, conn: _DBConnection) -> None:
+        """Wake the idle pools at commit, where jobs became due without a
+        write to them (a queue resumed).  (SQLite: any commit wakes them.)"""
 
     def _claim_statement(self, queue_count: int | None, unsigned_only: bool,
                          avoiding: bool) -> str:
@@ -4206,6 +4251,7 @@ class _Claims(_Runs):
         of those a `claim` with the same filters would take."""
         params: dict[str, Any] = {f"queue{i}": name for i, name in enumerate(queues or ())}
         params["avoid"] = json.dumps(list(avoid))
+        params["now"] = self.clock()  # a queue paused until later is not due before
         statement = _NEXT_DUE.format(
             queues=_queue_names_filter(None if queues is None else len(queues)),
             filters=_claim_filters(unsigned_only, bool(avoid)))
@@ -4711,7 +4757,30 @@ class _Schedules(_Copies):
         return job_id
 
 
-class _SQLiteStorage(_SQLiteConnections, _Schedules):
+class _Pauses(_Schedules):
+    """Paused queues: their jobs are not claimed (see `_NOT_PAUSED`) until
+    they are resumed, or until the time a pause was given."""
+
+    def pause_queue(self, queue: str, until: float | None, now: float) -> None:
+        with self.write() as conn:
+            conn.execute(_PAUSE_QUEUE, (queue, until, now))
+
+    def resume_queue(self, queue: str) -> bool:
+        """Resume ``queue``, and wake the pools that serve it; whether it was paused."""
+        with self.write() as conn:
+            resumed = conn.execute(_RESUME_QUEUE, (queue,)).rowcount
+            if resumed:
+                self._announce_due(conn)
+        return bool(resumed)
+
+    def paused_queues(self, now: float) -> dict[str, float | None]:
+        """{queue: until (None: until resumed)} of the queues paused at ``now``."""
+        with self.read() as conn:
+            return {queue: until for queue, until, _ in
+                    conn.execute(_PAUSED_QUEUES, {"now": now}).fetchall()}
+
+
+class _SQLiteStorage(_SQLiteConnections, _Pauses):
     """The `_Storage` on an SQLite file."""
 
 
@@ -5334,6 +5403,9 @@ class _PostgresConnections(_Connections):
     def _lock_key(self, conn: _DBConnection, key: str) -> None:
         conn.execute(_POSTGRES_LOCK_KEY, (key,))
 
+    def _announce_due(self, conn: _DBConnection) -> None:
+        conn.execute(_POSTGRES_ANNOUNCE_DUE)
+
     def _claim_statement(self, queue_count: int | None, unsigned_only: bool,
                          avoiding: bool) -> str:
         return _postgres_claim_statement(queue_count, unsigned_only, avoiding)
@@ -5409,7 +5481,7 @@ def _retried_if_deadlocked(method: Callable[..., _T]) -> Callable[..., _T]:
     return retried
 
 
-class _PostgresStorage(_PostgresConnections, _Schedules):
+class _PostgresStorage(_PostgresConnections, _Pauses):
     """The `_Storage` on a PostgreSQL database.  What users call to steer
     jobs from outside is retried after a deadlock (see `_Deadlocked`); a
     pool retries its own writes."""
@@ -7303,6 +7375,28 @@ class Queue:
         if not found:
             raise ScheduleNotFound(f"no schedule {name!r} in {self.path}")
         return Schedule(self, found[0])
+
+    # -- pausing queues -----------------------------------------------------------
+
+    def pause(self, queue: str, until: datetime.datetime | float | datetime.timedelta |
+              None = None) -> None:
+        """Claim no job of ``queue`` until `resume`, or until ``until`` (an
+        aware datetime, or seconds or a timedelta from now); running jobs
+        finish.  Pausing a paused queue sets its ``until`` anew."""
+        now = _now(self._storage)
+        end = None if until is None else _timestamp(until, "until") \
+            if isinstance(until, datetime.datetime) else now + _seconds(until, "until")
+        self._storage.pause_queue(_check_text(queue, "queue"), end, now)
+
+    def resume(self, queue: str) -> bool:
+        """Claim ``queue``'s jobs again, at once (idle pools wake); whether it
+        was paused."""
+        return self._storage.resume_queue(_check_text(queue, "queue"))
+
+    def paused(self) -> dict[str, datetime.datetime | None]:
+        """The paused queues: {queue: when the pause ends (None: at `resume`)}."""
+        return {queue: _when(until)
+                for queue, until in self._storage.paused_queues(_now(self._storage)).items()}
 
     def purge(self, older_than: float | datetime.timedelta | datetime.datetime, *,
               status: str | None = None, batch: int | None = None,
@@ -10708,6 +10802,24 @@ def _moment(text: str) -> datetime.datetime:
 _moment.__name__ = "time"
 
 
+def _end(text: str) -> datetime.datetime:
+    """An argparse type: an ISO 8601 time, or a duration meaning that long from now."""
+    try:
+        return datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
+            seconds=_parse_duration(text))
+    except (argparse.ArgumentTypeError, OverflowError):
+        pass
+    try:
+        return _moment(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (30s, 10m, 2h, 7d: that long from now) nor an "
+            f"ISO time (2026-11-27T09:00:00+00:00)") from None
+
+
+_end.__name__ = "time"
+
+
 def _command_list(args: argparse.Namespace) -> int:
     """jobs, newest first, with filters
 
@@ -11109,6 +11221,30 @@ def _schedule_action_line(result: Mapping[str, Any]) -> str:
     return f"{result['action']}d {_schedule_line(result['schedule'])}"
 
 
+def _command_pause(args: argparse.Namespace) -> int:
+    """pause a queue: its jobs are not claimed until it is resumed
+
+    Pools claim no job of QUEUE until `resume`, or until --until (a duration from
+    now, or an ISO time); running jobs finish.
+    """
+    with _open_to_write(args) as q:
+        q.pause(args.queue, args.until)
+        until = q.paused().get(args.queue)
+    result = {"queue": args.queue, "paused": True, "error": None,
+              "until": None if until is None else _format_time(until.timestamp())}
+    return _print_results(args, [result], lambda r: f"queue {r['queue']}: paused" + (
+        f" until {r['until']}" if r["until"] else " until resumed"))
+
+
+def _command_resume(args: argparse.Namespace) -> int:
+    """resume a paused queue: idle pools claim its jobs at once"""
+    with _open_to_write(args) as q:
+        was = q.resume(args.queue)
+    result = {"queue": args.queue, "paused": False, "was_paused": was, "error": None}
+    return _print_results(args, [result], lambda r: f"queue {r['queue']}: " + (
+        "resumed" if r["was_paused"] else "was not paused"))
+
+
 def _command_cancel(args: argparse.Namespace) -> int:
     """cancel jobs, at once or gracefully
 
@@ -11502,6 +11638,15 @@ def _add_watch_command(commands: Any) -> None:
                        default=1.0,
                        metavar="DURATION", help="how often to look (default 1s)")
 
+def _add_pause_commands(commands: Any) -> None:
+    pause = _subcommand(commands, "pause", _command_pause)
+    pause.add_argument("queue", metavar="QUEUE", help="the queue to pause")
+    pause.add_argument("--until", type=_end, metavar="TIME",
+                       help="resume by itself then: a duration from now (30m) or an ISO time")
+    resume = _subcommand(commands, "resume", _command_resume)
+    resume.add_argument("queue", metavar="QUEUE", help="the queue to resume")
+
+
 def _add_schedule_commands(commands: Any) -> None:
     _subcommand(commands, "schedules", _command_schedules)
     schedule = _subcommand(commands, "schedule", _command_schedule)
@@ -11526,6 +11671,7 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_put_command,
     _add_watch_command,
     _add_schedule_commands,
+    _add_pause_commands,
 )
 
 
