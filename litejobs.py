@@ -98,6 +98,7 @@ import contextvars
 import dataclasses
 import datetime
 import enum
+import fnmatch
 import functools
 import hashlib
 import hmac
@@ -251,6 +252,7 @@ _CATCHUP_LIMIT = 100  # missed ticks catchup="all" fires, the latest ones, unles
 _MOST_MISSED = 100_000  # missed ticks of a schedule read in one firing, at most
 _TICKS_KEPT = 7 * 86400.0  # seconds a fired tick's row is kept (next_tick never goes back)
 _CATCHUPS = ("latest", "all", "skip")
+_QUOTA_READS = 8  # reads of due jobs a claim under quotas makes, at most
 _OVERLAPS = ("allow", "skip")
 # Above this many named queues, one filtered scan beats a seek per queue (and
 # SQLite allows at most 500 terms in a compound SELECT).
@@ -614,6 +616,31 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             paused_at REAL NOT NULL
         ) WITHOUT ROWID
         """,
+        # Quotas (`Queue.set_quota`): the names a job counts against, as a
+        # JSON list (NULL: none), and the limits set on names or patterns.
+        "ALTER TABLE litejobs_jobs ADD COLUMN quotas TEXT",
+        """
+        CREATE TABLE litejobs_quotas (
+            pattern TEXT PRIMARY KEY,
+            running INTEGER,
+            rate    INTEGER,
+            per     REAL,
+            set_at  REAL    NOT NULL
+        ) WITHOUT ROWID
+        """,
+        # The claims of jobs naming a rate-limited quota, for its window.
+        """
+        CREATE TABLE litejobs_starts (
+            name TEXT NOT NULL,
+            at   REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX litejobs_starts_at ON litejobs_starts (at)",
+        # Running jobs that count against a quota, for the claim's count.
+        """
+        CREATE INDEX litejobs_jobs_quota_running ON litejobs_jobs (id)
+            WHERE status = 'active' AND quotas IS NOT NULL
+        """,
     ),
 )
 
@@ -638,7 +665,7 @@ _JOB_COLUMNS = (
     " started_at, finished_at, lease_owner, lease_expires, cancel_requested, stop_requested,"
     " unstarted, not_started,"
     " parent_id, role, position, composite, waiting_on, waiting_for, followers,"
-    " error, error_type, progress, progress_message, meta, ran_by, history"
+    " error, error_type, progress, progress_message, meta, ran_by, history, quotas"
 )
 
 # Ids are given explicitly, so that a whole tree of jobs (a composite and its
@@ -653,7 +680,7 @@ SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'litejobs_jobs
 _INSERT_COLUMNS = (
     "id", "queue", "priority", "status", "name", "payload", "signature", "key", "max_attempts",
     "retry_policy", "max_interruptions", "timeout", "created_at", "begin_after", "begin_by",
-    "parent_id", "role", "position", "composite", "waiting_on", "followers",
+    "parent_id", "role", "position", "composite", "waiting_on", "followers", "quotas",
 )
 _PAYLOAD_OF = operator.itemgetter("payload")
 # The columns a new row may leave NULL.  An INSERT names only those of them
@@ -662,7 +689,7 @@ _PAYLOAD_OF = operator.itemgetter("payload")
 # row (10 of its 21 values are None).  A NULL id lets SQLite give the next one.
 _NULLABLE_COLUMNS = (
     "id", "payload", "signature", "key", "retry_policy", "timeout", "begin_by", "parent_id",
-    "role", "position", "composite",
+    "role", "position", "composite", "quotas",
 )
 
 
@@ -672,7 +699,7 @@ def _null_columns(row: Mapping[str, Any]) -> tuple[bool, ...]:
     return (row["id"] is None, row["payload"] is None, row["signature"] is None,
             row["key"] is None, row["retry_policy"] is None, row["timeout"] is None,
             row["begin_by"] is None, row["parent_id"] is None, row["role"] is None,
-            row["position"] is None, row["composite"] is None)
+            row["position"] is None, row["composite"] is None, row["quotas"] is None)
 
 
 assert all(_null_columns({**dict.fromkeys(_NULLABLE_COLUMNS, 0), column: None})
@@ -772,6 +799,9 @@ _AVOIDING_NAMES = " AND name NOT IN (SELECT value FROM json_each(:avoid))"
 # statement, and is empty but while an operator pauses a queue.
 _NOT_PAUSED = (" AND queue NOT IN (SELECT queue FROM litejobs_paused"
                " WHERE until IS NULL OR until > :now)")
+# A plain claim leaves jobs that name quotas to a claim under quotas, while
+# any limit is set (read once per statement: nothing, with none set).
+_OUTSIDE_QUOTAS = " AND (quotas IS NULL OR NOT EXISTS (SELECT 1 FROM litejobs_quotas))"
 
 
 # What a statement that may end jobs returns, for `_SQLiteStorage._after_end`.
@@ -1376,6 +1406,58 @@ WHERE until IS NULL OR until > :now
 ORDER BY queue
 """
 
+# -- quotas ---------------------------------------------------------------------------
+#
+# A job names the quotas it counts against (its column quotas, a JSON list).
+# While any limit is set, claims count the running jobs of each name, in the
+# claim's own transaction (`_Claims._claim_under_quotas`): the count comes
+# from the rows of running jobs, never from a counter, so a dead runner's
+# slot frees when its lease runs out and its job is taken back, and no
+# write of a stale runner can free a slot twice.
+_SET_QUOTA = """
+INSERT INTO litejobs_quotas (pattern, running, rate, per, set_at) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (pattern) DO UPDATE SET running = excluded.running, rate = excluded.rate,
+    per = excluded.per, set_at = excluded.set_at
+"""
+_REMOVE_QUOTA = "DELETE FROM litejobs_quotas WHERE pattern = ?"
+_QUOTAS = "SELECT pattern, running, rate, per FROM litejobs_quotas ORDER BY pattern"
+# Rate limits count the claims of the last :since seconds (a sliding window).
+_STARTS_SINCE = "SELECT name, at FROM litejobs_starts WHERE at > :since"
+_RECORD_START = "INSERT INTO litejobs_starts (name, at) VALUES (?, ?)"
+_PRUNE_STARTS = "DELETE FROM litejobs_starts WHERE at <= :since"
+_RUNNING_QUOTAS = """
+SELECT quotas FROM litejobs_jobs INDEXED BY litejobs_jobs_quota_running
+WHERE status = 'active' AND quotas IS NOT NULL
+"""
+# A claim of the jobs chosen under quotas, by id (:ids, a JSON list); one
+# another runner took meanwhile (PostgreSQL) is not pending any more.
+_CLAIM_CHOSEN = f"""
+UPDATE litejobs_jobs
+SET status = 'active', attempts = attempts + 1, started_at = :now, ran_by = :owner,
+    lease_owner = :owner, lease_token = :token, lease_expires = :expires,
+    unstarted = :unstarted
+WHERE status = 'pending' AND id IN (SELECT value FROM json_each(:ids))
+RETURNING {_JOB_COLUMNS}, payload, signature
+"""
+# Who holds a quota's slots, for `explain`.
+_RUNNING_WITH_QUOTAS = """
+SELECT id, quotas, lease_owner FROM litejobs_jobs INDEXED BY litejobs_jobs_quota_running
+WHERE status = 'active' AND quotas IS NOT NULL
+ORDER BY id
+"""
+# The due jobs a claim under quotas looks at, in claim order, but those that
+# name a quota that is full (:full, a JSON list): so that a full quota's
+# backlog does not hide the jobs behind it.
+_QUOTA_CANDIDATES = f"""
+SELECT id, quotas FROM litejobs_jobs INDEXED BY litejobs_jobs_ready
+WHERE status = 'pending' AND {_DUE}{{queues}}{{filters}}
+    AND (quotas IS NULL OR NOT EXISTS (
+        SELECT 1 FROM json_each(quotas) AS named
+        WHERE named.value IN (SELECT value FROM json_each(:full))))
+ORDER BY priority DESC, begin_after, id
+LIMIT :scan
+"""
+
 # -- copying unfinished jobs to another database --------------------------------------
 #
 # Whole trees, so that composites, their parts (ended ones included) and
@@ -1654,6 +1736,43 @@ _POSTGRES_MIGRATIONS: tuple[tuple[str, ...], ...] = (
             paused_at double precision NOT NULL
         )
         """,
+        "ALTER TABLE litejobs_jobs ADD COLUMN quotas text",
+        """
+        CREATE TABLE litejobs_quotas (
+            pattern text PRIMARY KEY,
+            running bigint,
+            rate    bigint,
+            per     double precision,
+            set_at  double precision NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE litejobs_starts (
+            name text NOT NULL,
+            at   double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX litejobs_starts_at ON litejobs_starts (at)",
+        # As before, and the end of a run that held quota slots wakes the
+        # pools: a job held back by a full quota may run now.
+        """
+        CREATE OR REPLACE FUNCTION litejobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF EXISTS (SELECT 1 FROM changed WHERE status = 'pending'
+                       OR (quotas IS NOT NULL AND status != 'active')) THEN
+                PERFORM pg_notify('litejobs_due', '');
+            END IF;
+            IF EXISTS (SELECT 1 FROM changed WHERE status != 'pending') THEN
+                PERFORM pg_notify('litejobs_changed', '');
+            END IF;
+            RETURN NULL;
+        END
+        $$
+        """,
+        """
+        CREATE INDEX litejobs_jobs_quota_running ON litejobs_jobs (id)
+            WHERE status = 'active' AND quotas IS NOT NULL
+        """,
     ),
 )
 _POSTGRES_SCHEMA_VERSION = len(_POSTGRES_MIGRATIONS)
@@ -1681,6 +1800,12 @@ SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.litejobs key'), hash
 # Changes with every commit anywhere on the server: how a pool that does
 # not LISTEN (PgBouncer in transaction mode) sees that something changed.
 _POSTGRES_SNAPSHOT = "SELECT pg_current_snapshot()::text"
+# Claims under quotas, one at a time: each counts the running jobs that the
+# commits of those before it left (READ COMMITTED reads them, once the lock
+# is ours), so that two pools never both take a quota's last slot.
+_POSTGRES_LOCK_QUOTAS = """
+SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.litejobs quotas'))
+"""
 # What the triggers send when jobs become pending, for jobs that became due
 # otherwise (a queue resumed): delivered at commit.
 _POSTGRES_ANNOUNCE_DUE = "SELECT pg_notify('litejobs_due', '')"
@@ -1739,6 +1864,9 @@ _POSTGRES_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"id IN \(SELECT value FROM json_each\(:ids\)\)",
          "id = ANY(ARRAY(SELECT json_array_elements_text(:ids::json)::bigint))"),
         (r"SELECT value FROM json_each\(:avoid\)", "SELECT json_array_elements_text(:avoid::json)"),
+        (r"SELECT value FROM json_each\(:full\)", "SELECT json_array_elements_text(:full::json)"),
+        (r"FROM json_each\(quotas\) AS named",
+         "FROM json_array_elements_text(quotas::json) AS named(value)"),
         (r"json_insert\(coalesce\(history, '\[\]'\), '\$\[#\]', json_object\((.*?)\)\)",
          r"(coalesce(history, '[]')::jsonb || jsonb_build_array(jsonb_build_object(\1)))::text"),
         (re.escape(_DEADLINE_ERROR),
@@ -1920,7 +2048,7 @@ def _claim_statement(queue_count: int | None, unsigned_only: bool = False,
                      avoiding: bool = False) -> str:
     """The claim for every queue (None) or for ``queue_count`` named ones,
     with `_claim_filters`."""
-    filters = _claim_filters(unsigned_only, avoiding)
+    filters = _claim_filters(unsigned_only, avoiding) + _OUTSIDE_QUOTAS
     if queue_count is not None and 0 < queue_count <= _MAX_QUEUE_RANGES:
         source = " UNION ALL ".join(_CLAIM_ONE_QUEUE.format(index=i, filters=filters)
                                     for i in range(queue_count))
@@ -1928,6 +2056,13 @@ def _claim_statement(queue_count: int | None, unsigned_only: bool = False,
         source = _CLAIM_ANY_QUEUE.format(queues=_queue_names_filter(queue_count),
                                          filters=filters)
     return _CLAIM_JOBS.format(source=source, columns=_JOB_COLUMNS)
+
+
+@functools.lru_cache(maxsize=64)
+def _quota_candidates_statement(queue_count: int | None, unsigned_only: bool,
+                                avoiding: bool) -> str:
+    return _QUOTA_CANDIDATES.format(queues=_queue_names_filter(queue_count),
+                                    filters=_claim_filters(unsigned_only, avoiding))
 
 
 @functools.lru_cache(maxsize=64)
@@ -1943,7 +2078,7 @@ _NEW_ROW: dict[str, Any] = {
     "composite": None, "waiting_on": 0, "waiting_for": None, "followers": 0,
     "error": None, "error_type": None, "progress": None, "progress_message": None,
     "meta": None, "ran_by": None, "history": None, "handbacks": 0, "stop_requested": None,
-    "unstarted": 0, "not_started": 0,
+    "unstarted": 0, "not_started": 0, "quotas": None,
 }
 
 
@@ -2749,6 +2884,77 @@ class _Cron:
         return 0
 
 
+# -- quota limits ------------------------------------------------------------------
+
+
+class _QuotaLimits:
+    """The limits set on quotas (`Queue.set_quota`, `Queue.set_rate`), by
+    name or by glob pattern ("customer:*": a limit for each customer): a
+    name's limits are those of its own entry, else of the longest pattern
+    matching it; a name without one has none.  ``running`` counts the
+    running jobs by name, ``started`` the claims of rate-limited names in
+    their windows; both grow as a claim admits jobs."""
+
+    def __init__(self, rows: Iterable[Mapping[str, Any]]):
+        self.exact: dict[str, Mapping[str, Any]] = {}
+        self.patterns: list[Mapping[str, Any]] = []
+        for row in rows:
+            if any(char in row["pattern"] for char in "*?["):
+                self.patterns.append(row)
+            else:
+                self.exact[row["pattern"]] = row
+        self.patterns.sort(key=lambda entry: -len(entry["pattern"]))
+        self.running: collections.Counter[str] = collections.Counter()
+        self.started: collections.Counter[str] = collections.Counter()
+        self.windows = [float(row["per"]) for row in self.exact.values()
+                        if row["rate"] is not None] + [
+            float(row["per"]) for row in self.patterns if row["rate"] is not None]
+
+    def _entry(self, name: str) -> Mapping[str, Any] | None:
+        if name in self.exact:
+            return self.exact[name]
+        for entry in self.patterns:
+            if fnmatch.fnmatchcase(name, entry["pattern"]):
+                return entry
+        return None
+
+    def limit(self, name: str) -> int | None:
+        """The running jobs ``name`` may have at once, or None."""
+        entry = self._entry(name)
+        return None if entry is None or entry["running"] is None else int(entry["running"])
+
+    def rate(self, name: str) -> tuple[int, float] | None:
+        """(claims, seconds) of ``name``'s rate limit, or None."""
+        entry = self._entry(name)
+        return None if entry is None or entry["rate"] is None else (
+            int(entry["rate"]), float(entry["per"]))
+
+    def count_starts(self, starts: Iterable[tuple[str, float]], now: float) -> None:
+        """Count the claims ``starts`` (name, when) within each name's window."""
+        for name, at in starts:
+            rate = self.rate(name)
+            if rate is not None and at > now - rate[1]:
+                self.started[name] += 1
+
+    def _full(self, name: str) -> bool:
+        most, rate = self.limit(name), self.rate(name)
+        return (most is not None and self.running[name] >= most) or (
+            rate is not None and self.started[name] >= rate[0])
+
+    def full(self) -> list[str]:
+        """The names at one of their limits now."""
+        return sorted(name for name in set(self.running) | set(self.started)
+                      if self._full(name))
+
+    def admit(self, names: Sequence[str]) -> bool:
+        """Whether a job naming ``names`` may start now; if so, count it."""
+        if any(self._full(name) for name in names):
+            return False
+        self.running.update(names)
+        self.started.update(name for name in names if self.rate(name) is not None)
+        return True
+
+
 # -- what a due schedule fires ------------------------------------------------------
 
 
@@ -2900,6 +3106,7 @@ class _Storage(Protocol):
     secrets: tuple[bytes, ...]
     size_limit: int | None
     woken: int
+    quotas_set: bool
 
     idle_check_interval: float
 
@@ -2975,6 +3182,10 @@ class _Storage(Protocol):
     def pause_queue(self, queue: str, until: float | None, now: float) -> None: ...
     def resume_queue(self, queue: str) -> bool: ...
     def paused_queues(self, now: float) -> dict[str, float | None]: ...
+    def set_quota(self, pattern: str, running: int | None, rate: tuple[int, float] | None,
+                  now: float) -> None: ...
+    def fetch_quotas(self) -> list[dict[str, Any]]: ...
+    def quota_holders(self) -> list[tuple[int, list[str], str | None]]: ...
     def insert_copies(self, rows: Sequence[dict[str, Any]]) -> dict[int, int]: ...
     def delete_copied(self, ids: Iterable[int]) -> int: ...
     def reopen(self, job_id: int, now: float) -> str: ...
@@ -3034,6 +3245,10 @@ class _Connections:
         self._connections: dict[int, Any] = {}
         self._writing: dict[int, bool] = {}  # threads inside write(): atomic_steps
         self._lock = threading.Lock()
+        # Whether the last claim found quota limits set: the next claims
+        # under quotas (`_Claims.claim`), in claim order across every job.
+        # Unknown before the first claim, which therefore claims so too.
+        self.quotas_set = True
 
     def _register(self, conn: Any) -> None:
         """Keep ``conn`` as the calling thread's, closing those of threads
@@ -4226,24 +4441,76 @@ class _Claims(_Runs):
             # unstarted may be past its deadline too), and jobs that the ends
             # of others make due.  After any, the rest of the batch is claimed
             # again, so that they are claimed in this transaction as well.
+            # With quota limits set (as the last claim found), every job is
+            # claimed under them, in claim order, after the first round trip.
+            plain = claim if claim is not None and not self.quotas_set else None
             found = self._rows_of_each(
                 conn, (_EXPIRED_LEASES, _deadline_statement(queue_count)) + (
-                    (claim,) if claim is not None else ()), params)
-            expired, past_deadline = found[0], found[1]
-            claimed = found[2] if claim is not None else []
+                    (plain,) if plain is not None else ()) + (_QUOTAS,), params)
+            expired, past_deadline, limits = found[0], found[1], found[-1]
+            claimed = found[2] if plain is not None else []
+            self.quotas_set = bool(limits)
             recovered = self._recover_expired_leases(conn, expired, now, owner, holding)
             if recovered:
                 past_deadline += _as_dicts(conn.execute(_deadline_statement(queue_count),
                                                         params))
             self._after_end(conn, past_deadline, now)
-            if claim is not None and (recovered or past_deadline) and len(claimed) < limit:
-                claimed += _as_dicts(conn.execute(claim, {**params,
-                                                          "limit": limit - len(claimed)}))
+            if claim is not None and len(claimed) < limit:
+                if limits:
+                    claimed += self._claim_under_quotas(
+                        conn, _QuotaLimits(limits), params, limit - len(claimed),
+                        _quota_candidates_statement(queue_count, unsigned_only, bool(avoid)))
+                elif plain is None or recovered or past_deadline:
+                    claimed += _as_dicts(conn.execute(claim, {**params,
+                                                              "limit": limit - len(claimed)}))
             if claimed:
                 _crash_point("in-claim")
         # RETURNING gives no order: https://sqlite.org/lang_returning.html
         claimed.sort(key=lambda r: (-r["priority"], r["begin_after"], r["id"]))
         return token, claimed
+
+    def _claim_under_quotas(self, conn: sqlite3.Connection, limits: _QuotaLimits,
+                            params: Mapping[str, Any], room: int,
+                            candidates: str) -> list[dict[str, Any]]:
+        """Claim up to ``room`` due jobs in claim order, each only while every
+        quota it names has a free slot, counting the jobs running now and
+        those claimed before it here.  A job held back does not hold back
+        those behind it: the jobs of full quotas are left out of the read."""
+        self._lock_quotas(conn)
+        for (names,) in conn.execute(_RUNNING_QUOTAS).fetchall():
+            limits.running.update(json.loads(names))
+        now = params["now"]
+        if limits.windows:
+            since = now - max(limits.windows)
+            conn.execute(_PRUNE_STARTS, {"since": since})
+            limits.count_starts(conn.execute(_STARTS_SINCE, {"since": since}).fetchall(), now)
+        chosen: list[int] = []
+        scan = 2 * room + 100
+        # A read ends early when the quotas its jobs name fill up here; the
+        # next leaves those out too, until the room is used or all is read.
+        for _ in range(_QUOTA_READS):
+            found = conn.execute(candidates, {**params, "scan": scan,
+                                              "full": json.dumps(limits.full())})
+            rows = found.fetchall()
+            for job_id, names in rows:
+                if job_id not in chosen and limits.admit(json.loads(names) if names else []):
+                    chosen.append(job_id)
+                    if len(chosen) == room:
+                        break
+            if len(chosen) == room or len(rows) < scan:
+                break
+        if not chosen:
+            return []
+        claimed = _as_dicts(conn.execute(_CLAIM_CHOSEN, {**params, "ids": json.dumps(chosen)}))
+        starts = [(name, now) for row in claimed for name in json.loads(row["quotas"] or "[]")
+                  if limits.rate(name) is not None]
+        if starts:
+            conn.executemany(_RECORD_START, starts)
+        return claimed
+
+    def _lock_quotas(self, conn: sqlite3.Connection) -> None:
+        """Keep other claims under quotas out until this transaction ends,
+        where the write transaction does not already (SQLite's does)."""
 
     def next_due(self, queues: Sequence[str] | None, *, unsigned_only: bool = False,
                  avoid: Collection[str] = ()) -> float | None:
@@ -4780,7 +5047,36 @@ class _Pauses(_Schedules):
                     conn.execute(_PAUSED_QUEUES, {"now": now}).fetchall()}
 
 
-class _SQLiteStorage(_SQLiteConnections, _Pauses):
+class _Quotas(_Pauses):
+    """Quota limits: setting and reading them (claims count against them,
+    see `_Claims._claim_under_quotas`), and who holds their slots."""
+
+    def set_quota(self, pattern: str, running: int | None, rate: tuple[int, float] | None,
+                  now: float) -> None:
+        """Set the limits of each name ``pattern`` matches: ``running`` jobs
+        at once, ``rate`` (claims, seconds) in a sliding window; None for no
+        such limit (both None: the entry goes)."""
+        with self.write() as conn:
+            if running is None and rate is None:
+                conn.execute(_REMOVE_QUOTA, (pattern,))
+            else:
+                conn.execute(_SET_QUOTA, (pattern, running, None if rate is None else rate[0],
+                                          None if rate is None else rate[1], now))
+            self._announce_due(conn)  # a limit raised or removed frees slots
+
+    def fetch_quotas(self) -> list[dict[str, Any]]:
+        """The limits set: rows of pattern, running, rate and per."""
+        with self.read() as conn:
+            return self._rows(conn, _QUOTAS, {})
+
+    def quota_holders(self) -> list[tuple[int, list[str], str | None]]:
+        """The running jobs that name quotas: (id, names, lease owner), by id."""
+        with self.read() as conn:
+            return [(int(job_id), json.loads(names), owner) for job_id, names, owner
+                    in conn.execute(_RUNNING_WITH_QUOTAS).fetchall()]
+
+
+class _SQLiteStorage(_SQLiteConnections, _Quotas):
     """The `_Storage` on an SQLite file."""
 
 
@@ -4883,7 +5179,8 @@ def _postgres_sql(statement: str) -> str:
 def _postgres_claim_statement(queue_count: int | None, unsigned_only: bool,
                               avoiding: bool) -> str:
     return _POSTGRES_CLAIM_JOBS.format(queues=_queue_names_filter(queue_count),
-                                       filters=_claim_filters(unsigned_only, avoiding))
+                                       filters=_claim_filters(unsigned_only, avoiding)
+                                       + _OUTSIDE_QUOTAS)
 
 
 def _glob_as_regex(pattern: str) -> str:
@@ -5406,6 +5703,9 @@ class _PostgresConnections(_Connections):
     def _announce_due(self, conn: _DBConnection) -> None:
         conn.execute(_POSTGRES_ANNOUNCE_DUE)
 
+    def _lock_quotas(self, conn: _DBConnection) -> None:
+        conn.execute(_POSTGRES_LOCK_QUOTAS)
+
     def _claim_statement(self, queue_count: int | None, unsigned_only: bool,
                          avoiding: bool) -> str:
         return _postgres_claim_statement(queue_count, unsigned_only, avoiding)
@@ -5481,7 +5781,7 @@ def _retried_if_deadlocked(method: Callable[..., _T]) -> Callable[..., _T]:
     return retried
 
 
-class _PostgresStorage(_PostgresConnections, _Pauses):
+class _PostgresStorage(_PostgresConnections, _Quotas):
     """The `_Storage` on a PostgreSQL database.  What users call to steer
     jobs from outside is retried after a deadlock (see `_Deadlocked`); a
     pool retries its own writes."""
@@ -5943,6 +6243,7 @@ def _retry_delay(policy_json: str | None, attempt: int, exc_mro: Sequence[str]) 
 
 # What a put uses for an option given neither to it nor to the job's function.
 _PUT_DEFAULTS: dict[str, Any] = {
+    "quotas": None,
     "begin_after": None, "begin_by": None, "retry": None, "priority": 0,
     "queue": DEFAULT_QUEUE, "timeout": None, "max_interruptions": DEFAULT_MAX_INTERRUPTIONS,
 }
@@ -5951,9 +6252,25 @@ _PUT_DEFAULTS: dict[str, Any] = {
 _FOLLOWER_DEFAULTS: dict[str, Any] = {"max_interruptions": None}
 
 
+def _quota_keys(quotas: Any) -> str | None:
+    """The quotas a job counts against, as stored: a JSON list of distinct
+    names, or NULL for none."""
+    if quotas is None:
+        return None
+    if isinstance(quotas, str) or not isinstance(quotas, Iterable):
+        raise TypeError(f"quotas is a list of names, such as ['pdf', 'customer:7'], "
+                        f"not {_describe(quotas)}")
+    names = list(dict.fromkeys(quotas))
+    for name in names:
+        if not isinstance(name, str) or not name or len(name) > 200:
+            raise ValueError(f"a quota's name is a string of 1 to 200 characters, not {name!r}")
+        _check_text(name, "a quota's name")
+    return json.dumps(names) if names else None
+
+
 def _row_options(now: float, *, begin_after: Any, begin_by: Any, retry: Retry | None,
                  priority: int, queue: str, key: str | None, timeout: float | None,
-                 max_interruptions: int | None) -> dict[str, Any]:
+                 max_interruptions: int | None, quotas: Any = None) -> dict[str, Any]:
     """The columns of a new job's row that follow from the options of a put,
     each checked; raises TypeError or ValueError naming a bad one."""
     start = _begin_after(begin_after, now)
@@ -5982,6 +6299,7 @@ def _row_options(now: float, *, begin_after: Any, begin_by: Any, retry: Retry | 
     if max_interruptions is not None:
         _int_in_range(max_interruptions, "max_interruptions", 0, 2 ** 31 - 1)
     return {**_NEW_ROW, "queue": queue, "priority": priority, "key": key,
+            "quotas": _quota_keys(quotas),
             "max_attempts": retry.attempts if retry else 1,
             "retry_policy": retry._to_json() if retry else None,
             "max_interruptions": _UNLIMITED if max_interruptions is None else max_interruptions,
@@ -6132,6 +6450,9 @@ class _JobRow:
     queue = _Column[str | None]("queue", doc="The name of the queue the job is in.")
     priority = _Column[int | None]("priority", doc="Larger runs first among due jobs.")
     key = _Column[str | None]("key", doc="The unique key given to `Queue.put`, if any.")
+    quotas = _Column[list[str]](
+        "quotas", default="[]", convert=json.loads,
+        doc="The quotas the job counts against while it runs (`Queue.set_quota`).")
     attempts = _Column[int](
         "attempts", default=0, convert=int,
         doc="The number of the latest run, the current one included: every run gets the "
@@ -6497,6 +6818,14 @@ class Job(_JobRow):
         the job that returned this one; None for a job put on its own."""
         parent_id = self._row.get("parent_id")
         return None if parent_id is None else self._require_queue().get(parent_id)
+
+    def explain(self) -> list[str]:
+        """Why the job is where it is, as of now: a line for each reason, for
+        example ``due in 4m00s``, ``queue 'pdf' paused``, ``quota 'customer:7'
+        full (1 of 1: job 812 on host-b)``, ``waiting for 3 of 10 parts``, ``no
+        live pool serves queue 'io'``, ``deadline passed``.  Reads the job again."""
+        queue = self._require_queue()
+        return _explain(queue, self.refresh())
 
     def children(self) -> list[Job]:
         """The jobs under this one, read now: a composite's parts in order,
@@ -7133,6 +7462,7 @@ class Queue:
             queue: str | _Default = _DEFAULT, key: str | None = None,
             timeout: float | None | _Default = _DEFAULT,
             max_interruptions: int | None | _Default = _DEFAULT,
+            quotas: Sequence[str] | None = None,
             conn: sqlite3.Connection | None = None) -> Job:
         """Store a job and return it, bound to its row.  Once this returns, the
         job is in the database (on disk, with ``durable=True``).
@@ -7156,6 +7486,8 @@ class Queue:
         - ``max_interruptions``: runs that may die without an outcome (killed
           process, lost lease) before the job fails as interrupted (default
           3; None for no limit, the default of a composite's postprocess).
+        - ``quotas``: names the job counts against while it runs (see
+          `set_quota`), such as ``["pdf", f"customer:{cid}"]``.
         - ``conn``: a ``sqlite3`` connection of the application's, open on the
           same file with a transaction begun: the job is written in that
           transaction, so it exists if and only if the application commits.
@@ -7175,7 +7507,8 @@ class Queue:
         """
         return self._put([item], key=key, conn=conn, given=_given(
             begin_after=begin_after, begin_by=begin_by, retry=retry, priority=priority,
-            queue=queue, timeout=timeout, max_interruptions=max_interruptions))[0]
+            queue=queue, timeout=timeout, max_interruptions=max_interruptions,
+            quotas=quotas if quotas is not None else _DEFAULT))[0]
 
     def put_many(self, items: Iterable[Job | Composite | Callable[..., Any] | str], *,
                  begin_after: datetime.datetime | datetime.timedelta | float | None = None,
@@ -7184,6 +7517,7 @@ class Queue:
                  priority: int | _Default = _DEFAULT, queue: str | _Default = _DEFAULT,
                  timeout: float | None | _Default = _DEFAULT,
                  max_interruptions: int | None | _Default = _DEFAULT,
+                 quotas: Sequence[str] | None = None,
                  conn: sqlite3.Connection | None = None) -> list[Job]:
         """Store many jobs in one transaction, with the options of `put`
         applied to each; all of them are stored, or none.
@@ -7192,7 +7526,8 @@ class Queue:
         """
         return self._put(items, key=None, conn=conn, given=_given(
             begin_after=begin_after, begin_by=begin_by, retry=retry, priority=priority,
-            queue=queue, timeout=timeout, max_interruptions=max_interruptions))
+            queue=queue, timeout=timeout, max_interruptions=max_interruptions,
+            quotas=quotas if quotas is not None else _DEFAULT))
 
     def _put(self, items: Iterable[Job | Composite | Callable[..., Any] | str], *,
              key: str | None, conn: sqlite3.Connection | None,
@@ -7397,6 +7732,61 @@ class Queue:
         """The paused queues: {queue: when the pause ends (None: at `resume`)}."""
         return {queue: _when(until)
                 for queue, until in self._storage.paused_queues(_now(self._storage)).items()}
+
+    # -- quotas --------------------------------------------------------------------
+
+    def set_quota(self, name: str, running: int | None) -> None:
+        """Let at most ``running`` jobs that name the quota ``name`` (see
+        `put`'s ``quotas``) run at once, across every pool on every host::
+
+            q.set_quota("pdf", 2)
+            q.set_quota("customer:*", 1)      # a glob: one running job per customer
+            q.put(Job(render_pdf, 7), quotas=["pdf", f"customer:{cid}"])
+
+        A job is claimed only while each quota it names has a free slot,
+        counted from the jobs running then; jobs held back keep their place
+        and do not hold back others.  A name's own limit wins over a pattern's;
+        of patterns, the longest.  ``None`` removes the limit."""
+        if running is not None:
+            _int_in_range(running, "running", 1, 2 ** 31 - 1)
+        self._set_limits(name, running=running)
+
+    def set_rate(self, name: str, count: int | None, per: float | datetime.timedelta = 1.0
+                 ) -> None:
+        """Let at most ``count`` jobs that name the quota ``name`` be claimed
+        in any ``per`` seconds (a sliding window), across every pool::
+
+            q.set_rate("smtp", 10, per=1.0)
+
+        A name or a glob, as for `set_quota`, whose limit it keeps; ``None``
+        removes the rate."""
+        rate = None
+        if count is not None:
+            window = _seconds(per, "per")
+            if window == 0:
+                raise ValueError("per must be positive")
+            rate = (_int_in_range(count, "count", 1, 2 ** 31 - 1), window)
+        self._set_limits(name, rate=rate)
+
+    def _set_limits(self, name: str, **change: Any) -> None:
+        name = _check_text(name, "name")
+        if not name or len(name) > 200:
+            raise ValueError("a quota's name is 1 to 200 characters")
+        found = {row["pattern"]: row for row in self._storage.fetch_quotas()}.get(name)
+        limits = {"running": None if found is None else found["running"],
+                  "rate": None if found is None or found["rate"] is None
+                  else (int(found["rate"]), float(found["per"])), **change}
+        self._storage.set_quota(name, limits["running"], limits["rate"], _now(self._storage))
+
+    def quotas(self) -> dict[str, int]:
+        """The running limits set: {name or pattern: running jobs at most}."""
+        return {row["pattern"]: int(row["running"]) for row in self._storage.fetch_quotas()
+                if row["running"] is not None}
+
+    def rates(self) -> dict[str, tuple[int, float]]:
+        """The rate limits set: {name or pattern: (claims, per seconds)}."""
+        return {row["pattern"]: (int(row["rate"]), float(row["per"]))
+                for row in self._storage.fetch_quotas() if row["rate"] is not None}
 
     def purge(self, older_than: float | datetime.timedelta | datetime.datetime, *,
               status: str | None = None, batch: int | None = None,
@@ -7775,6 +8165,71 @@ def _schedule_row(queue: Queue, name: str, cron: str, job: Any, *, tz: str, catc
             "template": template, "template_signature": signature, "catchup": catchup,
             "catchup_limit": catchup_limit, "max_lag": lag, "overlap": overlap,
             "next_tick": parsed.next_after(now, zone)}
+
+
+def _host_of(owner: str | None) -> str:
+    """The host in a runner's id ("pool@host:pid:..."), for people to read."""
+    if not owner or "@" not in owner:
+        return owner or "an unknown runner"
+    return owner.split("@", 1)[1].split(":", 1)[0]
+
+
+def _explain(queue: Queue, job: Job) -> list[str]:
+    """The lines of `Job.explain`."""
+    storage = queue._storage
+    row = job._row
+    now = _now(storage)
+    at = _format_time
+    if row["status"] in _FINISHED:
+        return [f"{row['status']} at {at(row['finished_at'])}: it will not run again "
+                f"unless retried"]
+    if row["status"] == ACTIVE:
+        return [f"running (attempt {row['attempts']}) on {_host_of(row['lease_owner'])} "
+                f"since {at(row['started_at'])}, its lease held until "
+                f"{at(row['lease_expires'])} by {row['lease_owner']}"]
+    if row["status"] == WAITING:
+        unfinished = storage.unfinished_under(row["id"])
+        if row["composite"] is not None:
+            parts = len(storage.children(row["id"], "part"))
+            return [f"waiting for {unfinished} of {parts} parts" if unfinished else
+                    "its parts have ended: its next step is due"]
+        if row["role"] in _CALLBACK_ROLES and row["parent_id"] is not None:
+            return [f"waiting for job {row['parent_id']}, which it follows, to end"]
+        return [f"waiting for job {row['waiting_for']}, which it returned, to end"
+                if row["waiting_for"] is not None else f"waiting for {unfinished} jobs under it"]
+    reasons = []
+    if row["begin_by"] is not None and row["begin_by"] < now and \
+            row["attempts"] <= row["not_started"]:
+        reasons.append(f"deadline passed at {at(row['begin_by'])}: the next claim fails it "
+                       f"with DeadlineExceeded")
+    if row["begin_after"] > now:
+        reasons.append(f"due in {_format_duration(row['begin_after'] - now)} "
+                       f"(at {at(row['begin_after'])})")
+    paused = storage.paused_queues(now)
+    if row["queue"] in paused:
+        until = paused[row["queue"]]
+        reasons.append(f"queue {row['queue']!r} paused" + (
+            f" until {at(until)}" if until is not None else " until resumed"))
+    names = json.loads(row["quotas"]) if row["quotas"] else []
+    limits = _QuotaLimits(storage.fetch_quotas())
+    if names:
+        holders = storage.quota_holders()
+        for name in names:
+            most = limits.limit(name)
+            held = [(job_id, owner) for job_id, held_names, owner in holders
+                    if name in held_names]
+            if most is not None and len(held) >= most:
+                reasons.append(f"quota {name!r} full ({len(held)} of {most}: " + ", ".join(
+                    f"job {job_id} on {_host_of(owner)}" for job_id, owner in held[:5]) + ")")
+    serving = [pool for pool in queue.workers() if pool["alive"] and (
+        pool["queues"] is None or row["queue"] in pool["queues"])]
+    if not serving:
+        reasons.append(f"no live pool serves queue {row['queue']!r}")
+    if not reasons:
+        reasons.append(f"due now; {len(serving)} live pool{'s' * (len(serving) != 1)} "
+                       f"serve{'s' * (len(serving) == 1)} queue {row['queue']!r}: it is "
+                       f"claimed as soon as one has a free worker process")
+    return reasons
 
 
 def _when(stamp: float | None) -> datetime.datetime | None:
@@ -9902,6 +10357,8 @@ class _Supervisor:
                 _crash_point("after-finish")
         if self.recorder.log(written):
             self.drained = False  # a job went back to pending: look again
+        if self.storage.quotas_set and (batch.completions or batch.records):
+            self.drained = False  # runs ended: quota slots may be free
         if want and self.recorder.retry_at <= clock:
             self._after_claim(want, token, claimed)
         if self.storage.woken != woken:
@@ -9917,6 +10374,12 @@ class _Supervisor:
                 self.next_due = self._next_due_here()
             except DatabaseError as exc:
                 _log.error("%s: %s", self.worker.id, exc)
+                self.next_due = None
+            if self.next_due is not None and self.next_due <= self.storage.clock() \
+                    and self.storage.quotas_set:
+                # Due, with room to run it, and not claimed: held back by a full
+                # quota.  Look again when something changes (a run ends), not
+                # at once.
                 self.next_due = None
 
     def _deal(self, token: str, claimed: list[dict[str, Any]]) -> None:
@@ -11221,6 +11684,24 @@ def _schedule_action_line(result: Mapping[str, Any]) -> str:
     return f"{result['action']}d {_schedule_line(result['schedule'])}"
 
 
+def _command_explain(args: argparse.Namespace) -> int:
+    """say why a job is not running (or why it is where it is)
+
+    One line per reason: due later, its queue paused, a quota full (and who holds
+    it), waiting for parts or for the job it follows, no live pool serving its
+    queue, its deadline passed.  Exit status 1 if there is no such job.
+    """
+    with _open_to_read(args) as q:
+        job = q.get(args.id)
+        reasons = job.explain()
+    if args.json:
+        _print_json({"id": job.id, "status": job.status, "reasons": reasons})
+    else:
+        print(f"job {job.id} ({job.name}) {job.status}:")
+        print("\n".join(f"  {reason}" for reason in reasons))
+    return 0
+
+
 def _command_pause(args: argparse.Namespace) -> int:
     """pause a queue: its jobs are not claimed until it is resumed
 
@@ -11237,7 +11718,11 @@ def _command_pause(args: argparse.Namespace) -> int:
 
 
 def _command_resume(args: argparse.Namespace) -> int:
-    """resume a paused queue: idle pools claim its jobs at once"""
+    """resume a paused queue: idle pools claim its jobs at once
+
+    Pools claim the jobs of QUEUE again; idle ones are woken at once.  Resuming a
+    queue that is not paused changes nothing, and says so.
+    """
     with _open_to_write(args) as q:
         was = q.resume(args.queue)
     result = {"queue": args.queue, "paused": False, "was_paused": was, "error": None}
@@ -11638,6 +12123,11 @@ def _add_watch_command(commands: Any) -> None:
                        default=1.0,
                        metavar="DURATION", help="how often to look (default 1s)")
 
+def _add_explain_command(commands: Any) -> None:
+    explain = _subcommand(commands, "explain", _command_explain)
+    explain.add_argument("id", type=_positive_count, metavar="ID", help="the job")
+
+
 def _add_pause_commands(commands: Any) -> None:
     pause = _subcommand(commands, "pause", _command_pause)
     pause.add_argument("queue", metavar="QUEUE", help="the queue to pause")
@@ -11672,6 +12162,7 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_watch_command,
     _add_schedule_commands,
     _add_pause_commands,
+    _add_explain_command,
 )
 
 

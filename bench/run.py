@@ -365,16 +365,20 @@ def huey_sqlite(folder: str, count: int, workers: int) -> tuple[float, float]:
 
 
 def pool_drain(folder: str, processes: int, count: int, backlog: int = 0,
-               log_level: str | None = "warning") -> float:
+               log_level: str | None = "warning", quota: int | None = None) -> float:
     """Jobs per second a pool in its own process drains, put all at once,
-    with ``backlog`` finished rows in the table."""
-    path = os.path.join(folder, f"pool-drain-{processes}-{backlog}-{log_level}.db")
+    with ``backlog`` finished rows in the table; with ``quota``, each job
+    names a quota limited to that many running jobs."""
+    path = os.path.join(folder, f"pool-drain-{processes}-{backlog}-{log_level}-{quota}.db")
     if backlog:
         litejobs.Queue(path).close()
         add_finished_backlog(path, backlog)
     pool = Pool(path, processes, log_level=log_level)
     try:
-        jobs = pool.queue.put_many(["jobs:noop"] * count)
+        if quota is not None:
+            pool.queue.set_quota("bench", quota)
+        jobs = pool.queue.put_many(["jobs:noop"] * count,
+                                   quotas=None if quota is None else ["bench"])
         started = time.perf_counter()
         jobs[-1].wait(timeout=600)
         while completed_between(path, jobs[0].id, jobs[-1].id) < count:
@@ -631,6 +635,9 @@ def main() -> int:
             drained[processes] = pool_drain(folder, processes, pool_jobs)
             row(f"pool drain, no-op jobs, {processes} process{'es' * (processes > 1)} "
                 f"({pool_jobs:,})", drained[processes], "raw claim+complete, 64 a batch", raw)
+        row(f"pool drain, 2 processes, jobs naming a quota of 1,000 running ({pool_jobs:,})",
+            pool_drain(folder, 2, pool_jobs, quota=1000),
+            "pool drain, 2 processes, no quota set", drained[2])
         row(f"pool drain, 2 processes, default log level: info ({pool_jobs:,})",
             pool_drain(folder, 2, pool_jobs, log_level=None),
             "pool drain, 2 processes, --log-level warning", drained[2])

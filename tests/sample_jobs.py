@@ -615,3 +615,14 @@ def fail_unless_exists(path):
 def my_tick():
     """The tick a schedule put this job for, from its meta."""
     return litejobs.current_job().meta["tick"]
+
+
+def quota_span(log_path, label, seconds=0.0):
+    """Append "start label pid", take ``seconds``, append "end label pid":
+    what a run under a quota did, and in which process."""
+    import time
+
+    _append_with_o_append(log_path, f"start {label} {os.getpid()}")
+    time.sleep(seconds)
+    _append_with_o_append(log_path, f"end {label} {os.getpid()}")
+    return label

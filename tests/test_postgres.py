@@ -132,7 +132,8 @@ def test_litejobs_leaves_the_applications_tables_and_settings_alone(postgres_url
         tables = {name for name, in app.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")}
     assert tables == {"orders", "litejobs_jobs", "litejobs_workers", "litejobs_ended_counts",
-                      "litejobs_schema", "litejobs_schedules", "litejobs_ticks"}
+                      "litejobs_schema", "litejobs_schedules", "litejobs_ticks",
+                      "litejobs_paused", "litejobs_quotas", "litejobs_starts"}
     q.close()
 
 

@@ -517,31 +517,41 @@ def test_a_due_tick_fires_once_as_a_job_that_names_it_and_the_schedule_moves_on(
     assert q._storage.next_schedule_tick() == minute + 60
 
 
+def at_once(q, runners, work):
+    """Run ``work(queue, n)`` in ``runners`` threads at once, each on a queue
+    of its own on ``q``'s database; what they raised."""
+    queues = [litejobs.Queue(q.path) for _ in range(runners)]
+    errors = []
+
+    def run(queue, n):
+        try:
+            work(queue, n)
+        except Exception as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(queue, n)) for n, queue in enumerate(queues)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for queue in queues:
+        queue.close()
+    return errors
+
+
 def test_runners_firing_at_once_put_one_job_per_tick(backend):
     q = backend
     second = float(int(T0) + 1)
     q._storage.save_schedule(schedule_row(q, "fast", "* * * * * *", next_tick=second,
                                           catchup="all"), T0)  # a slow runner skips none
-    others = [litejobs.Queue(q.path) for _ in range(4)]
     fired: list[float] = []
-    errors = []
 
-    def fire(queue):
-        try:
-            for step in range(30):
-                for firing in queue._storage.fire_due(second + step * 0.5):
-                    fired.extend(tick for tick, _ in firing.fired)
-        except Exception as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+    def fire(queue, _):
+        for step in range(30):
+            for firing in queue._storage.fire_due(second + step * 0.5):
+                fired.extend(tick for tick, _ in firing.fired)
 
-    threads = [threading.Thread(target=fire, args=(other,)) for other in others]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    for other in others:
-        other.close()
-    assert errors == []
+    assert at_once(q, 4, fire) == []
     assert sorted(fired) == [second + n for n in range(15)]  # each once, none lost
     assert len(q.jobs(limit=None)) == 15
 
@@ -577,3 +587,26 @@ def test_trigger_puts_a_job_now_and_remove_keeps_the_jobs(backend):
     assert q._storage.trigger_schedule("nope", T0) is None
     assert q._storage.remove_schedule("t") is True and q._storage.remove_schedule("t") is False
     assert q._storage.fetch_schedules() == [] and row(q, job_id)["status"] == PENDING
+
+
+# -- quotas -----------------------------------------------------------------------------
+
+
+def test_runners_claiming_at_once_never_run_more_than_a_quota_allows(backend):
+    q = backend
+    q.set_quota("pdf", 2)
+    jobs = q.put_many([Job(sample_jobs.add, n, 0) for n in range(60)], quotas=["pdf"])
+    seen = []
+
+    def work(queue, n):
+        for _ in range(200):
+            token, rows = queue._storage.claim(owner=f"runner-{n}", queues=None, now=T0 + 10,
+                                               expires=T0 + 100, limit=5)
+            seen.append(queue.counts()[ACTIVE])
+            queue._storage.complete([(row["id"], token) for row in rows], T0 + 10)
+            if queue.counts()[PENDING] == 0:
+                return
+
+    assert at_once(q, 4, work) == []
+    assert max(seen) <= 2 and max(seen) == 2  # the limit held, and was reached
+    assert all(status(q, job.id) == COMPLETED for job in jobs)
