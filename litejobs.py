@@ -3186,6 +3186,7 @@ class _Storage(Protocol):
                   now: float) -> None: ...
     def fetch_quotas(self) -> list[dict[str, Any]]: ...
     def quota_holders(self) -> list[tuple[int, list[str], str | None]]: ...
+    def recent_starts(self, since: float) -> list[tuple[str, float]]: ...
     def insert_copies(self, rows: Sequence[dict[str, Any]]) -> dict[int, int]: ...
     def delete_copied(self, ids: Iterable[int]) -> int: ...
     def reopen(self, job_id: int, now: float) -> str: ...
@@ -4276,7 +4277,8 @@ class _Claims(_Runs):
                     composites.append((len(out), rows))
                 out.append((rows, False))
             # A lone plain row is the transaction's last statement.
-            self._insert_rows(conn, new_rows, last=alone and not composites and trees[0][0]["key"] is None)
+            self._insert_rows(conn, new_rows,
+                              last=alone and not composites and trees[0][0]["key"] is None)
             for row in new_rows:
                 del row["payload"]  # the returned rows are those of bound jobs
             for index, rows in composites:
@@ -5068,6 +5070,12 @@ class _Quotas(_Pauses):
         """The limits set: rows of pattern, running, rate and per."""
         with self.read() as conn:
             return self._rows(conn, _QUOTAS, {})
+
+    def recent_starts(self, since: float) -> list[tuple[str, float]]:
+        """The claims of rate-limited names after ``since``: (name, when)."""
+        with self.read() as conn:
+            return [(name, float(at)) for name, at in
+                    conn.execute(_STARTS_SINCE, {"since": since}).fetchall()]
 
     def quota_holders(self) -> list[tuple[int, list[str], str | None]]:
         """The running jobs that name quotas: (id, names, lease owner), by id."""
@@ -8214,13 +8222,18 @@ def _explain(queue: Queue, job: Job) -> list[str]:
     limits = _QuotaLimits(storage.fetch_quotas())
     if names:
         holders = storage.quota_holders()
+        if limits.windows:
+            limits.count_starts(storage.recent_starts(now - max(limits.windows)), now)
         for name in names:
-            most = limits.limit(name)
+            most, rate = limits.limit(name), limits.rate(name)
             held = [(job_id, owner) for job_id, held_names, owner in holders
                     if name in held_names]
             if most is not None and len(held) >= most:
                 reasons.append(f"quota {name!r} full ({len(held)} of {most}: " + ", ".join(
                     f"job {job_id} on {_host_of(owner)}" for job_id, owner in held[:5]) + ")")
+            if rate is not None and limits.started[name] >= rate[0]:
+                reasons.append(f"quota {name!r} at its rate ({limits.started[name]} claimed "
+                               f"in the last {rate[1]:g}s, of {rate[0]})")
     serving = [pool for pool in queue.workers() if pool["alive"] and (
         pool["queues"] is None or row["queue"] in pool["queues"])]
     if not serving:
@@ -9391,8 +9404,9 @@ def _fire_all_due(storage: _Storage, now: float, who: str,
                           firing.schedule, _format_time(tick), job_id)
             for skipped in firing.skipped:
                 last = _format_time(skipped.last)
-                span = f"up to {last}" if skipped.first is None else last \
-                    if skipped.first == skipped.last else f"{_format_time(skipped.first)} to {last}"
+                first = None if skipped.first is None else _format_time(skipped.first)
+                span = f"up to {last}" if first is None else last if first == last \
+                    else f"{first} to {last}"
                 _log.warning("%s: schedule %s skipped %d tick%s (%s): %s", who,
                              firing.schedule, skipped.ticks, "s" * (skipped.ticks != 1),
                              span, skipped.reason)
@@ -9440,8 +9454,12 @@ class _Keeper:
         added or changed meanwhile.  Whether a tick put a job."""
         wall = self._storage.clock()
         try:
-            firings = _fire_all_due(self._storage, wall, self._pool_id, self.schedule_trouble)
-            upcoming = self._storage.next_schedule_tick()
+            firings: list[_Firing] = []
+            upcoming = self._storage.next_schedule_tick()  # a read: no write lock, mostly
+            if upcoming is not None and upcoming <= wall:
+                firings = _fire_all_due(self._storage, wall, self._pool_id,
+                                        self.schedule_trouble)
+                upcoming = self._storage.next_schedule_tick()
         except DatabaseBusy as exc:
             _log.debug("%s: %s; retrying the schedules", self._pool_id, exc)
             self.next_schedules = now + _BUSY_BACKOFF

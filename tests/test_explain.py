@@ -78,3 +78,11 @@ def test_the_explain_command(q):
     missing = subprocess.run([sys.executable, "-m", "litejobs", "explain", q.path, "999"],
                              capture_output=True, text=True, env=cli_env(), timeout=WAIT)
     assert missing.returncode == 1 and "no job 999" in missing.stderr
+
+
+def test_a_rate_limited_quota_at_its_rate_is_said(q):
+    q.set_rate("smtp", 1, per=60)
+    first = q.put(Job(sample_jobs.add, 1, 1), quotas=["smtp"])
+    second = q.put(Job(sample_jobs.add, 2, 2), quotas=["smtp"])
+    assert q.run_pending() == 1 and first.refresh().result == 2
+    assert second.explain()[0] == "quota 'smtp' at its rate (1 claimed in the last 60s, of 1)"

@@ -374,6 +374,10 @@ def test_32_threads_put_while_two_cli_pools_drain(tmp_path, cli_pools):
     db = str(tmp_path / "jobs.db")
     shared = litejobs.Queue(db)
     pools = [cli_pools.start(db, "-p", "1", "--lease", "5s") for _ in range(2)]
+    # Both pools up before the puts: a pool that warms up quickly would
+    # otherwise drain it all alone on a busy machine.
+    wait_until(lambda: sum(pool["alive"] for pool in shared.workers()) == 2, WAIT,
+               "both pools to register", details=lambda: [p.log() for p in pools])
     barrier = threading.Barrier(THREADS)
     put = {}
     problems = []

@@ -136,7 +136,7 @@ def test_a_limit_of_one_holds_across_pools_and_under_kill_9(q, tmp_path, cli_poo
     log = tmp_path / "runs.log"
     jobs = q.put_many([Job(sample_jobs.quota_span, str(log), f"job{n}", 0.05)
                        for n in range(24)], quotas=["single"])
-    pools = [cli_pools.start(q.path, "-p", "2", "--lease", "1s",
+    pools = [cli_pools.start(q.path, "-p", "2", "--lease", "1s", "--log-level", "debug",
                              env=cli_env(LITEJOBS_HOST=f"host-{n}")) for n in range(2)]
     # Kill -9 a worker process in the middle of a run, twice.
     killed = []
@@ -151,13 +151,22 @@ def test_a_limit_of_one_holds_across_pools_and_under_kill_9(q, tmp_path, cli_poo
         pid = wait_until(running_pid, WAIT, "a run to kill")
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
+    # And a whole pool, its supervisor and its worker processes at once, in
+    # the middle of a run of one of them; another pool takes its place.
+    pool_pid = wait_until(running_pid, WAIT, "a run to kill with its pool")
+    victim = next(pool for pool in pools if pool_pid in pool.child_pids())
+    killed += victim.child_pids()
+    victim.kill_group()
+    pools.remove(victim)
+    pools.append(cli_pools.start(q.path, "-p", "2", "--lease", "1s", "--log-level", "debug",
+                                 env=cli_env(LITEJOBS_HOST="host-2")))
     wait_until(lambda: all(job.refresh().status == COMPLETED for job in jobs), WAIT * 2,
                "every job, after the kills", lambda: [p.log() for p in pools])
     events = runs_in_order(log)
     check_never_two_at_once(events)
     assert {label for event, label, _ in events if event == "end"} == {
         f"job{n}" for n in range(24)}  # at least once each
-    assert len([1 for event, *_ in events if event == "start"]) >= 26  # the killed ran again
+    assert len([1 for event, *_ in events if event == "start"]) >= 27  # the killed ran again
     assert q.counts()[ACTIVE] == 0
 
 
