@@ -77,6 +77,7 @@ __all__ = [
     "SignatureError",
     "WAITING",
     "WaitTimeout",
+    "web_app",
     "Worker",
     "current_job",
     "current_queue",
@@ -102,6 +103,7 @@ import fnmatch
 import functools
 import hashlib
 import hmac
+import html
 import importlib
 import inspect
 import io
@@ -1293,6 +1295,9 @@ SELECT id FROM tree ORDER BY depth DESC
 """
 
 _DELETE_JOB = "DELETE FROM litejobs_jobs WHERE id = ?"
+# A job to delete by hand (the dashboard's purge), read under its lock on
+# PostgreSQL: a callback added meanwhile waits, then finds it gone.
+_ROOT_TO_DELETE = "SELECT status, parent_id FROM litejobs_jobs AS root WHERE id = ?"
 
 # Jobs under one that have not ended, at any depth, callbacks included: a
 # purge checks it again once it holds the root (PostgreSQL: a callback may
@@ -1438,6 +1443,13 @@ SET status = 'active', attempts = attempts + 1, started_at = :now, ran_by = :own
     unstarted = :unstarted
 WHERE status = 'pending' AND id IN (SELECT value FROM json_each(:ids))
 RETURNING {_JOB_COLUMNS}, payload, signature
+"""
+# Ends by minute, for the dashboard's chart of the last hour.
+_FINISHED_PER_MINUTE = """
+SELECT CAST((finished_at - :since) / 60 AS INTEGER) AS minute, status, count(*)
+FROM litejobs_jobs INDEXED BY litejobs_jobs_finished
+WHERE finished_at IS NOT NULL AND finished_at >= :since
+GROUP BY minute, status
 """
 # Who holds a quota's slots, for `explain`.
 _RUNNING_WITH_QUOTAS = """
@@ -1856,6 +1868,7 @@ _POSTGRES_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (re.escape(_PURGEABLE), _PURGEABLE.rstrip() + " FOR UPDATE OF root SKIP LOCKED"),
         (re.escape(_EXPIRED_LEASES), _EXPIRED_LEASES.rstrip() + " FOR UPDATE SKIP LOCKED"),
         (re.escape(_DUE_SCHEDULES), _DUE_SCHEDULES.rstrip() + " FOR UPDATE SKIP LOCKED"),
+        (re.escape(_ROOT_TO_DELETE), _ROOT_TO_DELETE + " FOR UPDATE"),
         (re.escape(_SCHEDULE_TO_CHANGE), _SCHEDULE_TO_CHANGE + " FOR UPDATE"),
         (r"\s+INDEXED BY \w+", ""),
         (r"\bIN \(\)", "IN (NULL)"),  # an empty list of queues
@@ -1865,6 +1878,9 @@ _POSTGRES_REWRITES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
          "id = ANY(ARRAY(SELECT json_array_elements_text(:ids::json)::bigint))"),
         (r"SELECT value FROM json_each\(:avoid\)", "SELECT json_array_elements_text(:avoid::json)"),
         (r"SELECT value FROM json_each\(:full\)", "SELECT json_array_elements_text(:full::json)"),
+        # PostgreSQL's cast rounds; SQLite's truncates, as a minute's index must.
+        (r"CAST\(\(finished_at - :since\) / 60 AS INTEGER\)",
+         "floor((finished_at - :since) / 60)::bigint"),
         (r"FROM json_each\(quotas\) AS named",
          "FROM json_array_elements_text(quotas::json) AS named(value)"),
         (r"json_insert\(coalesce\(history, '\[\]'\), '\$\[#\]', json_object\((.*?)\)\)",
@@ -3167,7 +3183,10 @@ class _Storage(Protocol):
     def overview(self, now: float) -> dict[str, Any]: ...
     def search(self, *, statuses: Sequence[str] | None = None, queue: str | None = None,
                name: str | None = None, since: float | None = None,
-               before: float | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+               before: float | None = None, limit: int = 50,
+               below_id: int | None = None) -> list[dict[str, Any]]: ...
+    def finished_per_minute(self, since: float) -> list[tuple[int, str, int]]: ...
+    def delete_ended(self, job_id: int) -> str: ...
     def purge(self, before: float, *, status: str | None = None, limit: int = 500,
               dry_run: bool = False) -> tuple[int, int]: ...
     def unfinished_under(self, job_id: int) -> int: ...
@@ -4730,13 +4749,15 @@ class _Jobs(_Claims):
 
     def search(self, *, statuses: Sequence[str] | None = None, queue: str | None = None,
                name: str | None = None, since: float | None = None,
-               before: float | None = None, limit: int = 50) -> list[dict[str, Any]]:
+               before: float | None = None, limit: int = 50,
+               below_id: int | None = None) -> list[dict[str, Any]]:
         """Jobs, newest first, matching every filter given: statuses, queue,
         a glob on the callable's name, and created at or after ``since`` and
-        before ``before``."""
-        terms = ["TRUE"]
+        before ``before``; with ``below_id``, only older ones (the next page,
+        read from the primary key whatever the table's size)."""
+        terms = ["TRUE"] if below_id is None else ["id < :below_id"]
         params: dict[str, Any] = {"limit": limit if limit >= 0 else self._no_limit,
-                                  "queue": queue, "name": name,
+                                  "queue": queue, "name": name, "below_id": below_id,
                                   "since": since, "before": before}
         if statuses:
             terms.append(f"status IN ({', '.join(f':s{i}' for i in range(len(statuses)))})")
@@ -4772,6 +4793,25 @@ class _Jobs(_Claims):
                 if not dry_run:
                     conn.executemany(_DELETE_JOB, tree + [(root,)])
         return len(roots), under
+
+    def delete_ended(self, job_id: int) -> str:
+        """Delete one job that ended, with the jobs under it, as purge would
+        (not a part alone, nor one with anything under it unfinished); what
+        was done, in words."""
+        with self.write() as conn:
+            found = conn.execute(_ROOT_TO_DELETE, (job_id,)).fetchone()
+            if found is None:
+                return "not found"
+            status, parent_id = found
+            if status not in _FINISHED:
+                return f"not purged: {status}"
+            if parent_id is not None:
+                return f"not purged: it is under job {parent_id}, purge that one"
+            if conn.execute(_UNFINISHED_IN_TREE, {"id": job_id}).fetchone()[0]:
+                return "kept: something under it has not ended"
+            tree = conn.execute(_TREE_DEEPEST_FIRST, {"id": job_id}).fetchall()
+            conn.executemany(_DELETE_JOB, tree + [(job_id,)])
+        return "purged"
 
     def reopen(self, job_id: int, now: float) -> str:
         """Run a failed or cancelled job again, keeping its history.  A
@@ -5070,6 +5110,12 @@ class _Quotas(_Pauses):
         """The limits set: rows of pattern, running, rate and per."""
         with self.read() as conn:
             return self._rows(conn, _QUOTAS, {})
+
+    def finished_per_minute(self, since: float) -> list[tuple[int, str, int]]:
+        """Jobs that ended since ``since``: (minute from then, status, count)."""
+        with self.read() as conn:
+            return [(int(minute), status, int(count)) for minute, status, count in
+                    conn.execute(_FINISHED_PER_MINUTE, {"since": since}).fetchall()]
 
     def recent_starts(self, since: float) -> list[tuple[str, float]]:
         """The claims of rate-limited names after ``since``: (name, when)."""
@@ -7602,11 +7648,14 @@ class Queue:
     def jobs(self, status: str | Sequence[str] | None = None, queue: str | None = None,
              limit: int | None = 100, *, name: str | None = None,
              since: datetime.datetime | None = None,
-             before: datetime.datetime | None = None) -> list[Job]:
+             before: datetime.datetime | None = None,
+             below_id: int | None = None) -> list[Job]:
         """Jobs, newest first, optionally only those in ``status`` (one, or a
         list of them) and ``queue``, whose callable's name matches the glob
         ``name`` (``"myapp.*:render*"``), put at or after ``since`` and before
-        ``before`` (aware datetimes); at most ``limit`` of them (None: all)."""
+        ``before`` (aware datetimes); at most ``limit`` of them (None: all),
+        and with ``below_id``, those with a smaller id only: the next page
+        after the last id of this one, as quick on a page a million rows deep."""
         if limit is not None:
             limit = _positive_int(limit, "limit")
         statuses = None if status is None else [status] if isinstance(status, str) \
@@ -7620,7 +7669,8 @@ class Queue:
             statuses=statuses, queue=queue, name=name,
             since=None if since is None else _timestamp(since, "since"),
             before=None if before is None else _timestamp(before, "before"),
-            limit=-1 if limit is None else limit)
+            limit=-1 if limit is None else limit,
+            below_id=None if below_id is None else _positive_int(below_id, "below_id"))
         return [Job._bound(self, row) for row in rows]
 
     def now(self) -> float:
@@ -11957,6 +12007,599 @@ def _command_watch(args: argparse.Namespace) -> int:
         return 130
 
 
+# -- the web dashboard -----------------------------------------------------------
+#
+# `web_app` is a WSGI application over one queue, served by ``python -m
+# litejobs web`` through the standard library.  Its pages show what the
+# command line's --json shows, from the same functions, and the same data is
+# served as JSON under /api/.  Secure by default: read-only unless actions are
+# allowed; actions are POST only, with a CSRF token, an Origin check and a
+# SameSite=Strict cookie; a token, when set, is needed for everything; every
+# page carries a strict Content-Security-Policy (no inline script or style);
+# everything shown is escaped; calls and results are shown by the viewer of
+# `show`, which never unpickles for real.  (Referrer-Policy same-origin, not
+# no-referrer: under no-referrer a browser sends a form's POST with "Origin:
+# null", which the Origin check refuses.)
+
+_WEB_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+_WEB_PAGE_SIZE = 50  # jobs on a page of the jobs list
+_WEB_TREE_MOST = 500  # jobs drawn in a composite's tree, at most
+_WEB_BULK_MOST = 10_000  # jobs a bulk action on "everything matching" acts on, at most
+_WEB_ACTIONS = ("retry", "cancel", "purge", "pause-queue", "resume-queue",
+                "pause-schedule", "resume-schedule", "trigger-schedule")
+_WEB_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
+nav{background:#263238;padding:.5em 1em}nav a{color:#eceff1;margin-right:1.2em;text-decoration:none}
+nav a.here{font-weight:bold;border-bottom:2px solid #80cbc4}main{padding:1em 1.5em}
+table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}
+th{background:#eceff1}.pending{color:#1565c0}.active{color:#ef6c00}.completed{color:#2e7d32}
+.failed{color:#c62828}.cancelled{color:#6d4c41}.waiting{color:#6a1b9a}pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow:auto;max-height:30em}
+ul.tree{list-style:none;padding-left:1.2em;border-left:1px dotted #999}progress{width:14em}
+form.inline{display:inline}.note{color:#555}button{margin:.1em}
+"""
+# Pages refresh themselves: the page is fetched again every few seconds and
+# its <main> replaced, unless the user is typing or has selected something.
+_WEB_JS = """
+(function(){var main=document.querySelector('main');if(!main||main.dataset.refresh!=='yes')return;
+setInterval(function(){if(document.querySelector('input:checked,input:focus,select:focus'))return;
+fetch(location.href,{credentials:'same-origin'}).then(function(r){return r.ok?r.text():null})
+.then(function(t){if(!t)return;var d=new DOMParser().parseFromString(t,'text/html');
+var m=d.querySelector('main');if(m)main.innerHTML=m.innerHTML;});},5000);})();
+"""
+
+
+def _e(value: Any) -> str:
+    """``value`` as HTML text, escaped."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+class _WebRequest(NamedTuple):
+    """What a handler needs of a WSGI request."""
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    form: dict[str, list[str]]
+    cookies: dict[str, str]
+    origin: str | None
+    host: str
+    remote: str
+    authorization: str
+
+
+class _WebResponse(NamedTuple):
+    status: str
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _web_request(environ: Mapping[str, Any]) -> _WebRequest:
+    query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    form: dict[str, list[str]] = {}
+    if environ.get("REQUEST_METHOD") == "POST":
+        length = min(int(environ.get("CONTENT_LENGTH") or 0), 1_000_000)
+        body = environ["wsgi.input"].read(length).decode("utf-8", "replace")
+        form = urllib.parse.parse_qs(body, keep_blank_values=True)
+    cookies = {}
+    for part in environ.get("HTTP_COOKIE", "").split(";"):
+        name, _, value = part.strip().partition("=")
+        if name:
+            cookies[name] = value
+    return _WebRequest(environ.get("REQUEST_METHOD", "GET"), environ.get("PATH_INFO", "/"),
+                       query, form, cookies, environ.get("HTTP_ORIGIN"),
+                       environ.get("HTTP_HOST", ""), environ.get("REMOTE_ADDR", "?"),
+                       environ.get("HTTP_AUTHORIZATION", ""))
+
+
+def web_app(queue: Queue, *, allow_actions: bool = False, token: str | None = None,
+            redact: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Any:
+    """A WSGI application showing ``queue``: overview, jobs, a job with its
+    tree, pools, schedules and quotas, as pages and as JSON under /api/.
+    Mount it in a server of your own, behind your own authentication::
+
+        application = litejobs.web_app(litejobs.Queue("app.db"))
+
+    Pages read through a read-only connection.  With ``allow_actions``,
+    buttons retry, cancel or purge jobs, pause or resume queues and
+    schedules, and trigger schedules: POST only, with a CSRF token and an
+    Origin check, each logged with who did it.  With ``token``, every
+    request must carry it (``Authorization: Bearer``, or the cookie the
+    login form sets).  ``redact`` gets each job's JSON (as ``show --json``
+    gives it) before it is shown, and may blank arguments out."""
+    return _WebApp(queue, allow_actions=allow_actions, token=token, redact=redact)
+
+
+class _WebApp:
+    """The dashboard: it owns the read-only queue pages read through, the
+    queue actions write through (if allowed), the token, and the secret its
+    session and CSRF values are derived from (new for each process)."""
+
+    def __init__(self, queue: Queue, *, allow_actions: bool, token: str | None,
+                 redact: Callable[[dict[str, Any]], dict[str, Any]] | None):
+        secrets = queue._storage.secrets
+        self.reader = Queue(queue.path, read_only=True,
+                            secret=_Keys(secrets) if secrets else None)
+        self.writer = queue if allow_actions else None
+        self.token = token
+        self.redact = redact
+        self._secret = os.urandom(32)
+
+    # -- the WSGI entry --------------------------------------------------------------
+
+    def __call__(self, environ: Mapping[str, Any], start_response: Any) -> list[bytes]:
+        request = _web_request(environ)
+        session = request.cookies.get("litejobs_session", "")
+        fresh = not self._valid_session(session)
+        if fresh:  # the forms of this page already carry its session's CSRF token
+            request.cookies["litejobs_session"] = session = self._new_session()
+        try:
+            response = self._respond(request)
+        except (JobNotFound, ScheduleNotFound) as exc:
+            response = self._error("404 Not Found", str(exc))
+        except (ValueError, TypeError) as exc:
+            response = self._error("400 Bad Request", str(exc))
+        headers = [("Content-Type", response.content_type),
+                   ("Content-Security-Policy", _WEB_CSP), ("X-Content-Type-Options", "nosniff"),
+                   ("Referrer-Policy", "same-origin"), ("Cache-Control", "no-store"),
+                   *response.headers]
+        if fresh:
+            headers.append(("Set-Cookie", f"litejobs_session={session}; Path=/; "
+                                          f"HttpOnly; SameSite=Strict"))
+        start_response(response.status, headers)
+        return [response.body]
+
+    def _respond(self, request: _WebRequest) -> _WebResponse:
+        if request.path == "/static/litejobs.css":
+            return _WebResponse("200 OK", "text/css; charset=utf-8", _WEB_CSS.encode())
+        if request.path == "/static/litejobs.js":
+            return _WebResponse("200 OK", "text/javascript; charset=utf-8", _WEB_JS.encode())
+        if request.path == "/login":
+            return self._login(request)
+        if not self._authorized(request):
+            return _WebResponse("303 See Other", "text/plain", b"log in first",
+                                (("Location", "/login"),))
+        if request.method == "POST":
+            return self._act(request)
+        if request.method not in ("GET", "HEAD"):
+            return self._error("405 Method Not Allowed", "GET or POST")
+        api = request.path.startswith("/api/")
+        path = request.path[4:] if api else request.path
+        data, page = self._read(path, request)
+        if api:
+            return _WebResponse("200 OK", "application/json",
+                                json.dumps(data, default=str, indent=1).encode())
+        return _WebResponse("200 OK", "text/html; charset=utf-8", page.encode())
+
+    # -- who may ---------------------------------------------------------------------
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
+
+    def _new_session(self) -> str:
+        nonce = os.urandom(16).hex()
+        return f"{nonce}.{self._sign('session:' + nonce)}"
+
+    def _valid_session(self, session: str) -> bool:
+        nonce, _, signature = session.partition(".")
+        return bool(nonce) and hmac.compare_digest(signature, self._sign("session:" + nonce))
+
+    def csrf(self, request: _WebRequest) -> str:
+        return self._sign("csrf:" + request.cookies.get("litejobs_session", ""))
+
+    def _authorized(self, request: _WebRequest) -> bool:
+        if self.token is None:
+            return True
+        if request.authorization.startswith("Bearer ") and hmac.compare_digest(
+                request.authorization[7:].encode(), self.token.encode()):
+            return True
+        return hmac.compare_digest(request.cookies.get("litejobs_auth", ""),
+                                   self._sign("auth:" + self.token))
+
+    def _login(self, request: _WebRequest) -> _WebResponse:
+        if request.method == "POST" and self.token is not None and hmac.compare_digest(
+                request.form.get("token", [""])[0].encode(), self.token.encode()):
+            return _WebResponse("303 See Other", "text/plain", b"welcome", (
+                ("Location", "/"), ("Set-Cookie", f"litejobs_auth={self._sign('auth:' + self.token)}"
+                                                   f"; Path=/; HttpOnly; SameSite=Strict")))
+        failed = "<p class=failed>wrong token</p>" if request.method == "POST" else ""
+        body = (f"<h1>litejobs</h1>{failed}<form method=post action=/login>"
+                f"<label>token <input type=password name=token autofocus></label> "
+                f"<button>log in</button></form>")
+        return _WebResponse("200 OK", "text/html; charset=utf-8",
+                            _web_page("log in", "", body, refresh=False).encode())
+
+    def _error(self, status: str, message: str) -> _WebResponse:
+        return _WebResponse(status, "text/html; charset=utf-8", _web_page(
+            status, "", f"<h1>{_e(status)}</h1><p>{_e(message)}</p>", refresh=False).encode())
+
+    # -- reading -----------------------------------------------------------------------
+
+    def _read(self, path: str, request: _WebRequest) -> tuple[Any, str]:
+        q = self.reader
+        if path in ("/", "/overview"):
+            status = _status(q)
+            now = q.now()
+            ended = q._storage.finished_per_minute(now - 3600)
+            return {**status, "last_hour_by_minute": ended}, _web_page(
+                "overview", "/", _web_overview(status, ended))
+        if path == "/jobs":
+            filters = _web_filters(request)
+            jobs = [_job_json(job._row) for job in q.jobs(limit=_WEB_PAGE_SIZE, **filters)]
+            return jobs, _web_page("jobs", "/jobs", _web_jobs(
+                jobs, request, self.csrf(request) if self.writer else None))
+        if path.startswith("/jobs/"):
+            shown = _show(q, _web_id(path[len("/jobs/"):]))
+            if self.redact is not None:
+                shown = self.redact(shown)
+            tree = _web_tree(q, q.get(shown["id"]))
+            return {**shown, "tree": tree}, _web_page(f"job {shown['id']}", "/jobs", _web_job(
+                shown, tree, self.csrf(request) if self.writer else None))
+        if path == "/pools":
+            moment = datetime.datetime.now(datetime.timezone.utc)
+            pools = [_pool_json(pool, moment) for pool in q.workers()]
+            return pools, _web_page("pools", "/pools", _web_pools(pools))
+        if path == "/schedules":
+            found = {"schedules": [schedule.as_dict() for schedule in q.schedules()],
+                     "quotas": q.quotas(), "rates": q.rates(),
+                     "paused": {name: None if until is None else _format_time(until.timestamp())
+                                for name, until in q.paused().items()},
+                     "running": [{"id": job_id, "quotas": names, "lease_owner": owner}
+                                 for job_id, names, owner in q._storage.quota_holders()]}
+            return found, _web_page("schedules and quotas", "/schedules", _web_schedules(
+                found, self.csrf(request) if self.writer else None))
+        raise JobNotFound(f"no page {path}")
+
+    # -- acting ------------------------------------------------------------------------
+
+    def _act(self, request: _WebRequest) -> _WebResponse:
+        if self.writer is None:
+            return self._error("403 Forbidden", "this dashboard is read-only: start it with "
+                                                "--allow-actions to act on jobs")
+        expected = f"//{request.host}"
+        if request.origin is not None and not request.origin.endswith(expected):
+            return self._error("403 Forbidden", "the request comes from another site")
+        if not hmac.compare_digest(request.form.get("csrf", [""])[0], self.csrf(request)):
+            return self._error("403 Forbidden", "the form's CSRF token is missing or wrong: "
+                                                "reload the page and try again")
+        action = request.form.get("action", [""])[0]
+        if action not in _WEB_ACTIONS:
+            return self._error("400 Bad Request", f"unknown action {action!r}")
+        ids: list[int] = []
+        if action in ("retry", "cancel", "purge"):
+            ids = _web_targets(self.reader, request)
+            matching = request.form.get("scope", [""])[0] == "matching"
+            if (matching or (action != "retry" and len(ids) > 1)) and \
+                    request.form.get("confirm", [""])[0] != "yes":
+                return _WebResponse("200 OK", "text/html; charset=utf-8", _web_page(
+                    "confirm", "/jobs", _web_confirm(action, ids, request),
+                    refresh=False).encode())
+        done = _web_action(self.writer, action, request.form, ids)
+        who = "token" if self.token else "no token"
+        _log.warning("web: %s from %s (%s): %s", action, request.remote, who, done)
+        back = request.form.get("back", ["/"])[0]
+        if not back.startswith("/") or back.startswith("//"):
+            back = "/"
+        return _WebResponse("303 See Other", "text/plain", done.encode(), (("Location", back),))
+
+
+def _web_id(text: str) -> int:
+    if not text.isdigit():
+        raise JobNotFound(f"no job {text!r}")
+    return int(text)
+
+
+def _web_filters(request: _WebRequest) -> dict[str, Any]:
+    """The jobs list's filters from the query string, for `Queue.jobs`."""
+    def one(name: str) -> str | None:
+        value = request.query.get(name, [""])[0].strip()
+        return value or None
+    since = one("since")
+    return {"status": one("status"), "queue": one("queue"), "name": one("name"),
+            "since": None if since is None else _moment(since),
+            "below_id": None if one("below") is None else _web_id(str(one("below")))}
+
+
+def _web_targets(q: Queue, request: _WebRequest) -> list[int]:
+    """The jobs a bulk action acts on: those selected, or (scope=matching)
+    every job the form's filters match, at most `_WEB_BULK_MOST`."""
+    if request.form.get("scope", [""])[0] != "matching":
+        return [_web_id(value) for value in request.form.get("id", [])][:_WEB_BULK_MOST]
+    filters = _web_filters(request._replace(query=request.form))
+    filters.pop("below_id")
+    return [job._require_id() for job in q.jobs(limit=_WEB_BULK_MOST, **filters)]
+
+
+def _web_confirm(action: str, ids: list[int], request: _WebRequest) -> str:
+    """The page that asks before a bulk action: the same form, confirmed."""
+    fields = "".join(f'<input type=hidden name="{_e(name)}" value="{_e(value)}">'
+                     for name, values in request.form.items() if name != "confirm"
+                     for value in values)
+    shown = ", ".join(map(str, ids[:20])) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+    return (f"<h1>{_e(action)} {len(ids)} job{'s' * (len(ids) != 1)}?</h1><p>{shown}</p>"
+            f"<form method=post action=/actions>{fields}<input type=hidden name=confirm "
+            f"value=yes><button>yes, {_e(action)} them</button></form>"
+            f'<p><a href="{_e(request.form.get("back", ["/jobs"])[0])}">no, go back</a></p>')
+
+
+def _web_action(q: Queue, action: str, form: Mapping[str, list[str]], ids: list[int]) -> str:
+    """Do ``action`` from a dashboard form (on ``ids``, for an action on
+    jobs); what was done, in words."""
+    if action in ("pause-queue", "resume-queue"):
+        name = form.get("queue", [""])[0]
+        if action == "pause-queue":
+            q.pause(name)
+            return f"paused queue {name!r}"
+        return f"resumed queue {name!r}" if q.resume(name) else f"{name!r} was not paused"
+    if action.endswith("-schedule"):
+        schedule = q.get_schedule(form.get("schedule", [""])[0])
+        if action == "trigger-schedule":
+            return f"triggered schedule {schedule.name!r}: job {schedule.trigger().id}"
+        (schedule.pause if action == "pause-schedule" else schedule.resume)()
+        return f"{action.split('-')[0]}d schedule {schedule.name!r}"
+    if not ids:
+        raise ValueError("no job to act on: select at least one")
+    done = []
+    for job_id in ids:
+        job = q.get(job_id)
+        if action == "retry":
+            done.append(f"{job_id}: {job.retry()}")
+        elif action == "cancel":
+            done.append(f"{job_id}: {'cancelled' if job.cancel() else 'had ended'}")
+        else:
+            done.append(f"{job_id}: {q._storage.delete_ended(job_id)}")
+    return f"{action} " + ", ".join(done)
+
+
+def _web_page(title: str, here: str, body: str, *, refresh: bool = True) -> str:
+    links = "".join(f'<a href="{href}"{" class=here" if href == here else ""}>{name}</a>'
+                    for href, name in (("/", "overview"), ("/jobs", "jobs"), ("/pools", "pools"),
+                                       ("/schedules", "schedules and quotas")))
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{_e(title)} · "
+            f"litejobs</title><link rel=stylesheet href=/static/litejobs.css></head><body>"
+            f"<nav>{links}</nav><main data-refresh={'yes' if refresh else 'no'}>{body}</main>"
+            f"<script src=/static/litejobs.js></script></body></html>")
+
+
+def _web_status(status: str | None) -> str:
+    return f'<span class="{_e(status)}">{_e(status)}</span>'
+
+
+def _web_overview(status: Mapping[str, Any], ended: list[tuple[int, str, int]]) -> str:
+    statuses = list(STATUSES)
+    rows = "".join(
+        f"<tr><td>{_e(queue)}</td>" + "".join(
+            f'<td><a href="/jobs?queue={_e(urllib.parse.quote(queue))}&amp;status={s}">'
+            f"{counts.get(s, 0)}</a></td>" for s in statuses) + "</tr>"
+        for queue, counts in sorted(status["counts"].items()))
+    totals = "".join(f"<td><b>{status['totals'][s]}</b></td>" for s in statuses)
+    oldest = status["oldest_pending"]
+    due = "none" if oldest is None else (
+        f'<a href="/jobs/{oldest["id"]}">job {oldest["id"]}</a> ({_e(oldest["name"])}), due '
+        f"{_e(_format_duration(max(0.0, oldest['age'])))} ago")
+    failed = sum(count for _, s, count in ended if s == FAILED)
+    alive = sum(1 for pool in status["workers"] if pool["alive"])
+    return (f"<h1>{_e(status['database'])}</h1><table><tr><th>queue</th>"
+            + "".join(f"<th>{s}</th>" for s in statuses) + f"</tr>{rows}<tr><td>all</td>{totals}"
+            f"</tr></table><p>oldest due job: {due}</p>"
+            f"<p>ended in the last hour: {sum(c for _, _, c in ended)}, of which "
+            f"<a href=\"/jobs?status=failed\">{failed} failed</a>; pools alive: {alive} of "
+            f"{len(status['workers'])}</p>{_web_chart(ended)}")
+
+
+def _web_chart(ended: list[tuple[int, str, int]]) -> str:
+    """Ends by minute over the last hour, as inline SVG bars (failed in red)."""
+    per = [[0, 0] for _ in range(61)]
+    for minute, status, count in ended:
+        if 0 <= minute <= 60:
+            per[minute][status == FAILED] += count
+    top = max(1, max(done + failed for done, failed in per))
+    bars = []
+    for index, (done, failed) in enumerate(per):
+        height, red = 100 * (done + failed) / top, 100 * failed / top
+        bars.append(f'<rect x="{index * 8}" y="{100 - height:.1f}" width="7" '
+                    f'height="{height - red:.1f}" fill="#66bb6a"><title>{done} ended well</title>'
+                    f'</rect><rect x="{index * 8}" y="{100 - red:.1f}" width="7" '
+                    f'height="{red:.1f}" fill="#e53935"><title>{failed} failed</title></rect>')
+    return (f'<figure><svg width="488" height="110" viewBox="0 0 488 110" role="img" '
+            f'aria-label="jobs ended per minute, last hour">{"".join(bars)}</svg>'
+            f"<figcaption class=note>jobs ended per minute over the last hour (most: {top})"
+            f"</figcaption></figure>")
+
+
+def _web_jobs(jobs: list[dict[str, Any]], request: _WebRequest, csrf: str | None) -> str:
+    query = {name: values[0] for name, values in request.query.items()
+             if name in ("status", "queue", "name", "since")}
+    options = "".join(f'<option{" selected" if query.get("status") == s else ""}>{s}</option>'
+                      for s in ("", *STATUSES))
+    filters = (f'<form method=get action=/jobs>status <select name=status>{options}</select> '
+               f'queue <input name=queue value="{_e(query.get("queue", ""))}" size=10> '
+               f'callable <input name=name value="{_e(query.get("name", ""))}" size=20> '
+               f'since <input name=since value="{_e(query.get("since", ""))}" size=10 '
+               f'placeholder="1h or ISO"> <button>filter</button></form>')
+    rows = "".join(
+        f"<tr>{'<td><input type=checkbox name=id value=' + str(job['id']) + '></td>' if csrf else ''}"
+        f'<td><a href="/jobs/{job["id"]}">{job["id"]}</a></td><td>{_web_status(job["status"])}'
+        f"</td><td>{_e(job['name'])}</td><td>{_e(job['queue'])}</td><td>{job['attempts']}</td>"
+        f"<td>{_e(job['created_at'])}</td><td>{_e(job['error_type'] or '')}</td></tr>"
+        for job in jobs)
+    head = ("<tr>" + ("<th></th>" if csrf else "") + "<th>id</th><th>status</th><th>callable"
+            "</th><th>queue</th><th>attempt</th><th>put at</th><th>error</th></tr>")
+    table = f"<table>{head}{rows}</table>" if jobs else "<p>no job matches</p>"
+    more = ""
+    if len(jobs) == _WEB_PAGE_SIZE:
+        following = urllib.parse.urlencode({**query, "below": jobs[-1]["id"]})
+        more = f'<p><a href="/jobs?{_e(following)}" rel=next>older jobs</a></p>'
+    if csrf:
+        buttons = "".join(f"<button name=action value={a}>{a} selected</button>"
+                          for a in ("retry", "cancel", "purge"))
+        hidden = (f'<input type=hidden name=csrf value="{csrf}"><input type=hidden name=back '
+                  f'value="/jobs?{_e(urllib.parse.urlencode(query))}">')
+        table = f"<form method=post action=/actions>{hidden}{table}{buttons}</form>"
+        filters_kept = "".join(f'<input type=hidden name="{name}" value="{_e(value)}">'
+                               for name, value in query.items())
+        table += (f"<form method=post action=/actions>{hidden}{filters_kept}<input type=hidden "
+                  f"name=scope value=matching>every job matching the filter: "
+                  + "".join(f"<button name=action value={a}>{a} all</button>"
+                            for a in ("retry", "cancel", "purge")) + "</form>")
+    return f"<h1>jobs</h1>{filters}{table}{more}"
+
+
+def _web_tree(q: Queue, job: Job) -> dict[str, Any]:
+    """The tree around ``job``: from its topmost parent down, each node with
+    its id, name, role, status and composite, at most `_WEB_TREE_MOST`."""
+    root = job
+    while (parent := root.parent()) is not None:
+        root = parent
+    count = 0
+
+    def node(of: Job) -> dict[str, Any]:
+        nonlocal count
+        count += 1
+        children = of.children() if count < _WEB_TREE_MOST else []
+        return {"id": of.id, "name": of.name, "role": of.role, "status": of.status,
+                "composite": of.composite,
+                "children": [node(child) for child in children if count < _WEB_TREE_MOST]}
+    return node(root)
+
+
+def _web_tree_html(tree: Mapping[str, Any], here: int) -> str:
+    label = (f'<a href="/jobs/{tree["id"]}">{"<b>" if tree["id"] == here else ""}job {tree["id"]}'
+             f'{"</b>" if tree["id"] == here else ""}</a> {_web_status(tree["status"])} '
+             f"{_e(tree['name'])}" + (f" <i>{_e(tree['role'])}</i>" if tree["role"] else "")
+             + (f" ({_e(str(tree['composite']).partition('_')[0])})" if tree["composite"] else ""))
+    inner = "".join(_web_tree_html(child, here) for child in tree["children"])
+    return f"<li>{label}" + (f"<ul class=tree>{inner}</ul>" if inner else "") + "</li>"
+
+
+def _web_job(shown: Mapping[str, Any], tree: Mapping[str, Any], csrf: str | None) -> str:
+    fields = [("status", _web_status(shown["status"])), ("call", f"<code>{_e(shown['call'])}</code>"),
+              ("queue", _e(shown["queue"])), ("attempt", f"{shown['attempts']} of "
+                                                         f"{shown['max_attempts']}"),
+              ("put at", _e(shown["created_at"])), ("due at", _e(shown["begin_after"])),
+              ("started at", _e(shown["started_at"])), ("ended at", _e(shown["finished_at"])),
+              ("ran by", _e(shown["ran_by"])), ("lease", _e(shown["lease_owner"] and
+                                                            f"{shown['lease_owner']} until "
+                                                            f"{shown['lease_expires']}")),
+              ("result", f"<code>{_e(shown['result'])}</code>" if shown["result"] else ""),
+              ("meta", f"<code>{_e(json.dumps(shown['meta']))}</code>" if shown["meta"] else "")]
+    if shown["progress"] is not None:
+        fields.append(("progress", f'<progress max=1 value="{shown["progress"]}"></progress> '
+                                   f"{_e(shown['progress_message'] or '')}"))
+    table = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in fields if value)
+    history = "".join(f"<li>{_e(entry.get('at'))}: {_e(entry.get('event'))} "
+                      f"{_e(entry.get('error') or '')}</li>" for entry in shown["history"])
+    error = f"<h2>error</h2><pre>{_e(shown['error'])}</pre>" if shown["error"] else ""
+    actions = ""
+    if csrf:
+        actions = "".join(
+            f'<form method=post action=/actions class=inline><input type=hidden name=csrf '
+            f'value="{csrf}"><input type=hidden name=id value={shown["id"]}><input type=hidden '
+            f'name=back value="/jobs/{shown["id"]}"><button name=action value={a}>{a}</button>'
+            f"</form>" for a in ("retry", "cancel"))
+    return (f"<h1>job {shown['id']} {_web_status(shown['status'])}</h1>{actions}"
+            f"<table>{table}</table>{error}"
+            + (f"<h2>history</h2><ul>{history}</ul>" if history else "")
+            + f"<h2>tree</h2><ul class=tree>{_web_tree_html(tree, shown['id'])}</ul>")
+
+
+def _web_pools(pools: list[dict[str, Any]]) -> str:
+    if not pools:
+        return "<h1>pools</h1><p>no pool has run on this database</p>"
+    rows = "".join(
+        f"<tr><td>{_e(pool['id'])}</td><td>{_e(pool['state'])}</td><td>{_e(pool['host'])}</td>"
+        f"<td>{pool['pid']}</td><td>{pool['processes']}</td>"
+        f"<td>{_e(', '.join(pool['queues']) if pool['queues'] else 'all')}</td>"
+        f"<td>{_e(_format_duration(max(0.0, pool['heartbeat_age'])))} ago</td>"
+        f"<td>{pool['jobs']}</td><td>{_e(pool['stop_reason'] or '')}</td></tr>" for pool in pools)
+    return ("<h1>pools</h1><table><tr><th>id</th><th>state</th><th>host</th><th>pid</th>"
+            "<th>processes</th><th>queues</th><th>heartbeat</th><th>jobs running</th>"
+            f"<th>stopped because</th></tr>{rows}</table>")
+
+
+def _web_button(csrf: str | None, action: str, field: str, value: str, label: str) -> str:
+    if not csrf:
+        return ""
+    return (f'<form method=post action=/actions class=inline><input type=hidden name=csrf '
+            f'value="{csrf}"><input type=hidden name={field} value="{_e(value)}"><input '
+            f"type=hidden name=back value=/schedules><button name=action value={action}>"
+            f"{label}</button></form>")
+
+
+def _web_schedules(found: Mapping[str, Any], csrf: str | None) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(s['name'])}</td><td><code>{_e(s['cron'])}</code> {_e(s['tz'])}</td>"
+        f"<td>{_e(s['job'])}</td><td>{'paused' if s['paused'] else _e(s['next_tick'])}</td>"
+        f"<td>{_e(s['last_tick'] or 'never')}"
+        + (f' (<a href="/jobs/{s["last_job_id"]}">job {s["last_job_id"]}</a>)'
+           if s["last_job_id"] else "") + "</td><td>"
+        + _web_button(csrf, "resume-schedule" if s["paused"] else "pause-schedule", "schedule",
+                      s["name"], "resume" if s["paused"] else "pause")
+        + _web_button(csrf, "trigger-schedule", "schedule", s["name"], "trigger") + "</td></tr>"
+        for s in found["schedules"])
+    use: collections.Counter[str] = collections.Counter(
+        name for held in found["running"] for name in held["quotas"])
+    quotas = "".join(
+        f"<tr><td>{_e(name)}</td><td>{most}</td><td>"
+        f"{sum(n for held, n in use.items() if fnmatch.fnmatchcase(held, name))}</td></tr>"
+        for name, most in found["quotas"].items())
+    rates = "".join(f"<tr><td>{_e(name)}</td><td>{count} per {per:g}s</td></tr>"
+                    for name, (count, per) in found["rates"].items())
+    paused = "".join(f"<li>{_e(name)}: until {_e(until or 'resumed')} "
+                     + _web_button(csrf, "resume-queue", "queue", name, "resume") + "</li>"
+                     for name, until in found["paused"].items())
+    return ("<h1>schedules</h1>" + (
+        "<table><tr><th>name</th><th>cron</th><th>job</th><th>next tick</th><th>last tick</th>"
+        f"<th></th></tr>{rows}</table>" if rows else "<p>no schedule</p>")
+        + "<h2>quotas</h2>" + (f"<table><tr><th>name</th><th>limit</th><th>running</th></tr>"
+                               f"{quotas}</table>" if quotas else "<p>no limit set</p>")
+        + (f"<h2>rates</h2><table>{rates}</table>" if rates else "")
+        + "<h2>paused queues</h2>" + (f"<ul>{paused}</ul>" if paused else "<p>none</p>"))
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _command_web(args: argparse.Namespace) -> int:
+    """serve the web dashboard
+
+    Serve the dashboard of DATABASE on http://HOST:PORT (default 127.0.0.1:8181):
+    overview, jobs, a job with its tree, pools, schedules and quotas, and the same
+    as JSON under /api/.  Read-only unless --allow-actions.  Another address than
+    the loopback is refused unless a token is set (--token-file, or the
+    LITEJOBS_WEB_TOKEN environment variable): every request must then carry it.
+    """
+    token = os.environ.get("LITEJOBS_WEB_TOKEN") or None
+    if args.token_file:
+        with open(args.token_file, encoding="utf-8") as handle:
+            token = handle.read().strip() or None
+    if not _loopback(args.host) and token is None:
+        raise _UsageError(f"--host {args.host} would serve the dashboard beyond this machine "
+                          f"without a token: give --token-file, or set LITEJOBS_WEB_TOKEN")
+    import wsgiref.simple_server
+    import socketserver
+
+    class Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+        daemon_threads = True
+
+    class Quiet(wsgiref.simple_server.WSGIRequestHandler):
+        def log_message(self, format: str, *values: Any) -> None:
+            _log.debug("web: " + format, *values)
+
+    queue = Queue(args.database, read_only=not args.allow_actions, create=False)
+    app = web_app(queue, allow_actions=args.allow_actions, token=token)
+    with wsgiref.simple_server.make_server(args.host, args.port, app, server_class=Server,
+                                           handler_class=Quiet) as server:
+        print(f"litejobs dashboard of {queue.path} on http://{args.host}:{server.server_port}/"
+              f"{' (actions allowed)' if args.allow_actions else ' (read-only)'}", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 def _database_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("database", metavar="DATABASE", help="the litejobs database file")
 
@@ -12141,6 +12784,17 @@ def _add_watch_command(commands: Any) -> None:
                        default=1.0,
                        metavar="DURATION", help="how often to look (default 1s)")
 
+def _add_web_command(commands: Any) -> None:
+    web = _subcommand(commands, "web", _command_web, json=False)
+    web.add_argument("--host", default="127.0.0.1", help="the address to listen on "
+                     "(default 127.0.0.1; another needs a token)")
+    web.add_argument("--port", type=int, default=8181, help="the port (default 8181; 0: any)")
+    web.add_argument("--allow-actions", action="store_true",
+                     help="show buttons that retry, cancel, purge, pause and trigger")
+    web.add_argument("--token-file", metavar="FILE",
+                     help="a file holding the token every request must carry")
+
+
 def _add_explain_command(commands: Any) -> None:
     explain = _subcommand(commands, "explain", _command_explain)
     explain.add_argument("id", type=_positive_count, metavar="ID", help="the job")
@@ -12181,6 +12835,7 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_schedule_commands,
     _add_pause_commands,
     _add_explain_command,
+    _add_web_command,
 )
 
 

@@ -158,12 +158,17 @@ def drained(url: str, jobs: list[litejobs.Job], started: float) -> float:
 
 
 def pool_drain(server: postgres_server.Server, folder: str, processes: int,
-               count: int) -> float:
-    """Jobs a second a ``python -m litejobs worker`` drains, put all at once."""
+               count: int, quota: int | None = None) -> float:
+    """Jobs a second a ``python -m litejobs worker`` drains, put all at once;
+    with ``quota``, each job names a quota limited to that many running."""
     url = server.new_database()
-    pool = Pool(url, processes, log_path=os.path.join(folder, f"pg-drain-{processes}.log"))
+    pool = Pool(url, processes,
+                log_path=os.path.join(folder, f"pg-drain-{processes}-{quota}.log"))
     try:
-        jobs = pool.queue.put_many(["jobs:noop"] * count)
+        if quota is not None:
+            pool.queue.set_quota("bench", quota)
+        jobs = pool.queue.put_many(["jobs:noop"] * count,
+                                   quotas=None if quota is None else ["bench"])
         return drained(url, jobs, time.perf_counter())
     finally:
         pool.close()
@@ -352,6 +357,9 @@ def run_all(quick: bool, peers: bool, folder: str,
             row(f"PostgreSQL: pool drain, {processes} process{'es' * (processes > 1)} "
                 f"({pool_jobs:,})", drains[processes],
                 "raw claim+complete, 64 a transaction, 2 processes", raw_64)
+        row(f"PostgreSQL: pool drain, 2 processes, jobs naming a quota of 1,000 running "
+            f"({pool_jobs:,})", pool_drain(server, folder, 2, pool_jobs, quota=1000),
+            "pool drain, 2 processes, no quota set", drains[2])
         rows.append(("PostgreSQL: pool drain, 2 processes, target", f"{drains[2]:,.0f}/s",
                      f"40% of raw 64 a transaction {0.4 * raw_64:,.0f}/s",
                      f"{drains[2] / (0.4 * raw_64):.0%}"))

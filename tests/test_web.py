@@ -1,0 +1,248 @@
+"""The web dashboard (`litejobs.web_app`, ``python -m litejobs web``): its
+pages in a real browser (headless Chromium driven by Playwright), its JSON
+API, and its defences: read-only unless told, POST actions with a CSRF token
+and an Origin check, a token for anything beyond the loopback, a strict
+Content-Security-Policy, and everything escaped."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socketserver
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+import wsgiref.simple_server
+
+import pytest
+
+import litejobs
+import sample_jobs
+from hostile_jobs import cli_env
+from litejobs import COMPLETED, FAILED, PENDING, Job, parallel
+from waiting import WAIT
+
+BROWSER = shutil.which("chromium") or shutil.which("chromium-browser")
+HOW_TO_GET_A_BROWSER = ("install the distribution's chromium package and playwright "
+                        "(python -m pip install -e '.[test]'); .ci/run does both")
+
+
+class _Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
+    daemon_threads = True
+
+
+class _Quiet(wsgiref.simple_server.WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def served(queue, **options):
+    """The dashboard of ``queue`` on a free port of 127.0.0.1; its base URL."""
+    server = wsgiref.simple_server.make_server("127.0.0.1", 0,
+                                               litejobs.web_app(queue, **options),
+                                               server_class=_Server, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium, the distribution's, through Playwright."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason=HOW_TO_GET_A_BROWSER)
+    if BROWSER is None:
+        pytest.skip(f"no chromium on PATH: {HOW_TO_GET_A_BROWSER}")
+    with sync_api.sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=BROWSER,
+                                              args=["--no-sandbox", "--disable-gpu"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def filled(tmp_path):
+    """A queue with 120 completed jobs, a failed one, and a parallel of two
+    parts with a postprocess, all run."""
+    q = litejobs.Queue(tmp_path / "web.db")
+    q.put_many([Job(sample_jobs.add, n, 1) for n in range(120)])
+    failed = q.put(Job(sample_jobs.fail, "no <b>bold</b> here"))
+    root = q.put(parallel(Job(sample_jobs.add, 1, 1), Job(sample_jobs.add, 2, 2),
+                          postprocess=Job(sample_jobs.pool_sum_parts)))
+    q.run_pending()
+    yield q, failed, root
+    q.close()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the test reads the redirect itself
+
+
+def get(url, **headers):
+    """GET ``url`` without following redirects: (status, headers, body)."""
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(request, timeout=WAIT) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+# -- in a browser ------------------------------------------------------------------------
+
+
+def test_the_overview_shows_the_counts_of_each_queue_and_status(filled, page):
+    q, _, _ = filled
+    with served(q) as url:
+        page.goto(url + "/")
+        cells = page.locator("table").first.locator("tr").filter(has_text="default")
+        counts = cells.locator("td").all_inner_texts()
+    expected = q.counts()
+    assert counts[0] == "default"
+    assert counts[1:] == [str(expected[status]) for status in litejobs.STATUSES]
+    assert expected[COMPLETED] == 123 and expected[FAILED] == 1
+
+
+def test_the_jobs_list_filters_and_pages_through_older_jobs(filled, page):
+    q, _, _ = filled
+    with served(q) as url:
+        page.goto(url + "/jobs")
+        page.select_option("select[name=status]", "completed")
+        page.click("text=filter")
+        first = page.locator("td a[href^='/jobs/']").all_inner_texts()
+        page.click("text=older jobs")
+        second = page.locator("td a[href^='/jobs/']").all_inner_texts()
+    assert len(first) == 50 and len(second) == 50
+    ids = [int(text) for text in first + second]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 100
+    assert all(q.get(job_id).status == COMPLETED for job_id in ids)
+
+
+def test_a_failed_jobs_page_shows_its_traceback_escaped(filled, page):
+    q, failed, _ = filled
+    with served(q) as url:
+        page.goto(f"{url}/jobs/{failed.id}")
+        error = page.locator("pre").inner_text()
+        bold = page.locator("pre b").count()
+    assert "Traceback (most recent call last)" in error
+    assert "ValueError: no <b>bold</b> here" in error  # shown as text, not as markup
+    assert bold == 0
+
+
+def test_retry_from_the_page_puts_the_job_back_in_the_database(filled, page):
+    q, failed, _ = filled
+    with served(q, allow_actions=True) as url:
+        page.goto(f"{url}/jobs/{failed.id}")
+        with page.expect_navigation():
+            page.click("button[value=retry]")
+        shown = page.locator("h1").inner_text()
+    assert failed.refresh().status == PENDING and "pending" in shown
+
+
+def test_a_composites_tree_shows_its_parts_and_postprocess(filled, page):
+    q, _, root = filled
+    part = root.children()[0]
+    with served(q) as url:
+        page.goto(f"{url}/jobs/{part.id}")
+        items = page.locator("ul.tree li").all_inner_texts()
+    tree = items[0]
+    assert f"job {root.id} completed sample_jobs:pool_sum_parts (parallel)" in tree
+    for child in root.children():
+        assert f"job {child.id} completed sample_jobs:add part" in tree
+    assert items[1:] == [line for line in tree.splitlines()[1:]]  # the parts, under the root
+
+
+def test_a_bulk_action_on_everything_matching_asks_first_then_acts(filled, page):
+    q, _, _ = filled
+    more = [q.put(Job(sample_jobs.fail, f"again {n}")) for n in range(3)]
+    q.run_pending()
+    failed = [job.id for job in q.jobs(status=FAILED, limit=None)]
+    assert len(failed) == 4
+    with served(q, allow_actions=True) as url:
+        page.goto(url + "/jobs?status=failed")
+        with page.expect_navigation():
+            page.click("button:text('purge all')")
+        question = page.locator("h1").inner_text()
+        assert q.counts()[FAILED] == 4  # nothing done yet
+        with page.expect_navigation():
+            page.click("text=yes, purge them")
+    assert question == "purge 4 jobs?"
+    assert q.counts()[FAILED] == 0 and q.counts()[COMPLETED] == 123
+    assert all(job.id in failed for job in more)
+
+
+# -- the defences ------------------------------------------------------------------------
+
+
+def test_an_action_without_the_csrf_token_or_from_another_site_is_refused(filled):
+    q, failed, _ = filled
+    with served(q, allow_actions=True) as url:
+        status, headers, _ = get(url + "/jobs")
+        session = headers["Set-Cookie"].split(";")[0]
+        body = f"action=retry&id={failed.id}".encode()
+        for extra in ({}, {"Origin": "https://evil.example"}):
+            request = urllib.request.Request(url + "/actions", data=body, headers={
+                "Cookie": session, **extra})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=WAIT)
+            assert refused.value.code == 403
+    assert failed.refresh().status == FAILED
+
+
+def test_a_read_only_dashboard_refuses_every_action(filled):
+    q, failed, _ = filled
+    with served(q) as url:
+        request = urllib.request.Request(url + "/actions", data=b"action=retry&id=1")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=WAIT)
+    assert refused.value.code == 403 and "read-only" in refused.value.read().decode()
+    assert failed.refresh().status == FAILED
+
+
+def test_with_a_token_every_request_must_carry_it(filled):
+    q, _, _ = filled
+    with served(q, token="s3cret-token") as url:
+        status, headers, _ = get(url + "/api/overview")
+        assert status == 303 and headers["Location"] == "/login"
+        status, _, body = get(url + "/api/overview", Authorization="Bearer wrong")
+        assert status == 303
+        status, _, body = get(url + "/api/overview", Authorization="Bearer s3cret-token")
+        assert status == 200 and json.loads(body)["totals"][COMPLETED] == 123
+
+
+def test_a_bind_beyond_the_loopback_without_a_token_is_refused(filled):
+    q, _, _ = filled
+    done = subprocess.run([sys.executable, "-m", "litejobs", "web", q.path, "--host", "0.0.0.0"],
+                          capture_output=True, text=True, env=cli_env(), timeout=WAIT)
+    assert done.returncode == 2 and "without a token" in done.stderr
+
+
+def test_pages_carry_a_strict_policy_and_the_api_matches_the_cli(filled):
+    q, _, root = filled
+    with served(q) as url:
+        _, headers, _ = get(url + "/")
+        _, _, api = get(url + "/api/overview")
+        _, _, shown = get(f"{url}/api/jobs/{root.id}")
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert "default-src 'none'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    cli = subprocess.run([sys.executable, "-m", "litejobs", "status", q.path, "--json"],
+                         capture_output=True, text=True, env=cli_env(), timeout=WAIT)
+    assert json.loads(api)["counts"] == json.loads(cli.stdout)["counts"]
+    assert [child["id"] for child in json.loads(shown)["tree"]["children"]] == [
+        child.id for child in root.children()]
