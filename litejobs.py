@@ -3262,7 +3262,10 @@ class _Connections:
         # A connection per thread, of this process only: one inherited across
         # fork() is never used or closed (see `_forget_inherited_connections`).
         self._pid = os.getpid()
-        self._connections: dict[int, Any] = {}
+        # Keyed by the thread itself, not its ident: an ident is reused by a
+        # thread started after another ended, which must not be handed the
+        # ended one's connection while a prune closes it.
+        self._connections: dict[threading.Thread, Any] = {}
         self._writing: dict[int, bool] = {}  # threads inside write(): atomic_steps
         self._lock = threading.Lock()
         # Whether the last claim found quota limits set: the next claims
@@ -3274,10 +3277,10 @@ class _Connections:
         """Keep ``conn`` as the calling thread's, closing those of threads
         that have ended."""
         with self._lock:
-            alive = {thread.ident for thread in threading.enumerate()}
-            for ident in [ident for ident in self._connections if ident not in alive]:
-                self._close_quietly(self._connections.pop(ident))
-            self._connections[threading.get_ident()] = conn
+            alive = set(threading.enumerate())
+            for thread in [thread for thread in self._connections if thread not in alive]:
+                self._close_quietly(self._connections.pop(thread))
+            self._connections[threading.current_thread()] = conn
 
     def _forget_inherited_connections(self) -> None:
         # Closing an inherited connection would end the parent's use of it
@@ -3308,7 +3311,7 @@ class _Connections:
         if self._pid != os.getpid():
             return
         with self._lock:
-            conn = self._connections.pop(threading.get_ident(), None)
+            conn = self._connections.pop(threading.current_thread(), None)
         if conn is not None:
             self._close_quietly(conn)
 
@@ -3505,7 +3508,7 @@ class _SQLiteConnections(_Connections):
         except BaseException:
             conn.close()
             raise
-        self._connections[threading.get_ident()] = conn
+        self._connections[threading.current_thread()] = conn
         if version < _SCHEMA_VERSION:
             self._migrate(conn)
 
@@ -3599,9 +3602,8 @@ class _SQLiteConnections(_Connections):
     def _connection(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
             self._forget_inherited_connections()
-        conn = self._connections.get(threading.get_ident())
+        conn = self._connections.get(threading.current_thread())  # (registers a foreign thread)
         if conn is None:
-            threading.current_thread()  # registers a foreign thread, so pruning sees it
             conn = self._open()
             self._register(conn)
         return conn
@@ -3674,7 +3676,7 @@ class _SQLiteConnections(_Connections):
         connections opened later, and this thread's (call it before other
         threads use the storage)."""
         self.busy_timeout = seconds
-        conn = self._connections.get(threading.get_ident())
+        conn = self._connections.get(threading.current_thread())
         if conn is not None and self._pid == os.getpid():
             conn.execute(f"PRAGMA busy_timeout = {int(seconds * 1000)}")
 
@@ -5570,14 +5572,13 @@ class _PostgresConnections(_Connections):
     def _connection(self) -> _PostgresConnection:
         if self._pid != os.getpid():
             self._forget_inherited_connections()
-        thread = threading.get_ident()
+        thread = threading.current_thread()  # (registers a foreign thread)
         conn = self._connections.get(thread)
         if conn is not None and (conn.raw.closed or conn.raw.broken) \
-                and thread not in self._writing:
+                and threading.get_ident() not in self._writing:
             self._connections.pop(thread, None)
             conn = None
         if conn is None:
-            threading.current_thread()  # registers a foreign thread, so pruning sees it
             conn = _PostgresConnection(
                 self._connect(), self._psycopg, self._connect, self._begin_sql(),
                 lone_prepared=self.listen and self.durable and not self.read_only)
@@ -5802,7 +5803,7 @@ class _PostgresConnections(_Connections):
 
     def wait_for_locks(self, seconds: float) -> None:
         self.busy_timeout = seconds
-        conn = self._connections.get(threading.get_ident())
+        conn = self._connections.get(threading.current_thread())
         if conn is not None and self._pid == os.getpid():
             conn.begin = self._begin_sql()
             if self.listen and not conn.in_transaction:
@@ -12024,6 +12025,7 @@ def _command_watch(args: argparse.Namespace) -> int:
 _WEB_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 _WEB_PAGE_SIZE = 50  # jobs on a page of the jobs list
+_WEB_THREADS = 8  # threads serving requests, each with its connection
 _WEB_TREE_MOST = 500  # jobs drawn in a composite's tree, at most
 _WEB_BULK_MOST = 10_000  # jobs a bulk action on "everything matching" acts on, at most
 _WEB_ACTIONS = ("retry", "cancel", "purge", "pause-queue", "resume-queue",
@@ -12557,6 +12559,44 @@ def _web_schedules(found: Mapping[str, Any], csrf: str | None) -> str:
         + "<h2>paused queues</h2>" + (f"<ul>{paused}</ul>" if paused else "<p>none</p>"))
 
 
+def _web_server(host: str, port: int, app: Any) -> Any:
+    """A WSGI server of the standard library for ``app``, serving requests
+    in a few long-lived threads: each keeps its database connection from
+    one request to the next, where a thread a request would open one each."""
+    import concurrent.futures
+    import wsgiref.simple_server
+
+    class Server(wsgiref.simple_server.WSGIServer):
+        request_queue_size = 128  # many browsers at once: the default of 5 refuses them
+
+        def server_activate(self) -> None:
+            super().server_activate()
+            self.workers = concurrent.futures.ThreadPoolExecutor(
+                _WEB_THREADS, thread_name_prefix="litejobs-web")
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            self.workers.submit(self._serve, request, client_address)
+
+        def _serve(self, request: Any, client_address: Any) -> None:
+            try:
+                self.finish_request(request, client_address)
+            except Exception:  # noqa: BLE001 - as socketserver does: logged, goes on
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+        def server_close(self) -> None:
+            super().server_close()
+            self.workers.shutdown(wait=False, cancel_futures=True)
+
+    class Quiet(wsgiref.simple_server.WSGIRequestHandler):
+        def log_message(self, format: str, *values: Any) -> None:
+            _log.debug("web: " + format, *values)
+
+    return wsgiref.simple_server.make_server(host, port, app, server_class=Server,
+                                             handler_class=Quiet)
+
+
 def _loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
@@ -12577,20 +12617,9 @@ def _command_web(args: argparse.Namespace) -> int:
     if not _loopback(args.host) and token is None:
         raise _UsageError(f"--host {args.host} would serve the dashboard beyond this machine "
                           f"without a token: give --token-file, or set LITEJOBS_WEB_TOKEN")
-    import wsgiref.simple_server
-    import socketserver
-
-    class Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
-        daemon_threads = True
-
-    class Quiet(wsgiref.simple_server.WSGIRequestHandler):
-        def log_message(self, format: str, *values: Any) -> None:
-            _log.debug("web: " + format, *values)
-
     queue = Queue(args.database, read_only=not args.allow_actions, create=False)
     app = web_app(queue, allow_actions=args.allow_actions, token=token)
-    with wsgiref.simple_server.make_server(args.host, args.port, app, server_class=Server,
-                                           handler_class=Quiet) as server:
+    with _web_server(args.host, args.port, app) as server:
         print(f"litejobs dashboard of {queue.path} on http://{args.host}:{server.server_port}/"
               f"{' (actions allowed)' if args.allow_actions else ' (read-only)'}", flush=True)
         try:

@@ -610,3 +610,30 @@ def test_runners_claiming_at_once_never_run_more_than_a_quota_allows(backend):
     assert at_once(q, 4, work) == []
     assert max(seen) <= 2 and max(seen) == 2  # the limit held, and was reached
     assert all(status(q, job.id) == COMPLETED for job in jobs)
+
+
+def test_one_queue_shared_by_many_short_lived_threads_reads_without_error(backend):
+    # A server starting a thread a request: a new thread may get the ident
+    # of one that ended, and must not be handed that one's connection while
+    # a prune closes it (SQLite then crashed the process).
+    q = backend
+    job = q.put(Job(sample_jobs.add, 1, 1))
+    errors = []
+    slots = threading.Semaphore(50)
+
+    def read():
+        with slots:
+            try:
+                assert q.get(job.id).status == PENDING
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(repr(exc))
+
+    threads = []
+    for _ in range(3000):
+        with slots:
+            pass  # at most 50 running at once
+        threads.append(threading.Thread(target=read))
+        threads[-1].start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []

@@ -9,13 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import socketserver
 import subprocess
 import sys
 import threading
 import urllib.error
 import urllib.request
-import wsgiref.simple_server
+from pathlib import Path
 
 import pytest
 
@@ -30,21 +29,10 @@ HOW_TO_GET_A_BROWSER = ("install the distribution's chromium package and playwri
                         "(python -m pip install -e '.[test]'); .ci/run does both")
 
 
-class _Server(socketserver.ThreadingMixIn, wsgiref.simple_server.WSGIServer):
-    daemon_threads = True
-
-
-class _Quiet(wsgiref.simple_server.WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @contextlib.contextmanager
 def served(queue, **options):
     """The dashboard of ``queue`` on a free port of 127.0.0.1; its base URL."""
-    server = wsgiref.simple_server.make_server("127.0.0.1", 0,
-                                               litejobs.web_app(queue, **options),
-                                               server_class=_Server, handler_class=_Quiet)
+    server = litejobs._web_server("127.0.0.1", 0, litejobs.web_app(queue, **options))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -246,3 +234,28 @@ def test_pages_carry_a_strict_policy_and_the_api_matches_the_cli(filled):
     assert json.loads(api)["counts"] == json.loads(cli.stdout)["counts"]
     assert [child["id"] for child in json.loads(shown)["tree"]["children"]] == [
         child.id for child in root.children()]
+
+
+def test_each_page_renders_in_the_browser_in_a_small_screenshot(filled, page, tmp_path):
+    """Screenshots of every page; with LITEJOBS_SCREENSHOTS set to a folder,
+    they are written there too (docs/screenshots, shown in the README)."""
+    import os
+
+    q, failed, root = filled
+    q.schedule("nightly-digest", "30 2 * * *", Job(sample_jobs.my_tick), tz="Europe/Berlin")
+    q.set_quota("customer:*", 1)
+    q.pause("io")
+    pages = {"overview": "/", "jobs": "/jobs", "failed-job": f"/jobs/{failed.id}",
+             "composite": f"/jobs/{root.children()[0].id}", "pools": "/pools",
+             "schedules": "/schedules"}
+    keep = os.environ.get("LITEJOBS_SCREENSHOTS")
+    page.set_viewport_size({"width": 1000, "height": 640})
+    with q.worker(processes=1), served(q, allow_actions=True) as url:
+        for name, path in pages.items():
+            response = page.goto(url + path)
+            assert response.status == 200, path
+            assert page.locator("nav a.here").count() == 1
+            shot = page.screenshot(path=str(tmp_path / f"{name}.png"))
+            assert 5_000 < len(shot) < 200_000, (name, len(shot))
+            if keep:
+                (Path(keep) / f"{name}.png").write_bytes(shot)
