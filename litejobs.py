@@ -12141,6 +12141,8 @@ class _WebApp:
             response = self._error("404 Not Found", str(exc))
         except (ValueError, TypeError) as exc:
             response = self._error("400 Bad Request", str(exc))
+        except DatabaseError as exc:
+            response = self._error("503 Service Unavailable", str(exc))
         headers = [("Content-Type", response.content_type),
                    ("Content-Security-Policy", _WEB_CSP), ("X-Content-Type-Options", "nosniff"),
                    ("Referrer-Policy", "same-origin"), ("Cache-Control", "no-store"),
@@ -12224,7 +12226,8 @@ class _WebApp:
             now = q.now()
             ended = q._storage.finished_per_minute(now - 3600)
             return {**status, "last_hour_by_minute": ended}, _web_page(
-                "overview", "/", _web_overview(status, ended))
+                "overview", "/", _web_overview(status, ended, q.paused(),
+                                               self.csrf(request) if self.writer else None))
         if path == "/jobs":
             filters = _web_filters(request)
             jobs = [_job_json(job._row) for job in q.jobs(limit=_WEB_PAGE_SIZE, **filters)]
@@ -12297,8 +12300,12 @@ def _web_filters(request: _WebRequest) -> dict[str, Any]:
         value = request.query.get(name, [""])[0].strip()
         return value or None
     since = one("since")
+    try:
+        moment = None if since is None else _moment(since)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
     return {"status": one("status"), "queue": one("queue"), "name": one("name"),
-            "since": None if since is None else _moment(since),
+            "since": moment,
             "below_id": None if one("below") is None else _web_id(str(one("below")))}
 
 
@@ -12367,14 +12374,21 @@ def _web_status(status: str | None) -> str:
     return f'<span class="{_e(status)}">{_e(status)}</span>'
 
 
-def _web_overview(status: Mapping[str, Any], ended: list[tuple[int, str, int]]) -> str:
+def _web_overview(status: Mapping[str, Any], ended: list[tuple[int, str, int]],
+                  paused: Mapping[str, Any], csrf: str | None) -> str:
     statuses = list(STATUSES)
+
+    def pause(queue: str) -> str:
+        if queue in paused:
+            return "paused " + _web_button(csrf, "resume-queue", "queue", queue, "resume", "/")
+        return _web_button(csrf, "pause-queue", "queue", queue, "pause", "/")
+
     rows = "".join(
         f"<tr><td>{_e(queue)}</td>" + "".join(
             f'<td><a href="/jobs?queue={_e(urllib.parse.quote(queue))}&amp;status={s}">'
-            f"{counts.get(s, 0)}</a></td>" for s in statuses) + "</tr>"
+            f"{counts.get(s, 0)}</a></td>" for s in statuses) + f"<td>{pause(queue)}</td></tr>"
         for queue, counts in sorted(status["counts"].items()))
-    totals = "".join(f"<td><b>{status['totals'][s]}</b></td>" for s in statuses)
+    totals = "".join(f"<td><b>{status['totals'][s]}</b></td>" for s in statuses) + "<td></td>"
     oldest = status["oldest_pending"]
     due = "none" if oldest is None else (
         f'<a href="/jobs/{oldest["id"]}">job {oldest["id"]}</a> ({_e(oldest["name"])}), due '
@@ -12382,7 +12396,8 @@ def _web_overview(status: Mapping[str, Any], ended: list[tuple[int, str, int]]) 
     failed = sum(count for _, s, count in ended if s == FAILED)
     alive = sum(1 for pool in status["workers"] if pool["alive"])
     return (f"<h1>{_e(status['database'])}</h1><table><tr><th>queue</th>"
-            + "".join(f"<th>{s}</th>" for s in statuses) + f"</tr>{rows}<tr><td>all</td>{totals}"
+            + "".join(f"<th>{s}</th>" for s in statuses) + "<th></th>"
+            + f"</tr>{rows}<tr><td>all</td>{totals}"
             f"</tr></table><p>oldest due job: {due}</p>"
             f"<p>ended in the last hour: {sum(c for _, _, c in ended)}, of which "
             f"<a href=\"/jobs?status=failed\">{failed} failed</a>; pools alive: {alive} of "
@@ -12519,12 +12534,13 @@ def _web_pools(pools: list[dict[str, Any]]) -> str:
             f"<th>stopped because</th></tr>{rows}</table>")
 
 
-def _web_button(csrf: str | None, action: str, field: str, value: str, label: str) -> str:
+def _web_button(csrf: str | None, action: str, field: str, value: str, label: str,
+                back: str = "/schedules") -> str:
     if not csrf:
         return ""
     return (f'<form method=post action=/actions class=inline><input type=hidden name=csrf '
             f'value="{csrf}"><input type=hidden name={field} value="{_e(value)}"><input '
-            f"type=hidden name=back value=/schedules><button name=action value={action}>"
+            f"type=hidden name=back value={back}><button name=action value={action}>"
             f"{label}</button></form>")
 
 

@@ -102,7 +102,7 @@ def test_the_overview_shows_the_counts_of_each_queue_and_status(filled, page):
         counts = cells.locator("td").all_inner_texts()
     expected = q.counts()
     assert counts[0] == "default"
-    assert counts[1:] == [str(expected[status]) for status in litejobs.STATUSES]
+    assert counts[1:7] == [str(expected[status]) for status in litejobs.STATUSES]
     assert expected[COMPLETED] == 123 and expected[FAILED] == 1
 
 
@@ -174,6 +174,18 @@ def test_a_bulk_action_on_everything_matching_asks_first_then_acts(filled, page)
     assert all(job.id in failed for job in more)
 
 
+def test_a_queue_paused_from_the_overview_is_paused_in_the_database(filled, page):
+    q, _, _ = filled
+    with served(q, allow_actions=True) as url:
+        page.goto(url + "/")
+        with page.expect_navigation():
+            page.click("button[value=pause-queue]")
+        assert list(q.paused()) == ["default"]
+        with page.expect_navigation():
+            page.click("button[value=resume-queue]")
+    assert q.paused() == {}
+
+
 # -- the defences ------------------------------------------------------------------------
 
 
@@ -218,6 +230,16 @@ def test_a_bind_beyond_the_loopback_without_a_token_is_refused(filled):
     done = subprocess.run([sys.executable, "-m", "litejobs", "web", q.path, "--host", "0.0.0.0"],
                           capture_output=True, text=True, env=cli_env(), timeout=WAIT)
     assert done.returncode == 2 and "without a token" in done.stderr
+
+
+def test_bad_filters_and_unknown_pages_get_an_answer_not_a_crash(filled):
+    q, _, _ = filled
+    with served(q) as url:
+        assert get(url + "/jobs?since=yesterday-ish")[0] == 400
+        assert get(url + "/jobs?status=finished")[0] == 400
+        assert get(url + "/jobs/12x")[0] == 404 and get(url + "/nowhere")[0] == 404
+        status, _, body = get(url + "/jobs?name=<script>alert(1)</script>")
+    assert status == 200 and "<script>alert" not in body and "&lt;script&gt;" in body
 
 
 def test_pages_carry_a_strict_policy_and_the_api_matches_the_cli(filled):
