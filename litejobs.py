@@ -77,7 +77,6 @@ __all__ = [
     "SignatureError",
     "WAITING",
     "WaitTimeout",
-    "web_app",
     "Worker",
     "current_job",
     "current_queue",
@@ -87,6 +86,7 @@ __all__ = [
     "serial",
     "wait_for_result",
     "wait_for_start",
+    "web_app",
 ]
 
 import argparse

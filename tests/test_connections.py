@@ -62,17 +62,16 @@ def test_opening_a_connection_closes_those_of_ended_threads(q):
     import pytest
 
     opened = []
-    thread = threading.Thread(target=lambda: opened.append(
-        (threading.get_ident(), q._storage._connection())))
+    thread = threading.Thread(target=lambda: opened.append(q._storage._connection()))
     thread.start()
     thread.join(timeout=30)
     assert not thread.is_alive()
-    ended_ident, ended_connection = opened[0]
-    assert q._storage._connections[ended_ident] is ended_connection
+    ended_connection, = opened
+    assert q._storage._connections[thread] is ended_connection  # kept by thread, not ident
 
     q._storage.close_thread_connection()
     q._storage._connection()  # this thread opens a new one, which prunes
 
-    assert ended_ident not in q._storage._connections
+    assert thread not in q._storage._connections
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         ended_connection.execute("SELECT 1")
