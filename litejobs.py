@@ -12299,13 +12299,14 @@ def _web_filters(request: _WebRequest) -> dict[str, Any]:
     def one(name: str) -> str | None:
         value = request.query.get(name, [""])[0].strip()
         return value or None
-    since = one("since")
-    try:
-        moment = None if since is None else _moment(since)
-    except argparse.ArgumentTypeError as exc:
-        raise ValueError(str(exc)) from None
-    return {"status": one("status"), "queue": one("queue"), "name": one("name"),
-            "since": moment,
+    moments = {}
+    for name in ("since", "before"):
+        text = one(name)
+        try:
+            moments[name] = None if text is None else _moment(text)
+        except argparse.ArgumentTypeError as exc:
+            raise ValueError(str(exc)) from None
+    return {"status": one("status"), "queue": one("queue"), "name": one("name"), **moments,
             "below_id": None if one("below") is None else _web_id(str(one("below")))}
 
 
@@ -12426,14 +12427,16 @@ def _web_chart(ended: list[tuple[int, str, int]]) -> str:
 
 def _web_jobs(jobs: list[dict[str, Any]], request: _WebRequest, csrf: str | None) -> str:
     query = {name: values[0] for name, values in request.query.items()
-             if name in ("status", "queue", "name", "since")}
+             if name in ("status", "queue", "name", "since", "before")}
     options = "".join(f'<option{" selected" if query.get("status") == s else ""}>{s}</option>'
                       for s in ("", *STATUSES))
     filters = (f'<form method=get action=/jobs>status <select name=status>{options}</select> '
                f'queue <input name=queue value="{_e(query.get("queue", ""))}" size=10> '
                f'callable <input name=name value="{_e(query.get("name", ""))}" size=20> '
-               f'since <input name=since value="{_e(query.get("since", ""))}" size=10 '
-               f'placeholder="1h or ISO"> <button>filter</button></form>')
+               f'put since <input name=since value="{_e(query.get("since", ""))}" size=10 '
+               f'placeholder="1h or ISO"> before <input name=before '
+               f'value="{_e(query.get("before", ""))}" size=10 placeholder="1h or ISO"> '
+               f"<button>filter</button></form>")
     rows = "".join(
         f"<tr>{'<td><input type=checkbox name=id value=' + str(job['id']) + '></td>' if csrf else ''}"
         f'<td><a href="/jobs/{job["id"]}">{job["id"]}</a></td><td>{_web_status(job["status"])}'

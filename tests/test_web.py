@@ -232,6 +232,28 @@ def test_a_bind_beyond_the_loopback_without_a_token_is_refused(filled):
     assert done.returncode == 2 and "without a token" in done.stderr
 
 
+def test_the_redact_hook_sees_each_jobs_json_before_it_is_shown(filled):
+    q, failed, _ = filled
+
+    def redact(shown):
+        return {**shown, "call": "sample_jobs:fail(<redacted>)", "error": "(redacted)"}
+
+    with served(q, redact=redact) as url:
+        _, _, page = get(f"{url}/jobs/{failed.id}")
+        _, _, api = get(f"{url}/api/jobs/{failed.id}")
+    assert "no &lt;b&gt;bold" not in page and "(redacted)" in page
+    assert "&lt;redacted&gt;" in page
+    assert json.loads(api)["error"] == "(redacted)"
+
+
+def test_the_time_filters_keep_the_jobs_put_in_the_window(filled):
+    q, _, _ = filled
+    with served(q) as url:
+        _, _, recent = get(url + "/api/jobs?since=1h")
+        _, _, older = get(url + "/api/jobs?before=1h")
+    assert len(json.loads(recent)) == 50 and json.loads(older) == []
+
+
 def test_bad_filters_and_unknown_pages_get_an_answer_not_a_crash(filled):
     q, _, _ = filled
     with served(q) as url:
