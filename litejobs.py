@@ -852,6 +852,12 @@ _HISTORY_ENTRY = (
     "json_insert(coalesce(history, '[]'), '$[#]', json_object('at', :now, 'event', {event},"
     " 'attempt', attempts, 'by', ran_by, 'error', :error_line))"
 )
+# The same, keeping the attempt's whole traceback too (``{traceback}``: the
+# parameter or column that holds it), where an attempt ends in an error and
+# the job goes on: the job's error column then holds only the latest.
+_HISTORY_ENTRY_WITH_TRACEBACK = _HISTORY_ENTRY.replace(
+    "'error', :error_line))", "'error', :error_line, 'traceback', {traceback}))")
+assert _HISTORY_ENTRY_WITH_TRACEBACK != _HISTORY_ENTRY
 
 # A job asked to stop (request_stop) that still had to run again ends
 # cancelled instead: it was asked not to go on.
@@ -869,7 +875,9 @@ SET status = CASE WHEN cancel_requested != 0 THEN 'cancelled'
     result_signature = CASE WHEN cancel_requested != 0 THEN NULL ELSE :result_signature END,
     error = :error, error_type = :error_type,
     history = CASE WHEN :status = 'pending' AND NOT {_STOPPING}
-                   THEN {_HISTORY_ENTRY.format(event="'retried'")} ELSE history END,
+                   THEN {_HISTORY_ENTRY_WITH_TRACEBACK.format(event="'retried'",
+                                                              traceback=":error")}
+                   ELSE history END,
     begin_after = coalesce(:begin_after, begin_after),
     finished_at = CASE WHEN {_STOPPING} OR :status != 'pending' THEN :now END,
     lease_owner = NULL, lease_token = NULL, lease_expires = NULL
@@ -1314,7 +1322,8 @@ SELECT count(*) FROM tree WHERE status IN ('pending', 'waiting', 'active')
 # Back to its start, for a retry by hand; what it went through stays in history.
 _REOPEN = f"""
 UPDATE litejobs_jobs
-SET history = {_HISTORY_ENTRY.format(event="'retried by hand'")},
+SET history = {_HISTORY_ENTRY_WITH_TRACEBACK.format(event="'retried by hand'",
+                                                   traceback="error")},
     status = 'waiting', waiting_on = -1, waiting_for = NULL, attempts = 0,
     interruptions = 0, handbacks = 0, not_started = 0, cancel_requested = 0,
     stop_requested = NULL,
@@ -12032,11 +12041,14 @@ _WEB_ACTIONS = ("retry", "cancel", "purge", "pause-queue", "resume-queue",
                 "pause-schedule", "resume-schedule", "trigger-schedule")
 _WEB_CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}
-nav{background:#263238;padding:.5em 1em}nav a{color:#eceff1;margin-right:1.2em;text-decoration:none}
+nav{background:#263238;padding:.5em 1em}
+nav a{color:#eceff1;margin-right:1.2em;text-decoration:none}
 nav a.here{font-weight:bold;border-bottom:2px solid #80cbc4}main{padding:1em 1.5em}
-table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}
+table{border-collapse:collapse;margin:.5em 0 1.2em}
+td,th{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}
 th{background:#eceff1}.pending{color:#1565c0}.active{color:#ef6c00}.completed{color:#2e7d32}
-.failed{color:#c62828}.cancelled{color:#6d4c41}.waiting{color:#6a1b9a}pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow:auto;max-height:30em}
+.failed{color:#c62828}.cancelled{color:#6d4c41}.waiting{color:#6a1b9a}
+pre{background:#fff;border:1px solid #ddd;padding:.6em;overflow:auto;max-height:30em}
 ul.tree{list-style:none;padding-left:1.2em;border-left:1px dotted #999}progress{width:14em}
 form.inline{display:inline}.note{color:#555}button{margin:.1em}
 """
@@ -12507,8 +12519,12 @@ def _web_job(shown: Mapping[str, Any], tree: Mapping[str, Any], csrf: str | None
         fields.append(("progress", f'<progress max=1 value="{shown["progress"]}"></progress> '
                                    f"{_e(shown['progress_message'] or '')}"))
     table = "".join(f"<tr><th>{name}</th><td>{value}</td></tr>" for name, value in fields if value)
-    history = "".join(f"<li>{_e(entry.get('at'))}: {_e(entry.get('event'))} "
-                      f"{_e(entry.get('error') or '')}</li>" for entry in shown["history"])
+    history = "".join(
+        f"<li>{_e(entry.get('at'))}: {_e(entry.get('event'))} (attempt {_e(entry.get('attempt'))})"
+        f" {_e(entry.get('error') or '')}"
+        + (f"<details><summary>its traceback</summary><pre>{_e(entry['traceback'])}</pre>"
+           f"</details>" if entry.get("traceback") else "") + "</li>"
+        for entry in shown["history"])
     error = f"<h2>error</h2><pre>{_e(shown['error'])}</pre>" if shown["error"] else ""
     actions = ""
     if csrf:

@@ -132,6 +132,21 @@ def test_a_failed_jobs_page_shows_its_traceback_escaped(filled, page):
     assert bold == 0
 
 
+def test_a_job_retried_shows_the_traceback_of_every_attempt(tmp_path, page):
+    q = litejobs.Queue(tmp_path / "retries.db")
+    flaky = q.put(Job(sample_jobs.flaky, 2, "ConnectionError"), retry=litejobs.Retry(3, delay=0))
+    q.run_pending()
+    assert flaky.refresh().status == COMPLETED and flaky.attempts == 3
+    with served(q) as url:
+        page.goto(f"{url}/jobs/{flaky.id}")
+        summaries = page.locator("details summary")
+        assert summaries.count() == 2  # the two attempts that failed
+        summaries.first.click()
+        first = page.locator("details pre").first.inner_text()
+    q.close()
+    assert "Traceback (most recent call last)" in first and "ConnectionError" in first
+
+
 def test_retry_from_the_page_puts_the_job_back_in_the_database(filled, page):
     q, failed, _ = filled
     with served(q, allow_actions=True) as url:
