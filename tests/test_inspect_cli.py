@@ -651,9 +651,11 @@ def test_show_history_after_retries(q, db, capsys):
     assert shown["status"] == "pending" and shown["attempts"] == 0
     assert len(shown["history"]) == 2
     for entry in shown["history"]:
-        assert set(entry) == HISTORY_KEYS
+        assert set(entry) == HISTORY_KEYS | {"traceback"}  # a failed attempt keeps its own
         assert (entry["event"], entry["attempt"], entry["error"]) == \
             ("retried by hand", 1, "ValueError: again")
+        assert entry["traceback"].startswith("Traceback (most recent call last)")
+        assert entry["traceback"].rstrip().endswith("ValueError: again")
         assert close_to_now(parse_z(entry["at"]), 60)
     assert shown["history"][0]["by"] == first_runner
     assert parse_z(shown["history"][0]["at"]) <= parse_z(shown["history"][1]["at"])

@@ -318,3 +318,25 @@ def test_each_page_renders_in_the_browser_in_a_small_screenshot(filled, page, tm
             assert 5_000 < len(shot) < 200_000, (name, len(shot))
             if keep:
                 (Path(keep) / f"{name}.png").write_bytes(shot)
+
+
+def test_every_page_and_the_api_serve_a_queue_on_each_backend(each_backend):
+    q = each_backend
+    failed = q.put(Job(sample_jobs.fail, "broken"))
+    root = q.put(parallel(Job(sample_jobs.add, 1, 1), Job(sample_jobs.add, 2, 2)))
+    q.run_pending()
+    q.schedule("hourly", "0 * * * *", Job(sample_jobs.my_tick))
+    q.set_quota("pdf", 2)
+    with served(q, allow_actions=True) as url:
+        for path in ("/", "/jobs", "/jobs?status=failed", f"/jobs/{root.id}", "/pools",
+                     "/schedules"):
+            assert get(url + path)[0] == 200, path
+        _, _, overview = get(url + "/api/overview")
+        _, _, failures = get(url + "/api/jobs?status=failed")
+        _, _, shown = get(f"{url}/api/jobs/{failed.id}")
+        _, _, schedules = get(url + "/api/schedules")
+    assert json.loads(overview)["totals"][FAILED] == 1
+    assert [job["id"] for job in json.loads(failures)] == [failed.id]
+    assert "ValueError: broken" in json.loads(shown)["error"]
+    assert [s["name"] for s in json.loads(schedules)["schedules"]] == ["hourly"]
+    assert json.loads(schedules)["quotas"] == {"pdf": 2}
