@@ -2980,6 +2980,17 @@ class _QuotaLimits:
         return True
 
 
+def _running_limits(rows: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """{pattern: running jobs at most} of the quota rows (`_QUOTAS`) that set one."""
+    return {row["pattern"]: int(row["running"]) for row in rows if row["running"] is not None}
+
+
+def _rate_limits(rows: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, float]]:
+    """{pattern: (claims, per seconds)} of the quota rows that set a rate."""
+    return {row["pattern"]: (int(row["rate"]), float(row["per"]))
+            for row in rows if row["rate"] is not None}
+
+
 # -- what a due schedule fires ------------------------------------------------------
 
 
@@ -7848,13 +7859,11 @@ class Queue:
 
     def quotas(self) -> dict[str, int]:
         """The running limits set: {name or pattern: running jobs at most}."""
-        return {row["pattern"]: int(row["running"]) for row in self._storage.fetch_quotas()
-                if row["running"] is not None}
+        return _running_limits(self._storage.fetch_quotas())
 
     def rates(self) -> dict[str, tuple[int, float]]:
         """The rate limits set: {name or pattern: (claims, per seconds)}."""
-        return {row["pattern"]: (int(row["rate"]), float(row["per"]))
-                for row in self._storage.fetch_quotas() if row["rate"] is not None}
+        return _rate_limits(self._storage.fetch_quotas())
 
     def purge(self, older_than: float | datetime.timedelta | datetime.datetime, *,
               status: str | None = None, batch: int | None = None,
@@ -12257,8 +12266,9 @@ class _WebApp:
             pools = [_pool_json(pool, moment) for pool in q.workers()]
             return pools, _web_page("pools", "/pools", _web_pools(pools))
         if path == "/schedules":
+            limits = q._storage.fetch_quotas()  # one read for both
             found = {"schedules": [schedule.as_dict() for schedule in q.schedules()],
-                     "quotas": q.quotas(), "rates": q.rates(),
+                     "quotas": _running_limits(limits), "rates": _rate_limits(limits),
                      "paused": {name: None if until is None else _format_time(until.timestamp())
                                 for name, until in q.paused().items()},
                      "running": [{"id": job_id, "quotas": names, "lease_owner": owner}
@@ -12672,6 +12682,10 @@ def _ids_argument(parser: argparse.ArgumentParser, nargs: str, help: str) -> Non
     parser.add_argument("ids", type=_positive_count, nargs=nargs, metavar="ID", help=help)
 
 
+def _id_argument(parser: argparse.ArgumentParser, help: str, nargs: str | None = None) -> None:
+    parser.add_argument("id", type=_positive_count, nargs=nargs, metavar="ID", help=help)
+
+
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help="print JSON, with the keys the README documents")
@@ -12784,7 +12798,7 @@ def _add_list_command(commands: Any) -> None:
 
 def _add_show_command(commands: Any) -> None:
     show = _subcommand(commands, "show", _command_show)
-    show.add_argument("id", type=_positive_count, metavar="ID", help="the job's id")
+    _id_argument(show, "the job's id")
 
 
 def _add_retry_command(commands: Any) -> None:
@@ -12842,8 +12856,7 @@ def _add_put_command(commands: Any) -> None:
 
 def _add_watch_command(commands: Any) -> None:
     watch = _subcommand(commands, "watch", _command_watch)
-    watch.add_argument("id", type=_positive_count, nargs="?", metavar="ID",
-                       help="the job to follow (default: the whole database)")
+    _id_argument(watch, "the job to follow (default: the whole database)", nargs="?")
     watch.add_argument("--interval", type=_duration_type(0, above=True, most=3600),
                        default=1.0,
                        metavar="DURATION", help="how often to look (default 1s)")
@@ -12861,7 +12874,7 @@ def _add_web_command(commands: Any) -> None:
 
 def _add_explain_command(commands: Any) -> None:
     explain = _subcommand(commands, "explain", _command_explain)
-    explain.add_argument("id", type=_positive_count, metavar="ID", help="the job")
+    _id_argument(explain, "the job")
 
 
 def _add_pause_commands(commands: Any) -> None:
