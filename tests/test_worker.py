@@ -37,8 +37,8 @@ import pytest
 import litejobs
 import sample_jobs
 from backends import change, outsider, row_of, write_lock_held
-from waiting import (WAIT, child_pids, pid_alive, process_ended, stop_all, wait_for_pid,
-                     wait_until)
+from waiting import (WAIT, assert_finished, child_pids, pid_alive, process_ended, stop_all,
+                     wait_for_pid, wait_until)
 from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, Job
 
 
@@ -171,7 +171,7 @@ def test_many_quick_jobs_all_complete_with_their_results(q, pool):
     assert q.counts() == expected_counts(completed=count)
     assert [job.wait(timeout=5) for job in jobs] == [2 * i for i in range(count)]
     assert all(job.attempts == 1 and job.interruptions == 0 for job in jobs)
-    assert worker.finished == collections.Counter({COMPLETED: count})
+    assert_finished(worker, completed=count)
     assert worker.crashes == []
     assert worker._supervisor.flight.jobs == {}
 
@@ -182,7 +182,7 @@ def test_queue_worker_is_a_started_pool_that_stops_at_exit(q):
         assert worker.path == q.path
         assert q.put(Job(sample_jobs.add, 2, 3)).wait(timeout=WAIT) == 5
     assert not worker.alive
-    assert worker.finished == collections.Counter({COMPLETED: 1})
+    assert_finished(worker, completed=1)
 
 
 # -- 2. two pools on one file -------------------------------------------------------
@@ -380,7 +380,7 @@ def test_a_function_missing_at_run_time_is_left_pending_not_failed(q, pool, tmp_
     assert q.put(Job(sample_jobs.add, 3, 3)).wait(timeout=WAIT) == 6
     assert len(job.refresh().history) == 1 and job.status == PENDING
     assert worker.crashes == []
-    assert worker.finished == collections.Counter({PENDING: 1, COMPLETED: 1})
+    assert_finished(worker, pending=1, completed=1)
 
 
 # -- 8. recycling children ------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def test_max_jobs_per_child_recycles_children(q, pool):
     assert len(pids) >= 4, pids
     assert max(pids.values()) <= 3, pids
     assert worker.crashes == []
-    assert worker.finished == collections.Counter({COMPLETED: 10})
+    assert_finished(worker, completed=10)
 
 
 # -- 9. start methods -----------------------------------------------------------------------------
@@ -475,7 +475,7 @@ def test_a_pool_serves_only_its_queues(q, pool):
     assert other.status == PENDING
     assert other.attempts == 0
     assert q.counts("b") == expected_counts(pending=1)
-    assert worker.finished == collections.Counter({COMPLETED: 3})
+    assert_finished(worker, completed=3)
 
 
 def test_higher_priority_runs_first(q, pool, tmp_path):
@@ -625,7 +625,7 @@ def test_retry_through_the_pool(q, pool):
     assert job.wait(timeout=WAIT) == 3
 
     assert job.attempts == 3 and job.interruptions == 0
-    assert worker.finished == collections.Counter({PENDING: 2, COMPLETED: 1})
+    assert_finished(worker, pending=2, completed=1)
     assert worker.crashes == []
 
 
@@ -894,7 +894,7 @@ def test_an_outcome_that_cannot_be_written_fails_its_job_not_the_batch(q, pool, 
     assert [job.wait(timeout=WAIT) for job in quick] == [i + 1 for i in range(20)]
     assert all(job.attempts == 1 for job in quick)
     assert worker.dropped == 0
-    assert worker.finished == collections.Counter({COMPLETED: warmed + 20, FAILED: 1})
+    assert_finished(worker, completed=warmed + 20, failed=1)
     assert q.counts() == expected_counts(completed=warmed + 20, failed=1)
 
 
@@ -928,7 +928,7 @@ def test_a_busy_lock_while_writing_one_by_one_keeps_good_outcomes_for_later(
     assert calls[good.id] >= 3  # in the batch, alone while busy, then again
     assert (good.attempts, good.interruptions) == (1, 0)
     assert worker.dropped == 0
-    assert worker.finished == collections.Counter({COMPLETED: warmed + 1, FAILED: 1})
+    assert_finished(worker, completed=warmed + 1, failed=1)
 
 
 def test_a_record_that_cannot_be_written_at_all_is_dropped_and_its_job_runs_again(

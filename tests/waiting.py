@@ -1,5 +1,6 @@
 """Waiting in multi-process tests: every wait polls with a bound, never sleeps blind."""
 
+import collections
 import os
 import time
 
@@ -106,3 +107,12 @@ def stop_all(workers):
         if worker.alive:
             problems.append(f"{worker!r} is still alive after stop()")
     assert problems == []
+
+
+def assert_finished(worker, **expected):
+    """Assert the pool's count of outcomes, once it has caught up: a waiter
+    wakes when the outcome commits, a moment before the pool counts it."""
+    wanted = collections.Counter({status.replace("_", " "): n
+                                  for status, n in expected.items()})
+    wait_until(lambda: worker.finished == wanted, WAIT,
+               f"the pool to count {dict(wanted)}", lambda: f"counted {worker.finished}")
