@@ -209,8 +209,9 @@ def test_two_pools_share_one_file_and_run_each_job_exactly_once(q, pool, tmp_pat
     assert len(lines) == count
     ran_in = {int(line.split()[1]) for line in lines}
     assert ran_in <= set(child_pids(first)) | set(child_pids(second))
+    wait_until(lambda: first.finished[COMPLETED] + second.finished[COMPLETED] == count, WAIT,
+               "the pools to count every outcome")
     assert first.finished[COMPLETED] > 0 and second.finished[COMPLETED] > 0
-    assert first.finished[COMPLETED] + second.finished[COMPLETED] == count
     assert first.crashes == second.crashes == []
     assert q.counts() == expected_counts(completed=count)
 
