@@ -11771,6 +11771,68 @@ def _schedule_action_line(result: Mapping[str, Any]) -> str:
     return f"{result['action']}d {_schedule_line(result['schedule'])}"
 
 
+def _quotas_report(q: Queue) -> dict[str, Any]:
+    """The limits set on quotas, and each quota's use now: for every name that
+    running jobs hold or that was claimed within its rate window, the jobs
+    running under it and the claims in its window, beside the limits that
+    apply to it (its own entry, else the longest pattern matching it, as a
+    claim decides).  The ``quotas`` command and the dashboard show this."""
+    rows = q._storage.fetch_quotas()
+    limits = _QuotaLimits(rows)
+    now = time.time()
+    windows = limits.windows
+    limits.count_starts(q._storage.recent_starts(now - max(windows)) if windows else [], now)
+    holders: dict[str, list[int]] = {}
+    for job_id, names, _owner in q._storage.quota_holders():
+        for name in names:
+            holders.setdefault(name, []).append(job_id)
+    names = sorted(set(holders) | set(limits.started))
+    return {
+        "limits": [{"pattern": row["pattern"], "running": row["running"],
+                    "rate": row["rate"], "per": row["per"]}
+                   for row in sorted(rows, key=lambda row: row["pattern"])],
+        "use": [{"name": name, "running": len(holders.get(name, [])),
+                 "limit": limits.limit(name), "started": limits.started[name],
+                 "rate": None if limits.rate(name) is None else list(limits.rate(name) or ()),
+                 "jobs": holders.get(name, [])}
+                for name in names],
+    }
+
+
+def _command_quotas(args: argparse.Namespace) -> int:
+    """the limits set on quotas, and each quota's use
+
+    List the limits set (`Queue.set_quota`, `Queue.set_rate`) by name or pattern,
+    then every quota in use: the jobs running under it against its limit, and
+    the claims within its rate window against its rate.
+    """
+    with _open_to_read(args) as q:
+        report = _quotas_report(q)
+    if args.json:
+        _print_json(report)
+        return 0
+    if not report["limits"] and not report["use"]:
+        print(f"no quota limit set or in use on {q.path}")
+        return 0
+    for entry in report["limits"]:
+        running = "" if entry["running"] is None else f"{entry['running']} running"
+        rate = "" if entry["rate"] is None else f"{entry['rate']} per {entry['per']:g}s"
+        print(f"limit {entry['pattern']}: {', '.join(part for part in (running, rate) if part)}")
+    for use in report["use"]:
+        print(f"quota {use['name']}: " + _quota_use_text(use))
+    return 0
+
+
+def _quota_use_text(use: Mapping[str, Any]) -> str:
+    """'2 of 3 running, 5 of 10 claims in 60s' (either part as it applies)."""
+    running = f"{use['running']} of {use['limit']} running" if use["limit"] is not None \
+        else f"{use['running']} running (no limit)"
+    if use["rate"] is None:
+        return running
+    count, per = use["rate"]
+    return f"{running}, {use['started']} of {count} claims in {per:g}s"
+
+
 def _command_explain(args: argparse.Namespace) -> int:
     """say why a job is not running (or why it is where it is)
 
@@ -12266,13 +12328,10 @@ class _WebApp:
             pools = [_pool_json(pool, moment) for pool in q.workers()]
             return pools, _web_page("pools", "/pools", _web_pools(pools))
         if path == "/schedules":
-            limits = q._storage.fetch_quotas()  # one read for both
             found = {"schedules": [schedule.as_dict() for schedule in q.schedules()],
-                     "quotas": _running_limits(limits), "rates": _rate_limits(limits),
+                     "quotas": _quotas_report(q),
                      "paused": {name: None if until is None else _format_time(until.timestamp())
-                                for name, until in q.paused().items()},
-                     "running": [{"id": job_id, "quotas": names, "lease_owner": owner}
-                                 for job_id, names, owner in q._storage.quota_holders()]}
+                                for name, until in q.paused().items()}}
             return found, _web_page("schedules and quotas", "/schedules", _web_schedules(
                 found, self.csrf(request) if self.writer else None))
         raise JobNotFound(f"no page {path}")
@@ -12584,23 +12643,27 @@ def _web_schedules(found: Mapping[str, Any], csrf: str | None) -> str:
                       s["name"], "resume" if s["paused"] else "pause")
         + _web_button(csrf, "trigger-schedule", "schedule", s["name"], "trigger") + "</td></tr>"
         for s in found["schedules"])
-    use: collections.Counter[str] = collections.Counter(
-        name for held in found["running"] for name in held["quotas"])
-    quotas = "".join(
-        f"<tr><td>{_e(name)}</td><td>{most}</td><td>"
-        f"{sum(n for held, n in use.items() if fnmatch.fnmatchcase(held, name))}</td></tr>"
-        for name, most in found["quotas"].items())
-    rates = "".join(f"<tr><td>{_e(name)}</td><td>{count} per {per:g}s</td></tr>"
-                    for name, (count, per) in found["rates"].items())
+    limits = "".join(
+        f"<tr><td>{_e(entry['pattern'])}</td><td>{'' if entry['running'] is None else entry['running']}</td><td>"
+        + ("" if entry["rate"] is None else f"{entry['rate']} per {entry['per']:g}s")
+        + "</td></tr>" for entry in found["quotas"]["limits"])
+    use = "".join(
+        f"<tr><td>{_e(entry['name'])}</td><td>{_e(_quota_use_text(entry))}</td><td>"
+        + " ".join(f'<a href="/jobs/{job_id}">{job_id}</a>' for job_id in entry["jobs"][:20])
+        + (" ..." if len(entry["jobs"]) > 20 else "") + "</td></tr>"
+        for entry in found["quotas"]["use"])
     paused = "".join(f"<li>{_e(name)}: until {_e(until or 'resumed')} "
                      + _web_button(csrf, "resume-queue", "queue", name, "resume") + "</li>"
                      for name, until in found["paused"].items())
     return ("<h1>schedules</h1>" + (
         "<table><tr><th>name</th><th>cron</th><th>job</th><th>next tick</th><th>last tick</th>"
         f"<th></th></tr>{rows}</table>" if rows else "<p>no schedule</p>")
-        + "<h2>quotas</h2>" + (f"<table><tr><th>name</th><th>limit</th><th>running</th></tr>"
-                               f"{quotas}</table>" if quotas else "<p>no limit set</p>")
-        + (f"<h2>rates</h2><table>{rates}</table>" if rates else "")
+        + "<h2>quota limits</h2>" + (
+            "<table><tr><th>name or pattern</th><th>running at most</th><th>rate</th></tr>"
+            f"{limits}</table>" if limits else "<p>no limit set</p>")
+        + "<h2>quotas in use</h2>" + (
+            f"<table><tr><th>quota</th><th>use</th><th>running jobs</th></tr>{use}</table>"
+            if use else "<p>no running job holds a quota</p>")
         + "<h2>paused queues</h2>" + (f"<ul>{paused}</ul>" if paused else "<p>none</p>"))
 
 
@@ -12872,6 +12935,10 @@ def _add_web_command(commands: Any) -> None:
                      help="a file holding the token every request must carry")
 
 
+def _add_quotas_command(commands: Any) -> None:
+    _subcommand(commands, "quotas", _command_quotas)
+
+
 def _add_explain_command(commands: Any) -> None:
     explain = _subcommand(commands, "explain", _command_explain)
     _id_argument(explain, "the job")
@@ -12911,6 +12978,7 @@ _COMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_watch_command,
     _add_schedule_commands,
     _add_pause_commands,
+    _add_quotas_command,
     _add_explain_command,
     _add_web_command,
 )
@@ -12920,7 +12988,7 @@ def _build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand for each builder in `_COMMANDS`."""
     parser = argparse.ArgumentParser(
         prog="litejobs",
-        description="Durable background jobs in one SQLite file.",
+        description="Durable background jobs on SQLite or PostgreSQL.",
     )
     parser.add_argument("--version", action="version", version=f"litejobs {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -196,7 +196,7 @@ def cli_env(*extra_paths, **variables):
     return env
 
 
-def run_cli(*args, cwd, env=None, timeout=60, preexec_fn=None):
+def run_cli(*args, cwd=None, env=None, timeout=60, preexec_fn=None):
     """Run ``python -m litejobs *args`` to the end; return the CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "litejobs", *map(str, args)], cwd=cwd,
                           env=cli_env() if env is None else env, stdin=subprocess.DEVNULL,

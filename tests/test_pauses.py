@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 
 import litejobs
 import sample_jobs
-from hostile_jobs import cli_env
+from hostile_jobs import run_cli
 from litejobs import COMPLETED, PENDING, Job
 from waiting import WAIT, wait_until
 
@@ -74,11 +72,6 @@ def test_bad_pauses_are_refused(q):
     with pytest.raises(TypeError):
         q.pause(7)
     assert q.paused() == {}
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "litejobs", *map(str, args)],
-                          capture_output=True, text=True, env=cli_env(), timeout=WAIT)
 
 
 def test_the_pause_and_resume_commands(q):

@@ -7,6 +7,7 @@ holds on both backends."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -15,7 +16,7 @@ import pytest
 
 import litejobs
 import sample_jobs
-from hostile_jobs import cli_env
+from hostile_jobs import cli_env, run_cli
 from litejobs import ACTIVE, COMPLETED, PENDING, Job
 from waiting import WAIT, wait_until
 
@@ -183,3 +184,37 @@ def test_a_rate_limit_counts_claims_in_a_sliding_window(q):
     assert q.rates() == {} and q.quotas() == {"smtp": 5}
     with pytest.raises(ValueError, match="per must be positive"):
         q.set_rate("smtp", 3, per=0)
+
+
+def test_the_quotas_command_reports_each_names_use_under_the_limit_that_applies(q):
+    q.set_quota("customer:*", 1)
+    q.set_quota("customer:bigcorp", 3)
+    q.set_rate("smtp", 2, per=60)
+    big = [q.put(Job(sample_jobs.add, n, 0), quotas=["customer:bigcorp"]).id for n in range(4)]
+    small = [q.put(Job(sample_jobs.add, n, 0), quotas=["customer:7"]).id for n in range(2)]
+    mail = [q.put(Job(sample_jobs.add, n, 0), quotas=["smtp"]).id for n in range(3)]
+    assert claim(q, "a", limit=20) == big[:3] + small[:1] + mail[:2]
+
+    done = run_cli("quotas", q.path, "--json")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["limits"] == [
+        {"pattern": "customer:*", "running": 1, "rate": None, "per": None},
+        {"pattern": "customer:bigcorp", "running": 3, "rate": None, "per": None},
+        {"pattern": "smtp", "running": None, "rate": 2, "per": 60.0}]
+    # Each customer counts under its own limit, not all under the pattern's.
+    assert [(use["name"], use["running"], use["limit"], use["started"], use["rate"], use["jobs"])
+            for use in report["use"]] == [
+        ("customer:7", 1, 1, 0, None, small[:1]),
+        ("customer:bigcorp", 3, 3, 0, None, big[:3]),
+        ("smtp", 2, None, 2, [2, 60.0], mail[:2])]
+    text = run_cli("quotas", q.path).stdout.splitlines()
+    assert text == ["limit customer:*: 1 running", "limit customer:bigcorp: 3 running",
+                    "limit smtp: 2 per 60s", "quota customer:7: 1 of 1 running",
+                    "quota customer:bigcorp: 3 of 3 running",
+                    "quota smtp: 2 running (no limit), 2 of 2 claims in 60s"]
+
+
+def test_the_quotas_command_on_a_database_without_quotas(q):
+    done = run_cli("quotas", q.path)
+    assert (done.returncode, done.stdout.strip()) == (0, f"no quota limit set or in use on {q.path}")

@@ -9,8 +9,6 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import subprocess
-import sys
 import time
 
 import pytest
@@ -18,7 +16,7 @@ import pytest
 import litejobs
 import sample_jobs
 from backends import change
-from hostile_jobs import cli_env
+from hostile_jobs import cli_env, run_cli
 from litejobs import COMPLETED, PENDING, Job
 from waiting import WAIT, wait_until
 
@@ -286,11 +284,6 @@ def test_a_schedule_of_something_put_would_refuse_is_refused(q):
 
 
 # -- the command line -------------------------------------------------------------------
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "litejobs", *map(str, args)],
-                          capture_output=True, text=True, env=cli_env(), timeout=WAIT)
 
 
 def test_the_schedules_and_schedule_commands_list_pause_resume_trigger_and_remove(q):

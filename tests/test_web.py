@@ -339,4 +339,5 @@ def test_every_page_and_the_api_serve_a_queue_on_each_backend(each_backend):
     assert [job["id"] for job in json.loads(failures)] == [failed.id]
     assert "ValueError: broken" in json.loads(shown)["error"]
     assert [s["name"] for s in json.loads(schedules)["schedules"]] == ["hourly"]
-    assert json.loads(schedules)["quotas"] == {"pdf": 2}
+    assert json.loads(schedules)["quotas"]["limits"] == [
+        {"pattern": "pdf", "running": 2, "rate": None, "per": None}]
