@@ -78,18 +78,21 @@ __all__ = [
     "WAITING",
     "WaitTimeout",
     "Worker",
+    "as_completed",
     "current_job",
     "current_queue",
     "job",
     "main",
     "parallel",
     "serial",
+    "wait_all",
     "wait_for_result",
     "wait_for_start",
     "web_app",
 ]
 
 import argparse
+import asyncio
 import atexit
 import base64
 import calendar
@@ -135,8 +138,9 @@ import types
 import urllib.parse
 import uuid
 import zoneinfo
-from typing import (Any, Callable, Collection, ContextManager, Generic, cast, Iterable, Iterator,
-                    Mapping, NamedTuple, overload, Protocol, Sequence, TypeVar, Union)
+from typing import (Any, AsyncIterator, Callable, Collection, ContextManager, Coroutine,
+                    Generic, cast, Iterable, Iterator, Mapping, NamedTuple, overload, Protocol,
+                    Sequence, TypeVar, Union)
 
 ###############################################################################
 # Constants and exceptions
@@ -217,6 +221,8 @@ _IDLE_CHECK_INTERVAL = 0.004  # seconds between change checks while idle, withou
 _POSTGRES_POLL_INTERVAL = 0.05  # the same on PostgreSQL without LISTEN: a query each
 _SETTLE_CHECKS = (0.001, 0.025)  # after a WAL write: check every ms, for this long
 _SAFETY_CHECK_INTERVAL = 0.25  # with inotify, still check this often
+_AWAITED_RECHECK = 1.0  # seconds between full reads of the jobs awaited from event loops
+_ENDS_LAG = 0.5  # seconds an end may commit after its finished_at and be seen at once
 _OTHERS_CHANGES_CHECK = 0.01  # while others' commits bring nothing, check this often
 _CANCEL_CHECK_INTERVAL = 0.5  # seconds between checks for cancels of running jobs
 _MAX_CHUNK = 128  # jobs per message to a child, and outcomes per message back
@@ -243,6 +249,8 @@ _LOG_RATE = 1000  # log records a second a worker process forwards, at most ...
 _LOG_BURST = 2000  # ... after a burst of this many; the rest are counted and dropped
 _INFO_LINES = 100  # runs that end well a pool logs one by one at INFO, a second at most
 _RECEIVE_MOST = 32  # messages a supervisor takes from one child before it looks around
+_ASYNC_CONCURRENCY = 100  # async jobs a worker process runs at once on its event loop
+_LOOP_BLOCKED = 0.5  # seconds an async job may hold its event loop before it is logged
 _STEAL_AFTER = 0.1  # seconds a worker process's work may stand still before others take it
 _ESTIMATE_WEIGHT = 0.25  # how much a quick job moves a pool's estimate of job durations
 _WAL_WRITE_LOCK_BYTE = 120  # in the -shm file: https://sqlite.org/walformat.html, 2.3.1
@@ -335,8 +343,8 @@ class Interrupted(LitejobsError):
 
 
 class JobTimeout(LitejobsError, TimeoutError):
-    """A job ran longer than its ``timeout``: the pool killed its process.
-    It counts as an exception for the job's `Retry` policy."""
+    """A job ran longer than its ``timeout``: the pool killed its process
+    (an async job: its task was cancelled).  It counts as an exception for the job's `Retry` policy."""
 
 
 class JobFailed(LitejobsError):
@@ -730,6 +738,16 @@ _SELECT_JOB_RANGE = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id BETWEEN 
 _SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM litejobs_jobs WHERE id = ?"
 _SELECT_PAYLOAD = "SELECT payload, signature FROM litejobs_jobs WHERE id = ?"
 _SELECT_RESULT = "SELECT result, result_signature FROM litejobs_jobs WHERE id = ?"
+# The jobs awaited from event loops (`_AsyncWaits`): after each commit, the
+# ends since the last look, through the index of ends, so that a look costs
+# what ended, not what is awaited; ...
+_ENDED_SINCE = """
+SELECT id FROM litejobs_jobs INDEXED BY litejobs_jobs_finished
+WHERE finished_at IS NOT NULL AND finished_at >= :since
+"""
+# ... and the statuses of awaited jobs (:ids, a JSON list) in one read: when
+# they begin to be awaited, and now and then in case an end came late.
+_STATUSES_AMONG = "SELECT id, status FROM litejobs_jobs WHERE id IN (SELECT value FROM json_each(:ids))"
 
 # Jobs by queue and status, exact, in one read: unfinished ones counted
 # through the indexes that hold only them (pending rows through the ready
@@ -3210,6 +3228,8 @@ class _Storage(Protocol):
     def purge(self, before: float, *, status: str | None = None, limit: int = 500,
               dry_run: bool = False) -> tuple[int, int]: ...
     def unfinished_under(self, job_id: int) -> int: ...
+    def ended_since(self, since: float) -> list[int]: ...
+    def statuses_among(self, ids: Sequence[int]) -> dict[int, str]: ...
     def unfinished_trees(self) -> list[dict[str, Any]]: ...
     def save_schedule(self, row: dict[str, Any], now: float) -> dict[str, Any]: ...
     def remove_schedule(self, name: str) -> bool: ...
@@ -4754,6 +4774,17 @@ class _Jobs(_Claims):
         with self.read() as conn:
             return int(conn.execute(_UNFINISHED_WORK_UNDER, {"id": job_id}).fetchone()[0])
 
+    def ended_since(self, since: float) -> list[int]:
+        """The jobs whose run ended at ``since`` or later (`_ENDED_SINCE`)."""
+        with self.read() as conn:
+            return [int(job_id) for job_id, in conn.execute(_ENDED_SINCE, {"since": since})]
+
+    def statuses_among(self, ids: Sequence[int]) -> dict[int, str]:
+        """{id: status} of the jobs among ``ids`` that exist."""
+        with self.read() as conn:
+            return {int(job_id): status for job_id, status in conn.execute(
+                _STATUSES_AMONG, {"ids": json.dumps(list(ids))})}
+
     def overview(self, now: float) -> dict[str, Any]:
         """Counts by queue and status, the pending job due the longest, and
         how many jobs ended in the last minute and hour."""
@@ -6028,17 +6059,21 @@ def _by_name(fn: Any) -> str | None:
     return _importable_name(fn)
 
 
-def _refuse_async(fn: Any, name: str) -> None:
-    """Raise TypeError for a coroutine or async generator function (or a
-    partial of one, or an object whose ``__call__`` is one): it would only
-    fail later, unawaited, in a worker."""
-    call = fn if inspect.isroutine(fn) or isinstance(fn, functools.partial) \
+def _called(fn: Any) -> Any:
+    """What calling ``fn`` runs: itself, or its class's ``__call__``."""
+    return fn if inspect.isroutine(fn) or isinstance(fn, functools.partial) \
         else getattr(type(fn), "__call__", None)
-    if inspect.iscoroutinefunction(call) or inspect.isasyncgenfunction(call):
+
+
+def _refuse_async(fn: Any, name: str) -> None:
+    """Raise TypeError for an async generator function (or a partial of one,
+    or an object whose ``__call__`` is one): a job runs to one result, and a
+    generator has none.  Coroutine functions are jobs like any other."""
+    if inspect.isasyncgenfunction(_called(fn)):
         raise TypeError(
-            f"cannot store {name}: it is an async function (async def), and litejobs "
-            f"runs only synchronous functions; put a plain module-level function that "
-            f"runs it with asyncio.run() instead")
+            f"cannot store {name}: it is an async generator function, which yields many "
+            f"values; a job returns one: put an async function (async def ... return) "
+            f"that collects what it needs")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -6604,6 +6639,141 @@ class _JobRow:
         return [{**entry, "at": _to_datetime(entry["at"])} for entry in entries]
 
 
+# -- awaiting jobs from asyncio ----------------------------------------------------
+
+
+class _AsyncWaits:
+    """The jobs awaited from event loops on one queue, and the one thread
+    that watches them, so that an event loop neither polls nor touches the
+    database.  After each commit of another connection (the storage's
+    `watch_commits`: the WAL's inotify on SQLite, LISTEN on PostgreSQL) the
+    thread reads the ends since its last look (`_ENDED_SINCE`), and every
+    `_AWAITED_RECHECK` the status of every awaited job (`_STATUSES_AMONG`);
+    it wakes the awaiters of those that ended on their own loops.  It owns
+    the awaiters, by job id, and the thread, which runs while any is left."""
+
+    def __init__(self, storage: _Storage):
+        self._storage = storage
+        self._lock = threading.Lock()  # guards the two below
+        self._awaiters: dict[int, list[tuple[asyncio.AbstractEventLoop,
+                                             asyncio.Future[None]]]] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(self, job_ids: Iterable[int]) -> dict[int, asyncio.Future[None]]:
+        """A future for each job, set once it has ended (on the running loop)."""
+        loop = asyncio.get_running_loop()
+        futures = {job_id: loop.create_future() for job_id in job_ids}
+        with self._lock:
+            for job_id, future in futures.items():
+                self._awaiters.setdefault(job_id, []).append((loop, future))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, daemon=True,
+                                                name="litejobs-awaits")
+                self._thread.start()
+        return futures
+
+    def remove(self, futures: Mapping[int, asyncio.Future[None]]) -> None:
+        with self._lock:
+            for job_id, future in futures.items():
+                kept = [entry for entry in self._awaiters.get(job_id, ())
+                        if entry[1] is not future]
+                if kept:
+                    self._awaiters[job_id] = kept
+                else:
+                    self._awaiters.pop(job_id, None)
+
+    def check(self, job_ids: Sequence[int]) -> None:
+        """Read the status of ``job_ids`` now; wake the awaiters of those that
+        ended (or are gone: their awaiters then read `JobNotFound`)."""
+        statuses = self._storage.statuses_among(job_ids)
+        self._wake([job_id for job_id in job_ids
+                    if job_id not in statuses or self._ended(job_id, statuses[job_id])])
+
+    def _ended(self, job_id: int, status: str) -> bool:
+        # As `Job.wait`: a cancelled job has ended once what ran under it has.
+        return status in _FINISHED and (
+            status != CANCELLED or not self._storage.unfinished_under(job_id))
+
+    def _wake(self, job_ids: Iterable[int]) -> None:
+        with self._lock:
+            woken = [entry for job_id in job_ids for entry in self._awaiters.pop(job_id, ())]
+        for loop, future in woken:
+            with contextlib.suppress(RuntimeError):  # its loop has closed
+                loop.call_soon_threadsafe(_set_awaited, future)
+
+    def _watch(self) -> None:
+        watch = self._storage.watch_commits()
+        looked = self._storage.clock()
+        rechecked = time.monotonic()
+        try:
+            while True:
+                with self._lock:
+                    awaited = list(self._awaiters)
+                    if not awaited:
+                        self._thread = None
+                        return
+                try:
+                    now = self._storage.clock()
+                    if time.monotonic() - rechecked >= _AWAITED_RECHECK:
+                        rechecked = time.monotonic()
+                        self.check(awaited)
+                    else:
+                        ended = set(self._storage.ended_since(looked - _ENDS_LAG))
+                        self.check([job_id for job_id in awaited if job_id in ended])
+                    looked = now
+                except LitejobsError as exc:
+                    _log.warning("awaiting jobs: %s; trying again", exc)
+                    time.sleep(_BUSY_BACKOFF)
+                    continue
+                watch.wait(_SAFETY_CHECK_INTERVAL)
+        finally:
+            watch.close()
+            self._storage.close_thread_connection()
+
+
+def _set_awaited(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _await_ended(jobs: Sequence[Job], timeout: float | None) -> None:
+    """Return once every one of ``jobs`` has ended (as `Job.wait` means it),
+    each refreshed; raise `WaitTimeout` after ``timeout`` seconds."""
+    groups: dict[int, tuple[_AsyncWaits, list[int]]] = {}
+    for job in jobs:
+        waits = job._require_queue()._async_waits
+        groups.setdefault(id(waits), (waits, []))[1].append(job._require_id())
+    registered = []
+    try:
+        for waits, ids in groups.values():
+            registered.append((waits, waits.add(ids)))
+        for waits, futures in registered:  # what ended before the futures existed
+            await asyncio.to_thread(waits.check, list(futures))
+        pending = [future for _, futures in registered for future in futures.values()]
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=timeout)
+            if late:
+                await asyncio.to_thread(_refresh_all, jobs)
+                left = [job for job in jobs if job.status not in _FINISHED]
+                first = left[0] if left else jobs[0]
+                raise WaitTimeout(
+                    f"{len(left)} of {len(jobs)} jobs did not end within {timeout}s; job "
+                    f"{first.id} ({first.name}) is {first.status}.  Is a worker serving "
+                    f"queue {first.queue!r}?" if len(jobs) > 1 else
+                    f"job {first.id} ({first.name}) did not end within {timeout}s; it is "
+                    f"{first.status}.  Is a worker serving queue {first.queue!r}?  (In "
+                    f"tests, Queue.run_pending() runs due jobs in-process.)")
+    finally:
+        for waits, futures in registered:
+            waits.remove(futures)
+    await asyncio.to_thread(_refresh_all, jobs)
+
+
+def _refresh_all(jobs: Iterable[Job]) -> None:
+    for job in jobs:
+        job.refresh()
+
+
 class Job(_JobRow):
     """A call to run later: ``Job(function, *args, **kwargs)``.
 
@@ -6799,11 +6969,36 @@ class Job(_JobRow):
         first.  Nothing runs the job but a worker or `Queue.run_pending`.
         """
         self._wait_until(self._ended_with_all_under_it, timeout, "end")
+        return self._outcome()
+
+    def _outcome(self) -> Any:
+        """The result of the job, which has ended; or its error, raised."""
         if self.status == COMPLETED:
             return self.result
         if self.status == CANCELLED:
             raise JobCancelled(self, self.error_type, self.error)
         raise JobFailed(self, self.error_type, self.error)
+
+    # -- from asyncio ------------------------------------------------------------
+
+    async def await_result(self, timeout: float | None = None) -> Any:
+        """`wait`, for a coroutine: ``await job.await_result(30)``, or
+        ``await job`` (no timeout).  The event loop never waits on the
+        database: a thread of the queue's watches for commits, as `wait`
+        does, for every job awaited, and reads run in the loop's executor."""
+        await _await_ended([self], timeout)
+        return await asyncio.to_thread(self._outcome)
+
+    def __await__(self) -> Any:
+        return self.await_result().__await__()
+
+    async def acancel(self) -> bool:
+        """`cancel`, from a coroutine (the write runs off the event loop)."""
+        return await asyncio.to_thread(self.cancel)
+
+    async def arefresh(self) -> Job:
+        """`refresh`, from a coroutine."""
+        return await asyncio.to_thread(self.refresh)
 
     def _ended_with_all_under_it(self) -> bool:
         """Whether the job has ended, and, if it was cancelled, the parts (and
@@ -7009,6 +7204,47 @@ class Failure:
         return f"<litejobs.Failure of job {self.job.id}: {self.status} {self.error_type or ''}>"
 
 
+async def wait_all(jobs: Iterable[Job], timeout: float | None = None) -> list[Job]:
+    """Wait, from a coroutine, until every one of ``jobs`` has ended; return
+    them, refreshed, in the order given (read each one's ``result``, or
+    ``status`` and ``error``).  Raises `WaitTimeout` after ``timeout``
+    seconds.  No polling: see `Job.await_result`."""
+    jobs = list(jobs)
+    await _await_ended(jobs, timeout)
+    return jobs
+
+
+async def as_completed(jobs: Iterable[Job],
+                       timeout: float | None = None) -> AsyncIterator[Job]:
+    """Yield each of ``jobs``, refreshed, as it ends (``async for job in
+    litejobs.as_completed(jobs)``); raises `WaitTimeout` once ``timeout``
+    seconds have passed with jobs left."""
+    left = {job._require_id(): job for job in jobs}
+    deadline = None if timeout is None else time.monotonic() + timeout
+    groups: dict[int, tuple[_AsyncWaits, list[int]]] = {}
+    for job in left.values():
+        waits = job._require_queue()._async_waits
+        groups.setdefault(id(waits), (waits, []))[1].append(job._require_id())
+    registered = [(waits, waits.add(ids)) for waits, ids in groups.values()]
+    owner = {future: job_id for _, futures in registered for job_id, future in futures.items()}
+    try:
+        for waits, futures in registered:
+            await asyncio.to_thread(waits.check, list(futures))
+        while owner:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            done, _ = await asyncio.wait(owner, timeout=remaining,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                raise WaitTimeout(f"{len(owner)} of the jobs did not end within {timeout}s")
+            for future in sorted(done, key=owner.__getitem__):
+                job = left.pop(owner.pop(future))
+                await job.arefresh()
+                yield job
+    finally:
+        for waits, futures in registered:
+            waits.remove(futures)
+
+
 def wait_for_result(job: Job, timeout: float = 5.0) -> Any:
     """Wait for ``job`` to end and return its result, or, if it failed or was
     cancelled, a `Failure` describing that, as zc.async's helper of the same
@@ -7115,59 +7351,168 @@ class _Reporter:
             self._flush()
 
 
-def _execute(job: Job, payload: bytes | None, signature: bytes | None,
-             report: Callable[[dict[str, Any]], None] | None = None) -> _Outcome:
-    """Run one claimed job in this process and capture its outcome.
+class _Call:
+    """One run of a job in this process, from loading its call to its
+    outcome, for `Queue.run_pending` and the worker processes alike.  It
+    owns the job, the reporter of its progress and meta, and the context in
+    which the job's code runs (where `current_job` finds it): a coroutine's
+    task runs in that context too, so that many async jobs on one event loop
+    each see their own.  ``stop_reason`` says why its task was cancelled, if
+    it was: its timeout, or a cancel."""
 
-    The same path serves `Queue.run_pending` and the worker pool; ``report``
-    writes the job's progress and meta.  Only KeyboardInterrupt escapes;
-    everything else the job raises, including a function that no longer
-    imports, becomes a failure with its traceback.
-    """
-    storage = job._require_queue()._storage
-    reporter = job._reporter = None if report is None else _Reporter(report)
-    reset = _CURRENT_JOB.set(job)
-    try:
+    def __init__(self, job: Job, payload: bytes | None, signature: bytes | None,
+                 report: Callable[[dict[str, Any]], None] | None = None):
+        self.job = job
+        self.payload = payload
+        self.signature = signature
+        self.reporter = job._reporter = None if report is None else _Reporter(report)
+        self.context = contextvars.copy_context()
+        self.context.run(_CURRENT_JOB.set, job)
+        self.stop_reason: str | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    def start(self, only_async: bool = False) -> _Outcome | Coroutine[Any, Any, Any] | None:
+        """Call the job's function: the outcome, or, for an async job, the
+        coroutine to run (`run_coroutine`); with ``only_async``, None, not
+        calling it, if it is not a coroutine function.  Only
+        KeyboardInterrupt escapes; everything else the job raises, a
+        function that no longer imports included, becomes a failure with
+        its traceback."""
+        job = self.job
         try:
-            fn, args, kwargs = _load_call(job.name, payload, signature, storage.secrets, job.id)
-        except (ImportError, AttributeError) as exc:
-            # The callable, or a class its arguments need, does not import in
-            # this process (a missing PYTHONPATH, a pool not yet deployed): the
-            # runner's problem, not the job's.  See _Refusals.
-            return _Outcome.failure(exc, refused=True)
-        _crash_point("in-job")
-        value = fn(*args, *_inputs_from_the_database(job), **kwargs)
-        follow = _follow_up(job, value) if isinstance(value, (Job, Composite)) else None
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:
-        # Start the traceback at the job, below this frame.  An exception the
-        # call raised on entry (wrong arguments, say) has no frame below it:
-        # this one, which shows the call, is its traceback.
+            try:
+                fn, args, kwargs = _load_call(job.name, self.payload, self.signature,
+                                              job._require_queue()._storage.secrets, job.id)
+            except (ImportError, AttributeError) as exc:
+                # The callable, or a class its arguments need, does not import in
+                # this process (a missing PYTHONPATH, a pool not yet deployed): the
+                # runner's problem, not the job's.  See _Refusals.
+                return self._ended(_Outcome.failure(exc, refused=True))
+            if only_async and not inspect.iscoroutinefunction(_called(fn)):
+                return None
+            _crash_point("in-job")
+            value = self.context.run(_call_with_inputs, fn, args, kwargs, job)
+        except KeyboardInterrupt:
+            self._ended(_PLAIN_COMPLETION)
+            raise
+        except BaseException as exc:
+            return self._ended(_failed_call(exc, frames=2))
+        if inspect.iscoroutine(value):
+            return value
+        return self.context.run(self._outcome_of, value)
+
+    async def run_coroutine(self, coroutine: Coroutine[Any, Any, Any]) -> _Outcome:
+        """Await the job's coroutine, in the job's context: its outcome.  Its
+        timeout cancels it (`JobTimeout`), as may a cancel (`stop`)."""
+        loop = asyncio.get_running_loop()
+        timeout = self.job._row.get("timeout")
+        timer = None if timeout is None else loop.call_later(timeout, self.stop, "timeout")
+        try:
+            value = await coroutine
+        except asyncio.CancelledError as exc:
+            if self.stop_reason is None:
+                raise  # the loop itself is closing
+            return self._ended(_Outcome.failure(_raised(self._stopped_error(), exc)))
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            return self._ended(_failed_call(exc, frames=1))
+        finally:
+            if timer is not None:
+                timer.cancel()
+        return self._outcome_of(value)
+
+    def stop(self, reason: str) -> None:
+        """Cancel the running coroutine's task (on its loop's thread)."""
+        if self.stop_reason is None and self.task is not None and not self.task.done():
+            self.stop_reason = reason
+            self.task.cancel()
+
+    def _stopped_error(self) -> BaseException:
+        job = self.job
+        if self.stop_reason == "timeout":
+            return JobTimeout(f"job {job.id} ({job.name}) ran longer than its timeout of "
+                              f"{job._row['timeout']:g}s, so its task was cancelled")
+        return LitejobsError(f"job {job.id} ({job.name}): its task was cancelled "
+                             f"({self.stop_reason})")
+
+    def _outcome_of(self, value: Any) -> _Outcome:
+        job = self.job
+        try:
+            follow = _follow_up(job, value) if isinstance(value, (Job, Composite)) else None
+        except BaseException as exc:
+            return self._ended(_Outcome.failure(exc))
+        self._ended(_PLAIN_COMPLETION)
+        if follow is not None:
+            return _Outcome(ok=True, follow=follow)
+        if value is None:
+            return _PLAIN_COMPLETION
+        try:
+            result = pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
+        except Exception as exc:
+            return _Outcome.failure(_raised(TypeError(
+                f"the result of job {job.id} ({job.name}), {_describe(value)}, cannot be "
+                f"pickled: {type(exc).__name__}: {exc}; return plain data instead"), exc))
+        size_limit = job._require_queue()._storage.size_limit
+        if size_limit is not None and len(result) > size_limit:
+            return _Outcome.failure(_raised(PayloadTooLarge(
+                f"the result of job {job.id} ({job.name}), {_describe(value)}, takes "
+                f"{len(result):,} bytes pickled, over the size limit of "
+                f"{size_limit:,}: write large data to a file and return its path")))
+        return _Outcome(ok=True, result=result)
+
+    def _ended(self, outcome: _Outcome) -> _Outcome:
+        if self.reporter is not None:
+            self.reporter.close()  # the last progress lands before the outcome
+        self.job._reporter = None
+        return outcome
+
+
+def _call_with_inputs(fn: Callable[..., Any], args: tuple[Any, ...],
+                      kwargs: dict[str, Any], job: Job) -> Any:
+    return fn(*args, *_inputs_from_the_database(job), **kwargs)
+
+
+def _failed_call(exc: BaseException, frames: int) -> _Outcome:
+    """The failure of a job's call, its traceback starting at the job, below
+    the ``frames`` of ours.  An exception the call raised on entry (wrong
+    arguments, say) has no frame below: ours, which show the call, stay."""
+    for _ in range(frames):
         if exc.__traceback__ is not None and exc.__traceback__.tb_next is not None:
             exc.__traceback__ = exc.__traceback__.tb_next
-        return _Outcome.failure(exc)
-    finally:
-        _CURRENT_JOB.reset(reset)
-        if reporter is not None:
-            reporter.close()  # the last progress lands before the outcome
-        job._reporter = None
-    if follow is not None:
-        return _Outcome(ok=True, follow=follow)
-    if value is None:
-        return _Outcome(ok=True)
+    return _Outcome.failure(exc)
+
+
+def _execute(job: Job, payload: bytes | None, signature: bytes | None,
+             report: Callable[[dict[str, Any]], None] | None = None) -> _Outcome:
+    """Run one claimed job in this thread, to its end, and capture its
+    outcome (`_Call`).  An async job's coroutine runs on an event loop of
+    its own, made for it: in a thread of its own when this thread already
+    runs a loop (`run_pending` called from an async test, say)."""
+    call = _Call(job, payload, signature, report)
+    started = call.start()
+    if isinstance(started, _Outcome) or started is None:
+        return started or _PLAIN_COMPLETION  # (None only for only_async)
+    coroutine = started
+
+    def run() -> _Outcome:
+        loop = asyncio.new_event_loop()
+        try:
+            call.task = call.context.run(loop.create_task, call.run_coroutine(coroutine))
+            return loop.run_until_complete(call.task)
+        finally:
+            loop.close()
+
     try:
-        result = pickle.dumps(value, protocol=_PICKLE_PROTOCOL)
-    except Exception as exc:
-        return _Outcome.failure(_raised(TypeError(
-            f"the result of job {job.id} ({job.name}), {_describe(value)}, cannot be "
-            f"pickled: {type(exc).__name__}: {exc}; return plain data instead"), exc))
-    if storage.size_limit is not None and len(result) > storage.size_limit:
-        return _Outcome.failure(_raised(PayloadTooLarge(
-            f"the result of job {job.id} ({job.name}), {_describe(value)}, takes "
-            f"{len(result):,} bytes pickled, over the size limit of "
-            f"{storage.size_limit:,}: write large data to a file and return its path")))
-    return _Outcome(ok=True, result=result)
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    outcome: list[_Outcome] = []
+    thread = threading.Thread(target=lambda: outcome.append(run()), name="litejobs-async-job")
+    thread.start()
+    thread.join()
+    return outcome[0] if outcome else _Outcome.failure(_raised(LitejobsError(
+        f"job {job.id} ({job.name}): its event loop ended without an outcome")))
 
 
 def _counted_attempts(row: Mapping[str, Any]) -> int:
@@ -7509,6 +7854,7 @@ class Queue:
         self.create = create
         self.path = self._storage.path
         self.durable = durable
+        self._async_waits = _AsyncWaits(self._storage)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen_queue, (self.path, self.durable, self.create, self.busy_timeout,
@@ -7665,6 +8011,22 @@ class Queue:
         if row is None:
             raise JobNotFound(f"no job {job_id} in {self.path}")
         return Job._bound(self, row)
+
+    # -- from asyncio: the same calls, run off the event loop ------------------
+
+    async def aput(self, item: Job | Composite | Callable[..., Any] | str,
+                   **options: Any) -> Job:
+        """`put`, from a coroutine: the write runs in the loop's executor."""
+        return await asyncio.to_thread(functools.partial(self.put, item, **options))
+
+    async def aput_many(self, items: Iterable[Job | Composite | Callable[..., Any] | str],
+                        **options: Any) -> list[Job]:
+        """`put_many`, from a coroutine."""
+        return await asyncio.to_thread(functools.partial(self.put_many, list(items), **options))
+
+    async def aget(self, job_id: int) -> Job:
+        """`get`, from a coroutine."""
+        return await asyncio.to_thread(self.get, job_id)
 
     def jobs(self, status: str | Sequence[str] | None = None, queue: str | None = None,
              limit: int | None = 100, *, name: str | None = None,
@@ -8411,11 +8773,12 @@ class _RunningSlot:
     the right job, and knows, when a process dies, which of its jobs had run.
     The worker process writes it; the supervisor only reads."""
 
-    _JOB, _SINCE, _LAST = range(3)  # the layout of the array
+    _JOB, _SINCE, _LAST, _LIGHT = range(4)  # the layout of the array
+    SIZE = 4
     __slots__ = ("array",)
 
     def __init__(self, array: Any):
-        self.array = array  # a multiprocessing RawArray of 3 doubles
+        self.array = array  # a multiprocessing RawArray of SIZE doubles
 
     @property
     def job_id(self) -> int:
@@ -8437,14 +8800,26 @@ class _RunningSlot:
     def clear(self) -> None:
         self.array[self._JOB] = 0
 
+    @property
+    def light_started(self) -> int:
+        """How many of the jobs sent to its event loop (`_JobToRun.light`),
+        in the order sent, the process has started: they start in order."""
+        return int(self.array[self._LIGHT])
+
+    def light_start(self) -> None:
+        self.array[self._LIGHT] += 1
+
 
 class _JobToRun(NamedTuple):
-    """A claimed job as a worker process gets it."""
+    """A claimed job as a worker process gets it; ``light``: an async job,
+    for its event loop (`_JobLoop`), which starts such jobs in the order
+    sent, beside the synchronous ones the main thread runs."""
 
     job_id: int
     row: dict[str, Any]
     payload: bytes | None
     signature: bytes | None
+    light: bool = False
 
 
 class _Run(NamedTuple):
@@ -8464,6 +8839,14 @@ class _Stop(NamedTuple):
     """To a worker process: exit once the jobs it holds have run."""
 
 
+class _CancelRun(NamedTuple):
+    """To a worker process: cancel the task of an async job (``reason``:
+    cancel, lease, overdue), or give it back if it has not started."""
+
+    job_id: int
+    reason: str
+
+
 class _Ready(NamedTuple):
     """From a worker process: set up, and waiting for jobs."""
 
@@ -8475,6 +8858,14 @@ class _Started(NamedTuple):
     wakes to time it."""
 
     job_id: int
+
+
+class _Lane(NamedTuple):
+    """From a worker process: a job began on its event loop (``light``), or
+    one sent there turned out synchronous and went to its main thread."""
+
+    job_id: int
+    light: bool
 
 
 class _Progress(NamedTuple):
@@ -8513,7 +8904,8 @@ class _Completed(NamedTuple):
     seconds: list[float]
 
 
-_FromChild = Union[_Completed, _Done, _Skipped, _Progress, _ForwardedLog, _Started, _Ready]
+_FromChild = Union[_Completed, _Done, _Skipped, _Progress, _ForwardedLog, _Started, _Ready,
+                   _Lane]
 
 
 # -- worker processes -------------------------------------------------------------
@@ -8531,13 +8923,19 @@ class _ChildWork:
       lapse, and another pool takes them.
     - A flusher thread sends outcomes that have waited ``_FLUSH_AFTER``, so
       a quick job's result never waits for the slow job after it.
+    - Async jobs run on an event loop in a thread of their own (`_JobLoop`),
+      made when the first one comes: those sent as ``light`` wait in
+      ``light_pending`` for it, never behind a synchronous job.
     """
 
     def __init__(self, conn: Any, slot: _RunningSlot):
         self.conn = conn
         self.slot = slot
+        self.make_loop: Callable[[], _JobLoop] | None = None  # set by _child_main
+        self.job_loop: _JobLoop | None = None
         self.lock = threading.Condition()  # guards the attributes below
         self.pending: collections.deque[_JobToRun] = collections.deque()
+        self.light_pending: collections.deque[_JobToRun] = collections.deque()
         self.outbox: list[_FromChild] = []
         self.outcomes_held = 0  # jobs whose outcome is in the outbox
         self.held_since = 0.0
@@ -8582,26 +8980,41 @@ class _ChildWork:
                 message = self.conn.recv()
             except (EOFError, OSError):
                 os._exit(_ORPHANED_EXIT)
+            light = False
             with self.lock:
                 if isinstance(message, _Run):
-                    self.pending.extend(message.jobs)
+                    for item in message.jobs:
+                        (self.light_pending if item.light else self.pending).append(item)
+                        light = light or item.light
                 elif isinstance(message, _Skip):
                     self._give_back(message.ids)
+                elif isinstance(message, _CancelRun):
+                    self._give_back((message.job_id,))
                 elif isinstance(message, _Stop):
                     self.stopping = True
                 self.lock.notify_all()
+            if light or (isinstance(message, _CancelRun) and self.job_loop is not None):
+                self.loop().take(message)
             if isinstance(message, _Stop):
                 return
 
+    def loop(self) -> _JobLoop:
+        """The event loop for async jobs, made when the first comes."""
+        with self.lock:  # the reader thread and the main thread may both ask
+            if self.job_loop is None:
+                assert self.make_loop is not None
+                self.job_loop = self.make_loop()
+            return self.job_loop
+
     def _give_back(self, ids: tuple[int, ...] | None) -> None:
         unwanted = None if ids is None else set(ids)
-        kept: collections.deque[_JobToRun] = collections.deque()
-        for item in self.pending:
-            if unwanted is not None and item.job_id not in unwanted:
-                kept.append(item)
-            else:
-                self.outbox.append(_Skipped(item.job_id))
-        self.pending = kept
+        for lane in (self.pending, self.light_pending):
+            kept = [item for item in lane if unwanted is not None and item.job_id not in unwanted]
+            if len(kept) < len(lane):
+                self.outbox.extend(_Skipped(item.job_id) for item in lane
+                                   if unwanted is None or item.job_id in unwanted)
+                lane.clear()
+                lane.extend(kept)
         self.held_since = 0.0  # the flusher sends the replies at once
 
     def flush_held(self) -> None:
@@ -8649,9 +9062,11 @@ class _ChildWork:
                 self.lock.notify_all()  # the flusher starts counting
             self.outbox.append(message)
 
-    def finished(self, job_id: int, outcome: _Outcome, seconds: float, timed: bool) -> None:
+    def finished(self, job_id: int, outcome: _Outcome, seconds: float, timed: bool,
+                 light: bool = False) -> None:
         with self.lock:
-            self.slot.clear()
+            if not light:  # an async job's end leaves the main thread's job be
+                self.slot.clear()
             if not self.outbox:
                 self.held_since = time.monotonic()
                 self.lock.notify_all()  # the flusher starts counting
@@ -8672,6 +9087,145 @@ class _ChildWork:
         with self.lock:
             messages = self._take_outbox()
         self.send(messages)
+
+
+class _JobLoop:
+    """A worker process's event loop for async jobs: one long-lived loop in a
+    thread of its own, running up to ``concurrency`` jobs at once.  It owns
+    the loop, the calls running on it by job id, and the watch for a job
+    that blocks it.  Jobs sent to it (`_ChildWork.light_pending`) start in
+    the order sent, each counted in the `_RunningSlot` as it starts; an
+    async job the main thread found (its first of a name) is adopted.  A
+    job sent here whose function is not a coroutine function goes to the
+    main thread: synchronous jobs never run on the loop."""
+
+    def __init__(self, work: _ChildWork, queue: Queue, concurrency: int):
+        self.work = work
+        self.queue = queue
+        self.concurrency = concurrency
+        self.loop = asyncio.new_event_loop()
+        self.calls: dict[int, _Call] = {}  # touched on the loop's thread only
+        self.tasks: dict[Any, _Call] = {}  # the same, by task, for the watch
+        self.idle = threading.Event()  # set while nothing runs
+        self.idle.set()
+        self.beat = time.monotonic()  # the loop's last turn, as the watch saw it
+        self.thread = threading.Thread(target=self._run, daemon=True, name="litejobs-loop")
+        self.thread.start()
+        threading.Thread(target=self._watch, daemon=True, name="litejobs-loop-watch").start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._heartbeat)
+        self.loop.run_forever()
+
+    def _heartbeat(self) -> None:
+        self.beat = time.monotonic()
+        self.loop.call_later(_LOOP_BLOCKED / 5, self._heartbeat)
+
+    def _watch(self) -> None:
+        """Log, once per stall, the job whose task holds the loop."""
+        logged = 0.0
+        while self.thread.is_alive():
+            time.sleep(_LOOP_BLOCKED / 5)
+            beat = self.beat
+            held = time.monotonic() - beat
+            if held < _LOOP_BLOCKED or beat == logged:
+                continue
+            call = self.tasks.get(asyncio.current_task(self.loop))
+            if call is not None:
+                logged = beat
+                _log.warning("job %s (%s) has blocked its worker process's event loop for "
+                             "%.1fs: an async job must await, not block (run blocking work "
+                             "with asyncio.to_thread, or as a synchronous job)",
+                             call.job.id, call.job.name, held, extra=_job_log(call.job._row))
+
+    def take(self, message: _Run | _CancelRun) -> None:
+        """From the reader thread: start what came, or cancel a task."""
+        if isinstance(message, _CancelRun):
+            self.loop.call_soon_threadsafe(self._cancel, message.job_id, message.reason)
+        else:
+            self.loop.call_soon_threadsafe(self._start_waiting)
+
+    def adopt(self, item: _JobToRun, call: _Call, coroutine: Coroutine[Any, Any, Any],
+              started: float) -> None:
+        """From the main thread: run an async job it started."""
+        self.idle.clear()
+        self.work.post(_Lane(item.job_id, True))
+        self.loop.call_soon_threadsafe(self._launch, item, call, coroutine, started)
+
+    def _cancel(self, job_id: int, reason: str) -> None:
+        call = self.calls.get(job_id)
+        if call is not None:
+            call.stop(reason)
+
+    def _start_waiting(self) -> None:
+        work = self.work
+        while len(self.calls) < self.concurrency:
+            with work.lock:
+                if not work.light_pending:
+                    return
+                item = work.light_pending.popleft()
+                work.slot.light_start()
+            self.idle.clear()
+            started = time.perf_counter()
+            job = Job._bound(self.queue, item.row)
+            late = _too_late(item.row, self.queue._storage.clock())
+            if late is not None:
+                self._finished(item, late, started)
+                continue
+            call = _Call(job, item.payload, item.signature,
+                         functools.partial(_post_progress, work, item.job_id))
+            begun = call.start(only_async=True)
+            if begun is None:  # not a coroutine function: the main thread's
+                call._ended(_PLAIN_COMPLETION)
+                with work.lock:
+                    work.pending.appendleft(item._replace(light=False))
+                    work.lock.notify_all()
+                work.post(_Lane(item.job_id, False))
+            elif isinstance(begun, _Outcome):
+                self._finished(item, begun, started)
+            else:
+                work.post(_Lane(item.job_id, True))
+                self._launch(item, call, begun, started)
+
+    def _launch(self, item: _JobToRun, call: _Call, coroutine: Coroutine[Any, Any, Any],
+                started: float) -> None:
+        task = call.context.run(self.loop.create_task, self._run_one(item, call, coroutine,
+                                                                       started))
+        call.task = task
+        self.calls[item.job_id] = call
+        self.tasks[task] = call
+
+    async def _run_one(self, item: _JobToRun, call: _Call,
+                       coroutine: Coroutine[Any, Any, Any], started: float) -> None:
+        try:
+            outcome = await call.run_coroutine(coroutine)
+        except BaseException as exc:  # the loop closing under it, or KeyboardInterrupt
+            outcome = _Outcome.failure(exc)
+        self.calls.pop(item.job_id, None)
+        self.tasks.pop(call.task, None)
+        self._finished(item, outcome, started)
+        self._start_waiting()
+
+    def _finished(self, item: _JobToRun, outcome: _Outcome, started: float) -> None:
+        self.work.finished(item.job_id, outcome, time.perf_counter() - started,
+                           False, light=True)
+        if not self.calls:
+            with self.work.lock:
+                if not self.work.light_pending:
+                    self.idle.set()
+
+    def close(self) -> None:
+        """Once nothing is left to run: stop the loop and its thread."""
+        while True:
+            self.idle.wait()
+            with self.work.lock:
+                if not self.work.light_pending:
+                    break
+            time.sleep(0.001)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
 
 
 class _ForwardLogs(logging.Handler):
@@ -8919,6 +9473,7 @@ def _child_main(conn: Any, options: dict[str, Any], slot: _RunningSlot) -> None:
                   size_limit=options["size_limit"], secret=_Keys(options["secrets"]),
                   network_filesystem=options["network_filesystem"])
     news = _NewsWatch(queue._storage)
+    work.make_loop = functools.partial(_JobLoop, work, queue, options["async_concurrency"])
     work.send([_Ready(os.getpid())])
     for target, name in ((work.read, "reader"), (work.flush_held, "flusher")):
         threading.Thread(target=target, daemon=True, name=f"litejobs-child-{name}").start()
@@ -8926,7 +9481,7 @@ def _child_main(conn: Any, options: dict[str, Any], slot: _RunningSlot) -> None:
         item = work.next_job()
         if item is None:
             break
-        job_id, row, payload, signature = item
+        job_id, row, payload, signature, _ = item
         if _log.isEnabledFor(logging.DEBUG):
             _log.debug("job %s (%s) attempt %d started in process %d", job_id, row["name"],
                        row["attempts"], os.getpid(), extra=_job_log(row))
@@ -8934,8 +9489,17 @@ def _child_main(conn: Any, options: dict[str, Any], slot: _RunningSlot) -> None:
         job = Job._bound(queue, row)
         news.watch(job)
         try:
-            outcome = _too_late(row, queue._storage.clock()) or _execute(job, payload, signature,
-                                                 functools.partial(_post_progress, work, job_id))
+            outcome = _too_late(row, queue._storage.clock())
+            if outcome is None:
+                call = _Call(job, payload, signature,
+                             functools.partial(_post_progress, work, job_id))
+                begun = call.start()
+                if not isinstance(begun, _Outcome) and begun is not None:
+                    news.watch(None)
+                    work.slot.clear()  # the main thread is free: the job runs on the loop
+                    work.loop().adopt(item, call, begun, started)
+                    continue
+                outcome = begun or _PLAIN_COMPLETION
             _crash_point("after-job")
         except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
             outcome = _Outcome.failure(exc)
@@ -8943,6 +9507,8 @@ def _child_main(conn: Any, options: dict[str, Any], slot: _RunningSlot) -> None:
         forwarder.report_dropped()
         work.finished(job_id, outcome, time.perf_counter() - started,
                       row["timeout"] is not None)
+    if work.job_loop is not None:
+        work.job_loop.close()
     news.stop()
     work.close()
     queue.close()
@@ -8967,6 +9533,10 @@ class _Assignment:
     lease_lost: bool = False
     start_marked: bool = False  # the database knows its run began (_MARK_STARTED)
     seconds: float | None = None  # how long the run took, once it has ended
+    light_seq: int | None = None  # sent to the process's event loop: its place in that order
+    on_loop: bool = False  # running on the process's event loop (_Lane)
+    began: float | None = None  # when it began there (the pool's clock)
+    stop_reason: str | None = None  # why its task was cancelled (_CancelRun)
 
 
 class _Child:
@@ -8983,6 +9553,7 @@ class _Child:
         self.assigned: collections.deque[_Assignment] = collections.deque()
         self.ready = False  # set up and waiting for work: until then it gets none
         self.sent = 0
+        self.light_sent = 0  # jobs sent to its event loop, ever (see _RunningSlot.light_started)
         self.done = 0
         self.heard = now  # when it last sent anything, or was sent work while idle
         self.kill_reason: tuple[str, int | None] | None = None
@@ -9002,7 +9573,16 @@ class _Child:
         job_id = self.slot.job_id
         return self.assignment(job_id) if job_id else None
 
-    def send(self, message: _Run | _Skip | _Stop) -> bool:
+    def light(self) -> int:
+        """The async jobs it holds: sent to its event loop, or running there."""
+        return sum(1 for a in self.assigned if a.light_seq is not None or a.on_loop)
+
+    def light_started(self, assignment: _Assignment) -> bool:
+        """Whether a job sent to its event loop began there (its slot says)."""
+        return assignment.light_seq is not None and \
+            assignment.light_seq < self.slot.light_started
+
+    def send(self, message: _Run | _Skip | _Stop | _CancelRun) -> bool:
         try:
             self.conn.send(message)
         except (OSError, ValueError):
@@ -9030,10 +9610,18 @@ class _Dispatcher:
     runnable processes than cores (``load``, the load average's reader):
     there, a process may not move only because it waits for a core, and
     taking its jobs back would churn them for nothing.
+
+    Async jobs are light: the jobs of a callable seen to be a coroutine
+    function (``async_names``, as processes report: `_Lane`) go to the
+    processes' event loops, up to ``async_concurrency`` each, beside and
+    apart from the synchronous jobs, and never make a process stuck.
     """
 
     def __init__(self, max_jobs_per_child: int | None,
-                 load: Callable[[], float] = lambda: os.getloadavg()[0]):
+                 load: Callable[[], float] = lambda: os.getloadavg()[0],
+                 async_concurrency: int = _ASYNC_CONCURRENCY):
+        self.async_concurrency = async_concurrency
+        self.async_names: set[str] = set()
         self.max_jobs_per_child = max_jobs_per_child
         self.job_seconds: float | None = None  # a cautious estimate: see note_duration
         self.timed_jobs = 0
@@ -9080,14 +9668,17 @@ class _Dispatcher:
         self._read_load(now)
         if child.slot.job_id:
             return now - child.slot.since >= self.steal_after
-        return bool(child.assigned) and now - child.heard >= self.steal_after
+        return len(child.assigned) > child.light() and now - child.heard >= self.steal_after
 
     def room(self, child: _Child, now: float, chunk: int, most: int) -> int:
         """How many more jobs the process should get now."""
         if not child.ready or child.retiring or child.kill_reason is not None \
                 or child.stop_sent or self.stuck(child, now):
             return 0
-        held = len(child.assigned)
+        light = child.light()
+        if light > self.async_concurrency:
+            return 0  # async jobs wait for its event loop: it is full
+        held = len(child.assigned) - light
         if most > 1 and held > most - chunk:
             return 0  # refill only once a chunk's worth has been done
         room = most - held
@@ -9098,6 +9689,38 @@ class _Dispatcher:
     def rooms(self, children: Iterable[_Child], now: float) -> dict[_Child, int]:
         chunk, most = self.chunk()
         return {child: self.room(child, now, chunk, most) for child in children}
+
+    def _takes_light(self, child: _Child) -> bool:
+        return bool(self.async_names) and child.ready and not child.retiring \
+            and child.kill_reason is None and not child.stop_sent
+
+    def light_room(self, child: _Child) -> int:
+        """How many more async jobs the process's event loop should get now."""
+        if not self._takes_light(child):
+            return 0
+        room = self.async_concurrency - child.light()
+        if self.max_jobs_per_child is not None:
+            room = min(room, self.max_jobs_per_child - child.sent)
+        return max(0, room)
+
+    def plan_light(self, rows: Sequence[dict[str, Any]], children: Iterable[_Child]
+                   ) -> tuple[dict[_Child, list[dict[str, Any]]], list[dict[str, Any]]]:
+        """Deal the async jobs among ``rows`` to the event loops, the emptiest
+        first; returns that plan and the other rows.  One claimed with room
+        for a synchronous job waits for room on a loop, in its process."""
+        rooms = {child: self.light_room(child) for child in children
+                 if self._takes_light(child)}
+        plan: dict[_Child, list[dict[str, Any]]] = {}
+        rest = []
+        for row in rows:
+            child = max(rooms, key=rooms.__getitem__, default=None) \
+                if row["name"] in self.async_names else None
+            if child is None:
+                rest.append(row)
+                continue
+            plan.setdefault(child, []).append(row)
+            rooms[child] -= 1
+        return plan, rest
 
     def plan(self, rows: Sequence[dict[str, Any]], children: Iterable[_Child],
              now: float) -> tuple[dict[_Child, list[dict[str, Any]]], list[dict[str, Any]]]:
@@ -9126,7 +9749,8 @@ class _Dispatcher:
         for child in children:
             if self.stuck(child, now):
                 running = child.slot.job_id
-                taken += [a for a in child.assigned if not a.skip_sent and a.job_id != running]
+                taken += [a for a in child.assigned if not a.skip_sent and a.job_id != running
+                          and a.light_seq is None and not a.on_loop]
         return taken
 
     def next_steal(self, children: Iterable[_Child], now: float) -> float | None:
@@ -9135,7 +9759,8 @@ class _Dispatcher:
         moments = []
         for child in children:
             running = child.slot.job_id
-            if any(not a.skip_sent and a.job_id != running for a in child.assigned):
+            if any(not a.skip_sent and a.job_id != running and a.light_seq is None
+                   and not a.on_loop for a in child.assigned):
                 moment = (child.slot.since if running else child.heard) + self.steal_after
                 if moment > now:
                     moments.append(moment)
@@ -9811,7 +10436,7 @@ class _Children:
     def _start(self) -> None:
         number = next(self._numbers)
         ours, theirs = self._ctx.Pipe(duplex=True)
-        slot = _RunningSlot(self._ctx.RawArray("d", 3))
+        slot = _RunningSlot(self._ctx.RawArray("d", _RunningSlot.SIZE))
         process = self._ctx.Process(target=_child_main, args=(theirs, self._options, slot),
                                     name=f"litejobs-child-{number}")
         process.start()
@@ -9964,7 +10589,7 @@ class _InFlight:
                 if assignment is not None:
                     self.recorder.completed(assignment)
             return
-        assert isinstance(message, (_Done, _Skipped, _Progress))
+        assert isinstance(message, (_Done, _Skipped, _Progress, _Lane))
         if type(message) is _Done:
             assignment = self._ran(child, message.job_id, message.seconds)
             if assignment is not None:
@@ -9976,10 +10601,24 @@ class _InFlight:
         if type(message) is _Progress:
             self.recorder.add(_WriteKind.REPORT, assignment, message.fields)
             return
+        if type(message) is _Lane:
+            self._lane(assignment, message.light)
+            return
         child.assigned.remove(assignment)
         self._forget(assignment)
         child.sent -= 1  # it never ran there: max_jobs_per_child counts runs
         self.recorder.add(_WriteKind.RELEASE, assignment)
+
+    def _lane(self, assignment: _Assignment, light: bool) -> None:
+        """A job began on its process's event loop, or went to the main thread."""
+        names = self.dispatcher.async_names
+        if light:
+            assignment.on_loop = True
+            assignment.began = self.clock()
+            names.add(assignment.row["name"])
+        else:
+            assignment.light_seq = None
+            names.discard(assignment.row["name"])
 
     def _ran(self, child: _Child, job_id: int, seconds: float) -> _Assignment | None:
         """The assignment of a job ``child`` ran, now settled there; None if
@@ -9991,7 +10630,8 @@ class _InFlight:
         self._forget(assignment)
         assignment.seconds = seconds
         child.done += 1
-        self.dispatcher.note_duration(seconds)
+        if not assignment.on_loop and assignment.light_seq is None:
+            self.dispatcher.note_duration(seconds)  # of what holds a process: not async jobs
         return assignment
 
     def _done(self, child: _Child, assignment: _Assignment, outcome: _Outcome) -> None:
@@ -10000,6 +10640,9 @@ class _InFlight:
             child.retiring = True  # its heap may be left in pieces: start afresh
         if outcome.refused:
             self.refusals.cannot_import(assignment.row, outcome.error)
+        if assignment.stop_reason is not None:  # its task was cancelled: see _stop_run
+            self._settle_stopped(assignment, assignment.stop_reason, "its task was cancelled")
+            return
         self.recorder.add(_WriteKind.OUTCOME, assignment, outcome)
 
     def _forget(self, assignment: _Assignment) -> None:
@@ -10019,16 +10662,23 @@ class _InFlight:
         # with it.  Such a run counts as an attempt, but not as an
         # interruption: the job that killed the process is blamed, not these.
         # The jobs after it never started, and are given back.
+        # Async jobs on its event loop were running, as the main thread's job
+        # was; those sent there and not begun never started.
         last = child.slot.last_started
-        ids = [assignment.job_id for assignment in child.assigned]
+        main = [a for a in child.assigned if a.light_seq is None]
+        ids = [assignment.job_id for assignment in main]
         started = len(ids) - ids[::-1].index(last) if last in ids else 0
         victim = None
-        for index, assignment in enumerate(child.assigned):
+        for assignment in child.assigned:
             self._forget(assignment)
-            if assignment.job_id == exit.running and victim is None:
+            if assignment.on_loop or child.light_started(assignment):
+                self._settle_killed(assignment, child, reason, reason_job, exit.how)
+            elif assignment.light_seq is not None:
+                self.recorder.add(_WriteKind.RELEASE, assignment)
+            elif assignment.job_id == exit.running and victim is None:
                 victim = assignment
                 self._settle_killed(assignment, child, reason, reason_job, exit.how)
-            elif index < started:
+            elif main.index(assignment) < started:
                 self.recorder.add(_WriteKind.LOST, assignment, (
                     f"child {child.number} (pid {child.process.pid}) {exit.how} before "
                     f"sending the outcome"))
@@ -10056,16 +10706,9 @@ class _InFlight:
             error = JobTimeout(f"job {running.job_id} ({name}) ran longer than its "
                                f"timeout of {limit:g}s, so its process was killed")
             self.recorder.add(_WriteKind.OUTCOME, running, _Outcome.failure(error))
-        elif reason == "lease" or running.lease_lost:
-            _log.warning("job %s (%s): this run was stopped because its lease was lost",
-                         running.job_id, name)
-        elif reason == "cancel":
-            self.recorder.add(_WriteKind.CANCEL, running, f"job {running.job_id} was "
-                              f"cancelled while running, so its process was killed")
-        elif reason == "overdue":
-            self.recorder.add(_WriteKind.CANCEL, running, f"job {running.job_id} was asked "
-                              f"to stop, and had not stopped by the time it was given, so "
-                              f"its process was killed")
+        elif reason in ("lease", "cancel", "overdue") or running.lease_lost:
+            self._settle_stopped(running, "lease" if running.lease_lost else str(reason),
+                                 "its process was killed")
         elif reason == "stop":
             # A deploy, say: not the job's fault, so no interruption is counted.
             self.recorder.add(_WriteKind.HAND_BACK, running,
@@ -10075,15 +10718,33 @@ class _InFlight:
                               f"its worker process (pid {child.process.pid}) {how}")
 
 
+    def _settle_stopped(self, running: _Assignment, reason: str, stopped: str) -> None:
+        """Record the end of a run stopped for ``reason`` (lease, cancel or
+        overdue): ``stopped`` says how."""
+        if reason == "lease" or running.lease_lost:
+            _log.warning("job %s (%s): this run was stopped because its lease was lost",
+                         running.job_id, running.row["name"])
+        elif reason == "cancel":
+            self.recorder.add(_WriteKind.CANCEL, running, f"job {running.job_id} was "
+                              f"cancelled while running, so {stopped}")
+        else:
+            self.recorder.add(_WriteKind.CANCEL, running, f"job {running.job_id} was asked "
+                              f"to stop, and had not stopped by the time it was given, so "
+                              f"{stopped}")
+
     def deal(self, token: str, claimed: list[dict[str, Any]]) -> None:
         """Hand the claimed jobs to processes as the dispatcher plans."""
         now = self.clock()
-        plan, left = self.dispatcher.plan(claimed, self.children.all, now)
-        for row in left:  # more than the room asked for: cannot happen, but never lose one
+        light_plan, rest = self.dispatcher.plan_light(claimed, self.children.all)
+        plan, left = self.dispatcher.plan(rest, self.children.all, now)
+        for row in left:
+            # More than the room asked for: synchronous jobs claimed with room
+            # left for async ones.  Never lose one: it goes back, unstarted.
             with contextlib.suppress(LitejobsError):
                 self.storage.release(row["id"], token, self.storage.clock())
         logged = _log.isEnabledFor(logging.DEBUG)
-        for child, planned in plan.items():
+        for child, planned, light in [*((c, rows, True) for c, rows in light_plan.items()),
+                                      *((c, rows, False) for c, rows in plan.items())]:
             batch: list[_JobToRun] = []
             for row in planned:
                 payload, signature = row.pop("payload"), row.pop("signature")
@@ -10095,15 +10756,18 @@ class _InFlight:
                     stale.lease_lost = True
                     self._stop_run(stale, "lease")
                 assignment = _Assignment(row["id"], token, row, child)
+                if light:
+                    assignment.light_seq = child.light_sent
+                    child.light_sent += 1
                 child.assigned.append(assignment)
                 self.jobs[row["id"]] = assignment
-                batch.append(_JobToRun(row["id"], row, payload, signature))
+                batch.append(_JobToRun(row["id"], row, payload, signature, light))
                 if logged:
                     _log.debug("job %s (%s) attempt %d claimed for child %d", row["id"],
                                row["name"], row["attempts"], child.number,
                                extra=_job_log(row))
             if batch:
-                if len(child.assigned) == len(batch):
+                if len(child.assigned) - child.light() == len(batch) and not light:
                     child.heard = now  # it had nothing: its silence counts from now
                 child.sent += len(batch)
                 limit = self.worker.max_jobs_per_child
@@ -10180,7 +10844,14 @@ class _InFlight:
     def _stop_run(self, assignment: _Assignment, reason: str) -> None:
         child = assignment.child
         assert child is not None, "only assignments sent to a process are stopped"
-        if child.slot.job_id == assignment.job_id:
+        if assignment.on_loop or assignment.light_seq is not None:
+            # On its event loop: its task is cancelled (or, not begun, it is
+            # given back); the process and its other jobs go on.
+            if assignment.stop_reason is None and child.send(_CancelRun(assignment.job_id,
+                                                                        reason)):
+                assignment.stop_reason = reason
+                assignment.skip_sent = True
+        elif child.slot.job_id == assignment.job_id:
             child.kill(reason, assignment.job_id)
         elif not assignment.skip_sent:
             assignment.skip_sent = child.send(_Skip((assignment.job_id,)))
@@ -10197,7 +10868,17 @@ class _InFlight:
             if running is not None and not running.start_marked \
                     and now - child.slot.since >= _START_MARK_AFTER:
                 due.append(running)
+        if self.dispatcher.async_names:
+            due += [a for a in self.jobs.values() if a.on_loop and not a.start_marked
+                    and a.began is not None and now - a.began >= _START_MARK_AFTER]
         return due
+
+    def next_start_mark(self) -> float | None:
+        """When the earliest async run not yet marked as begun is due to be."""
+        if not self.dispatcher.async_names:
+            return None
+        return min((a.began + _START_MARK_AFTER for a in self.jobs.values()
+                    if a.on_loop and not a.start_marked and a.began is not None), default=None)
 
 
 class _Supervisor:
@@ -10222,11 +10903,13 @@ class _Supervisor:
                    "log_levels": (logging.getLogger().getEffectiveLevel(), _log.level),
                    "secrets": self.storage.secrets, "size_limit": self.storage.size_limit,
                    "memory_limit": worker.memory_limit, "import_paths": worker.import_paths,
+                   "async_concurrency": worker.async_concurrency,
                    "network_filesystem": worker.network_filesystem}
         self.children = _Children(worker.id, worker.processes,
                                   multiprocessing.get_context(worker.start_method),
                                   self.selector, options, worker.crashes, clock)
-        self.dispatcher = _Dispatcher(worker.max_jobs_per_child)
+        self.dispatcher = _Dispatcher(worker.max_jobs_per_child,
+                                      async_concurrency=worker.async_concurrency)
         self.outage = _Outage(worker.id, clock)
         self.keeper = _Keeper(self.storage, worker.id, worker.path, worker.lease,
                               worker.retention, worker._file_identity, self.outage)
@@ -10333,7 +11016,9 @@ class _Supervisor:
         return self.grace_deadline is None and self.clock() >= self.recorder.retry_at
 
     def _free_slots(self) -> int:
-        return sum(self.dispatcher.rooms(self.children.all, self.clock()).values())
+        children = self.children.all
+        return sum(self.dispatcher.rooms(children, self.clock()).values()) + sum(
+            self.dispatcher.light_room(child) for child in children)
 
     def _should_claim(self) -> bool:
         if not self.drained or self.changed or self._due_now():
@@ -10367,6 +11052,9 @@ class _Supervisor:
         steal = self.dispatcher.next_steal(self.children.all, now)
         if steal is not None:
             moments.append(steal)
+        mark = self.flight.next_start_mark()
+        if mark is not None:
+            moments.append(mark)
         if self.grace_deadline is not None:
             moments.append(self.grace_deadline)
         elif self.children.restart_at is not None:
@@ -10553,6 +11241,9 @@ class Worker:
       processes are killed and the jobs released to run again.
     - ``max_jobs_per_child``: replace each child after this many jobs, to
       contain memory leaks in job code.
+    - ``async_concurrency``: async jobs (``async def``) each worker process
+      runs at once, on one long-lived event loop beside its synchronous
+      jobs (default 100).  Their timeouts and cancels cancel their tasks.
     - ``memory_limit``: bytes of address space each child may use (Linux
       ``RLIMIT_AS``).  A job that goes past it gets a `MemoryError`, which
       fails it (or retries it, as its `Retry` says) with its traceback; the
@@ -10600,7 +11291,8 @@ class Worker:
                  secret: str | bytes | Sequence[str | bytes] | None = None,
                  size_limit: int | None = DEFAULT_SIZE_LIMIT,
                  import_paths: Sequence[str | os.PathLike[str]] = (), listen: bool = True,
-                 network_filesystem: bool = False):
+                 network_filesystem: bool = False,
+                 async_concurrency: int = _ASYNC_CONCURRENCY):
         if getattr(multiprocessing.current_process(), "_inheriting", False):
             # A worker process starting up imports the main script again: one
             # without the guard starts a pool here.  Its exit status tells the
@@ -10645,6 +11337,7 @@ class Worker:
             raise ValueError("poll must be positive")
         self.max_jobs_per_child = (None if max_jobs_per_child is None else
                                    _positive_int(max_jobs_per_child, "max_jobs_per_child"))
+        self.async_concurrency = _positive_int(async_concurrency, "async_concurrency")
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"start_method {start_method!r} is not available here; use "
                              f"one of {', '.join(multiprocessing.get_all_start_methods())}")
@@ -11095,6 +11788,7 @@ def _command_worker(args: argparse.Namespace) -> int:
                         lease=args.lease, poll=args.poll, grace=args.grace,
                         listen=not args.no_listen,
                         max_jobs_per_child=args.max_jobs_per_child,
+                        async_concurrency=args.async_concurrency,
                         start_method=args.start_method, burst=args.burst, create=args.create,
                         retention=args.retention or None, memory_limit=args.memory_limit,
                         size_limit=args.size_limit, import_paths=args.path or ())
@@ -12800,6 +13494,10 @@ def _add_worker_command(commands: Any) -> None:
                         metavar="DURATION",
                         help=f"on SIGTERM, how long running jobs get to finish before "
                              f"they are killed and released (default {DEFAULT_GRACE:g}s)")
+    worker.add_argument("--async-concurrency", type=_positive_count,
+                        default=_ASYNC_CONCURRENCY, metavar="N",
+                        help="async jobs each worker process runs at once on its event "
+                             f"loop (default {_ASYNC_CONCURRENCY})")
     worker.add_argument("--max-jobs-per-child", type=_positive_count, default=None,
                         metavar="N",
                         help="replace each worker process after N jobs, to contain "

@@ -22,3 +22,16 @@ def ended_after(seconds):
     """Sleep, then return when it ended, on the wall clock, for wait latency."""
     time.sleep(seconds)
     return time.time()
+
+
+async def async_nap(seconds):
+    """An I/O-bound async job: it awaits ``seconds``."""
+    import asyncio
+    await asyncio.sleep(seconds)
+
+
+async def async_ended_after(seconds):
+    """Await, then return when it ended, on the wall clock, for await latency."""
+    import asyncio
+    await asyncio.sleep(seconds)
+    return time.time()

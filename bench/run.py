@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Sequence
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -247,13 +248,13 @@ class Pool:
 
     def __init__(self, path: str, processes: int, durable: bool = False,
                  log_level: str | None = "warning", log_path: str | None = None,
-                 wait: bool = True):
+                 wait: bool = True, options: Sequence[str] = ()):
         self.queue = litejobs.Queue(path, durable=durable)
         level = [] if log_level is None else ["--log-level", log_level]
         with open(log_path or path + ".log", "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "litejobs", "worker", path, "-p", str(processes),
-                 *level], env=POOL_ENV, stderr=log)
+                 *level, *options], env=POOL_ENV, stderr=log)
         if not wait:
             return
         try:

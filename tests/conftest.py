@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from waiting import WAIT, wait_until
+from waiting import WAIT, stop_all, wait_until
 
 
 ENDED_BY_SCAN = """
@@ -216,3 +216,34 @@ def cli_pools(tmp_path):
     finally:
         still = pools.kill_all()
         assert not still, f"pools still running after SIGKILL: {still}"
+
+
+# -- pools in this process --------------------------------------------------------
+
+
+@pytest.fixture
+def pool(q):
+    """Start a pool and stop it (at once) at teardown, whatever happened:
+    the pools of the tests of pools, on the ``q`` of the test's module.
+
+    ``pool(target=q, processes=1, **options)`` starts ``Worker(target, ...)``;
+    with ``through_queue=True`` it starts it through ``target.worker(...)``.
+    """
+    import litejobs
+    started = []
+
+    def start(target=None, *, through_queue=False, processes=1, **options):
+        target = q if target is None else target
+        if through_queue:
+            worker = target.worker(processes=processes, **options)
+        else:
+            worker = litejobs.Worker(target, processes=processes, **options)
+            started.append(worker)
+            worker.start()
+        if worker not in started:
+            started.append(worker)
+        assert worker.alive
+        return worker
+
+    yield start
+    stop_all(started)

@@ -1,5 +1,6 @@
 """Module-level job functions shared by the tests (jobs are stored by name)."""
 
+import asyncio
 import logging
 import os
 import time
@@ -626,3 +627,48 @@ def quota_span(log_path, label, seconds=0.0):
     time.sleep(seconds)
     _append_with_o_append(log_path, f"end {label} {os.getpid()}")
     return label
+
+
+async def async_sleep(seconds, value=None):
+    await asyncio.sleep(seconds)
+    return value
+
+
+async def async_whoami():
+    job = litejobs.current_job()
+    await asyncio.sleep(0.01)
+    return (job.id, litejobs.current_job().id, os.getpid())
+
+
+async def async_fail(message):
+    await asyncio.sleep(0)
+    raise ValueError(message)
+
+
+async def async_block(seconds):
+    time.sleep(seconds)  # blocks the event loop: a pool logs it
+    return "blocked"
+
+
+async def async_span(seconds):
+    """(start, end, pid) of a run that awaits ``seconds``."""
+    start = time.time()
+    await asyncio.sleep(seconds)
+    return start, time.time(), os.getpid()
+
+
+async def async_sleep_once(value, seconds):
+    """Await ``seconds`` on the first run (a test kills the process meanwhile);
+    return ``value`` at once on the next."""
+    if litejobs.current_job().attempts == 1:
+        await asyncio.sleep(seconds * 60)
+    return value
+
+
+async def async_describe(value):
+    return f"got {value}"
+
+
+def thread_name():
+    import threading
+    return threading.current_thread().name

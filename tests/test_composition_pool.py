@@ -126,24 +126,6 @@ def q(each_backend):
 
 
 @pytest.fixture
-def pool(q):
-    """``pool(processes=1, target=q, **options)`` starts a `Worker` on
-    ``target``; every pool started is stopped, at once, at teardown."""
-    started = []
-
-    def start(processes=1, target=None, **options):
-        worker = litejobs.Worker(q if target is None else target, processes=processes,
-                                 **options)
-        started.append(worker)
-        worker.start()
-        assert worker.alive
-        return worker
-
-    yield start
-    stop_all(started)
-
-
-@pytest.fixture
 def cli_pool(cli_pools):
     """``cli_pool(db, *options)``: a ``python -m litejobs worker`` process
     (`conftest.CliPool`); every such pool is killed at teardown."""

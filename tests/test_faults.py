@@ -23,22 +23,7 @@ import hostile_jobs
 import litejobs
 import sample_jobs
 from litejobs import FAILED, PENDING, Job
-from waiting import WAIT, live_in_session, process_state, stop_all, wait_until
-
-
-@pytest.fixture
-def pool(q):
-    """``pool(**options)`` starts a `Worker` of one process on ``q`` in a
-    thread of this process; every pool is stopped at teardown."""
-    started = []
-
-    def start(**options):
-        worker = litejobs.Worker(q, **{"processes": 1, **options}).start()
-        started.append(worker)
-        return worker
-
-    yield start
-    stop_all(started)
+from waiting import WAIT, live_in_session, process_state, wait_until
 
 
 def hold_write_lock(path):

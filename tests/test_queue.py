@@ -493,24 +493,32 @@ def test_a_result_that_cannot_be_pickled_fails_with_a_traceback(q):
     assert job.error_type == "builtins.TypeError"
 
 
-@pytest.mark.parametrize("item", [
-    sample_jobs.fetch_async, Job(sample_jobs.fetch_async, "https://example.org"),
-    functools.partial(sample_jobs.fetch_async, "x"), sample_jobs.stream_async,
-    sample_jobs.AsyncCallable(), "sample_jobs:fetch_async",
-], ids=["function", "job", "partial", "async-generator", "async-call", "by-name"])
-def test_put_refuses_an_async_function_writing_nothing(q, item):
-    with pytest.raises((TypeError, ValueError), match="async function"):
-        q.put(item)
-    with pytest.raises((TypeError, ValueError), match="async function"):
-        q.put(litejobs.parallel(Job(sample_jobs.add, 1, 1), item))
+def test_put_refuses_an_async_generator_writing_nothing(q):
+    for item in (sample_jobs.stream_async, Job(sample_jobs.stream_async, "x"),
+                 functools.partial(sample_jobs.stream_async, "x"), "sample_jobs:stream_async"):
+        with pytest.raises((TypeError, ValueError), match="async generator"):
+            q.put(item)
+        with pytest.raises((TypeError, ValueError), match="async generator"):
+            q.put(litejobs.parallel(Job(sample_jobs.add, 1, 1), item))
     assert q.counts() == dict.fromkeys(litejobs.STATUSES, 0)
 
 
-def test_an_async_callback_is_refused_too(q):
+@pytest.mark.parametrize("item, result", [
+    (Job(sample_jobs.fetch_async, "https://example.org"), "https://example.org"),
+    (functools.partial(sample_jobs.fetch_async, "x"), "x"),
+    (sample_jobs.AsyncCallable(), "called"),
+    (Job("sample_jobs:fetch_async", "by name"), "by name"),
+], ids=["job", "partial", "async-call", "by-name"])
+def test_an_async_function_is_put_and_run_as_any_other(q, item, result):
+    job = q.put(item)
+    assert q.run_pending() == 1
+    assert job.wait(timeout=0) == result
+
+
+def test_an_async_callback_is_a_callback_like_any_other(q):
     job = q.put(Job(sample_jobs.add, 1, 1))
-    with pytest.raises(TypeError, match="async function"):
-        job.add_callback(sample_jobs.fetch_async)
-    assert job.children() == []
+    callback = job.add_callback(sample_jobs.fetch_async)
+    assert [child.id for child in job.children()] == [callback.id]
 
 
 def test_a_job_shows_its_limits_and_its_counted_attempts(q, now):
@@ -609,8 +617,8 @@ def test_bad_function_defaults_are_refused_where_the_function_is_defined(options
 
 
 def test_job_refuses_what_is_not_a_plain_function():
-    with pytest.raises(TypeError, match="async function"):
-        litejobs.job(queue="io")(sample_jobs.fetch_async)
+    with pytest.raises(TypeError, match="async generator"):
+        litejobs.job(queue="io")(sample_jobs.stream_async)
     with pytest.raises(TypeError):
         litejobs.job(queue="io")(42)
 

@@ -37,7 +37,7 @@ import pytest
 import litejobs
 import sample_jobs
 from backends import change, outsider, row_of, write_lock_held
-from waiting import (WAIT, assert_finished, child_pids, pid_alive, process_ended, stop_all,
+from waiting import (WAIT, assert_finished, child_pids, pid_alive, process_ended,
                      wait_for_pid, wait_until)
 from litejobs import ACTIVE, CANCELLED, COMPLETED, FAILED, PENDING, Job
 
@@ -130,32 +130,6 @@ def q(each_backend):
     """Every test here holds on each backend, but for those of SQLite's own
     behaviour (its write lock, its file), which take ``sqlite_q``."""
     return each_backend
-
-
-@pytest.fixture
-def pool(q):
-    """Start a pool and stop it (at once) at teardown, whatever happened.
-
-    ``pool(target=q, processes=1, **options)`` starts ``Worker(target, ...)``;
-    with ``through_queue=True`` it starts it through ``target.worker(...)``.
-    """
-    started = []
-
-    def start(target=None, *, through_queue=False, processes=1, **options):
-        target = q if target is None else target
-        if through_queue:
-            worker = target.worker(processes=processes, **options)
-        else:
-            worker = litejobs.Worker(target, processes=processes, **options)
-            started.append(worker)
-            worker.start()
-        if worker not in started:
-            started.append(worker)
-        assert worker.alive
-        return worker
-
-    yield start
-    stop_all(started)
 
 
 # -- 1. many quick jobs ------------------------------------------------------------
