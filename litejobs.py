@@ -8767,38 +8767,51 @@ class Schedule:
 
 class _RunningSlot:
     """The shared memory through which a worker process shows its supervisor
-    what it runs: the job running now (0 for none), when that job started on
-    the monotonic clock (the same for every process, on Linux and macOS), and
-    the last job it started.  With it the supervisor kills, times and blames
-    the right job, and knows, when a process dies, which of its jobs had run.
-    The worker process writes it; the supervisor only reads."""
+    what it runs: in each of its threads for synchronous jobs (its lanes),
+    the job running now (0 for none) and when it started on the monotonic
+    clock (the same for every process, on Linux and macOS); the last job it
+    started, of those its threads take in order; and how many of the jobs
+    sent to its event loop have started.  With it the supervisor kills,
+    times and blames the right job, and knows, when a process dies, which
+    of its jobs had run.  The worker process writes it; the supervisor only
+    reads."""
 
-    _JOB, _SINCE, _LAST, _LIGHT = range(4)  # the layout of the array
-    SIZE = 4
-    __slots__ = ("array",)
+    _LAST, _LIGHT, _LANES = 0, 1, 2  # the layout: then (job, since) for each lane
+    __slots__ = ("array", "lanes")
 
     def __init__(self, array: Any):
-        self.array = array  # a multiprocessing RawArray of SIZE doubles
+        self.array = array  # a multiprocessing RawArray of `size(lanes)` doubles
+        self.lanes = (len(array) - self._LANES) // 2
 
-    @property
-    def job_id(self) -> int:
-        return int(self.array[self._JOB])
+    @classmethod
+    def size(cls, lanes: int) -> int:
+        return cls._LANES + 2 * lanes
 
-    @property
-    def since(self) -> float:
-        return float(self.array[self._SINCE])
+    def runs(self) -> list[tuple[int, float]]:
+        """(job id, since) of each lane running a job."""
+        found = []
+        for lane in range(self.lanes):
+            job_id = int(self.array[self._LANES + 2 * lane])
+            if job_id:
+                found.append((job_id, float(self.array[self._LANES + 2 * lane + 1])))
+        return found
+
+    def sole_job(self) -> int:
+        """The job running, if exactly one is (0 otherwise)."""
+        runs = self.runs()
+        return runs[0][0] if len(runs) == 1 else 0
 
     @property
     def last_started(self) -> int:
         return int(self.array[self._LAST])
 
-    def start(self, job_id: int, now: float) -> None:
-        self.array[self._SINCE] = now
+    def start(self, job_id: int, now: float, lane: int = 0) -> None:
+        self.array[self._LANES + 2 * lane + 1] = now
         self.array[self._LAST] = job_id
-        self.array[self._JOB] = job_id  # written last: the start above is then valid
+        self.array[self._LANES + 2 * lane] = job_id  # last: the start above is then valid
 
-    def clear(self) -> None:
-        self.array[self._JOB] = 0
+    def clear(self, lane: int = 0) -> None:
+        self.array[self._LANES + 2 * lane] = 0
 
     @property
     def light_started(self) -> int:
@@ -9031,8 +9044,9 @@ class _ChildWork:
                 messages = self._take_outbox()
             self.send(messages)
 
-    def next_job(self) -> _JobToRun | None:
-        """The next job to run, marked as running; None once told to stop."""
+    def next_job(self, lane: int = 0) -> _JobToRun | None:
+        """The next job to run, marked as running in ``lane`` (a thread of the
+        process's); None once told to stop."""
         with self.lock:
             while not self.pending and not self.stopping:
                 idle = self._take_outbox()
@@ -9047,7 +9061,7 @@ class _ChildWork:
             if not self.pending:
                 return None
             item = self.pending.popleft()
-            self.slot.start(item.job_id, time.monotonic())
+            self.slot.start(item.job_id, time.monotonic(), lane)
             held: list[_FromChild] = []
             if item.row["timeout"] is not None:  # wake the supervisor to time it
                 held = self._take_outbox() + [_Started(item.job_id)]
@@ -9063,10 +9077,11 @@ class _ChildWork:
             self.outbox.append(message)
 
     def finished(self, job_id: int, outcome: _Outcome, seconds: float, timed: bool,
-                 light: bool = False) -> None:
+                 lane: int | None = 0) -> None:
+        """``job_id`` ended; ``lane`` None for an async job, which held none."""
         with self.lock:
-            if not light:  # an async job's end leaves the main thread's job be
-                self.slot.clear()
+            if lane is not None:
+                self.slot.clear(lane)
             if not self.outbox:
                 self.held_since = time.monotonic()
                 self.lock.notify_all()  # the flusher starts counting
@@ -9209,7 +9224,7 @@ class _JobLoop:
 
     def _finished(self, item: _JobToRun, outcome: _Outcome, started: float) -> None:
         self.work.finished(item.job_id, outcome, time.perf_counter() - started,
-                           False, light=True)
+                           False, lane=None)
         if not self.calls:
             with self.work.lock:
                 if not self.work.light_pending:
@@ -9250,7 +9265,7 @@ class _ForwardLogs(logging.Handler):
                               self._allowance + (now - self._filled_at) * _LOG_RATE)
         self._filled_at = now
         if self._allowance < 1:
-            self._dropped[int(getattr(record, "job_id", 0) or self.work.slot.job_id)] += 1
+            self._dropped[int(getattr(record, "job_id", 0) or self._job_id())] += 1
             return
         self._allowance -= 1
         self.report_dropped()
@@ -9269,6 +9284,12 @@ class _ForwardLogs(logging.Handler):
                        f"forwards at most {_LOG_RATE:,} a second to its pool",
                 "job_id": job_id or None}))
 
+    def _job_id(self) -> int:
+        """The job a record is about: the one running in its thread (or task),
+        else the one running in the process, if there is only one."""
+        job = _CURRENT_JOB.get()
+        return job.id if job is not None and job.id is not None else self.work.slot.sole_job()
+
     def _forward(self, record: logging.LogRecord) -> None:
         try:
             data = dict(record.__dict__)
@@ -9277,7 +9298,7 @@ class _ForwardLogs(logging.Handler):
                 data["exc_text"] = logging.Formatter().formatException(record.exc_info)
             data["exc_info"] = None
             if "job_id" not in data:
-                running = self.work.slot.job_id
+                running = self._job_id()
                 if running:
                     data["job_id"] = running
             self.work.post(_ForwardedLog({key: _plain(value) for key, value in data.items()}))
@@ -9447,6 +9468,43 @@ def _too_late(row: Mapping[str, Any], now: float) -> _Outcome | None:
         f"but its worker process reached it at {_format_time(now)}")))
 
 
+def _run_lane(work: _ChildWork, queue: Queue, forwarder: _ForwardLogs, lane: int) -> None:
+    """Run the synchronous jobs a worker process takes in ``lane``, one at a
+    time, until told to stop; an async job found here goes to the loop."""
+    news = _NewsWatch(queue._storage)
+    while True:
+        item = work.next_job(lane)
+        if item is None:
+            break
+        job_id, row, payload, signature, _ = item
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("job %s (%s) attempt %d started in process %d", job_id, row["name"],
+                       row["attempts"], os.getpid(), extra=_job_log(row))
+        started = time.perf_counter()
+        job = Job._bound(queue, row)
+        news.watch(job)
+        try:
+            outcome = _too_late(row, queue._storage.clock())
+            if outcome is None:
+                call = _Call(job, payload, signature,
+                             functools.partial(_post_progress, work, job_id))
+                begun = call.start()
+                if not isinstance(begun, _Outcome) and begun is not None:
+                    news.watch(None)
+                    work.slot.clear(lane)  # the lane is free: the job runs on the loop
+                    work.loop().adopt(item, call, begun, started)
+                    continue
+                outcome = begun or _PLAIN_COMPLETION
+            _crash_point("after-job")
+        except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
+            outcome = _Outcome.failure(exc)
+        news.watch(None)
+        forwarder.report_dropped()
+        work.finished(job_id, outcome, time.perf_counter() - started,
+                      row["timeout"] is not None, lane)
+    news.stop()
+
+
 def _child_main(conn: Any, options: dict[str, Any], slot: _RunningSlot) -> None:
     """A worker process: run the jobs the supervisor sends, in order, and
     send back their outcomes, batched while jobs are quick."""
@@ -9472,44 +9530,23 @@ def _child_main(conn: Any, options: dict[str, Any], slot: _RunningSlot) -> None:
     queue = Queue(options["path"], create=False, busy_timeout=options["busy_timeout"],
                   size_limit=options["size_limit"], secret=_Keys(options["secrets"]),
                   network_filesystem=options["network_filesystem"])
-    news = _NewsWatch(queue._storage)
     work.make_loop = functools.partial(_JobLoop, work, queue, options["async_concurrency"])
     work.send([_Ready(os.getpid())])
     for target, name in ((work.read, "reader"), (work.flush_held, "flusher")):
         threading.Thread(target=target, daemon=True, name=f"litejobs-child-{name}").start()
-    while True:
-        item = work.next_job()
-        if item is None:
-            break
-        job_id, row, payload, signature, _ = item
-        if _log.isEnabledFor(logging.DEBUG):
-            _log.debug("job %s (%s) attempt %d started in process %d", job_id, row["name"],
-                       row["attempts"], os.getpid(), extra=_job_log(row))
-        started = time.perf_counter()
-        job = Job._bound(queue, row)
-        news.watch(job)
-        try:
-            outcome = _too_late(row, queue._storage.clock())
-            if outcome is None:
-                call = _Call(job, payload, signature,
-                             functools.partial(_post_progress, work, job_id))
-                begun = call.start()
-                if not isinstance(begun, _Outcome) and begun is not None:
-                    news.watch(None)
-                    work.slot.clear()  # the main thread is free: the job runs on the loop
-                    work.loop().adopt(item, call, begun, started)
-                    continue
-                outcome = begun or _PLAIN_COMPLETION
-            _crash_point("after-job")
-        except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
-            outcome = _Outcome.failure(exc)
-        news.watch(None)
-        forwarder.report_dropped()
-        work.finished(job_id, outcome, time.perf_counter() - started,
-                      row["timeout"] is not None)
+    # Synchronous jobs run in the main thread's lane, and with threads > 1 in
+    # lanes of their own besides; a lane whose job ran past its timeout is
+    # left to it (daemon: the process's exit ends it, see `_InFlight`).
+    lanes = [threading.Thread(target=_run_lane, args=(work, queue, forwarder, lane),
+                              daemon=True, name=f"litejobs-lane-{lane}")
+             for lane in range(1, options["threads"])]
+    for thread in lanes:
+        thread.start()
+    _run_lane(work, queue, forwarder, 0)
+    for thread in lanes:
+        thread.join()
     if work.job_loop is not None:
         work.job_loop.close()
-    news.stop()
     work.close()
     queue.close()
 
@@ -9557,6 +9594,7 @@ class _Child:
         self.done = 0
         self.heard = now  # when it last sent anything, or was sent work while idle
         self.kill_reason: tuple[str, int | None] | None = None
+        self.abandoned: set[int] = set()  # runs its threads were left to (`_InFlight._abandon`)
         self.retiring = False
         self.stop_sent = False
 
@@ -9568,10 +9606,18 @@ class _Child:
                 return assignment
         return None
 
-    def running(self) -> _Assignment | None:
-        """The assignment it is running now, if any."""
-        job_id = self.slot.job_id
-        return self.assignment(job_id) if job_id else None
+    def runs(self) -> list[tuple[_Assignment, float]]:
+        """The assignments its threads run now, with when each started."""
+        found = []
+        for job_id, since in self.slot.runs():
+            assignment = self.assignment(job_id)
+            if assignment is not None:
+                found.append((assignment, since))
+        return found
+
+    def running(self, job_id: int) -> bool:
+        """Whether one of its threads runs ``job_id`` now."""
+        return any(running == job_id for running, _ in self.slot.runs())
 
     def light(self) -> int:
         """The async jobs it holds: sent to its event loop, or running there."""
@@ -9666,15 +9712,19 @@ class _Dispatcher:
         """Whether the process's work has not moved for ``steal_after``: its
         job started that long ago, or it holds jobs and has said nothing."""
         self._read_load(now)
-        if child.slot.job_id:
-            return now - child.slot.since >= self.steal_after
-        return len(child.assigned) > child.light() and now - child.heard >= self.steal_after
+        runs = child.slot.runs()
+        if len(runs) >= child.slot.lanes:  # every thread busy: since the latest start
+            return now - max(since for _, since in runs) >= self.steal_after
+        return len(child.assigned) > child.light() + len(runs) \
+            and now - child.heard >= self.steal_after
 
     def room(self, child: _Child, now: float, chunk: int, most: int) -> int:
-        """How many more jobs the process should get now."""
+        """How many more jobs the process should get now: ``most`` for each
+        of its threads."""
         if not child.ready or child.retiring or child.kill_reason is not None \
                 or child.stop_sent or self.stuck(child, now):
             return 0
+        most *= child.slot.lanes
         light = child.light()
         if light > self.async_concurrency:
             return 0  # async jobs wait for its event loop: it is full
@@ -9748,9 +9798,10 @@ class _Dispatcher:
         taken: list[_Assignment] = []
         for child in children:
             if self.stuck(child, now):
-                running = child.slot.job_id
-                taken += [a for a in child.assigned if not a.skip_sent and a.job_id != running
-                          and a.light_seq is None and not a.on_loop]
+                running = {job_id for job_id, _ in child.slot.runs()}
+                taken += [a for a in child.assigned if not a.skip_sent
+                          and a.job_id not in running and a.light_seq is None
+                          and not a.on_loop]
         return taken
 
     def next_steal(self, children: Iterable[_Child], now: float) -> float | None:
@@ -9758,10 +9809,13 @@ class _Dispatcher:
         one will; once stuck, a process that frees up wakes the pool anyway."""
         moments = []
         for child in children:
-            running = child.slot.job_id
-            if any(not a.skip_sent and a.job_id != running and a.light_seq is None
+            runs = child.slot.runs()
+            running = {job_id for job_id, _ in runs}
+            if any(not a.skip_sent and a.job_id not in running and a.light_seq is None
                    and not a.on_loop for a in child.assigned):
-                moment = (child.slot.since if running else child.heard) + self.steal_after
+                busy = len(runs) >= child.slot.lanes
+                moment = (max(since for _, since in runs) if busy else child.heard) \
+                    + self.steal_after
                 if moment > now:
                     moments.append(moment)
         return min(moments, default=None)
@@ -10238,13 +10292,12 @@ class _Keeper:
 
     @staticmethod
     def timeout_deadline(child: _Child) -> float | None:
-        """When the job the process runs reaches its timeout."""
+        """When the first of the jobs the process's threads run reaches its
+        timeout."""
         if child.kill_reason is not None:
             return None
-        running = child.running()
-        if running is None or running.row["timeout"] is None:
-            return None
-        return child.slot.since + float(running.row["timeout"])
+        return min((since + float(running.row["timeout"]) for running, since in child.runs()
+                    if running.row["timeout"] is not None), default=None)
 
     def check_file(self) -> None:
         """Raise `_FileGone` if the file was deleted or replaced."""
@@ -10395,12 +10448,12 @@ class _IdleWait:
 
 class _Exit(NamedTuple):
     """A worker process that exited, as its supervisor settles it: what it
-    sent last, the job it was running, how it exited, and whether that was
-    expected (stopped, or killed for a reason)."""
+    sent last, the jobs its threads were running, how it exited, and
+    whether that was expected (stopped, or killed for a reason)."""
 
     child: _Child
     messages: list[_FromChild]
-    running: int
+    running: list[int]
     how: str
     expected: bool
 
@@ -10436,7 +10489,7 @@ class _Children:
     def _start(self) -> None:
         number = next(self._numbers)
         ours, theirs = self._ctx.Pipe(duplex=True)
-        slot = _RunningSlot(self._ctx.RawArray("d", _RunningSlot.SIZE))
+        slot = _RunningSlot(self._ctx.RawArray("d", _RunningSlot.size(self._options["threads"])))
         process = self._ctx.Process(target=_child_main, args=(theirs, self._options, slot),
                                     name=f"litejobs-child-{number}")
         process.start()
@@ -10481,7 +10534,7 @@ class _Children:
     def reap(self, child: _Child) -> _Exit:
         """``child`` exited: read what it sent last, and close it."""
         messages = self.receive(child, math.inf)
-        running = child.slot.job_id  # what it was running when it died
+        running = [job_id for job_id, _ in child.slot.runs()]  # when it died
         child.process.join(timeout=5)
         self.unregister(child, child.fd)
         self.unregister(child, child.process.sentinel)
@@ -10669,14 +10722,16 @@ class _InFlight:
         ids = [assignment.job_id for assignment in main]
         started = len(ids) - ids[::-1].index(last) if last in ids else 0
         victim = None
+        killed: set[int] = set()
         for assignment in child.assigned:
             self._forget(assignment)
             if assignment.on_loop or child.light_started(assignment):
                 self._settle_killed(assignment, child, reason, reason_job, exit.how)
             elif assignment.light_seq is not None:
                 self.recorder.add(_WriteKind.RELEASE, assignment)
-            elif assignment.job_id == exit.running and victim is None:
-                victim = assignment
+            elif assignment.job_id in exit.running and assignment.job_id not in killed:
+                killed.add(assignment.job_id)  # the oldest assignment, if claimed again
+                victim = victim or assignment
                 self._settle_killed(assignment, child, reason, reason_job, exit.how)
             elif main.index(assignment) < started:
                 self.recorder.add(_WriteKind.LOST, assignment, (
@@ -10788,21 +10843,50 @@ class _InFlight:
             if child.send(_Skip(tuple(a.job_id for a in assignments))):
                 for assignment in assignments:
                     assignment.skip_sent = True
-                moved = (f"has run job {child.slot.job_id} for "
-                         f"{self.clock() - child.slot.since:.1f}s" if child.slot.job_id else
+                runs = child.slot.runs()
+                moved = (f"has run job {runs[-1][0]} for "
+                         f"{self.clock() - runs[-1][1]:.1f}s" if runs else
                          f"has said nothing for {self.clock() - child.heard:.1f}s")
                 _log.debug("%s: child %d %s; asking back the %d jobs it holds behind it",
                            self.worker.id, child.number, moved, len(assignments))
 
 
     def enforce_timeouts(self) -> None:
-        """Kill the processes whose job ran past its timeout.  It touches no
-        database, and runs before anything that might wait for one."""
+        """Stop the runs past their timeout: kill their process, or, in a
+        process with threads, abandon them (`_abandon`).  It waits for no
+        database, and runs before anything that might."""
         now = self.clock()
         for child in self.children.all:
             deadline = self.keeper.timeout_deadline(child)
-            if deadline is not None and now >= deadline:
-                child.kill("timeout", child.slot.job_id)
+            if deadline is None or now < deadline:
+                continue
+            for running, since in child.runs():
+                limit = running.row["timeout"]
+                if limit is None or now < since + float(limit):
+                    continue
+                if child.slot.lanes == 1:
+                    child.kill("timeout", running.job_id)
+                    break
+                self._abandon(child, running, "timeout")
+
+    def _abandon(self, child: _Child, running: _Assignment, reason: str) -> None:
+        """A thread cannot be stopped: a run in a process with threads that
+        must stop (its timeout, a cancel, a lost lease) ends at once in the
+        database, and its process is retired: it takes no more jobs, and is
+        killed once its other jobs have ended, which ends the thread.  Its
+        late outcome, if any, is ignored (and fenced off anyway)."""
+        child.assigned.remove(running)
+        self._forget(running)
+        child.abandoned.add(running.job_id)
+        child.retiring = True
+        retired = "its worker process is retired once its other jobs end"
+        if reason == "timeout":
+            self.recorder.add(_WriteKind.OUTCOME, running, _Outcome.failure(_raised(JobTimeout(
+                f"job {running.job_id} ({running.row['name']}) ran longer than its timeout "
+                f"of {float(running.row['timeout']):g}s; a thread cannot be stopped, so "
+                f"{retired}"))))
+        else:
+            self._settle_stopped(running, reason, f"{retired} (a thread cannot be stopped)")
 
 
     def lease_lost(self, job_id: int) -> None:
@@ -10832,7 +10916,7 @@ class _InFlight:
         assignment = self.jobs.get(job_id)
         if assignment is None or assignment.child is None:
             return
-        if assignment.child.slot.job_id != job_id:
+        if not assignment.child.running(job_id):
             # Given back, it ends cancelled (_RELEASE_JOB); one the process
             # starts meanwhile runs on, and sees the request.
             if not assignment.skip_sent:
@@ -10851,8 +10935,11 @@ class _InFlight:
                                                                         reason)):
                 assignment.stop_reason = reason
                 assignment.skip_sent = True
-        elif child.slot.job_id == assignment.job_id:
-            child.kill(reason, assignment.job_id)
+        elif child.running(assignment.job_id):
+            if child.slot.lanes == 1:
+                child.kill(reason, assignment.job_id)
+            else:
+                self._abandon(child, assignment, reason)
         elif not assignment.skip_sent:
             assignment.skip_sent = child.send(_Skip((assignment.job_id,)))
 
@@ -10864,10 +10951,8 @@ class _InFlight:
         due = []
         now = self.clock()
         for child in self.children.all:
-            running = child.running()
-            if running is not None and not running.start_marked \
-                    and now - child.slot.since >= _START_MARK_AFTER:
-                due.append(running)
+            due += [running for running, since in child.runs()
+                    if not running.start_marked and now - since >= _START_MARK_AFTER]
         if self.dispatcher.async_names:
             due += [a for a in self.jobs.values() if a.on_loop and not a.start_marked
                     and a.began is not None and now - a.began >= _START_MARK_AFTER]
@@ -10903,7 +10988,7 @@ class _Supervisor:
                    "log_levels": (logging.getLogger().getEffectiveLevel(), _log.level),
                    "secrets": self.storage.secrets, "size_limit": self.storage.size_limit,
                    "memory_limit": worker.memory_limit, "import_paths": worker.import_paths,
-                   "async_concurrency": worker.async_concurrency,
+                   "async_concurrency": worker.async_concurrency, "threads": worker.threads,
                    "network_filesystem": worker.network_filesystem}
         self.children = _Children(worker.id, worker.processes,
                                   multiprocessing.get_context(worker.start_method),
@@ -10934,9 +11019,11 @@ class _Supervisor:
         try:
             if not self._register():
                 return  # stopped while it waited: nothing was claimed
-            _log.info("%s serving %s, queues %s, %d processes (%s), lease %ss",
+            _log.info("%s serving %s, queues %s, %d processes (%s)%s, lease %ss",
                       worker.id, worker.path, ", ".join(worker.queues or ["(all)"]),
-                      worker.processes, worker.start_method, worker.lease)
+                      worker.processes, worker.start_method,
+                      f" of {worker.threads} threads" if worker.threads > 1 else "",
+                      worker.lease)
             self.children.fill()
             while self.step():
                 pass
@@ -11046,9 +11133,8 @@ class _Supervisor:
             deadline = self.keeper.timeout_deadline(child)
             if deadline is not None:
                 moments.append(deadline)
-            running = child.running()
-            if running is not None and not running.start_marked:
-                moments.append(child.slot.since + _START_MARK_AFTER)
+            moments += [since + _START_MARK_AFTER for running, since in child.runs()
+                        if not running.start_marked]
         steal = self.dispatcher.next_steal(self.children.all, now)
         if steal is not None:
             moments.append(steal)
@@ -11186,7 +11272,10 @@ class _Supervisor:
         self.recorder.info.take_turn(now)
         for child in self.children.all:
             if child.retiring and not child.assigned and not child.stop_sent:
-                child.stop_sent = child.send(_Stop())
+                if child.abandoned & {job_id for job_id, _ in child.slot.runs()}:
+                    child.kill("retired", None)  # a thread still runs what was abandoned
+                else:
+                    child.stop_sent = child.send(_Stop())
         if self.grace_deadline is None:
             self.children.restart_due(now)
         if now >= self.keeper.next_heartbeat:
@@ -11244,6 +11333,10 @@ class Worker:
     - ``async_concurrency``: async jobs (``async def``) each worker process
       runs at once, on one long-lived event loop beside its synchronous
       jobs (default 100).  Their timeouts and cancels cancel their tasks.
+    - ``threads``: synchronous jobs each worker process runs at once, each
+      in a thread (default 1), for jobs that wait on I/O.  A thread cannot
+      be stopped: a run past its timeout, or cancelled, ends at once in the
+      database, and its process is retired, killed once its other jobs end.
     - ``memory_limit``: bytes of address space each child may use (Linux
       ``RLIMIT_AS``).  A job that goes past it gets a `MemoryError`, which
       fails it (or retries it, as its `Retry` says) with its traceback; the
@@ -11292,7 +11385,7 @@ class Worker:
                  size_limit: int | None = DEFAULT_SIZE_LIMIT,
                  import_paths: Sequence[str | os.PathLike[str]] = (), listen: bool = True,
                  network_filesystem: bool = False,
-                 async_concurrency: int = _ASYNC_CONCURRENCY):
+                 async_concurrency: int = _ASYNC_CONCURRENCY, threads: int = 1):
         if getattr(multiprocessing.current_process(), "_inheriting", False):
             # A worker process starting up imports the main script again: one
             # without the guard starts a pool here.  Its exit status tells the
@@ -11338,6 +11431,7 @@ class Worker:
         self.max_jobs_per_child = (None if max_jobs_per_child is None else
                                    _positive_int(max_jobs_per_child, "max_jobs_per_child"))
         self.async_concurrency = _positive_int(async_concurrency, "async_concurrency")
+        self.threads = _positive_int(threads, "threads")
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"start_method {start_method!r} is not available here; use "
                              f"one of {', '.join(multiprocessing.get_all_start_methods())}")
@@ -11788,7 +11882,7 @@ def _command_worker(args: argparse.Namespace) -> int:
                         lease=args.lease, poll=args.poll, grace=args.grace,
                         listen=not args.no_listen,
                         max_jobs_per_child=args.max_jobs_per_child,
-                        async_concurrency=args.async_concurrency,
+                        async_concurrency=args.async_concurrency, threads=args.threads,
                         start_method=args.start_method, burst=args.burst, create=args.create,
                         retention=args.retention or None, memory_limit=args.memory_limit,
                         size_limit=args.size_limit, import_paths=args.path or ())
@@ -13494,6 +13588,9 @@ def _add_worker_command(commands: Any) -> None:
                         metavar="DURATION",
                         help=f"on SIGTERM, how long running jobs get to finish before "
                              f"they are killed and released (default {DEFAULT_GRACE:g}s)")
+    worker.add_argument("--threads", type=_positive_count, default=1, metavar="N",
+                        help="synchronous jobs each worker process runs at once, each in "
+                             "a thread, for jobs that wait on I/O (default 1)")
     worker.add_argument("--async-concurrency", type=_positive_count,
                         default=_ASYNC_CONCURRENCY, metavar="N",
                         help="async jobs each worker process runs at once on its event "

@@ -24,6 +24,11 @@ def ended_after(seconds):
     return time.time()
 
 
+def nap(seconds):
+    """An I/O-bound synchronous job: it sleeps ``seconds`` in its thread."""
+    time.sleep(seconds)
+
+
 async def async_nap(seconds):
     """An I/O-bound async job: it awaits ``seconds``."""
     import asyncio

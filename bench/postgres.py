@@ -296,6 +296,30 @@ def procrastinate_drain(server: postgres_server.Server, count: int, processes: i
             worker.wait(timeout=60)
 
 
+def procrastinate_async_naps(server: postgres_server.Server, count: int, processes: int,
+                             concurrency: int) -> float:
+    """Seconds ``processes`` procrastinate workers, each running
+    ``concurrency`` async tasks at once, take to run ``count`` tasks awaiting
+    0.1 s, deferred beforehand; by procrastinate's own events, from the
+    first start to the last success."""
+    url = procrastinate_database(server)
+    _python("import procrastinate_tasks as t\n"
+            "with t.app.open():\n"
+            f"    t.async_nap.batch_defer(*[{{'seconds': 0.1}}] * {count})\n", url)
+    workers = _procrastinate_workers(url, processes, concurrency)
+    try:
+        deadline = time.monotonic() + 600
+        while _events_span(url)[0] < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        done, span = _events_span(url)
+        assert done == count, (done, count)
+        return span
+    finally:
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=60)
+
+
 def procrastinate_pickup(server: postgres_server.Server, folder: str,
                          samples: int) -> list[float]:
     """Seconds from ``defer`` returning to the task starting (it notes the

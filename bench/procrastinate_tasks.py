@@ -25,3 +25,10 @@ def started_at(context):
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+@app.task(name="async_nap")
+async def async_nap(seconds):
+    """An I/O-bound async task: it awaits ``seconds``."""
+    import asyncio
+    await asyncio.sleep(seconds)

@@ -672,3 +672,29 @@ async def async_describe(value):
 def thread_name():
     import threading
     return threading.current_thread().name
+
+
+def thread_span(seconds):
+    """(start, end, pid, thread) of a run that sleeps ``seconds`` in its thread."""
+    import threading
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time(), os.getpid(), threading.current_thread().name
+
+
+def sleep_first_attempt(seconds, value):
+    """Sleep ``seconds`` on the first run (a test kills the process
+    meanwhile); return ``value`` at once on the next."""
+    if litejobs.current_job().attempts == 1:
+        time.sleep(seconds)
+    return value
+
+
+async def async_progress(steps):
+    """Report progress and meta from an async job, as a synchronous one does."""
+    job = litejobs.current_job()
+    for step in range(1, steps + 1):
+        await asyncio.sleep(0.01)
+        job.set_progress(step / steps, f"step {step} of {steps}")
+    job.update_meta(steps=steps)
+    return steps

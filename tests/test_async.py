@@ -20,22 +20,12 @@ import pytest
 import litejobs
 import sample_jobs
 from litejobs import CANCELLED, COMPLETED, FAILED, Job
-from waiting import WAIT, child_pids, wait_until
+from waiting import WAIT, child_pids, overlap, wait_until
 
 
 @pytest.fixture
 def q(each_backend):
     return each_backend
-
-
-def overlap(spans):
-    """The most spans (start, end) open at one moment."""
-    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
-    most = running = 0
-    for _, step in events:
-        running += step
-        most = max(most, running)
-    return most
 
 
 # -- in the pool ------------------------------------------------------------------------
@@ -133,6 +123,22 @@ def test_an_async_job_that_blocks_the_loop_is_logged_with_its_id(q, pool, caplog
     assert job.wait(timeout=WAIT) == "blocked"
     wait_until(lambda: any(f"job {job.id} " in r.getMessage() and "blocked" in r.getMessage()
                            for r in caplog.records), WAIT, "the warning")
+
+
+def test_an_async_job_reports_progress_and_meta(q, pool):
+    pool()
+    job = q.put(Job(sample_jobs.async_progress, 5))
+    assert job.wait(timeout=WAIT) == 5
+    assert (job.progress, job.progress_message) == (1.0, "step 5 of 5")
+    assert job.meta == {"steps": 5}
+
+
+def test_retries_of_an_async_job_follow_its_retry_policy(q, pool):
+    pool()
+    job = q.put(Job(sample_jobs.async_fail, "again"), retry=litejobs.Retry(attempts=3, delay=0))
+    with pytest.raises(litejobs.JobFailed):
+        job.wait(timeout=WAIT)
+    assert job.attempts == 3 and [entry["event"] for entry in job.history] == ["retried"] * 2
 
 
 def test_async_parts_compose_with_a_postprocess_and_callbacks(q, pool):

@@ -33,6 +33,7 @@ RUNS = {
     "transactional_enqueue.py": ([], ["never existed",
                                       "orders: [(1, 'ada', 1), (2, 'cy', 1)]"]),
     "recurring.py": ([], ["the mail server did not answer", "'failed': 1"]),
+    "async_web_app.py": (["--self-test"], ["all answered [200]", "GET /nowhere -> 404"]),
 }
 TIMEOUT = 90  # below pytest-timeout's 120 s, so a hung script fails with its output
 
@@ -307,3 +308,14 @@ def test_recurring_leaves_one_job_per_tick_each_knowing_its_tick(tmp_path):
         assert (schedule.tz, schedule.overlap) == ("Europe/Berlin", "skip")
     finally:
         queue.close()
+
+
+def test_async_web_app_awaits_jobs_run_by_the_pools_event_loops(example):
+    done = example("async_web_app.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    first = re.search(r"GET /forecast/city-0 -> 200 (\{.*\})", done.stdout)
+    assert first and "'city': 'city-0'" in first.group(1), done.stdout
+    pids, script = re.search(r"run by worker processes \[([\d, ]+)\] \(this is process (\d+)\)",
+                             done.stdout).groups()
+    assert script not in pids.split(", ")
+

@@ -116,3 +116,14 @@ def assert_finished(worker, **expected):
                                   for status, n in expected.items()})
     wait_until(lambda: worker.finished == wanted, WAIT,
                f"the pool to count {dict(wanted)}", lambda: f"counted {worker.finished}")
+
+
+def overlap(spans):
+    """The most runs open at one moment, of ``spans`` (start, end) as the
+    runs read the clock: how many ran at once."""
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    most = running = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
