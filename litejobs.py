@@ -344,7 +344,8 @@ class Interrupted(LitejobsError):
 
 class JobTimeout(LitejobsError, TimeoutError):
     """A job ran longer than its ``timeout``: the pool killed its process
-    (an async job: its task was cancelled).  It counts as an exception for the job's `Retry` policy."""
+    (an async job: its task was cancelled).  It counts as an exception for
+    the job's `Retry` policy."""
 
 
 class JobFailed(LitejobsError):
@@ -747,7 +748,9 @@ WHERE finished_at IS NOT NULL AND finished_at >= :since
 """
 # ... and the statuses of awaited jobs (:ids, a JSON list) in one read: when
 # they begin to be awaited, and now and then in case an end came late.
-_STATUSES_AMONG = "SELECT id, status FROM litejobs_jobs WHERE id IN (SELECT value FROM json_each(:ids))"
+_STATUSES_AMONG = """
+SELECT id, status FROM litejobs_jobs WHERE id IN (SELECT value FROM json_each(:ids))
+"""
 
 # Jobs by queue and status, exact, in one read: unfinished ones counted
 # through the indexes that hold only them (pending rows through the ready
@@ -6719,7 +6722,9 @@ class _AsyncWaits:
                         self.check(awaited)
                     else:
                         ended = set(self._storage.ended_since(looked - _ENDS_LAG))
-                        self.check([job_id for job_id in awaited if job_id in ended])
+                        ended_here = [job_id for job_id in awaited if job_id in ended]
+                        if ended_here:
+                            self.check(ended_here)
                     looked = now
                 except LitejobsError as exc:
                     _log.warning("awaiting jobs: %s; trying again", exc)
@@ -6736,19 +6741,36 @@ def _set_awaited(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def _await_ended(jobs: Sequence[Job], timeout: float | None) -> None:
-    """Return once every one of ``jobs`` has ended (as `Job.wait` means it),
-    each refreshed; raise `WaitTimeout` after ``timeout`` seconds."""
+_Awaited = list[tuple[_AsyncWaits, dict[int, "asyncio.Future[None]"]]]
+
+
+def _register(jobs: Iterable[Job]) -> _Awaited:
+    """A future for each of ``jobs``, from its queue's `_AsyncWaits`; undo
+    with `_unregister`."""
     groups: dict[int, tuple[_AsyncWaits, list[int]]] = {}
     for job in jobs:
         waits = job._require_queue()._async_waits
         groups.setdefault(id(waits), (waits, []))[1].append(job._require_id())
-    registered = []
+    return [(waits, waits.add(ids)) for waits, ids in groups.values()]
+
+
+async def _check_registered(registered: _Awaited) -> None:
+    """Wake the futures of the jobs that ended before they existed."""
+    for waits, futures in registered:
+        await asyncio.to_thread(waits.check, list(futures))
+
+
+def _unregister(registered: _Awaited) -> None:
+    for waits, futures in registered:
+        waits.remove(futures)
+
+
+async def _await_ended(jobs: Sequence[Job], timeout: float | None) -> None:
+    """Return once every one of ``jobs`` has ended (as `Job.wait` means it),
+    each refreshed; raise `WaitTimeout` after ``timeout`` seconds."""
+    registered = _register(jobs)
     try:
-        for waits, ids in groups.values():
-            registered.append((waits, waits.add(ids)))
-        for waits, futures in registered:  # what ended before the futures existed
-            await asyncio.to_thread(waits.check, list(futures))
+        await _check_registered(registered)
         pending = [future for _, futures in registered for future in futures.values()]
         if pending:
             _, late = await asyncio.wait(pending, timeout=timeout)
@@ -6764,8 +6786,7 @@ async def _await_ended(jobs: Sequence[Job], timeout: float | None) -> None:
                     f"{first.status}.  Is a worker serving queue {first.queue!r}?  (In "
                     f"tests, Queue.run_pending() runs due jobs in-process.)")
     finally:
-        for waits, futures in registered:
-            waits.remove(futures)
+        _unregister(registered)
     await asyncio.to_thread(_refresh_all, jobs)
 
 
@@ -7221,15 +7242,10 @@ async def as_completed(jobs: Iterable[Job],
     seconds have passed with jobs left."""
     left = {job._require_id(): job for job in jobs}
     deadline = None if timeout is None else time.monotonic() + timeout
-    groups: dict[int, tuple[_AsyncWaits, list[int]]] = {}
-    for job in left.values():
-        waits = job._require_queue()._async_waits
-        groups.setdefault(id(waits), (waits, []))[1].append(job._require_id())
-    registered = [(waits, waits.add(ids)) for waits, ids in groups.values()]
+    registered = _register(left.values())
     owner = {future: job_id for _, futures in registered for job_id, future in futures.items()}
     try:
-        for waits, futures in registered:
-            await asyncio.to_thread(waits.check, list(futures))
+        await _check_registered(registered)
         while owner:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             done, _ = await asyncio.wait(owner, timeout=remaining,
@@ -7241,8 +7257,7 @@ async def as_completed(jobs: Iterable[Job],
                 await job.arefresh()
                 yield job
     finally:
-        for waits, futures in registered:
-            waits.remove(futures)
+        _unregister(registered)
 
 
 def wait_for_result(job: Job, timeout: float = 5.0) -> Any:
@@ -8826,7 +8841,7 @@ class _RunningSlot:
 class _JobToRun(NamedTuple):
     """A claimed job as a worker process gets it; ``light``: an async job,
     for its event loop (`_JobLoop`), which starts such jobs in the order
-    sent, beside the synchronous ones the main thread runs."""
+    sent, beside the synchronous ones its lanes run."""
 
     job_id: int
     row: dict[str, Any]
@@ -8875,7 +8890,7 @@ class _Started(NamedTuple):
 
 class _Lane(NamedTuple):
     """From a worker process: a job began on its event loop (``light``), or
-    one sent there turned out synchronous and went to its main thread."""
+    one sent there turned out synchronous and went to its lanes."""
 
     job_id: int
     light: bool
@@ -8925,9 +8940,11 @@ _FromChild = Union[_Completed, _Done, _Skipped, _Progress, _ForwardedLog, _Start
 
 
 class _ChildWork:
-    """A worker process's state, shared by its three threads.
+    """A worker process's state, shared by its threads.
 
-    - The main thread runs jobs, one at a time, in the order they came.
+    - The main thread runs synchronous jobs, one at a time, in the order
+      they came; with ``threads`` > 1, as many lane threads do, each taking
+      the next (`_run_lane`).
     - A reader thread takes the supervisor's messages as they arrive, so
       that a `_Skip` acts at once, even while a job runs.  It never sends,
       so it always keeps reading: the supervisor's writes to a worker
@@ -9021,13 +9038,14 @@ class _ChildWork:
 
     def _give_back(self, ids: tuple[int, ...] | None) -> None:
         unwanted = None if ids is None else set(ids)
-        for lane in (self.pending, self.light_pending):
-            kept = [item for item in lane if unwanted is not None and item.job_id not in unwanted]
-            if len(kept) < len(lane):
-                self.outbox.extend(_Skipped(item.job_id) for item in lane
+        for waiting in (self.pending, self.light_pending):
+            kept = [item for item in waiting
+                    if unwanted is not None and item.job_id not in unwanted]
+            if len(kept) < len(waiting):
+                self.outbox.extend(_Skipped(item.job_id) for item in waiting
                                    if unwanted is None or item.job_id in unwanted)
-                lane.clear()
-                lane.extend(kept)
+                waiting.clear()
+                waiting.extend(kept)
         self.held_since = 0.0  # the flusher sends the replies at once
 
     def flush_held(self) -> None:
@@ -9112,15 +9130,15 @@ class _JobLoop:
     the order sent, each counted in the `_RunningSlot` as it starts; an
     async job the main thread found (its first of a name) is adopted.  A
     job sent here whose function is not a coroutine function goes to the
-    main thread: synchronous jobs never run on the loop."""
+    lanes: synchronous jobs never run on the loop."""
 
     def __init__(self, work: _ChildWork, queue: Queue, concurrency: int):
         self.work = work
         self.queue = queue
         self.concurrency = concurrency
         self.loop = asyncio.new_event_loop()
-        self.calls: dict[int, _Call] = {}  # touched on the loop's thread only
-        self.tasks: dict[Any, _Call] = {}  # the same, by task, for the watch
+        self.calls: dict[int, _Call] = {}  # changed on the loop's thread only
+        self.tasks: dict[Any, _Call] = {}  # the same, by task, for the watch to read
         self.idle = threading.Event()  # set while nothing runs
         self.idle.set()
         self.beat = time.monotonic()  # the loop's last turn, as the watch saw it
@@ -9191,7 +9209,7 @@ class _JobLoop:
             call = _Call(job, item.payload, item.signature,
                          functools.partial(_post_progress, work, item.job_id))
             begun = call.start(only_async=True)
-            if begun is None:  # not a coroutine function: the main thread's
+            if begun is None:  # not a coroutine function: the lanes' to run
                 call._ended(_PLAIN_COMPLETION)
                 with work.lock:
                     work.pending.appendleft(item._replace(light=False))
@@ -10663,7 +10681,7 @@ class _InFlight:
         self.recorder.add(_WriteKind.RELEASE, assignment)
 
     def _lane(self, assignment: _Assignment, light: bool) -> None:
-        """A job began on its process's event loop, or went to the main thread."""
+        """A job began on its process's event loop, or went to its lanes."""
         names = self.dispatcher.async_names
         if light:
             assignment.on_loop = True
@@ -13432,7 +13450,8 @@ def _web_schedules(found: Mapping[str, Any], csrf: str | None) -> str:
         + _web_button(csrf, "trigger-schedule", "schedule", s["name"], "trigger") + "</td></tr>"
         for s in found["schedules"])
     limits = "".join(
-        f"<tr><td>{_e(entry['pattern'])}</td><td>{'' if entry['running'] is None else entry['running']}</td><td>"
+        f"<tr><td>{_e(entry['pattern'])}</td>"
+        f"<td>{'' if entry['running'] is None else entry['running']}</td><td>"
         + ("" if entry["rate"] is None else f"{entry['rate']} per {entry['per']:g}s")
         + "</td></tr>" for entry in found["quotas"]["limits"])
     use = "".join(

@@ -42,10 +42,11 @@ def IDLE():
     return 0.0
 
 
-def child(number=1, *, ready=True, holding=(), now=0.0):
+def child(number=1, *, ready=True, holding=(), now=0.0, threads=1):
     """A worker process as the supervisor sees it, with no process behind it:
     ready, holding assignments of the job ids ``holding``, heard from at ``now``."""
-    fake = _Child(None, FakePipe(), number, _RunningSlot([0.0, 0.0, 0.0]), now)
+    slot = _RunningSlot([0.0] * _RunningSlot.size(threads))
+    fake = _Child(None, FakePipe(), number, slot, now)
     fake.ready = ready
     for job_id in holding:
         fake.assigned.append(_Assignment(job_id, "token", {"id": job_id}, fake))
@@ -130,6 +131,49 @@ def test_a_process_is_refilled_only_once_a_chunk_of_its_work_is_done():
     half = child(2, holding=range(1000, 1000 + most - chunk))
     rooms = dispatcher.rooms([full, half], now=0.0)
     assert rooms == {full: 0, half: chunk}
+
+
+def test_a_process_with_threads_gets_a_job_for_each_and_is_stuck_only_when_all_are():
+    dispatcher = _Dispatcher(None, load=IDLE)
+    four = child(1, threads=4)
+    assert dispatcher.rooms([four], now=0.0) == {four: 4}  # slow jobs: one a thread
+    for lane, job_id in enumerate((1, 2, 3)):
+        four.assigned.append(_Assignment(job_id, "token", {"id": job_id}, four))
+        four.slot.start(job_id, 10.0, lane)
+    assert not dispatcher.stuck(four, now=10.0 + 10 * STEAL)  # a thread is free
+    assert dispatcher.rooms([four], now=10.0 + 10 * STEAL) == {four: 1}
+    four.assigned.append(_Assignment(4, "token", {"id": 4}, four))
+    four.slot.start(4, 10.0 + STEAL, 3)
+    assert not dispatcher.stuck(four, now=10.0 + 1.5 * STEAL)
+    assert dispatcher.stuck(four, now=10.0 + 2.5 * STEAL)  # every thread busy that long
+    four.slot.clear(0)
+    assert four.runs() == [(four.assigned[1], 10.0), (four.assigned[2], 10.0),
+                           (four.assigned[3], 10.0 + STEAL)]
+
+
+def test_async_jobs_go_to_the_event_loops_once_their_function_is_known_to_be_async():
+    dispatcher = _Dispatcher(None, load=IDLE, async_concurrency=3)
+    first, second = child(1), child(2, holding=[50])
+    second.assigned[0].on_loop = True  # one async job runs there already
+    named = [{"id": n, "name": "app:fetch" if n % 2 else "app:render"} for n in range(1, 9)]
+    plan, rest = dispatcher.plan_light(named, [first, second])
+    assert plan == {} and rest == named  # no function known to be async yet
+    dispatcher.async_names.add("app:fetch")
+    assert dispatcher.light_room(first) == 3 and dispatcher.light_room(second) == 2
+    plan, rest = dispatcher.plan_light(named, [first, second])
+    assert [row["id"] for row in rest] == [2, 4, 6, 8]
+    assert sorted(row["id"] for rows_ in plan.values() for row in rows_) == [1, 3, 5, 7]
+    assert len(plan[first]) + len(first.assigned) <= 3  # the emptiest loop first
+    # A loop over its concurrency takes no synchronous jobs either: its
+    # process is full until they start.
+    for job_id in range(60, 64):
+        first.assigned.append(_Assignment(job_id, "token", {"id": job_id}, first,
+                                          light_seq=job_id - 60))
+    assert dispatcher.light_room(first) == 0
+    assert dispatcher.rooms([first], now=0.0) == {first: 0}
+    # Async jobs never make a process stuck, and are never asked back.
+    assert not dispatcher.stuck(first, now=100.0)
+    assert dispatcher.steals([first, second], now=100.0) == []
 
 
 def test_max_jobs_per_child_caps_what_a_process_is_given_over_its_life():
@@ -418,7 +462,7 @@ def test_a_stepped_supervisor_kills_a_job_once_its_clock_passes_the_timeout(q, s
     supervisor, clock = stepped
     job = q.put(Job(sample_jobs.sleep_then, 600), timeout=300)
     step_until(supervisor, lambda: supervisor.children.all
-               and supervisor.children.all[0].slot.job_id == job.id, "start of the job")
+               and supervisor.children.all[0].running(job.id), "start of the job")
     supervisor.step()
     assert job.refresh().status == "active"
     clock.ahead = 301.0  # five minutes on, in no time
