@@ -92,7 +92,6 @@ __all__ = [
 ]
 
 import argparse
-import asyncio
 import atexit
 import base64
 import calendar
@@ -138,9 +137,12 @@ import types
 import urllib.parse
 import uuid
 import zoneinfo
-from typing import (Any, AsyncIterator, Callable, Collection, ContextManager, Coroutine,
-                    Generic, cast, Iterable, Iterator, Mapping, NamedTuple, overload, Protocol,
-                    Sequence, TypeVar, Union)
+from typing import (TYPE_CHECKING, Any, AsyncIterator, Callable, Collection, ContextManager,
+                    Coroutine, Generic, cast, Iterable, Iterator, Mapping, NamedTuple, overload,
+                    Protocol, Sequence, TypeVar, Union)
+
+if TYPE_CHECKING:  # imported where used: asyncio takes 40 ms to import, and every
+    import asyncio  # worker process and command imports this module
 
 ###############################################################################
 # Constants and exceptions
@@ -6664,6 +6666,7 @@ class _AsyncWaits:
 
     def add(self, job_ids: Iterable[int]) -> dict[int, asyncio.Future[None]]:
         """A future for each job, set once it has ended (on the running loop)."""
+        import asyncio
         loop = asyncio.get_running_loop()
         futures = {job_id: loop.create_future() for job_id in job_ids}
         with self._lock:
@@ -6756,6 +6759,7 @@ def _register(jobs: Iterable[Job]) -> _Awaited:
 
 async def _check_registered(registered: _Awaited) -> None:
     """Wake the futures of the jobs that ended before they existed."""
+    import asyncio
     for waits, futures in registered:
         await asyncio.to_thread(waits.check, list(futures))
 
@@ -6768,6 +6772,7 @@ def _unregister(registered: _Awaited) -> None:
 async def _await_ended(jobs: Sequence[Job], timeout: float | None) -> None:
     """Return once every one of ``jobs`` has ended (as `Job.wait` means it),
     each refreshed; raise `WaitTimeout` after ``timeout`` seconds."""
+    import asyncio
     registered = _register(jobs)
     try:
         await _check_registered(registered)
@@ -7007,6 +7012,7 @@ class Job(_JobRow):
         ``await job`` (no timeout).  The event loop never waits on the
         database: a thread of the queue's watches for commits, as `wait`
         does, for every job awaited, and reads run in the loop's executor."""
+        import asyncio
         await _await_ended([self], timeout)
         return await asyncio.to_thread(self._outcome)
 
@@ -7015,10 +7021,12 @@ class Job(_JobRow):
 
     async def acancel(self) -> bool:
         """`cancel`, from a coroutine (the write runs off the event loop)."""
+        import asyncio
         return await asyncio.to_thread(self.cancel)
 
     async def arefresh(self) -> Job:
         """`refresh`, from a coroutine."""
+        import asyncio
         return await asyncio.to_thread(self.refresh)
 
     def _ended_with_all_under_it(self) -> bool:
@@ -7240,6 +7248,7 @@ async def as_completed(jobs: Iterable[Job],
     """Yield each of ``jobs``, refreshed, as it ends (``async for job in
     litejobs.as_completed(jobs)``); raises `WaitTimeout` once ``timeout``
     seconds have passed with jobs left."""
+    import asyncio
     left = {job._require_id(): job for job in jobs}
     deadline = None if timeout is None else time.monotonic() + timeout
     registered = _register(left.values())
@@ -7419,6 +7428,7 @@ class _Call:
     async def run_coroutine(self, coroutine: Coroutine[Any, Any, Any]) -> _Outcome:
         """Await the job's coroutine, in the job's context: its outcome.  Its
         timeout cancels it (`JobTimeout`), as may a cancel (`stop`)."""
+        import asyncio
         loop = asyncio.get_running_loop()
         timeout = self.job._row.get("timeout")
         timer = None if timeout is None else loop.call_later(timeout, self.stop, "timeout")
@@ -7504,6 +7514,7 @@ def _execute(job: Job, payload: bytes | None, signature: bytes | None,
     outcome (`_Call`).  An async job's coroutine runs on an event loop of
     its own, made for it: in a thread of its own when this thread already
     runs a loop (`run_pending` called from an async test, say)."""
+    import asyncio
     call = _Call(job, payload, signature, report)
     started = call.start()
     if isinstance(started, _Outcome) or started is None:
@@ -8032,15 +8043,18 @@ class Queue:
     async def aput(self, item: Job | Composite | Callable[..., Any] | str,
                    **options: Any) -> Job:
         """`put`, from a coroutine: the write runs in the loop's executor."""
+        import asyncio
         return await asyncio.to_thread(functools.partial(self.put, item, **options))
 
     async def aput_many(self, items: Iterable[Job | Composite | Callable[..., Any] | str],
                         **options: Any) -> list[Job]:
         """`put_many`, from a coroutine."""
+        import asyncio
         return await asyncio.to_thread(functools.partial(self.put_many, list(items), **options))
 
     async def aget(self, job_id: int) -> Job:
         """`get`, from a coroutine."""
+        import asyncio
         return await asyncio.to_thread(self.get, job_id)
 
     def jobs(self, status: str | Sequence[str] | None = None, queue: str | None = None,
@@ -9133,6 +9147,7 @@ class _JobLoop:
     lanes: synchronous jobs never run on the loop."""
 
     def __init__(self, work: _ChildWork, queue: Queue, concurrency: int):
+        import asyncio
         self.work = work
         self.queue = queue
         self.concurrency = concurrency
@@ -9147,6 +9162,7 @@ class _JobLoop:
         threading.Thread(target=self._watch, daemon=True, name="litejobs-loop-watch").start()
 
     def _run(self) -> None:
+        import asyncio
         asyncio.set_event_loop(self.loop)
         self.loop.call_soon(self._heartbeat)
         self.loop.run_forever()
@@ -9157,6 +9173,7 @@ class _JobLoop:
 
     def _watch(self) -> None:
         """Log, once per stall, the job whose task holds the loop."""
+        import asyncio
         logged = 0.0
         while self.thread.is_alive():
             time.sleep(_LOOP_BLOCKED / 5)

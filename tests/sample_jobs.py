@@ -698,3 +698,9 @@ async def async_progress(steps):
         job.set_progress(step / steps, f"step {step} of {steps}")
     job.update_meta(steps=steps)
     return steps
+
+
+async def async_put_later(seconds):
+    """Put a job due ``seconds`` from now, on the clock the job runs on."""
+    await asyncio.sleep(0)
+    return litejobs.current_queue().put(litejobs.Job(add, 1, 1), begin_after=seconds).id

@@ -10,6 +10,7 @@ database read off the event loop.  Every test holds on both backends."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import os
 import signal
@@ -159,6 +160,19 @@ def test_run_pending_runs_an_async_job_and_its_timeout(q):
     assert q.run_pending() == 2
     assert done.wait(timeout=0) == "here"
     assert late.refresh().status == FAILED and late.error_type == "litejobs.JobTimeout"
+
+
+def test_run_pending_gives_an_async_job_its_clock(q):
+    now = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+    job = q.put(Job(sample_jobs.async_put_later, 60))
+
+    async def test_body():  # from a running loop: the job runs in a thread of its own
+        return q.run_pending(now=now)
+
+    assert asyncio.run(test_body()) == 1
+    later = q.get(job.wait(timeout=0))
+    assert abs(later.begin_after - (now + datetime.timedelta(seconds=60))) < \
+        datetime.timedelta(seconds=1)
 
 
 def test_run_pending_runs_async_jobs_from_inside_a_running_event_loop(q):

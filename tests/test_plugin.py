@@ -7,9 +7,19 @@ import importlib.metadata
 import subprocess
 import sys
 
+import pytest
+
 import litejobs
 
 WAIT = 60  # seconds, for every subprocess
+
+
+@pytest.fixture
+def pytester(pytester):
+    """pytester, in a project that sets what pytest-asyncio (in the test
+    extra) asks every project to set, as a user's project would."""
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    return pytester
 
 
 FIXTURE_BASICS = """
