@@ -373,11 +373,13 @@ EACH = 10  # jobs each thread puts through its own Queue, and as many through th
 def test_32_threads_put_while_two_cli_pools_drain(tmp_path, cli_pools):
     db = str(tmp_path / "jobs.db")
     shared = litejobs.Queue(db)
-    pools = [cli_pools.start(db, "-p", "1", "--lease", "5s") for _ in range(2)]
-    # Both pools up before the puts: a pool that warms up quickly would
-    # otherwise drain it all alone on a busy machine.
-    wait_until(lambda: sum(pool["alive"] for pool in shared.workers()) == 2, WAIT,
-               "both pools to register", details=lambda: [p.log() for p in pools])
+    pools = [cli_pools.start(db, "-p", "1", "--lease", "5s", "-q", "default", "-q", f"ready-{n}")
+             for n in range(2)]
+    # Both pools' worker processes up before the puts (each has run a job of
+    # its own queue): a pool that warms up quickly would otherwise drain it
+    # all alone on a busy machine.
+    for n in range(2):
+        shared.put(Job(sample_jobs.add, n, n), queue=f"ready-{n}").wait(timeout=WAIT)
     barrier = threading.Barrier(THREADS)
     put = {}
     problems = []
@@ -416,11 +418,11 @@ def test_32_threads_put_while_two_cli_pools_drain(tmp_path, cli_pools):
                timeout=90, what="the pools to drain every job",
                details=lambda: f"{shared.counts()}\n" + "\n".join(p.log() for p in pools))
     assert all(pool.proc.poll() is None for pool in pools), [p.log() for p in pools]
-    assert shared.counts()["completed"] == len(expected), shared.counts()
+    assert shared.counts("default")["completed"] == len(expected), shared.counts()
     with contextlib.closing(sqlite3.connect(db, timeout=10)) as conn:
         results = dict(conn.execute("SELECT id, ran_by FROM litejobs_jobs").fetchall())
     assert {job_id: shared.get(job_id).result for job_id in expected} == expected
-    assert len(set(results.values())) == 2  # both pools took part
+    assert len({results[job_id] for job_id in expected}) == 2  # both pools took part
 
     for pool in pools:
         pool.proc.send_signal(signal.SIGTERM)
