@@ -745,7 +745,7 @@ _SELECT_RESULT = "SELECT result, result_signature FROM litejobs_jobs WHERE id = 
 # ends since the last look, through the index of ends, so that a look costs
 # what ended, not what is awaited; ...
 _ENDED_SINCE = """
-SELECT id FROM litejobs_jobs INDEXED BY litejobs_jobs_finished
+SELECT id, status FROM litejobs_jobs INDEXED BY litejobs_jobs_finished
 WHERE finished_at IS NOT NULL AND finished_at >= :since
 """
 # ... and the statuses of awaited jobs (:ids, a JSON list) in one read: when
@@ -3233,7 +3233,7 @@ class _Storage(Protocol):
     def purge(self, before: float, *, status: str | None = None, limit: int = 500,
               dry_run: bool = False) -> tuple[int, int]: ...
     def unfinished_under(self, job_id: int) -> int: ...
-    def ended_since(self, since: float) -> list[int]: ...
+    def ended_since(self, since: float) -> dict[int, str]: ...
     def statuses_among(self, ids: Sequence[int]) -> dict[int, str]: ...
     def unfinished_trees(self) -> list[dict[str, Any]]: ...
     def save_schedule(self, row: dict[str, Any], now: float) -> dict[str, Any]: ...
@@ -4779,10 +4779,11 @@ class _Jobs(_Claims):
         with self.read() as conn:
             return int(conn.execute(_UNFINISHED_WORK_UNDER, {"id": job_id}).fetchone()[0])
 
-    def ended_since(self, since: float) -> list[int]:
-        """The jobs whose run ended at ``since`` or later (`_ENDED_SINCE`)."""
+    def ended_since(self, since: float) -> dict[int, str]:
+        """{id: status} of the jobs that ended at ``since`` or later (`_ENDED_SINCE`)."""
         with self.read() as conn:
-            return [int(job_id) for job_id, in conn.execute(_ENDED_SINCE, {"since": since})]
+            return {int(job_id): status
+                    for job_id, status in conn.execute(_ENDED_SINCE, {"since": since})}
 
     def statuses_among(self, ids: Sequence[int]) -> dict[int, str]:
         """{id: status} of the jobs among ``ids`` that exist."""
@@ -6688,10 +6689,12 @@ class _AsyncWaits:
                 else:
                     self._awaiters.pop(job_id, None)
 
-    def check(self, job_ids: Sequence[int]) -> None:
-        """Read the status of ``job_ids`` now; wake the awaiters of those that
-        ended (or are gone: their awaiters then read `JobNotFound`)."""
-        statuses = self._storage.statuses_among(job_ids)
+    def check(self, job_ids: Sequence[int], statuses: Mapping[int, str] | None = None) -> None:
+        """Wake the awaiters of those of ``job_ids`` that ended, or are gone
+        (their awaiters then read `JobNotFound`), by ``statuses`` if given,
+        else by their statuses read now."""
+        if statuses is None:
+            statuses = self._storage.statuses_among(job_ids)
         self._wake([job_id for job_id in job_ids
                     if job_id not in statuses or self._ended(job_id, statuses[job_id])])
 
@@ -6724,10 +6727,10 @@ class _AsyncWaits:
                         rechecked = time.monotonic()
                         self.check(awaited)
                     else:
-                        ended = set(self._storage.ended_since(looked - _ENDS_LAG))
+                        ended = self._storage.ended_since(looked - _ENDS_LAG)
                         ended_here = [job_id for job_id in awaited if job_id in ended]
                         if ended_here:
-                            self.check(ended_here)
+                            self.check(ended_here, ended)
                     looked = now
                 except LitejobsError as exc:
                     _log.warning("awaiting jobs: %s; trying again", exc)
@@ -6769,9 +6772,11 @@ def _unregister(registered: _Awaited) -> None:
         waits.remove(futures)
 
 
-async def _await_ended(jobs: Sequence[Job], timeout: float | None) -> None:
+async def _await_ended(jobs: Sequence[Job], timeout: float | None,
+                       refresh: bool = True) -> None:
     """Return once every one of ``jobs`` has ended (as `Job.wait` means it),
-    each refreshed; raise `WaitTimeout` after ``timeout`` seconds."""
+    each refreshed unless told not to; raise `WaitTimeout` after ``timeout``
+    seconds."""
     import asyncio
     registered = _register(jobs)
     try:
@@ -6792,7 +6797,8 @@ async def _await_ended(jobs: Sequence[Job], timeout: float | None) -> None:
                     f"tests, Queue.run_pending() runs due jobs in-process.)")
     finally:
         _unregister(registered)
-    await asyncio.to_thread(_refresh_all, jobs)
+    if refresh:
+        await asyncio.to_thread(_refresh_all, jobs)
 
 
 def _refresh_all(jobs: Iterable[Job]) -> None:
@@ -7013,8 +7019,12 @@ class Job(_JobRow):
         database: a thread of the queue's watches for commits, as `wait`
         does, for every job awaited, and reads run in the loop's executor."""
         import asyncio
-        await _await_ended([self], timeout)
-        return await asyncio.to_thread(self._outcome)
+        await _await_ended([self], timeout, refresh=False)
+        return await asyncio.to_thread(self._refreshed_outcome)
+
+    def _refreshed_outcome(self) -> Any:
+        self.refresh()
+        return self._outcome()
 
     def __await__(self) -> Any:
         return self.await_result().__await__()
