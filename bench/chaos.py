@@ -4,6 +4,8 @@ processes are killed and paused at random, then the history is checked.
     python bench/chaos.py                        # 20,000 jobs, the default seed
     python bench/chaos.py --jobs 2000 --seed 7   # smaller, another sequence
     python bench/chaos.py --postgres             # on PostgreSQL, pools on two "hosts"
+    python bench/chaos.py --kind async           # async jobs, on the processes' event loops
+    python bench/chaos.py --kind threads         # synchronous jobs in 4 threads a process
 
 Two pools of two worker processes each (``python -m litejobs worker``, leases
 of 2 s) serve one database.  Every run of a job appends ``(job_id, attempt,
@@ -65,6 +67,7 @@ import litejobs  # noqa: E402
 DEFAULT_SEED = 20261128
 POOLS = 2
 PROCESSES = 2  # worker processes per pool
+THREADS = 4  # threads a worker process, with --kind threads
 ACTIONS = ("kill child", "kill pool", "pause child")
 WEIGHTS = (5, 2, 3)
 # On PostgreSQL, with each pool on a host of its own: also stop a whole pool
@@ -127,8 +130,10 @@ class Pool:
     """One pool slot: ``python -m litejobs worker`` started again after each kill.
     Every process started is kept, to be killed at the end whatever happened."""
 
-    def __init__(self, name: str, db: str, folder: str, lease: float, host: str | None = None):
+    def __init__(self, name: str, db: str, folder: str, lease: float, host: str | None = None,
+                 options: tuple[str, ...] = ()):
         self.name = name
+        self.options = options
         self.db = db
         self.folder = folder
         self.lease = lease
@@ -146,7 +151,8 @@ class Pool:
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "litejobs", "worker", self.db, "-p", str(PROCESSES),
-                 "--lease", f"{self.lease:g}s", "--grace", "5s", "--log-level", "warning"],
+                 "--lease", f"{self.lease:g}s", "--grace", "5s", "--log-level", "warning",
+                 *self.options],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
                 cwd=self.folder, start_new_session=True)
         self.started.append(self.proc)
@@ -228,6 +234,7 @@ class Figures:
     drain_timed_out: str = ""
     peak_wal: int = 0
     backend: str = "SQLite"
+    kind: str = "plain"
     pool_pauses: int = 0  # a whole pool stopped past its lease (PostgreSQL)
     cuts: int = 0  # pg_terminate_backend rounds (PostgreSQL)
     restarts: int = 0  # server restarts (PostgreSQL)
@@ -323,7 +330,9 @@ def format_table(f: Figures) -> str:
     lines = [f"litejobs {litejobs.__version__} chaos soak on {f.backend}: seed {f.seed}, "
              f"{f.jobs:,} jobs, {POOLS} pools x {PROCESSES} processes"
              f"{' on hosts of their own' if f.backend != 'SQLite' else ''}, lease {f.lease:g} s, "
-             f"work {f.work_ms:g} ms a job on average",
+             f"work {f.work_ms:g} ms a job on average"
+             + {"plain": "", "async": ", async jobs",
+                "threads": f", {THREADS} threads a process"}[f.kind],
              f"| {'measure'.ljust(width)} | {'value'.ljust(value_width)} |",
              f"| {'-' * width} | {'-' * value_width} |"]
     lines += [f"| {name.ljust(width)} | {value.ljust(value_width)} |" for name, value in rows]
@@ -338,7 +347,8 @@ def format_table(f: Figures) -> str:
 
 def soak(folder: str, jobs: int = 20_000, seed: int = DEFAULT_SEED, lease: float = 2.0,
          work_ms: float = 10.0, chaos_seconds: float = 600.0, drain_seconds: float = 60.0,
-         progress: Callable[[str], None] | None = None, server: Any = None) -> Figures:
+         progress: Callable[[str], None] | None = None, server: Any = None,
+         kind: str = "plain") -> Figures:
     """Run the soak in ``folder`` (its databases and pool logs stay there) and
     return the figures.  Chaos lasts until every job has ended, or
     ``chaos_seconds``; the pools then get ``drain_seconds`` to finish what is
@@ -349,9 +359,14 @@ def soak(folder: str, jobs: int = 20_000, seed: int = DEFAULT_SEED, lease: float
     database of it, reached over TCP; each pool runs as if on a host of its
     own; the chaos also stops whole pools past their lease and cuts the
     pools' connections; and the server restarts once, a third of the way
-    into the chaos."""
+    into the chaos.
+
+    ``kind``: "plain" jobs, "async" jobs (an ``async def``, on the worker
+    processes' event loops), or plain jobs on pools of `THREADS` threads a
+    process ("threads")."""
     rng = random.Random(seed)
-    figures = Figures(seed=seed, jobs=jobs, lease=lease, work_ms=work_ms, folder=folder)
+    figures = Figures(seed=seed, jobs=jobs, lease=lease, work_ms=work_ms, folder=folder,
+                      kind=kind)
     db = os.path.join(folder, "jobs.db") if server is None else server.new_database()
     audit_path = os.path.join(folder, "audit.db")
     wal = db + "-wal"
@@ -366,7 +381,8 @@ def soak(folder: str, jobs: int = 20_000, seed: int = DEFAULT_SEED, lease: float
     with contextlib.closing(chaos_jobs.open_audit(audit_path)) as audit:
         audit.execute(chaos_jobs.AUDIT_SCHEMA)
     q = litejobs.Queue(db, durable=False)
-    pools = [Pool(name, db, folder, lease, None if server is None else f"chaos-host-{name}")
+    pools = [Pool(name, db, folder, lease, None if server is None else f"chaos-host-{name}",
+                  ("--threads", str(THREADS)) if kind == "threads" else ())
              for name in "AB"[:POOLS]]
     started = time.monotonic()
     restart_at = None if server is None else started + chaos_seconds / 3
@@ -506,7 +522,8 @@ def soak(folder: str, jobs: int = 20_000, seed: int = DEFAULT_SEED, lease: float
 
     try:
         works = [round(rng.uniform(0, 2 * work_ms) / 1000, 4) for _ in range(jobs)]
-        put = q.put_many([litejobs.Job(chaos_jobs.audited, audit_path, work)
+        audited = chaos_jobs.audited_async if kind == "async" else chaos_jobs.audited
+        put = q.put_many([litejobs.Job(audited, audit_path, work)
                           for work in works], max_interruptions=MAX_INTERRUPTIONS)
         ids = {int(job.id or 0) for job in put}
         event(f"put {jobs} jobs, ids {min(ids)}-{max(ids)}; seed {seed}")
@@ -731,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
                                       "system's temporary folder)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the run's folder (databases, pool logs, events.log)")
+    parser.add_argument("--kind", choices=("plain", "async", "threads"), default="plain",
+                        help="plain jobs (the default), async jobs, or plain jobs on pools of "
+                             f"{THREADS} threads a process")
     parser.add_argument("--postgres", action="store_true",
                         help="on a throwaway PostgreSQL server of the machine's binaries, "
                              "with the pools as if on two hosts (see soak)")
@@ -750,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
                        work_ms=options.work_ms, chaos_seconds=options.chaos_seconds,
                        drain_seconds=options.drain_seconds,
                        progress=lambda text: print(text, file=sys.stderr, flush=True),
-                       server=server)
+                       server=server, kind=options.kind)
     finally:
         if server is not None:
             server.stop()

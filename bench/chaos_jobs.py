@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 
 import litejobs
@@ -28,8 +29,7 @@ CREATE TABLE IF NOT EXISTS audit (
 # file's write lock holds up the others for the length of the pause.
 AUDIT_BUSY_TIMEOUT = 60.0
 
-_connection: sqlite3.Connection | None = None
-_connection_key: tuple[int, str] | None = None
+_local = threading.local()  # this thread's connection, and the (pid, path) it is for
 
 
 def open_audit(path: str) -> sqlite3.Connection:
@@ -41,29 +41,45 @@ def open_audit(path: str) -> sqlite3.Connection:
 
 
 def _audit(path: str) -> sqlite3.Connection:
-    """This process's connection on ``path``, opened on first use."""
-    global _connection, _connection_key
+    """This thread's connection on ``path``, opened on first use (a worker
+    process with threads runs jobs in several)."""
     key = (os.getpid(), path)
-    if _connection is None or _connection_key != key:
-        _connection = open_audit(path)
-        _connection_key = key
-    return _connection
+    if getattr(_local, "key", None) != key:
+        _local.connection = open_audit(path)
+        _local.key = key
+    return _local.connection
+
+
+def _record_run(audit_path: str, job_id: int, attempt: int) -> None:
+    conn = _audit(audit_path)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("INSERT INTO audit (job_id, attempt, pid, at) VALUES (?, ?, ?, ?)",
+                     (job_id, attempt, os.getpid(), time.time()))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 def audited(audit_path: str, work: float) -> int:
     """Record this run in the audit table, work ``work`` seconds, return the job's id."""
     job = litejobs.current_job()
     assert job is not None and job.id is not None
-    conn = _audit(audit_path)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute("INSERT INTO audit (job_id, attempt, pid, at) VALUES (?, ?, ?, ?)",
-                     (job.id, job.attempt, os.getpid(), time.time()))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    _record_run(audit_path, job.id, job.attempt)
     if work > 0:
         time.sleep(work)
+    return job.id
+
+
+async def audited_async(audit_path: str, work: float) -> int:
+    """`audited`, as an async job: the audit row is written off the event loop
+    (a stopped process may hold the audit file's lock), then it awaits ``work``."""
+    import asyncio
+    job = litejobs.current_job()
+    assert job is not None and job.id is not None
+    await asyncio.to_thread(_record_run, audit_path, job.id, job.attempt)
+    if work > 0:
+        await asyncio.sleep(work)
     return job.id
