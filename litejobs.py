@@ -245,6 +245,7 @@ _SUPERVISOR_BUSY_TIMEOUT = 1.0  # seconds a supervisor waits for the write lock
 _BUSY_BACKOFF = 0.05  # seconds before a supervisor retries after a busy database
 _DEADLOCK_RETRIES = 5  # PostgreSQL: times a user's cancel (and the like) is tried again
 _RECONNECT_BACKOFF = (0.1, 5.0)  # seconds: the first wait for an unreachable database, the longest
+_OPEN_TRIES = 4  # a pool opening its database tries this often if the connection drops
 _MAX_YOUNG_DEATHS = 8  # children dying before they are ready, in a row, stop a pool
 _START_MARK_AFTER = 0.05  # seconds a run goes before its pool records that it began
 _LOG_RATE = 1000  # log records a second a worker process forwards, at most ...
@@ -11118,10 +11119,12 @@ class _Supervisor:
 
     def _register(self) -> bool:
         """Add this pool to the registry.  While another connection holds the
-        write lock (an application's transaction, a busy neighbour), wait and
-        try again, as a running pool does; False if stopped meanwhile."""
+        write lock (an application's transaction, a busy neighbour), or the
+        database it has opened cannot be reached (a server restarting), wait
+        and try again, as a running pool does; False if stopped meanwhile."""
         worker = self.worker
         waiting = False
+        pause = _BUSY_BACKOFF
         while True:
             try:
                 self.storage.register_worker(
@@ -11133,10 +11136,13 @@ class _Supervisor:
                 if not waiting:
                     _log.warning("%s waits for the write lock to start: %s", worker.id, exc)
                     waiting = True
+            except DatabaseUnreachable as exc:
+                _log.warning("%s waits for its database to start: %s", worker.id, exc)
+                pause = min(max(pause * 2, _RECONNECT_BACKOFF[0]), _RECONNECT_BACKOFF[1])
             if worker._stop_requested is not None:
                 return False
             with contextlib.suppress(OSError):  # a stop request wakes it at once
-                select.select([worker._wake_reader], [], [], _BUSY_BACKOFF)
+                select.select([worker._wake_reader], [], [], pause)
 
     def _unwritten(self) -> bool:
         return self.recorder.unwritten() or bool(self.flight.starts_due())
@@ -11489,10 +11495,21 @@ class Worker:
         # then short waits for the write lock: a supervisor blocked on another
         # connection's long transaction could neither kill timed-out jobs nor
         # renew leases.  It retries soon instead, keeping what it must write.
-        self._storage: _Storage = _open_storage(
-            path, durable=False, create=create, busy_timeout=busy_timeout,
-            secrets=secrets, size_limit=size_limit, listen=listen,
-            network_filesystem=network_filesystem)
+        # A connection lost while opening (a server restarting, a connection
+        # cut) is tried again a few times, briefly: a wrong address still
+        # fails within a second.
+        for attempt in range(_OPEN_TRIES):
+            try:
+                self._storage: _Storage = _open_storage(
+                    path, durable=False, create=create, busy_timeout=busy_timeout,
+                    secrets=secrets, size_limit=size_limit, listen=listen,
+                    network_filesystem=network_filesystem)
+                break
+            except DatabaseUnreachable as exc:
+                if attempt == _OPEN_TRIES - 1:
+                    raise
+                _log.warning("%s; trying again", exc)
+                time.sleep(_RECONNECT_BACKOFF[0] * 2 ** attempt)
         self.network_filesystem = network_filesystem
         self._storage.wait_for_locks(min(busy_timeout, self.lease / 6,
                                          _SUPERVISOR_BUSY_TIMEOUT))

@@ -66,6 +66,48 @@ def test_a_pool_started_while_the_write_lock_is_held_waits_for_it(q, cli_pools):
     assert job.wait(timeout=5) == 5
 
 
+def test_a_pool_whose_connection_drops_while_it_opens_and_registers_waits_and_starts(
+        q, pool, monkeypatch, caplog):
+    """A connection cut while a pool opens its database (a server restarting)
+    is tried again a few times; one cut while it registers, for as long as it
+    takes, as a running pool waits out an outage."""
+    real_open, real_register = litejobs._open_storage, type(q._storage).register_worker
+    opens, registers = [], []
+
+    def flaky_open(*args, **options):
+        opens.append(1)
+        if len(opens) == 1:
+            raise litejobs.DatabaseUnreachable("terminating connection (simulated)")
+        return real_open(*args, **options)
+
+    def flaky_register(self, *args, **options):
+        registers.append(1)
+        if len(registers) <= 3:
+            raise litejobs.DatabaseUnreachable("terminating connection (simulated)")
+        return real_register(self, *args, **options)
+
+    monkeypatch.setattr(litejobs, "_open_storage", flaky_open)
+    monkeypatch.setattr(type(q._storage), "register_worker", flaky_register)
+    caplog.set_level("WARNING", logger="litejobs")
+    pool()
+    assert q.put(Job(sample_jobs.add, 2, 3)).wait(timeout=WAIT) == 5
+    assert (len(opens), len(registers)) == (2, 4)
+    assert sum("waits for its database to start" in r.getMessage() for r in caplog.records) == 3
+
+
+def test_a_pool_that_cannot_open_its_database_gives_up_after_a_few_tries(q, monkeypatch):
+    tries = []
+
+    def unreachable(*args, **options):
+        tries.append(1)
+        raise litejobs.DatabaseUnreachable("connection refused (simulated)")
+
+    monkeypatch.setattr(litejobs, "_open_storage", unreachable)
+    with pytest.raises(litejobs.DatabaseUnreachable, match="refused"):
+        litejobs.Worker(q.path)
+    assert len(tries) == litejobs._OPEN_TRIES  # a wrong address is not waited on for ever
+
+
 # -- 2. begin_by after a dead pool -------------------------------------------------------
 
 
