@@ -5335,7 +5335,7 @@ class _PostgresConnection:
     from ``reopen``."""
 
     __slots__ = ("raw", "_cursor", "_psycopg", "_reopen", "begin_with", "begin",
-                 "outermost", "committed", "lone_prepared", "_lone", "_idle_input")
+                 "outermost", "committed", "lone_prepared", "lost", "_lone", "_idle_input")
 
     def __init__(self, raw: Any, psycopg: Any, reopen: Callable[[], Any] | None = None,
                  begin: str = "BEGIN;", *, lone_prepared: bool = False):
@@ -5354,6 +5354,10 @@ class _PostgresConnection:
         # transaction of one statement may run as a prepared statement alone,
         # which saves the server parsing and planning it each time.
         self.lone_prepared = lone_prepared
+        # An error said the server could not be reached through it: it is
+        # replaced at its next use outside a transaction, even if psycopg does
+        # not call it broken (a cut that left it in pipeline mode, say).
+        self.lost = False
         self._bind(raw)
 
     def _bind(self, raw: Any) -> None:
@@ -5632,9 +5636,11 @@ class _PostgresConnections(_Connections):
             self._forget_inherited_connections()
         thread = threading.current_thread()  # (registers a foreign thread)
         conn = self._connections.get(thread)
-        if conn is not None and (conn.raw.closed or conn.raw.broken) \
+        if conn is not None and (conn.raw.closed or conn.raw.broken or conn.lost) \
                 and threading.get_ident() not in self._writing:
             self._connections.pop(thread, None)
+            if conn.lost:
+                self._close_quietly(conn)
             conn = None
         if conn is None:
             conn = _PostgresConnection(
@@ -5671,7 +5677,12 @@ class _PostgresConnections(_Connections):
         try:
             yield
         except self._psycopg.Error as exc:
-            raise self._translated(exc) from exc
+            error = self._translated(exc)
+            if isinstance(error, DatabaseUnreachable):
+                conn = self._connections.get(threading.current_thread())
+                if conn is not None:
+                    conn.lost = True
+            raise error from exc
 
     # -- transactions ------------------------------------------------------
 

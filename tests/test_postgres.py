@@ -180,6 +180,35 @@ def test_a_pool_survives_a_server_restart_and_a_cut_connection_and_loses_nothing
     q.close()
 
 
+def test_a_connection_an_error_found_unreachable_is_replaced_though_psycopg_calls_it_sound(
+        postgres_url, monkeypatch):
+    """A cut can leave a connection that psycopg does not call broken, every
+    statement on it failing (in pipeline mode: "cannot exit pipeline mode
+    while busy"); a pool reusing it would never recover from the outage."""
+    import psycopg
+    q = litejobs.Queue(postgres_url)
+    q.put(Job(sample_jobs.add, 1, 1))
+    before = q._storage._connection()
+    real_execute = type(before).execute
+    failures = []
+
+    def stuck(self, statement, parameters=()):
+        if self is before:
+            failures.append(statement)
+            raise psycopg.OperationalError("sending query failed: cannot exit pipeline mode "
+                                           "while busy (simulated)")
+        return real_execute(self, statement, parameters)
+
+    monkeypatch.setattr(type(before), "execute", stuck)
+    with pytest.raises(litejobs.DatabaseUnreachable, match="pipeline mode"):
+        q.counts()
+    assert not (before.raw.closed or before.raw.broken)  # psycopg's view: sound
+    assert q.counts()["pending"] == 1  # on a new connection
+    assert q._storage._connection() is not before and before.raw.closed
+    assert len(failures) == 1
+    q.close()
+
+
 def test_a_put_while_the_server_is_down_raises_and_the_next_one_after_works(own_postgres_server):
     url = own_postgres_server.new_database()
     q = litejobs.Queue(url)
