@@ -6672,10 +6672,11 @@ class _AsyncWaits:
 
     def __init__(self, storage: _Storage):
         self._storage = storage
-        self._lock = threading.Lock()  # guards the two below
+        self._lock = threading.Lock()  # guards the three below
         self._awaiters: dict[int, list[tuple[asyncio.AbstractEventLoop,
                                              asyncio.Future[None]]]] = {}
         self._thread: threading.Thread | None = None
+        self._closing = False  # the queue is closing: the thread ends at its next look
 
     def add(self, job_ids: Iterable[int]) -> dict[int, asyncio.Future[None]]:
         """A future for each job, set once it has ended (on the running loop)."""
@@ -6685,11 +6686,30 @@ class _AsyncWaits:
         with self._lock:
             for job_id, future in futures.items():
                 self._awaiters.setdefault(job_id, []).append((loop, future))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, daemon=True,
-                                                name="litejobs-awaits")
-                self._thread.start()
+            self._start_locked()
         return futures
+
+    def _start_locked(self) -> None:
+        self._closing = False
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, daemon=True,
+                                            name="litejobs-awaits")
+            self._thread.start()
+
+    def pause(self) -> None:
+        """End the thread, for `Queue.close` to close the connections it uses."""
+        with self._lock:
+            self._closing = True
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=_SAFETY_CHECK_INTERVAL * 4)
+
+    def resume(self) -> None:
+        """After `pause`: a thread again if jobs are still awaited (on new
+        connections: a closed queue reopens them when used)."""
+        with self._lock:
+            if self._awaiters:
+                self._start_locked()
 
     def remove(self, futures: Mapping[int, asyncio.Future[None]]) -> None:
         with self._lock:
@@ -6730,7 +6750,7 @@ class _AsyncWaits:
             while True:
                 with self._lock:
                     awaited = list(self._awaiters)
-                    if not awaited:
+                    if not awaited or self._closing:
                         self._thread = None
                         return
                 try:
@@ -7920,7 +7940,9 @@ class Queue:
 
     def close(self) -> None:
         """Close this process's connections.  Using the queue again reopens them."""
+        self._async_waits.pause()
         self._storage.close()
+        self._async_waits.resume()
 
     # -- putting -------------------------------------------------------------
 

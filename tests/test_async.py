@@ -261,6 +261,20 @@ def test_wait_all_and_as_completed_wake_on_commits_from_one_thread(q, pool):
                WAIT, "the watching thread to end once nothing is awaited")
 
 
+def test_closing_the_queue_ends_the_watching_thread_and_an_awaiter_goes_on_waking(q):
+    async def main():
+        job = await q.aput(Job(sample_jobs.add, 2, 2))  # nothing runs it yet
+        waiting = asyncio.ensure_future(job.await_result(timeout=WAIT))
+        await asyncio.sleep(0.3)  # the thread watches
+        await asyncio.to_thread(q.close)  # it ends before the connections close, and resumes
+        await asyncio.to_thread(q.run_pending)
+        return await waiting
+
+    assert asyncio.run(main()) == 4
+    q.close()  # nothing awaited: the thread ends, and stays ended
+    assert not any(t.name == "litejobs-awaits" for t in threading.enumerate())
+
+
 def test_as_completed_times_out_with_the_jobs_left(q):
     jobs = q.put_many([Job(sample_jobs.add, 1, 1), Job(sample_jobs.add, 2, 2)])
     q.run_pending()

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+import litejobs
 import sample_jobs
 from hostile_jobs import cli_env
 from litejobs import Job, parallel
@@ -41,6 +42,9 @@ def test_a_due_job_with_a_live_pool_is_due_now_and_a_passed_deadline_is_said(q, 
     gate = tmp_path / "gate"
     with q.worker(processes=1):
         busy = q.put(Job(sample_jobs.wait_for_file, str(gate)))
+        # Running before the late one is put: a first claim made after its
+        # deadline (a slow machine) would fail it, leaving nothing to explain.
+        litejobs.wait_for_start(busy, timeout=WAIT)
         late = q.put(Job(sample_jobs.add, 1, 1), begin_by=0.05)
         time.sleep(0.1)  # on purpose: past its deadline, behind the busy job
         try:

@@ -753,7 +753,16 @@ def test_a_quick_result_is_not_held_behind_a_slow_job_of_the_same_batch(q, pool)
     assert worker.crashes == []
 
 
-def test_cancel_of_a_job_queued_behind_a_running_one_takes_effect_at_once(q, pool, tmp_path):
+@pytest.fixture
+def no_stealing(monkeypatch):
+    """Jobs queued in a worker process behind a running one stay there: a pool
+    asks them back after `_STEAL_AFTER` (0.1 s), which a test waiting to see
+    them queued could miss on a loaded machine."""
+    monkeypatch.setattr(litejobs, "_STEAL_AFTER", 3600.0)
+
+
+def test_cancel_of_a_job_queued_behind_a_running_one_takes_effect_at_once(q, pool, tmp_path,
+                                                                          no_stealing):
     worker = pool(processes=1)
     warm_up(q, worker)
     marker, go = str(tmp_path / "started"), str(tmp_path / "go")
@@ -782,7 +791,7 @@ def test_cancel_of_a_job_queued_behind_a_running_one_takes_effect_at_once(q, poo
 
 
 def test_a_graceful_stop_releases_queued_jobs_at_once_and_waits_for_the_running_one(
-        q, pool, tmp_path):
+        q, pool, tmp_path, no_stealing):
     worker = pool(processes=1)
     warmed = warm_up(q, worker)
     marker, go = str(tmp_path / "started"), str(tmp_path / "go")
