@@ -7559,8 +7559,9 @@ def _execute(job: Job, payload: bytes | None, signature: bytes | None,
     import asyncio
     call = _Call(job, payload, signature, report)
     started = call.start()
-    if isinstance(started, _Outcome) or started is None:
-        return started or _PLAIN_COMPLETION  # (None only for only_async)
+    if isinstance(started, _Outcome):
+        return started
+    assert started is not None  # (None only with only_async)
     coroutine = started
 
     def run() -> _Outcome:
@@ -8686,6 +8687,17 @@ def _host_of(owner: str | None) -> str:
     return owner.split("@", 1)[1].split(":", 1)[0]
 
 
+def _counted_limits(storage: _Storage, rows: Iterable[Mapping[str, Any]],
+                    now: float) -> _QuotaLimits:
+    """The limits of the quota ``rows``, with the claims of rate-limited
+    names in their windows up to ``now`` counted (for `explain` and the
+    ``quotas`` report; a claim counts them in its own transaction)."""
+    limits = _QuotaLimits(rows)
+    if limits.windows:
+        limits.count_starts(storage.recent_starts(now - max(limits.windows)), now)
+    return limits
+
+
 def _explain(queue: Queue, job: Job) -> list[str]:
     """The lines of `Job.explain`."""
     storage = queue._storage
@@ -8723,11 +8735,9 @@ def _explain(queue: Queue, job: Job) -> list[str]:
         reasons.append(f"queue {row['queue']!r} paused" + (
             f" until {at(until)}" if until is not None else " until resumed"))
     names = json.loads(row["quotas"]) if row["quotas"] else []
-    limits = _QuotaLimits(storage.fetch_quotas())
     if names:
         holders = storage.quota_holders()
-        if limits.windows:
-            limits.count_starts(storage.recent_starts(now - max(limits.windows)), now)
+        limits = _counted_limits(storage, storage.fetch_quotas(), now)
         for name in names:
             most, rate = limits.limit(name), limits.rate(name)
             held = [(job_id, owner) for job_id, held_names, owner in holders
@@ -9568,12 +9578,13 @@ def _run_lane(work: _ChildWork, queue: Queue, forwarder: _ForwardLogs, lane: int
                 call = _Call(job, payload, signature,
                              functools.partial(_post_progress, work, job_id))
                 begun = call.start()
-                if not isinstance(begun, _Outcome) and begun is not None:
+                if not isinstance(begun, _Outcome):
+                    assert begun is not None  # (None only with only_async)
                     news.watch(None)
                     work.slot.clear(lane)  # the lane is free: the job runs on the loop
                     work.loop().adopt(item, call, begun, started)
                     continue
-                outcome = begun or _PLAIN_COMPLETION
+                outcome = begun
             _crash_point("after-job")
         except KeyboardInterrupt as exc:  # raised by the job itself: SIGINT is ignored
             outcome = _Outcome.failure(exc)
@@ -10798,6 +10809,7 @@ class _InFlight:
         # was; those sent there and not begun never started.
         last = child.slot.last_started
         main = [a for a in child.assigned if a.light_seq is None]
+        place = {id(assignment): index for index, assignment in enumerate(main)}
         ids = [assignment.job_id for assignment in main]
         started = len(ids) - ids[::-1].index(last) if last in ids else 0
         victim = None
@@ -10812,7 +10824,7 @@ class _InFlight:
                 killed.add(assignment.job_id)  # the oldest assignment, if claimed again
                 victim = victim or assignment
                 self._settle_killed(assignment, child, reason, reason_job, exit.how)
-            elif main.index(assignment) < started:
+            elif place[id(assignment)] < started:
                 self.recorder.add(_WriteKind.LOST, assignment, (
                     f"child {child.number} (pid {child.process.pid}) {exit.how} before "
                     f"sending the outcome"))
@@ -12661,10 +12673,7 @@ def _quotas_report(q: Queue) -> dict[str, Any]:
     apply to it (its own entry, else the longest pattern matching it, as a
     claim decides).  The ``quotas`` command and the dashboard show this."""
     rows = q._storage.fetch_quotas()
-    limits = _QuotaLimits(rows)
-    now = time.time()
-    windows = limits.windows
-    limits.count_starts(q._storage.recent_starts(now - max(windows)) if windows else [], now)
+    limits = _counted_limits(q._storage, rows, _now(q._storage))
     holders: dict[str, list[int]] = {}
     for job_id, names, _owner in q._storage.quota_holders():
         for name in names:

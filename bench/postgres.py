@@ -273,39 +273,16 @@ def _procrastinate_workers(url: str, processes: int,
                              stderr=subprocess.DEVNULL) for _ in range(processes)]
 
 
-def procrastinate_drain(server: postgres_server.Server, count: int, processes: int,
-                        concurrency: int | None) -> float:
-    """No-op jobs a second that ``processes`` procrastinate workers drain,
-    deferred beforehand; timed by procrastinate's own events, from the first
-    start to the last success."""
+def _procrastinate_span(server: postgres_server.Server, task: str, arguments: str,
+                        count: int, processes: int, concurrency: int | None) -> float:
+    """Seconds ``processes`` procrastinate workers take to run ``count``
+    calls of ``task`` with ``arguments`` (a dict's text), deferred
+    beforehand; by procrastinate's own events, from the first start to the
+    last success."""
     url = procrastinate_database(server)
     _python("import procrastinate_tasks as t\n"
             "with t.app.open():\n"
-            f"    t.noop.batch_defer(*[{{}}] * {count})\n", url)
-    workers = _procrastinate_workers(url, processes, concurrency)
-    try:
-        deadline = time.monotonic() + 600
-        while _events_span(url)[0] < count and time.monotonic() < deadline:
-            time.sleep(0.2)
-        done, span = _events_span(url)
-        assert done == count, (done, count)
-        return count / span
-    finally:
-        for worker in workers:
-            worker.terminate()
-            worker.wait(timeout=60)
-
-
-def procrastinate_async_naps(server: postgres_server.Server, count: int, processes: int,
-                             concurrency: int) -> float:
-    """Seconds ``processes`` procrastinate workers, each running
-    ``concurrency`` async tasks at once, take to run ``count`` tasks awaiting
-    0.1 s, deferred beforehand; by procrastinate's own events, from the
-    first start to the last success."""
-    url = procrastinate_database(server)
-    _python("import procrastinate_tasks as t\n"
-            "with t.app.open():\n"
-            f"    t.async_nap.batch_defer(*[{{'seconds': 0.1}}] * {count})\n", url)
+            f"    t.{task}.batch_defer(*[{arguments}] * {count})\n", url)
     workers = _procrastinate_workers(url, processes, concurrency)
     try:
         deadline = time.monotonic() + 600
@@ -318,6 +295,21 @@ def procrastinate_async_naps(server: postgres_server.Server, count: int, process
         for worker in workers:
             worker.terminate()
             worker.wait(timeout=60)
+
+
+def procrastinate_drain(server: postgres_server.Server, count: int, processes: int,
+                        concurrency: int | None) -> float:
+    """No-op jobs a second that ``processes`` procrastinate workers drain."""
+    return count / _procrastinate_span(server, "noop", "{}", count, processes, concurrency)
+
+
+def procrastinate_async_naps(server: postgres_server.Server, count: int, processes: int,
+                             concurrency: int) -> float:
+    """Seconds ``processes`` procrastinate workers, each running
+    ``concurrency`` async tasks at once, take to run ``count`` tasks awaiting
+    0.1 s."""
+    return _procrastinate_span(server, "async_nap", "{'seconds': 0.1}", count, processes,
+                               concurrency)
 
 
 def procrastinate_pickup(server: postgres_server.Server, folder: str,
